@@ -1,0 +1,45 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="transformers-mixedae",
+    version="0.1.0.dev0",
+    description="MixedAE and CAE masked-image-modeling models for Hugging Face transformers",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    package_data={"transformers_mixedae": ["data/*.parquet", "data/*.json"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.23",
+        "datasets>=5.2",
+        "accelerate>=1.15",
+        "evaluate>=0.4.6",
+        "huggingface_hub>=2.4",
+        "safetensors>=0.8",
+        "pillow>=10",
+        "numpy>=1.26",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "hypothesis>=6"],
+        "torchvision": ["torchvision"],
+        "dall-e": ["dall-e"],
+        "tensorboard": ["tensorboard"],
+    },
+    entry_points={
+        "console_scripts": [
+            "transformers-mixedae-convert-cae=transformers_mixedae.convert_cae_checkpoint:main",
+        ]
+    },
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,35 @@
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""MixedAE and CAE for Hugging Face transformers.
+
+Importing the package registers every model with the transformers Auto classes, so
+`AutoModel.from_pretrained(<a MixedAE or CAE checkpoint>)` works after `import transformers_mixedae`.
+"""
+
+from .configuration_mixedae import MixedAEConfig
+from .image_processing_mixedae import MixedAEImageProcessor, MixedAEImageProcessorPil
+from .modeling_mixedae import (
+    MixedAEForImageClassification,
+    MixedAEForPreTraining,
+    MixedAEMixing,
+    MixedAEModel,
+    MixedAEPreTrainedModel,
+    mixing_assignment,
+)
+from .registration import register_auto_classes
+
+register_auto_classes()
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "MixedAEConfig",
+    "MixedAEForImageClassification",
+    "MixedAEForPreTraining",
+    "MixedAEImageProcessor",
+    "MixedAEImageProcessorPil",
+    "MixedAEMixing",
+    "MixedAEModel",
+    "MixedAEPreTrainedModel",
+    "mixing_assignment",
+    "register_auto_classes",
+]

@@ -1,0 +1,670 @@
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""PyTorch MixedAE (Mixed Autoencoder, Chen et al., CVPR 2023, arXiv:2303.17152).
+
+MixedAE has no official code; this file implements the method as `MIXEDAE.md` specifies it:
+
+1. embeddings: patches + frozen sin-cos positions (MAE layout) + [CLS];
+2. grouping and mixing: g = 1/r consecutive images share one noise draw; the kept positions are dealt to
+   the g images in turn, and one mixed sequence per group goes through the encoder (MAE's token count);
+   segment embeddings tell each token its slot;
+3. encoder: pre-norm ViT; in the homologous layers each patch query keeps its top-k logits;
+4. unmixing decoder: every image gets its own tokens back, mask tokens elsewhere, MAE's decoder;
+5. losses: MAE's masked-patch MSE on each image's own hidden patches + a homologous contrastive term.
+
+With `mixing_ratio=1.0, mask_ratio=0.75`, no homologous layers, contrastive weight 0 and no segment
+embedding, the model computes exactly what `transformers.ViTMAEForPreTraining` computes.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import transformers.initialization as init
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, auto_docstring, logging
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_mixedae import MixedAEConfig
+from .vit_layers import (
+    HomologousAttentionContext,
+    PatchEmbeddings,
+    ViTAttention,
+    ViTLayer,
+    check_pixel_values,
+    drop_path_rates,
+    interpolate_position_embedding,
+    patchify,
+    sincos_2d_position_embedding,
+    unpatchify,
+)
+
+logger = logging.get_logger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+@dataclass
+class MixedAEModelOutput(ModelOutput):
+    r"""
+    Output of `MixedAEModel`.
+
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + sequence_length, hidden_size)`):
+        Encoder output after the final LayerNorm. With `mixing`, one row per group of mixed images.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        The [CLS] token of `last_hidden_state`.
+    homologous_topk_accuracy (`torch.FloatTensor`, *optional*):
+        With `mixing`: fraction of the patch keys kept by homologous attention that come from the query's own
+        image, averaged over heads and homologous layers.
+    hidden_states, attentions: as in every transformers model (`attentions` needs `attn_implementation="eager"`).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    homologous_topk_accuracy: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MixedAEForPreTrainingOutput(ModelOutput):
+    r"""
+    Output of `MixedAEForPreTraining`.
+
+    loss (`torch.FloatTensor` of shape `()`):
+        `reconstruction_loss + homologous_contrastive_weight * homologous_contrastive_loss`.
+    reconstruction_loss (`torch.FloatTensor` of shape `()`):
+        MSE on the (normalised) pixels of the patches each image did not show.
+    homologous_contrastive_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Supervised InfoNCE between patch tokens of a mixed sequence (same source image = positive). `None`
+        without mixing (g = 1) or when an image owns a single token.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_size**2 * num_channels)`):
+        Per-image reconstruction of every patch, images in input order.
+    mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`):
+        1 where the patch was not shown to that image (the loss positions), 0 where it was (ViTMAE convention).
+    ids_restore (`torch.LongTensor` of shape `(batch_size / g, num_patches)`):
+        Per group, the rank of every position in the shuffled order. Position `p` is kept when
+        `ids_restore[p] < num_kept` and then belongs to image slot `ids_restore[p] % g` (see `mixing_assignment`).
+    homologous_topk_accuracy (`torch.FloatTensor`, *optional*):
+        See `MixedAEModelOutput`.
+    hidden_states, attentions: encoder hidden states / attentions over the mixed sequences.
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    homologous_contrastive_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    homologous_topk_accuracy: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ---------------------------------------------------------------------------------------------- 1. embeddings
+class MixedAEEmbeddings(nn.Module):
+    """[CLS] token, patch embeddings, frozen sin-cos positions and (for mixing) segment embeddings."""
+
+    def __init__(self, config: MixedAEConfig):
+        super().__init__()
+        self.config = config
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.patch_embeddings = PatchEmbeddings(
+            config.image_size, config.patch_size, config.num_channels, config.hidden_size
+        )
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, self.patch_embeddings.num_patches + 1, config.hidden_size), requires_grad=False
+        )
+        if config.segment_embedding == "encoder":
+            self.segment_embeddings = nn.Embedding(config.group_size, config.hidden_size)
+        else:
+            self.segment_embeddings = None
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        mixing: "MixedAEMixing | None" = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        patch_tokens = self.patch_embeddings(pixel_values, interpolate_pos_encoding)
+        grid = (pixel_values.shape[2] // self.config.patch_size, pixel_values.shape[3] // self.config.patch_size)
+        position_embeddings = interpolate_position_embedding(
+            self.position_embeddings, self.patch_embeddings.grid_size, grid
+        )
+        patch_tokens = patch_tokens + position_embeddings[:, 1:, :]
+        if mixing is not None:
+            patch_tokens = mixing.mix(patch_tokens)
+            if self.segment_embeddings is not None:
+                # Adding the slot's embedding after the gather equals adding it to every patch of that image
+                # before mixing, and touches only the kept tokens.
+                patch_tokens = patch_tokens + self.segment_embeddings(mixing.slot_of_kept)
+        cls_token = (self.cls_token + position_embeddings[:, :1, :]).expand(patch_tokens.shape[0], -1, -1)
+        return torch.cat((cls_token, patch_tokens), dim=1)
+
+
+# ---------------------------------------------------------------------------------------------- 2. grouping and mixing
+@dataclass
+class MixedAEMixing:
+    """How a batch of B images is grouped, masked and mixed into B/g sequences.
+
+    All tensors live on the batch's device; every operation is a gather or scatter (no Python loop over
+    images or groups).
+
+    Attributes:
+        group_size: g, images per mixed sequence.
+        num_patches: N, patches per image.
+        ids_shuffle: `(B/g, N)` argsort of the group's noise; the first `num_kept` positions are kept.
+        ids_restore: `(B/g, N)` inverse permutation of `ids_shuffle`.
+        slot_of_kept: `(num_kept,)` which image of the group owns the t-th kept position (t mod g).
+    """
+
+    group_size: int
+    num_patches: int
+    ids_shuffle: torch.Tensor
+    ids_restore: torch.Tensor
+    slot_of_kept: torch.Tensor
+
+    @classmethod
+    def from_noise(cls, noise: torch.Tensor, group_size: int, num_kept: int) -> "MixedAEMixing":
+        """Rank positions by `noise` (`(B/g, N)`), keep the `num_kept` smallest, deal them to the g slots in turn."""
+        if num_kept % group_size:
+            raise ValueError(f"{num_kept} kept positions cannot be shared equally among {group_size} images.")
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        slot_of_kept = torch.arange(num_kept, device=noise.device) % group_size
+        return cls(group_size, noise.shape[1], ids_shuffle, ids_restore, slot_of_kept)
+
+    @property
+    def num_groups(self) -> int:
+        return self.ids_shuffle.shape[0]
+
+    @property
+    def num_kept(self) -> int:
+        return self.slot_of_kept.shape[0]
+
+    @property
+    def ids_keep(self) -> torch.Tensor:
+        return self.ids_shuffle[:, : self.num_kept]
+
+    def segment_ids(self) -> torch.Tensor:
+        """`(B/g, 1 + num_kept)`: slot of every token of a mixed sequence, -1 for [CLS]."""
+        cls_slot = self.slot_of_kept.new_full((1,), -1)
+        return torch.cat([cls_slot, self.slot_of_kept]).expand(self.num_groups, -1)
+
+    def mix(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """`(B, N, D)` image tokens -> `(B/g, num_kept, D)` mixed sequences in shuffled order.
+
+        Kept position `ids_keep[t]` holds the token of image `slot_of_kept[t]` at that position; tokens keep
+        their own position embedding.
+        """
+        dim = patch_tokens.shape[-1]
+        grouped = patch_tokens.reshape(self.num_groups, self.group_size * self.num_patches, dim)
+        index = self.slot_of_kept[None, :] * self.num_patches + self.ids_keep
+        return torch.gather(grouped, 1, index.unsqueeze(-1).expand(-1, -1, dim))
+
+    def unmix(self, mixed_tokens: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
+        """`(B/g, num_kept, D)` -> `(B, N, D)`: each image gets its own kept tokens at their positions and
+        `mask_token` everywhere else (MAE's "append mask tokens, then unshuffle", once per image)."""
+        batch_size = self.num_groups * self.group_size
+        dim = mixed_tokens.shape[-1]
+        per_image = mixed_tokens.repeat_interleave(self.group_size, dim=0)
+        if self.group_size > 1:
+            image_slot = torch.arange(batch_size, device=mixed_tokens.device) % self.group_size
+            owned = (image_slot[:, None] == self.slot_of_kept[None, :]).unsqueeze(-1)
+            per_image = torch.where(owned, per_image, mask_token.to(per_image.dtype))
+        hidden = mask_token.to(per_image.dtype).expand(batch_size, self.num_patches - self.num_kept, dim)
+        shuffled = torch.cat([per_image, hidden], dim=1)
+        ids_restore = self.ids_restore.repeat_interleave(self.group_size, dim=0)
+        return torch.gather(shuffled, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
+
+    def loss_mask(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """`(B, N)`: 1 where the image did not show the patch, 0 where it did."""
+        batch_size = self.num_groups * self.group_size
+        mask = torch.ones(batch_size * self.num_patches, dtype=dtype, device=self.ids_shuffle.device)
+        group_index = torch.arange(self.num_groups, device=self.ids_shuffle.device)[:, None]
+        shown = (group_index * self.group_size + self.slot_of_kept[None, :]) * self.num_patches + self.ids_keep
+        mask[shown.flatten()] = 0
+        return mask.view(batch_size, self.num_patches)
+
+
+def mixing_assignment(ids_restore: torch.Tensor, num_kept: int, group_size: int) -> torch.Tensor:
+    """`(B/g, N)` slot that owns each position of a group's mixed sample, -1 where no image shows it."""
+    return torch.where(ids_restore < num_kept, ids_restore % group_size, torch.full_like(ids_restore, -1))
+
+
+# ---------------------------------------------------------------------------------------------- model base
+class MixedAEPreTrainedModel(PreTrainedModel):
+    config: MixedAEConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MixedAEEmbeddings", "ViTLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+    _can_record_outputs = {"hidden_states": ViTLayer, "attentions": ViTAttention}
+    _input_embed_layer = "patch_embeddings"
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """MAE initialisation: xavier-uniform Linear and patch projection (as a Linear), normal(0.02) tokens, frozen
+        sin-cos tables. Every tensor goes through `transformers.initialization`, so loaded weights are never touched
+        and the meta-device load path gives the same tables as `__init__`."""
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, PatchEmbeddings):
+            weight = module.projection.weight
+            fan_in, fan_out = weight[0].numel(), weight.shape[0]
+            bound = (6.0 / (fan_in + fan_out)) ** 0.5
+            init.uniform_(weight, -bound, bound)
+            init.zeros_(module.projection.bias)
+        elif isinstance(module, MixedAEEmbeddings):
+            grid = module.patch_embeddings.grid_size
+            init.copy_(
+                module.position_embeddings,
+                sincos_2d_position_embedding(grid[0], grid[1], self.config.hidden_size, row_first=False),
+            )
+            init.normal_(module.cls_token, std=std)
+            if module.segment_embeddings is not None:
+                init.normal_(module.segment_embeddings.weight, std=std)
+        elif isinstance(module, MixedAEDecoder):
+            grid = module.grid_size
+            init.copy_(
+                module.decoder_pos_embed,
+                sincos_2d_position_embedding(grid[0], grid[1], self.config.decoder_hidden_size, row_first=False),
+            )
+            init.normal_(module.mask_token, std=std)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a MixedAE checkpoint, or start from a transformers ViTMAE one (e.g. `facebook/vit-mae-base`).
+
+        For a ViTMAE checkpoint the architecture comes from its config, MixedAE's own fields from their defaults
+        or from keyword overrides (`mixing_ratio=...`), and its weights are renamed to MixedAE's (legacy and 5.x
+        names). Missing keys (segment embeddings) are initialised and reported in the load report; shape
+        mismatches raise.
+        """
+        if pretrained_model_name_or_path is not None and kwargs.get("config") is None and "key_mapping" not in kwargs:
+            source_model_type = _peek_model_type(pretrained_model_name_or_path, kwargs)
+            if source_model_type == "vit_mae":
+                kwargs["key_mapping"] = VIT_MAE_KEY_MAPPING
+                logger.warning(
+                    "Loading a ViTMAE checkpoint into %s: encoder and decoder weights are reused, MixedAE fields "
+                    "(mixing_ratio, mask_ratio, segment_embedding, homologous_*, norm_pix_loss) take their defaults "
+                    "unless passed as keyword arguments.",
+                    cls.__name__,
+                )
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+
+# ViTMAE checkpoints, as released (legacy names) or as saved by transformers 5.x (which writes the legacy names
+# back, the decoder's as `decoder_encoder.layer.N`), renamed to MixedAE's module names.
+VIT_MAE_KEY_MAPPING = {
+    r"encoder\.layer\.": "layers.",
+    r"attention\.attention\.query": "attention.q_proj",
+    r"attention\.attention\.key": "attention.k_proj",
+    r"attention\.attention\.value": "attention.v_proj",
+    r"attention\.output\.dense": "attention.o_proj",
+    r"intermediate\.dense": "mlp.fc1",
+    r"(?<!attention\.)output\.dense": "mlp.fc2",
+}
+
+
+def _peek_model_type(pretrained_model_name_or_path, kwargs: dict) -> str | None:
+    hub_kwargs = {
+        key: kwargs[key]
+        for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+        if key in kwargs
+    }
+    try:
+        config_dict, _ = MixedAEConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+    except OSError:
+        return None  # let from_pretrained raise its usual, more detailed error
+    return config_dict.get("model_type")
+
+
+# ---------------------------------------------------------------------------------------------- 3. encoder
+@auto_docstring(custom_intro="The bare MixedAE ViT encoder; on plain images it is a standard ViT with global attention.")
+class MixedAEModel(MixedAEPreTrainedModel):
+    def __init__(self, config: MixedAEConfig):
+        super().__init__(config)
+        self.config = config
+        self.embeddings = MixedAEEmbeddings(config)
+        rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
+        self.layers = nn.ModuleList(
+            [
+                ViTLayer(
+                    config,
+                    config.hidden_size,
+                    config.num_attention_heads,
+                    config.intermediate_size,
+                    config.hidden_act,
+                    config.layer_norm_eps,
+                    query_bias=config.qkv_bias,
+                    key_bias=config.qkv_bias,
+                    value_bias=config.qkv_bias,
+                    attention_dropout=config.attention_probs_dropout_prob,
+                    hidden_dropout=config.hidden_dropout_prob,
+                    drop_path=rate,
+                )
+                for rate in rates
+            ]
+        )
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> PatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    @auto_docstring
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        mixing: MixedAEMixing | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MixedAEModelOutput:
+        r"""
+        mixing (`MixedAEMixing`, *optional*):
+            Group, mix and apply homologous attention (pre-training). Without it the encoder sees every patch of
+            every image with global attention, as downstream.
+        interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+            Resample the position embeddings to the input resolution.
+        """
+        interpolate_pos_encoding = bool(interpolate_pos_encoding)
+        hidden_states = self.embeddings(pixel_values, mixing=mixing, interpolate_pos_encoding=interpolate_pos_encoding)
+
+        homologous = None
+        homologous_layers: set[int] = set()
+        if mixing is not None:
+            homologous_layers = set(self.config.resolved_homologous_attention_layers())
+            num_patches = mixing.num_patches
+            homologous = HomologousAttentionContext(
+                segment_ids=mixing.segment_ids(), topk=self.config.resolved_homologous_topk(num_patches)
+            )
+        for index, layer in enumerate(self.layers):
+            layer_homologous = homologous if index in homologous_layers else None
+            hidden_states = layer(hidden_states, None, homologous=layer_homologous, **kwargs)
+        sequence_output = self.layernorm(hidden_states)
+
+        topk_accuracy = None
+        if homologous is not None and homologous.topk_accuracies:
+            topk_accuracy = torch.stack(homologous.topk_accuracies).mean()
+        return MixedAEModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=sequence_output[:, 0],
+            homologous_topk_accuracy=topk_accuracy,
+        )
+
+
+# ---------------------------------------------------------------------------------------------- 4. unmixing decoder
+class MixedAEDecoder(nn.Module):
+    """MAE's decoder, fed per image: own kept tokens, mask tokens elsewhere, the group's [CLS] first."""
+
+    def __init__(self, config: MixedAEConfig, grid_size: tuple[int, int]):
+        super().__init__()
+        self.config = config
+        self.grid_size = grid_size
+        num_patches = grid_size[0] * grid_size[1]
+        self.decoder_embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
+        self.decoder_pos_embed = nn.Parameter(
+            torch.zeros(1, num_patches + 1, config.decoder_hidden_size), requires_grad=False
+        )
+        self.decoder_layers = nn.ModuleList(
+            [
+                ViTLayer(
+                    config,
+                    config.decoder_hidden_size,
+                    config.decoder_num_attention_heads,
+                    config.decoder_intermediate_size,
+                    config.hidden_act,
+                    config.layer_norm_eps,
+                    query_bias=config.qkv_bias,
+                    key_bias=config.qkv_bias,
+                    value_bias=config.qkv_bias,
+                )
+                for _ in range(config.decoder_num_hidden_layers)
+            ]
+        )
+        self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
+        self.decoder_pred = nn.Linear(config.decoder_hidden_size, config.patch_size**2 * config.num_channels)
+
+    def forward(self, latent: torch.Tensor, mixing: MixedAEMixing, grid: tuple[int, int]) -> torch.Tensor:
+        hidden_states = self.decoder_embed(latent)
+        patch_tokens = mixing.unmix(hidden_states[:, 1:, :], self.mask_token)
+        cls_tokens = hidden_states[:, :1, :].repeat_interleave(mixing.group_size, dim=0)
+        hidden_states = torch.cat([cls_tokens, patch_tokens], dim=1)
+        hidden_states = hidden_states + interpolate_position_embedding(self.decoder_pos_embed, self.grid_size, grid)
+        for layer in self.decoder_layers:
+            hidden_states = layer(hidden_states, None)
+        logits = self.decoder_pred(self.decoder_norm(hidden_states))
+        return logits[:, 1:, :]
+
+
+# ---------------------------------------------------------------------------------------------- 5. losses
+def masked_reconstruction_loss(
+    logits: torch.Tensor, pixel_values: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix_loss: bool
+) -> torch.Tensor:
+    """MAE's loss: per-patch MSE against (per-patch normalised) pixels, averaged over the masked patches."""
+    target = patchify(pixel_values, patch_size)
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1.0e-6) ** 0.5
+    loss = ((logits.float() - target.float()) ** 2).mean(dim=-1)
+    return (loss * mask).sum() / mask.sum()
+
+
+def homologous_contrastive_loss(
+    patch_tokens: torch.Tensor, segment_ids: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Supervised InfoNCE over the patch tokens of each mixed sequence.
+
+    `patch_tokens` `(B/g, L, D)`, `segment_ids` `(B/g, L)`. For every token, the other tokens of the same source
+    image are positives and the tokens of the other images of the group are negatives; cosine similarity divided
+    by `temperature`; each anchor averages the log-likelihood of its positives (Khosla et al., 2020).
+    """
+    features = nn.functional.normalize(patch_tokens.float(), dim=-1)
+    similarity = features @ features.transpose(1, 2) / temperature
+    num_tokens = similarity.shape[-1]
+    self_pairs = torch.eye(num_tokens, dtype=torch.bool, device=similarity.device)
+    similarity = similarity.masked_fill(self_pairs, float("-inf"))
+    log_prob = similarity - similarity.logsumexp(dim=-1, keepdim=True)
+    positives = (segment_ids[:, :, None] == segment_ids[:, None, :]) & ~self_pairs
+    positive_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=-1) / positives.sum(dim=-1)
+    return -positive_log_prob.mean()
+
+
+@auto_docstring(custom_intro="MixedAE with its unmixing decoder, for self-supervised pre-training.")
+class MixedAEForPreTraining(MixedAEPreTrainedModel):
+    def __init__(self, config: MixedAEConfig):
+        super().__init__(config)
+        self.config = config
+        self.vit = MixedAEModel(config)
+        self.decoder = MixedAEDecoder(config, self.vit.embeddings.patch_embeddings.grid_size)
+        self.post_init()
+
+    def get_input_embeddings(self) -> PatchEmbeddings:
+        return self.vit.embeddings.patch_embeddings
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return patchify(pixel_values, self.config.patch_size)
+
+    def unpatchify(self, patches: torch.Tensor, image_size: tuple[int, int] | None = None) -> torch.Tensor:
+        height, width = image_size if image_size is not None else self.config.image_hw
+        grid = (height // self.config.patch_size, width // self.config.patch_size)
+        return unpatchify(patches, self.config.patch_size, grid, self.config.num_channels)
+
+    def draw_mixing(
+        self, batch_size: int, num_patches: int, noise: torch.Tensor | None = None, device=None
+    ) -> MixedAEMixing:
+        """Group the batch, draw (or take) one noise row per group and build the mixing."""
+        group_size = self.config.group_size
+        if batch_size % group_size:
+            raise ValueError(
+                f"batch size {batch_size} is not divisible by the group size {group_size} "
+                f"(1/mixing_ratio, mixing_ratio={self.config.mixing_ratio}): use a per-device batch size that is a "
+                f"multiple of {group_size} and drop the last incomplete batch (`drop_last=True`)."
+            )
+        num_groups = batch_size // group_size
+        if noise is None:
+            noise = torch.rand(num_groups, num_patches, device=device)
+        elif tuple(noise.shape) != (num_groups, num_patches):
+            raise ValueError(
+                f"`noise` must have shape (batch_size / group_size, num_patches) = ({num_groups}, {num_patches}), "
+                f"got {tuple(noise.shape)}."
+            )
+        num_kept = self.config.num_kept(num_patches)
+        if num_kept % group_size or num_kept == 0:
+            raise ValueError(
+                f"{num_patches} patches with mask_ratio={self.config.mask_ratio} keep {num_kept} positions, which "
+                f"cannot be shared equally among {group_size} images: choose another image size or mask_ratio."
+            )
+        return MixedAEMixing.from_noise(noise.to(device), group_size, num_kept)
+
+    @can_return_tuple
+    @auto_docstring
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MixedAEForPreTrainingOutput:
+        r"""
+        noise (`torch.Tensor` of shape `(batch_size / g, num_patches)`, *optional*):
+            One row per group of g = 1/mixing_ratio consecutive images; its argsort orders the positions (kept
+            first, dealt to the images in turn). Pass it for deterministic outputs.
+        interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+            Resample the position embeddings to the input resolution.
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from transformers_mixedae import MixedAEConfig, MixedAEForPreTraining
+        >>> config = MixedAEConfig(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2,
+        ...     num_attention_heads=4, intermediate_size=128, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+        ...     decoder_num_attention_heads=4, decoder_intermediate_size=64)
+        >>> model = MixedAEForPreTraining(config)
+        >>> outputs = model(torch.randn(8, 3, 32, 32))
+        >>> outputs.logits.shape
+        torch.Size([8, 64, 48])
+        ```
+        """
+        interpolate_pos_encoding = bool(interpolate_pos_encoding)
+        patch_embeddings = self.vit.embeddings.patch_embeddings
+        check_pixel_values(
+            pixel_values,
+            patch_embeddings.num_channels,
+            patch_embeddings.image_size,
+            patch_embeddings.patch_size,
+            interpolate_pos_encoding,
+        )
+        grid = (pixel_values.shape[2] // self.config.patch_size, pixel_values.shape[3] // self.config.patch_size)
+        mixing = self.draw_mixing(pixel_values.shape[0], grid[0] * grid[1], noise, device=pixel_values.device)
+
+        encoder_outputs: MixedAEModelOutput = self.vit(
+            pixel_values, mixing=mixing, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+        )
+        latent = encoder_outputs.last_hidden_state
+        logits = self.decoder(latent, mixing, grid)
+
+        mask = mixing.loss_mask()
+        reconstruction_loss = masked_reconstruction_loss(
+            logits, pixel_values, mask, self.config.patch_size, self.config.norm_pix_loss
+        )
+        loss = reconstruction_loss
+        contrastive_loss = None
+        if mixing.group_size > 1 and mixing.num_kept // mixing.group_size > 1:
+            weight = self.config.homologous_contrastive_weight
+            with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
+                contrastive_loss = homologous_contrastive_loss(
+                    latent[:, 1:, :],
+                    mixing.slot_of_kept.expand(mixing.num_groups, -1),
+                    self.config.homologous_contrastive_temperature,
+                )
+            if weight > 0:
+                loss = loss + weight * contrastive_loss
+
+        return MixedAEForPreTrainingOutput(
+            loss=loss,
+            reconstruction_loss=reconstruction_loss,
+            homologous_contrastive_loss=contrastive_loss,
+            logits=logits,
+            mask=mask,
+            ids_restore=mixing.ids_restore,
+            homologous_topk_accuracy=encoder_outputs.homologous_topk_accuracy,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+
+
+# ---------------------------------------------------------------------------------------------- downstream
+@auto_docstring(custom_intro="MixedAE encoder with a linear classifier on the mean patch token (+ fc_norm) or [CLS].")
+class MixedAEForImageClassification(MixedAEPreTrainedModel):
+    def __init__(self, config: MixedAEConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vit = MixedAEModel(config)
+        if config.classifier_pooling == "mean":
+            self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        else:
+            self.fc_norm = None
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    @can_return_tuple
+    @auto_docstring
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices for the cross-entropy loss (or float targets for regression / multi-label, following
+            `config.problem_type`).
+        interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+            Resample the position embeddings to the input resolution.
+        """
+        outputs: MixedAEModelOutput = self.vit(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+        )
+        if self.fc_norm is not None:
+            pooled = self.fc_norm(outputs.last_hidden_state[:, 1:, :].mean(dim=1))
+        else:
+            pooled = outputs.pooler_output
+        logits = self.classifier(pooled)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+__all__ = [
+    "MixedAEForImageClassification",
+    "MixedAEForPreTraining",
+    "MixedAEMixing",
+    "MixedAEModel",
+    "MixedAEPreTrainedModel",
+    "mixing_assignment",
+]

@@ -1,0 +1,33 @@
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""Registration of our models with the transformers Auto classes (per process, done at package import)."""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+)
+
+from .configuration_mixedae import MixedAEConfig
+from .image_processing_mixedae import MixedAEImageProcessor, MixedAEImageProcessorPil
+from .modeling_mixedae import MixedAEForImageClassification, MixedAEForPreTraining, MixedAEModel
+
+
+def _register_model_family(config_class, base_model, pretraining_model, classification_model, processors) -> None:
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, base_model, exist_ok=True)
+    AutoModelForPreTraining.register(config_class, pretraining_model, exist_ok=True)
+    AutoModelForImageClassification.register(config_class, classification_model, exist_ok=True)
+    AutoImageProcessor.register(config_class, image_processor_classes=processors, exist_ok=True)
+
+
+def register_auto_classes() -> None:
+    """Make `Auto*.from_pretrained` resolve our `model_type`s. Idempotent."""
+    _register_model_family(
+        MixedAEConfig,
+        MixedAEModel,
+        MixedAEForPreTraining,
+        MixedAEForImageClassification,
+        {"torchvision": MixedAEImageProcessor, "pil": MixedAEImageProcessorPil},
+    )
