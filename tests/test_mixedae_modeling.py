@@ -1,0 +1,426 @@
+"""MixedAE: parity with ViTMAE, the invariants of MIXEDAE.md, attention backends, save/load, training, errors."""
+
+import math
+
+import pytest
+import torch
+from helpers import tiny_mae_mode_overrides, tiny_mixedae_config
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+    ViTMAEConfig,
+    ViTMAEForPreTraining,
+)
+
+from transformers_mixedae import (
+    MixedAEConfig,
+    MixedAEForImageClassification,
+    MixedAEForPreTraining,
+    MixedAEMixing,
+    MixedAEModel,
+    mixing_assignment,
+)
+from transformers_mixedae.modeling_mixedae import homologous_contrastive_loss
+from transformers_mixedae.vit_layers import HomologousAttentionContext, homologous_topk_attention_forward
+
+IMAGE = 32
+PATCH = 4
+NUM_PATCHES = (IMAGE // PATCH) ** 2
+
+
+def randomise_(model: torch.nn.Module, std: float = 0.1) -> torch.nn.Module:
+    """Give every tensor (frozen tables included) a non-trivial value so that every term matters."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, std)
+    return model
+
+
+def pixels(batch_size: int = 8, size: int = IMAGE) -> torch.Tensor:
+    return torch.randn(batch_size, 3, size, size)
+
+
+# ---------------------------------------------------------------------------------------------- MAE parity
+def saved_vit_mae(tmp_path, norm_pix_loss: bool):
+    config = ViTMAEConfig(
+        image_size=IMAGE,
+        patch_size=PATCH,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=20,
+        mask_ratio=0.75,
+        norm_pix_loss=norm_pix_loss,
+    )
+    reference = randomise_(ViTMAEForPreTraining(config)).eval()
+    reference.save_pretrained(tmp_path / "vit_mae")
+    return reference, tmp_path / "vit_mae"
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_mae_mode_equals_transformers_vit_mae(tmp_path, norm_pix_loss):
+    reference, path = saved_vit_mae(tmp_path, norm_pix_loss)
+    model = MixedAEForPreTraining.from_pretrained(
+        path, norm_pix_loss=norm_pix_loss, **tiny_mae_mode_overrides()
+    ).eval()
+    assert isinstance(model.config, MixedAEConfig)
+    assert model.config.layer_norm_eps == reference.config.layer_norm_eps
+    images, noise = pixels(), torch.rand(8, NUM_PATCHES)
+    with torch.no_grad():
+        expected, actual = reference(images, noise=noise), model(images, noise=noise)
+    torch.testing.assert_close(actual.logits, expected.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(actual.loss, expected.loss, atol=1e-5, rtol=0)
+    torch.testing.assert_close(actual.mask, expected.mask)
+    torch.testing.assert_close(actual.ids_restore, expected.ids_restore)
+
+
+def test_vit_mae_checkpoint_keeps_mixedae_defaults_and_overrides(tmp_path):
+    _, path = saved_vit_mae(tmp_path, norm_pix_loss=False)
+    model, info = MixedAEForPreTraining.from_pretrained(path, output_loading_info=True)
+    assert model.config.mixing_ratio == 0.25 and model.config.mask_ratio == 0.0 and model.config.norm_pix_loss
+    # Everything the ViTMAE checkpoint holds is used; only MixedAE's own segment table is new.
+    assert info["missing_keys"] == {"vit.embeddings.segment_embeddings.weight"}
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+
+    overridden = MixedAEForPreTraining.from_pretrained(path, mixing_ratio=0.5, homologous_topk=5)
+    assert overridden.config.mixing_ratio == 0.5 and overridden.config.homologous_topk == 5
+
+
+def test_vit_mae_checkpoint_with_other_shapes_raises(tmp_path):
+    _, path = saved_vit_mae(tmp_path, norm_pix_loss=False)
+    with pytest.raises(RuntimeError, match="size mismatch|mismatch"):
+        MixedAEForPreTraining.from_pretrained(path, config=tiny_mixedae_config(hidden_size=64))
+
+
+# ---------------------------------------------------------------------------------------------- mixing invariants
+@pytest.mark.parametrize("group_size,mask_ratio", [(1, 0.75), (2, 0.0), (4, 0.0), (4, 0.5)])
+def test_every_image_owns_an_equal_share_and_mixing_is_a_bijection(group_size, mask_ratio):
+    num_groups = 3
+    num_kept = round(NUM_PATCHES * (1 - mask_ratio))
+    mixing = MixedAEMixing.from_noise(torch.rand(num_groups, NUM_PATCHES), group_size, num_kept)
+
+    shown = 1 - mixing.loss_mask()
+    assert torch.equal(shown.sum(dim=1), torch.full((num_groups * group_size,), num_kept / group_size))
+    # Within a group, the images show disjoint positions that together are exactly the kept set.
+    per_group = shown.view(num_groups, group_size, NUM_PATCHES)
+    assert per_group.sum(dim=1).max() == 1
+    kept = torch.zeros(num_groups, NUM_PATCHES).scatter_(1, mixing.ids_keep, 1.0)
+    assert torch.equal(per_group.sum(dim=1), kept)
+    # The assignment derived from ids_restore says the same.
+    owner = mixing_assignment(mixing.ids_restore, num_kept, group_size)
+    for slot in range(group_size):
+        assert torch.equal((owner == slot).float(), per_group[:, slot])
+
+
+def test_mix_then_unmix_returns_each_images_own_tokens():
+    group_size, num_groups, dim = 4, 2, 5
+    mixing = MixedAEMixing.from_noise(torch.rand(num_groups, NUM_PATCHES), group_size, NUM_PATCHES)
+    tokens = torch.randn(num_groups * group_size, NUM_PATCHES, dim)
+    mixed = mixing.mix(tokens)
+    assert mixed.shape == (num_groups, NUM_PATCHES, dim)
+    mask_token = torch.full((1, 1, dim), float("nan"))
+    restored = mixing.unmix(mixed, mask_token)
+    shown = (1 - mixing.loss_mask()).bool()
+    assert torch.equal(restored[shown], tokens[shown])
+    assert torch.isnan(restored[~shown]).all()
+    # The mixed sample at a kept position holds the owner's patch at that same position (nothing moves).
+    owner = mixing_assignment(mixing.ids_restore, NUM_PATCHES, group_size)
+    for group in range(num_groups):
+        for t, position in enumerate(mixing.ids_keep[group].tolist()):
+            assert torch.equal(mixed[group, t], tokens[group * group_size + owner[group, position], position])
+
+
+def test_encoder_token_count_at_quarter_mixing_equals_mae_at_075_masking():
+    mixed_model = MixedAEForPreTraining(tiny_mixedae_config())
+    mae_model = MixedAEForPreTraining(tiny_mixedae_config(**tiny_mae_mode_overrides()))
+    images = pixels(8)
+    mixed = mixed_model(images, output_hidden_states=True).hidden_states[0]
+    mae = mae_model(images, output_hidden_states=True).hidden_states[0]
+    # Patch tokens through the encoder: B/g sequences of N versus B sequences of N/4 (plus one [CLS] each).
+    assert mixed.shape[0] * (mixed.shape[1] - 1) == mae.shape[0] * (mae.shape[1] - 1)
+    assert mixed.shape == (2, 1 + NUM_PATCHES, 32) and mae.shape == (8, 1 + NUM_PATCHES // 4, 32)
+
+
+def test_outputs_have_documented_shapes():
+    model = MixedAEForPreTraining(tiny_mixedae_config())
+    outputs = model(pixels(8), output_hidden_states=True, output_attentions=True)
+    assert outputs.logits.shape == (8, NUM_PATCHES, PATCH * PATCH * 3)
+    assert outputs.mask.shape == (8, NUM_PATCHES) and outputs.ids_restore.shape == (2, NUM_PATCHES)
+    assert outputs.mask.sum(dim=1).eq(NUM_PATCHES * 3 / 4).all()
+    assert len(outputs.hidden_states) == 3 and len(outputs.attentions) == 2
+    assert outputs.attentions[0].shape == (2, 4, 1 + NUM_PATCHES, 1 + NUM_PATCHES)
+    assert 0.0 <= outputs.homologous_topk_accuracy.item() <= 1.0
+    assert torch.isfinite(outputs.homologous_contrastive_loss)
+    expected = outputs.reconstruction_loss + 0.1 * outputs.homologous_contrastive_loss
+    torch.testing.assert_close(outputs.loss, expected)
+
+
+def test_same_noise_gives_identical_outputs_and_noise_changes_them():
+    model = MixedAEForPreTraining(tiny_mixedae_config()).eval()
+    images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
+    first, second = model(images, noise=noise), model(images, noise=noise)
+    assert torch.equal(first.logits, second.logits) and torch.equal(first.loss, second.loss)
+    other = model(images, noise=torch.rand(2, NUM_PATCHES))
+    assert not torch.equal(first.mask, other.mask)
+
+
+def test_segment_embedding_tags_each_slot():
+    model = randomise_(MixedAEForPreTraining(tiny_mixedae_config()))
+    assert model.vit.embeddings.segment_embeddings.weight.shape == (4, 32)
+    without = MixedAEForPreTraining(tiny_mixedae_config(segment_embedding="none"))
+    assert without.vit.embeddings.segment_embeddings is None
+    without.load_state_dict(model.state_dict(), strict=False)
+    images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
+    assert not torch.allclose(model(images, noise=noise).logits, without(images, noise=noise).logits)
+
+
+# ---------------------------------------------------------------------------------------------- homologous attention
+def test_topk_at_least_number_of_keys_equals_global_attention():
+    num_keys = 1 + NUM_PATCHES // 1
+    config = tiny_mixedae_config(homologous_contrastive_weight=0.0, homologous_topk=num_keys)
+    model = randomise_(MixedAEForPreTraining(config)).eval()
+    global_model = MixedAEForPreTraining(tiny_mixedae_config(homologous_attention_layers=[])).eval()
+    global_model.load_state_dict(model.state_dict())
+    images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, noise=noise).logits, global_model(images, noise=noise).logits)
+
+
+def test_topk_attention_keeps_exactly_k_keys_and_cls_attends_everywhere():
+    query, key, value = torch.randn(3, 2, 9, 4), torch.randn(3, 2, 9, 4), torch.randn(3, 2, 9, 4)
+    segment_ids = torch.tensor([-1, 0, 1, 0, 1, 0, 1, 0, 1]).expand(3, -1)
+    context = HomologousAttentionContext(segment_ids=segment_ids, topk=3)
+    module = torch.nn.Module()
+    _, weights = homologous_topk_attention_forward(module, query, key, value, None, 0.5, 0.0, context)
+    assert torch.equal((weights[:, :, 1:] > 0).sum(-1), torch.full((3, 2, 8), 3))
+    assert (weights[:, :, 0] > 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 2, 9))
+
+
+def test_topk_accuracy_is_one_when_keys_are_separable_by_source():
+    # Queries and keys of slot s point along axis s, so each patch query's largest logits are its own image's.
+    segment_ids = torch.tensor([-1, 0, 1, 0, 1, 0, 1]).expand(2, -1)
+    directions = torch.eye(4)[(segment_ids.clamp(min=0) + 1)]
+    directions[:, 0] = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    query = key = (10 * directions).unsqueeze(1)
+    context = HomologousAttentionContext(segment_ids=segment_ids, topk=3)
+    homologous_topk_attention_forward(torch.nn.Module(), query, key, key, None, 1.0, 0.0, context)
+    assert context.topk_accuracies[0].item() == 1.0
+
+
+@pytest.mark.parametrize("homologous_layers", [None, []])
+def test_eager_and_sdpa_agree(homologous_layers):
+    config = tiny_mixedae_config(homologous_attention_layers=homologous_layers)
+    eager = randomise_(MixedAEForPreTraining(config)).eval()
+    sdpa = MixedAEForPreTraining(tiny_mixedae_config(homologous_attention_layers=homologous_layers,
+                                                     attn_implementation="sdpa")).eval()
+    sdpa.load_state_dict(eager.state_dict())
+    assert sdpa.config._attn_implementation == "sdpa"
+    images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
+    with torch.no_grad():
+        expected, actual = eager(images, noise=noise), sdpa(images, noise=noise)
+    torch.testing.assert_close(actual.logits, expected.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(actual.loss, expected.loss, atol=1e-5, rtol=0)
+    features = MixedAEModel(tiny_mixedae_config(attn_implementation="sdpa")).eval()
+    features.load_state_dict(eager.vit.state_dict())
+    torch.testing.assert_close(features(images).last_hidden_state, eager.vit(images).last_hidden_state,
+                               atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- contrastive loss
+def test_homologous_contrastive_loss_is_low_for_separated_sources_and_high_for_swapped():
+    segment_ids = torch.tensor([[0, 1, 0, 1, 0, 1]])
+    separated = torch.nn.functional.one_hot(segment_ids, 2).float()
+    swapped = torch.nn.functional.one_hot(1 - torch.tensor([[0, 0, 1, 1, 0, 1]]), 2).float()
+    low = homologous_contrastive_loss(separated, segment_ids, temperature=0.1)
+    high = homologous_contrastive_loss(swapped, segment_ids, temperature=0.1)
+    # Two positives at similarity 1 and three negatives at 0: -log(e^10 / (2 e^10 + 3)).
+    torch.testing.assert_close(low, torch.tensor(-math.log(math.exp(10) / (2 * math.exp(10) + 3))))
+    assert high > low + 1.0
+
+
+def test_contrastive_loss_absent_for_mae_mode_and_weight_zero_has_no_effect_on_loss():
+    mae = MixedAEForPreTraining(tiny_mixedae_config(**tiny_mae_mode_overrides()))
+    assert mae(pixels(4)).homologous_contrastive_loss is None
+    outputs = MixedAEForPreTraining(tiny_mixedae_config(homologous_contrastive_weight=0.0))(pixels(8))
+    assert outputs.homologous_contrastive_loss is not None
+    assert torch.equal(outputs.loss, outputs.reconstruction_loss)
+
+
+# ---------------------------------------------------------------------------------------------- training
+def test_one_step_changes_every_trainable_parameter():
+    model = MixedAEForPreTraining(tiny_mixedae_config())
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(pixels(8)).loss.backward()
+    optimizer.step()
+    unchanged = [name for name, p in model.named_parameters() if p.requires_grad and torch.equal(p, before[name])]
+    assert unchanged == []
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"vit.embeddings.position_embeddings", "decoder.decoder_pos_embed"}
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    model = randomise_(MixedAEForPreTraining(tiny_mixedae_config()))
+    images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
+    model(images, noise=noise).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
+    model.train()
+    model(images, noise=noise).loss.backward()
+    for name, parameter in model.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(parameter.grad, expected[name], atol=1e-6, rtol=1e-5)
+
+
+def test_classification_head_trains_with_labels():
+    model = MixedAEForImageClassification(tiny_mixedae_config(num_labels=3))
+    outputs = model(pixels(4), labels=torch.tensor([0, 1, 2, 1]))
+    assert outputs.logits.shape == (4, 3) and outputs.loss.ndim == 0
+    outputs.loss.backward()
+    assert model.classifier.weight.grad.abs().sum() > 0
+    cls_model = MixedAEForImageClassification(tiny_mixedae_config(num_labels=3, classifier_pooling="cls"))
+    assert cls_model.fc_norm is None and cls_model(pixels(2)).logits.shape == (2, 3)
+
+
+# ---------------------------------------------------------------------------------------------- initialisation
+def test_fresh_model_has_sincos_tables_and_the_meta_load_path_agrees(tmp_path):
+    model = MixedAEForPreTraining(tiny_mixedae_config())
+    table = model.vit.embeddings.position_embeddings
+    assert table[0, 0].abs().sum() == 0 and table[0, 1:].abs().sum() > 0
+    assert model.decoder.decoder_pos_embed[0, 1:].abs().sum() > 0
+    # Position (row 0, col 1): MAE's layout puts the column in the first half.
+    assert table[0, 2, 0].item() == pytest.approx(math.sin(1.0), abs=1e-6)
+    # A checkpoint without the tables (meta-device path) gets the same tables, and everything else is finite.
+    state = {k: v for k, v in model.state_dict().items() if "pos_embed" not in k and "position_embeddings" not in k}
+    model.save_pretrained(tmp_path / "m", state_dict=state)
+    reloaded = MixedAEForPreTraining.from_pretrained(tmp_path / "m")
+    assert torch.equal(reloaded.vit.embeddings.position_embeddings, table)
+    assert torch.equal(reloaded.decoder.decoder_pos_embed, model.decoder.decoder_pos_embed)
+
+
+def test_missing_weights_are_initialised_sensibly_on_the_meta_path():
+    config = tiny_mixedae_config()
+    model = MixedAEForPreTraining.from_pretrained(None, config=config, state_dict={})
+    for name, tensor in model.state_dict().items():
+        assert torch.isfinite(tensor).all() and tensor.abs().max() < 10, name
+    assert model.vit.embeddings.cls_token.std() > 0
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+@pytest.mark.parametrize("model_class", [MixedAEModel, MixedAEForPreTraining, MixedAEForImageClassification])
+def test_save_load_round_trip_is_exact_for_every_class_and_auto(tmp_path, model_class):
+    config = tiny_mixedae_config(num_labels=3)
+    model = randomise_(model_class(config)).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    auto_class = {
+        MixedAEModel: AutoModel,
+        MixedAEForPreTraining: AutoModelForPreTraining,
+        MixedAEForImageClassification: AutoModelForImageClassification,
+    }[model_class]
+    assert type(AutoConfig.from_pretrained(tmp_path)) is MixedAEConfig
+    loaded_models = (
+        model_class.from_pretrained(tmp_path, attn_implementation="eager"),
+        auto_class.from_pretrained(tmp_path, attn_implementation="eager"),
+    )
+    for loaded in loaded_models:
+        assert type(loaded) is model_class
+        for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+            assert torch.equal(a, b), name
+        kwargs = {"noise": torch.rand(2, NUM_PATCHES)} if model_class is MixedAEForPreTraining else {}
+        images = pixels(8)
+        with torch.no_grad():
+            expected, actual = model(images, **kwargs), loaded.eval()(images, **kwargs)
+        key = "last_hidden_state" if model_class is MixedAEModel else "logits"
+        assert torch.equal(expected[key], actual[key])
+
+
+def test_pretrained_encoder_loads_into_downstream_classes_without_missing_encoder_weights(tmp_path):
+    pretraining = randomise_(MixedAEForPreTraining(tiny_mixedae_config(num_labels=3)))
+    pretraining.save_pretrained(tmp_path)
+    encoder, info = MixedAEModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and all(k.startswith("decoder.") for k in info["unexpected_keys"])
+    classifier, info = MixedAEForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert all(not key.startswith("vit.") for key in info["missing_keys"])
+    images = pixels(2)
+    with torch.no_grad():
+        # Downstream the encoder runs with global attention on unmixed images: same features as the pre-trained
+        # encoder run without mixing.
+        torch.testing.assert_close(encoder(images).last_hidden_state, pretraining.vit(images).last_hidden_state)
+        torch.testing.assert_close(classifier.vit(images).last_hidden_state, encoder(images).last_hidden_state)
+    assert torch.equal(encoder.embeddings.segment_embeddings.weight, pretraining.vit.embeddings.segment_embeddings.weight)
+
+
+def test_interpolate_pos_encoding_runs_other_resolutions():
+    model = MixedAEForPreTraining(tiny_mixedae_config()).eval()
+    outputs = model(pixels(8, size=48), interpolate_pos_encoding=True)
+    assert outputs.logits.shape == (8, 144, 48)
+    features = model.vit(pixels(2, size=48), interpolate_pos_encoding=True)
+    assert features.last_hidden_state.shape == (2, 145, 32)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def test_bad_inputs_raise_clear_errors():
+    model = MixedAEForPreTraining(tiny_mixedae_config())
+    with pytest.raises(ValueError, match="has 1 channels but the model expects num_channels=3"):
+        model(torch.randn(8, 1, IMAGE, IMAGE))
+    with pytest.raises(ValueError, match=r"Input image size \(48\*48\) doesn't match model \(32\*32\).*interpolate_pos_encoding"):
+        model(pixels(8, size=48))
+    with pytest.raises(ValueError, match="batch size 6 is not divisible by the group size 4"):
+        model(pixels(6))
+    with pytest.raises(ValueError, match=r"`noise` must have shape .* \(2, 64\), got \(8, 64\)"):
+        model(pixels(8), noise=torch.rand(8, NUM_PATCHES))
+    with pytest.raises(ValueError, match="divisible by the patch size"):
+        model(pixels(8, size=34), interpolate_pos_encoding=True)
+    with pytest.raises(ValueError, match="has 4 channels"):
+        MixedAEModel(tiny_mixedae_config())(torch.randn(2, 4, IMAGE, IMAGE))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(image_size=30), "image_size=30 is not divisible by patch_size=4"),
+        (dict(mixing_ratio=0.3), "1/mixing_ratio must be an integer.*mixing_ratio=0.3"),
+        (dict(mixing_ratio=0.0), "mixing_ratio=0.0 must be in"),
+        (dict(mask_ratio=1.0), r"mask_ratio=1.0 must be in \[0, 1\)"),
+        (dict(mask_ratio=-0.1), r"mask_ratio=-0.1 must be in \[0, 1\)"),
+        (dict(mask_ratio=0.7), "the 19 kept positions .* not divisible by the group size 4"),
+        (dict(hidden_size=30, num_attention_heads=5), "hidden_size=30 is not divisible by 4"),
+        (dict(hidden_size=36, num_attention_heads=8), "hidden_size=36 is not divisible by num_attention_heads=8"),
+        (dict(decoder_hidden_size=18, decoder_num_attention_heads=4), "decoder_hidden_size=18 is not divisible"),
+        (dict(homologous_topk=0), r"homologous_topk=0 must be in \[1, 65\]"),
+        (dict(homologous_topk=66), r"homologous_topk=66 must be in \[1, 65\]"),
+        (dict(homologous_attention_layers=[0, 2]), r"homologous_attention_layers=\[0, 2\] has indices \[2\]"),
+        (dict(segment_embedding="decoder"), "segment_embedding='decoder' must be"),
+        (dict(homologous_contrastive_temperature=0.0), "homologous_contrastive_temperature=0.0 must be > 0"),
+        (dict(homologous_contrastive_weight=-1.0), "homologous_contrastive_weight=-1.0 must be >= 0"),
+        (dict(classifier_pooling="max"), "classifier_pooling='max'"),
+    ],
+)
+def test_bad_config_values_raise_naming_field_and_value(overrides, message):
+    # transformers' strict config dataclasses wrap the ValueError raised by a validator.
+    with pytest.raises(Exception, match=message) as error:
+        tiny_mixedae_config(**overrides)
+    assert "ValueError" in str(error.value) or isinstance(error.value, ValueError)
+
+
+def test_config_type_errors_name_the_field():
+    with pytest.raises(Exception, match="mixing_ratio"):
+        tiny_mixedae_config(mixing_ratio="half")
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = tiny_mixedae_config(homologous_attention_layers=[1], homologous_topk=7, mixing_ratio=0.5)
+    config.save_pretrained(tmp_path)
+    loaded = MixedAEConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.resolved_homologous_attention_layers() == [1] and loaded.group_size == 2
