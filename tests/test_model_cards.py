@@ -1,0 +1,253 @@
+"""Model cards: the reference cards in `model_cards/` and `generate_model_card` parse with huggingface_hub, their
+metadata is valid and says where every number comes from, and every usage snippet runs against a tiny local
+checkpoint (`import transformers_mixedae` snippets in this process, `trust_remote_code` ones without the package)."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_mixedae_config
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from tiny_checkpoints import random_image, tiny_mixedae_processor, tiny_processor_kwargs
+from transformers.pipelines import SUPPORTED_TASKS
+from without_package import run_without_package
+
+import transformers_mixedae
+from transformers_mixedae import MixedAEConfig, MixedAEForPreTraining
+from transformers_mixedae.model_card import generate_model_card
+from transformers_mixedae.remote_code import save_pretrained_with_remote_code
+
+CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
+CARD_PATHS = sorted(CARDS_DIR.glob("*.md"))
+CARD_IDS = [path.stem for path in CARD_PATHS]
+HAS_CAE = hasattr(transformers_mixedae, "CAEForPreTraining")
+
+# Results the specifications state, per card: (protocol or metric, pre-training epochs) -> value.
+CAE_REPORTED = {
+    "cae-vit-base-patch16": {
+        300: (64.5, 74.0, 83.6, 48.1, 48.3, 42.7),
+        800: (68.9, 75.9, 83.8, 49.7, 49.9, 43.9),
+        1600: (70.3, 77.2, 83.9, 50.3, 50.3, 44.2),
+    },
+    "cae-vit-large-patch16": {1600: (77.8, 81.2, 86.2, 54.9, 54.5, 47.5)},
+}
+METRIC_COLUMNS = ("linear probing", "attentive probing", "fine-tuning", "mIoU", "Box AP", "Mask AP")
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+def family_of(card: ModelCard) -> str:
+    return "cae" if "cae" in card.data.tags else "mixedae"
+
+
+def localise(code: str, folder: Path) -> str:
+    """Point the snippet's `repo_id` at a local folder."""
+    match = re.search(r'^repo_id = "([^"]+)"$', code, flags=re.MULTILINE)
+    assert match, 'every usage snippet names its checkpoint in a `repo_id = "..."` line'
+    return code.replace(f'"{match.group(1)}"', repr(str(folder)))
+
+
+def tiny_checkpoint(family: str, folder: Path) -> Path:
+    """A tiny pre-training checkpoint of the family, with its processor and remote code."""
+    torch.manual_seed(0)
+    if family == "cae":
+        from helpers import tiny_cae_config
+
+        model = transformers_mixedae.CAEForPreTraining(tiny_cae_config())
+        processor = transformers_mixedae.CAEImageProcessorPil(**tiny_processor_kwargs())
+    else:
+        model = MixedAEForPreTraining(tiny_mixedae_config())
+        processor = tiny_mixedae_processor()
+    return save_pretrained_with_remote_code(model, folder, image_processor=processor)
+
+
+def needs_family(family: str):
+    return pytest.mark.skipif(family == "cae" and not HAS_CAE, reason="CAE is not in the package yet")
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cards")
+    random_image().save(folder / "example.jpg")
+    for family in ("mixedae", "cae"):
+        if family == "mixedae" or HAS_CAE:
+            tiny_checkpoint(family, folder / f"tiny-{family}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def generated_card(workdir) -> ModelCard:
+    (workdir / "all_results.json").write_text(
+        json.dumps(
+            {"epoch": 2.0, "eval_accuracy": 0.625, "eval_top5_accuracy": 0.875, "eval_loss": 1.1, "train_loss": 1.3}
+        )
+    )
+    return generate_model_card(
+        workdir / "tiny-mixedae",
+        workdir / "all_results.json",
+        "accelerate launch examples/run_image_classification.py --model_name_or_path tiny-mixedae",
+        eval_dataset="imagefolder",
+        eval_dataset_name="bundled sample",
+        evaluation_protocol="fine-tuning",
+        training_datasets=["imagefolder"],
+    )
+
+
+@pytest.fixture(scope="module")
+def remote_snippet_results(workdir, generated_card) -> dict[str, str]:
+    """Run every `trust_remote_code` snippet (all cards + the generated one) in one process without the package."""
+    snippets = {}
+    cards = [(path.stem, ModelCard(path.read_text(encoding="utf-8"))) for path in CARD_PATHS]
+    for name, card in [*cards, ("generated", generated_card)]:
+        family = family_of(card)
+        if not (workdir / f"tiny-{family}").exists():
+            continue
+        for index, code in enumerate(python_blocks(card.content)):
+            if "trust_remote_code=True" in code:
+                snippets[f"{name}:{index}"] = localise(code, workdir / f"tiny-{family}")
+    (workdir / "snippets.json").write_text(json.dumps(snippets))
+    run_without_package(
+        """
+        import json
+        import traceback
+
+        results = {"package_hidden": PACKAGE_HIDDEN}
+        for name, code in json.load(open("snippets.json")).items():
+            try:
+                exec(compile(code, name, "exec"), {"__name__": "__main__"})
+                results[name] = "ok"
+            except Exception:
+                results[name] = traceback.format_exc()
+        json.dump(results, open("snippet_results.json", "w"))
+        """,
+        workdir,
+    )
+    return json.loads((workdir / "snippet_results.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------- reference cards
+def test_there_is_a_card_per_reference_model():
+    assert CARD_IDS == ["cae-vit-base-patch16", "cae-vit-large-patch16", "mixedae-vit-base-patch16"]
+
+
+@pytest.mark.parametrize("path", CARD_PATHS, ids=CARD_IDS)
+def test_card_metadata_is_valid(path):
+    card = ModelCard(path.read_text(encoding="utf-8"))
+    data = card.data
+    assert data.license == "apache-2.0"
+    assert data.library_name == "transformers"
+    assert data.pipeline_tag in SUPPORTED_TASKS
+    assert data.datasets == ["ILSVRC/imagenet-1k"]
+    assert {"vision", "masked-image-modeling", "transformers_mixedae", family_of(card)} <= set(data.tags)
+    metadata = data.to_dict()
+    assert set(metadata) <= {"license", "library_name", "pipeline_tag", "datasets", "tags", "model-index"}
+    if "model-index" in metadata:
+        model_name, eval_results = model_index_to_eval_results(metadata["model-index"])
+        assert model_name == path.stem and eval_results
+    for heading in ("## Intended uses", "## Limitations", "## How to use", "## Training procedure", "## Citation"):
+        assert heading in card.text, heading
+    assert "@" in card.text.split("## Citation")[1]
+
+
+@pytest.mark.parametrize("name", sorted(CAE_REPORTED))
+def test_cae_cards_report_exactly_the_authors_numbers(name):
+    card = ModelCard((CARDS_DIR / f"{name}.md").read_text(encoding="utf-8"))
+    expected = {
+        (column, epochs): value
+        for epochs, values in CAE_REPORTED[name].items()
+        for column, value in zip(METRIC_COLUMNS, values)
+    }
+    found = {}
+    for result in card.data.eval_results:
+        assert "reported by the authors" in result.metric_name and "reported by the authors" in result.source_name
+        assert result.source_url == "https://github.com/Atten4Vis/CAE"
+        epochs = int(re.search(r"(\d+)-epoch pre-training", result.metric_name).group(1))
+        column = next(column for column in METRIC_COLUMNS if column in result.metric_name)
+        found[(column, epochs)] = result.metric_value
+    assert found == expected
+    for epochs, values in CAE_REPORTED[name].items():  # the body's table says the same
+        assert f"| {epochs} | " + " | ".join(str(value) for value in values) + " |" in card.text
+
+
+def test_mixedae_card_separates_the_paper_from_the_reconstruction():
+    card = ModelCard((CARDS_DIR / "mixedae-vit-base-patch16.md").read_text(encoding="utf-8"))
+    assert card.data.eval_results is None  # the paper's numbers are relative; unverified ones stay out of metadata
+    assert "no official code" in card.text.lower() and "reconstruction" in card.text
+    assert "2303.17152" in card.text
+    for field in MixedAEConfig.__dataclass_fields__.keys() & {"mixing_ratio", "segment_embedding", "homologous_topk"}:
+        assert f"`{field}`" in card.text
+
+
+@pytest.mark.parametrize("path", CARD_PATHS, ids=CARD_IDS)
+def test_card_snippets_with_the_package_run(path, workdir, monkeypatch):
+    card = ModelCard(path.read_text(encoding="utf-8"))
+    family = family_of(card)
+    if family == "cae" and not HAS_CAE:
+        pytest.skip("CAE is not in the package yet")
+    monkeypatch.chdir(workdir)
+    blocks = [code for code in python_blocks(card.content) if "trust_remote_code" not in code]
+    assert blocks and any("import transformers_mixedae" in code for code in blocks)
+    for code in blocks:
+        exec(compile(localise(code, workdir / f"tiny-{family}"), path.name, "exec"), {"__name__": "__main__"})
+
+
+@pytest.mark.parametrize("path", CARD_PATHS, ids=CARD_IDS)
+def test_card_snippets_with_remote_code_run_without_the_package(path, remote_snippet_results):
+    card = ModelCard(path.read_text(encoding="utf-8"))
+    if family_of(card) == "cae" and not HAS_CAE:
+        pytest.skip("CAE is not in the package yet")
+    assert remote_snippet_results["package_hidden"] is True
+    names = [name for name in remote_snippet_results if name.startswith(f"{path.stem}:")]
+    assert names, "every card shows the trust_remote_code route"
+    for name in names:
+        assert remote_snippet_results[name] == "ok", remote_snippet_results[name]
+
+
+# ---------------------------------------------------------------------------------------------- generated cards
+def test_generated_card_metadata_holds_only_the_measured_accuracies(generated_card):
+    card = ModelCard(str(generated_card))  # through text, as the Hub reads it
+    data = card.data
+    assert data.license == "apache-2.0" and data.library_name == "transformers"
+    assert data.pipeline_tag == "image-feature-extraction" and "mixedae" in data.tags
+    assert data.datasets == ["imagefolder"]
+    results = {result.metric_name: result.metric_value for result in data.eval_results}
+    assert results == {"Top-1 accuracy (fine-tuning)": 0.625, "Top-5 accuracy (fine-tuning)": 0.875}
+    assert all(
+        result.dataset_type == "imagefolder" and result.dataset_split == "validation" for result in data.eval_results
+    )
+    assert "reported by the authors" not in card.text
+    assert "--model_name_or_path tiny-mixedae" in card.text and "`train_loss` | 1.3" in card.text
+    assert "reconstruction" in card.text and "2303.17152" in card.text
+
+
+def test_generated_card_snippets_run(generated_card, workdir, remote_snippet_results, monkeypatch):
+    monkeypatch.chdir(workdir)
+    for code in python_blocks(generated_card.content):
+        if "trust_remote_code" not in code:
+            exec(compile(localise(code, workdir / "tiny-mixedae"), "generated", "exec"), {"__name__": "__main__"})
+    remote = [name for name in remote_snippet_results if name.startswith("generated:")]
+    assert remote and all(remote_snippet_results[name] == "ok" for name in remote)
+
+
+def test_generated_card_without_evaluation_data_has_no_model_index(workdir):
+    config = tiny_mixedae_config(num_labels=3, architectures=["MixedAEForImageClassification"])
+    card = ModelCard(str(generate_model_card(config, {"eval_accuracy": 0.5})))
+    assert card.data.eval_results is None and card.data.pipeline_tag == "image-classification"
+    assert "trust_remote_code" not in card.text  # a config alone says nothing about shipped code
+    assert "The training command was not recorded." in card.text
+
+    empty = generate_model_card(MixedAEConfig())
+    assert "No evaluation results were recorded" in empty.text and "mixedae-vit-base-patch16" in empty.text
+
+
+@needs_family("cae")
+def test_generated_card_for_cae(workdir):
+    card = generate_model_card(workdir / "tiny-cae")
+    assert "cae" in card.data.tags and "2202.03026" in card.text and "non-official" in card.text
+    assert "trust_remote_code=True" in card.text  # the folder ships its code

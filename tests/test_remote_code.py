@@ -1,0 +1,208 @@
+"""Remote code: a folder saved with `save_pretrained_with_remote_code` loads with `trust_remote_code=True` in a
+process where `transformers_mixedae` cannot be imported, and gives the outputs of the in-process model."""
+
+import json
+
+import pytest
+import torch
+from helpers import tiny_mixedae_config
+from tiny_checkpoints import random_image, randomise_, tiny_mixedae_processor
+from without_package import run_without_package
+
+from transformers_mixedae import (
+    MixedAEConfig,
+    MixedAEForImageClassification,
+    MixedAEForPreTraining,
+    MixedAEImageProcessorPil,
+)
+from transformers_mixedae.export import export_to_transformers
+from transformers_mixedae.remote_code import check_remote_code_folder, save_pretrained_with_remote_code
+
+ATOL = 1e-5
+
+# Runs without the package: loads every folder through the Auto classes and pipelines, saves the outputs.
+REMOTE_SCRIPT = """
+import torch
+from PIL import Image
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+    pipeline,
+)
+
+pretraining_dir, classification_dir, exported_dir = "pretraining", "classification", "exported"
+inputs = torch.load("inputs.pt")
+image = Image.open("image.png")
+outputs = {"package_hidden": PACKAGE_HIDDEN}
+try:
+    AutoModel.from_pretrained(pretraining_dir)
+except ValueError as error:
+    outputs["refused_without_trust"] = "trust_remote_code" in str(error)
+
+config = AutoConfig.from_pretrained(pretraining_dir, trust_remote_code=True)
+outputs["config_module"] = type(config).__module__
+with torch.no_grad():
+    encoder = AutoModel.from_pretrained(pretraining_dir, trust_remote_code=True).eval()
+    outputs["encoder_class"] = type(encoder).__name__
+    outputs["features"] = encoder(inputs["pixel_values"]).last_hidden_state
+    pretraining = AutoModelForPreTraining.from_pretrained(pretraining_dir, trust_remote_code=True).eval()
+    pretraining_outputs = pretraining(inputs["pixel_values"], noise=inputs["noise"])
+    outputs["pretraining_loss"] = pretraining_outputs.loss
+    outputs["pretraining_logits"] = pretraining_outputs.logits
+    classifier = AutoModelForImageClassification.from_pretrained(classification_dir, trust_remote_code=True).eval()
+    outputs["classification_logits"] = classifier(inputs["pixel_values"]).logits
+    exported = AutoModel.from_pretrained(exported_dir).eval()
+    outputs["exported_class"] = type(exported).__name__
+    outputs["exported_features"] = exported(inputs["pixel_values"]).last_hidden_state
+
+processor = AutoImageProcessor.from_pretrained(pretraining_dir, trust_remote_code=True)
+outputs["processor_class"] = type(processor).__name__
+outputs["processed"] = processor(image, return_tensors="pt").pixel_values
+extractor = pipeline("image-feature-extraction", model=pretraining_dir, trust_remote_code=True)
+outputs["pipeline_features"] = torch.tensor(extractor(image))
+image_classifier = pipeline("image-classification", model=classification_dir, trust_remote_code=True)
+outputs["pipeline_labels"] = [prediction["label"] for prediction in image_classifier(image, top_k=3)]
+outputs["pipeline_scores"] = [prediction["score"] for prediction in image_classifier(image, top_k=3)]
+torch.save(outputs, "outputs.pt")
+"""
+
+
+@pytest.fixture(scope="module")
+def remote_run(tmp_path_factory):
+    """Save the folders, run the remote script once, return (in-process references, remote outputs)."""
+    workdir = tmp_path_factory.mktemp("remote")
+    torch.manual_seed(0)
+    pretraining = randomise_(MixedAEForPreTraining(tiny_mixedae_config()))
+    labels = {0: "cat", 1: "dog", 2: "fish"}
+    classifier = randomise_(
+        MixedAEForImageClassification(tiny_mixedae_config(id2label=labels, label2id={v: k for k, v in labels.items()}))
+    )
+    processor = tiny_mixedae_processor()
+    save_pretrained_with_remote_code(pretraining, workdir / "pretraining", image_processor=processor)
+    save_pretrained_with_remote_code(classifier, workdir / "classification", image_processor=processor)
+    export_to_transformers(pretraining, workdir / "exported", image_processor=processor)
+
+    image = random_image()
+    image.save(workdir / "image.png")
+    inputs = {"pixel_values": torch.randn(4, 3, 32, 32), "noise": torch.rand(1, 64)}
+    torch.save(inputs, workdir / "inputs.pt")
+
+    processed = processor(image, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        pretraining_outputs = pretraining(inputs["pixel_values"], noise=inputs["noise"])
+        expected = {
+            "features": pretraining.vit(inputs["pixel_values"]).last_hidden_state,
+            "pretraining_loss": pretraining_outputs.loss,
+            "pretraining_logits": pretraining_outputs.logits,
+            "classification_logits": classifier(inputs["pixel_values"]).logits,
+            "processed": processed,
+            "pipeline_features": pretraining.vit(processed).last_hidden_state,
+            "pipeline_scores": classifier(processed).logits.softmax(-1)[0].sort(descending=True).values,
+        }
+    run_without_package(REMOTE_SCRIPT, workdir)
+    return expected, torch.load(workdir / "outputs.pt"), workdir
+
+
+def test_the_package_is_not_importable_in_the_remote_process(remote_run):
+    _, remote, _ = remote_run
+    assert remote["package_hidden"] is True
+    assert remote["refused_without_trust"] is True
+    assert remote["config_module"].startswith("transformers_modules.")
+
+
+def test_remote_models_give_the_in_process_outputs(remote_run):
+    expected, remote, _ = remote_run
+    assert remote["encoder_class"] == "MixedAEModel"
+    for name in ("features", "pretraining_loss", "pretraining_logits", "classification_logits"):
+        torch.testing.assert_close(remote[name], expected[name], atol=ATOL, rtol=0, msg=name)
+
+
+def test_remote_image_processor_and_pipelines(remote_run):
+    expected, remote, _ = remote_run
+    assert remote["processor_class"] == "MixedAEImageProcessorPil"
+    torch.testing.assert_close(remote["processed"], expected["processed"])
+    torch.testing.assert_close(remote["pipeline_features"], expected["pipeline_features"], atol=ATOL, rtol=0)
+    assert set(remote["pipeline_labels"]) == {"cat", "dog", "fish"}
+    torch.testing.assert_close(torch.tensor(remote["pipeline_scores"]), expected["pipeline_scores"], atol=ATOL, rtol=0)
+
+
+def test_exported_native_checkpoint_loads_without_the_package(remote_run):
+    expected, remote, _ = remote_run
+    assert remote["exported_class"] == "ViTModel"
+    torch.testing.assert_close(remote["exported_features"], expected["features"], atol=ATOL, rtol=0)
+
+
+def test_folder_layout_and_auto_map(remote_run):
+    _, _, workdir = remote_run
+    folder = workdir / "pretraining"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_mixedae.MixedAEConfig",
+        "AutoModel": "modeling_mixedae.MixedAEModel",
+        "AutoModelForPreTraining": "modeling_mixedae.MixedAEForPreTraining",
+        "AutoModelForImageClassification": "modeling_mixedae.MixedAEForImageClassification",
+    }
+    processor_config = json.loads((folder / "preprocessor_config.json").read_text())
+    assert processor_config["auto_map"]["AutoImageProcessor"] == {
+        "torchvision": "image_processing_mixedae.MixedAEImageProcessor",
+        "pil": "image_processing_mixedae.MixedAEImageProcessorPil",
+    }
+    assert not (folder / "__init__.py").exists() and not (folder / "registration.py").exists()
+    assert check_remote_code_folder(folder) == [
+        "configuration_mixedae.py",
+        "image_processing_mixedae.py",
+        "modeling_mixedae.py",
+        "vit_layers.py",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- in process
+def test_saving_with_remote_code_leaves_no_global_state(tmp_path):
+    model = MixedAEForPreTraining(tiny_mixedae_config())
+    processor = tiny_mixedae_processor()
+    save_pretrained_with_remote_code(model, tmp_path / "remote", image_processor=processor)
+
+    assert MixedAEForPreTraining._auto_class is None and MixedAEConfig._auto_class is None
+    assert MixedAEImageProcessorPil._auto_class is None
+    assert getattr(model.config, "auto_map", None) is None and "auto_map" not in processor.to_dict()
+    model.save_pretrained(tmp_path / "plain")
+    processor.save_pretrained(tmp_path / "plain")
+    assert not list((tmp_path / "plain").glob("*.py"))
+    assert "auto_map" not in json.loads((tmp_path / "plain" / "config.json").read_text())
+
+
+def test_check_remote_code_folder_reports_leaks(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "modeling_x.XModel"}}))
+    (tmp_path / "modeling_x.py").write_text(
+        "from .vit_layers import ViTLayer\nfrom transformers_mixedae.registration import register_auto_classes\n"
+    )
+    with pytest.raises(RuntimeError) as error:
+        check_remote_code_folder(tmp_path)
+    assert "vit_layers" in str(error.value) and "imports transformers_mixedae" in str(error.value)
+
+
+def test_push_to_hub_uploads_the_finished_folder(tmp_path, monkeypatch):
+    calls = {}
+
+    class FakeApi:
+        def create_repo(self, repo_id, exist_ok):
+            calls["created"] = repo_id
+            return type("RepoUrl", (), {"repo_id": f"user/{repo_id}"})()
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls["uploaded"] = (repo_id, sorted(path.name for path in tmp_path.joinpath("out").iterdir()))
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    save_pretrained_with_remote_code(
+        MixedAEForPreTraining(tiny_mixedae_config()),
+        tmp_path / "out",
+        tiny_mixedae_processor(),
+        push_to_hub=True,
+        repo_id="tiny-mixedae",
+    )
+    assert calls["created"] == "tiny-mixedae"
+    repo_id, files = calls["uploaded"]
+    assert repo_id == "user/tiny-mixedae" and "modeling_mixedae.py" in files and "model.safetensors" in files
