@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec python -m pytest -q tests "$@"
+if [ "$#" -eq 0 ]; then set -- tests; fi
+exec python -m pytest -q "$@"

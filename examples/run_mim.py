@@ -1,0 +1,38 @@
+#!/usr/bin/env python
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""Pre-train MixedAE or CAE with Accelerate, then evaluate (kNN, linear probe, reconstruction loss).
+
+    accelerate launch examples/run_mim.py --model_type mixedae --output_dir outputs/mixedae
+    accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/run_mim.py \
+        --dataset_name ILSVRC/imagenet-1k --streaming --per_device_train_batch_size 128 ...
+
+Without --dataset_name/--train_dir it trains on the Fashion-MNIST subset shipped with the package. The logic
+lives in `transformers_mixedae.pretraining` (importable and tested); this file only parses arguments.
+"""
+
+import json
+import logging
+import sys
+
+from transformers import HfArgumentParser
+
+import transformers_mixedae  # noqa: F401  (registers the models with the Auto classes)
+from transformers_mixedae.pretraining import run_pretraining
+from transformers_mixedae.pretraining_args import DataArguments, ModelArguments, PretrainingArguments
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments))
+    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(sys.argv[1])
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    results = run_pretraining(model_args, data_args, training_args)
+    if results:
+        print(json.dumps(results, indent=2, sort_keys=True))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,419 @@
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""Data and evaluation for `pretraining.run_pretraining`: loaders per rank, per-method batches, evaluation.
+
+Reproducibility: every random draw of the data pipeline (crop, flip, CAE mask) comes from a generator seeded by
+(seed, epoch, rank, worker, sample or batch index), never from the global RNG. Accelerate checkpoints the global
+RNG for the model's own draws (MixedAE's mixing noise, drop path); on resume the data is replayed from the start
+of the epoch with the same seeds and the consumed batches are skipped, so the resumed run sees exactly the same
+batches and random numbers as an uninterrupted one.
+"""
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+
+from .data import (
+    EvaluationTransform,
+    SkippedSampleStats,
+    build_evaluation_dataloader,
+    build_pretraining_dataloader,
+    load_image_dataset,
+    pretraining_transform_for_model_type,
+    synchronized_batches,
+)
+from .evaluation import evaluate_frozen_features, extract_features
+from .image_processing_mixedae import MixedAEImageProcessorPil, evaluation_sizes
+from .modeling_mixedae import mixing_assignment
+from .pretraining_args import DataArguments, ModelArguments, PretrainingArguments
+from .visualization import mixed_samples, save_homologous_attention_figure, save_reconstruction_grid, to_display
+
+logger = get_logger(__name__)
+
+NUM_VISUALIZED_IMAGES = 8
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers (stable across processes and Python versions)."""
+    digest = hashlib.sha256(",".join(str(int(part)) for part in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class SeededTransform:
+    """Calls an augmentation with a generator seeded per sample from (seed, epoch, rank, worker, index)."""
+
+    def __init__(self, transform, seed: int, rank: int):
+        self.transform = transform
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+        self.sample_index = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sample_index = 0
+
+    def __call__(self, image):
+        worker = torch.utils.data.get_worker_info()
+        worker_id = worker.id if worker is not None else 0
+        generator = torch.Generator().manual_seed(
+            derived_seed(self.seed, self.epoch, self.rank, worker_id, self.sample_index)
+        )
+        self.sample_index += 1
+        return self.transform(image, generator=generator)
+
+
+class DataState:
+    """Checkpointed counters of the data pipeline (skipped samples survive a resume)."""
+
+    def __init__(self, stats: SkippedSampleStats):
+        self.stats = stats
+
+    def state_dict(self) -> dict:
+        return {"num_skipped": self.stats.num_skipped, "num_loaded": self.stats.num_loaded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stats.num_skipped = state.get("num_skipped", 0)
+        self.stats.num_loaded = state.get("num_loaded", 0)
+
+
+class PretrainingData:
+    """Train/eval data of one run, built for this rank, plus the evaluation at `eval_steps` and at the end."""
+
+    def __init__(
+        self,
+        model,
+        model_args: ModelArguments,
+        data_args: DataArguments,
+        training_args: PretrainingArguments,
+        accelerator: Accelerator,
+    ):
+        self.model_type = model_args.model_type
+        self.config = model.config
+        self.data_args = data_args
+        self.training_args = training_args
+        self.accelerator = accelerator
+        self.image_size = self.config.image_size if isinstance(self.config.image_size, int) else self.config.image_size[0]
+        self.group_size = getattr(self.config, "group_size", 1)
+        if training_args.per_device_train_batch_size % self.group_size:
+            raise ValueError(
+                f"--per_device_train_batch_size {training_args.per_device_train_batch_size} must be a multiple of the "
+                f"MixedAE group size {self.group_size} (1/mixing_ratio)."
+            )
+
+        self.datasets = load_image_dataset(
+            dataset_name=data_args.dataset_name,
+            dataset_config_name=data_args.dataset_config_name,
+            train_dir=data_args.train_dir,
+            validation_dir=data_args.validation_dir,
+            streaming=data_args.streaming,
+            image_column_name=data_args.image_column_name,
+            label_column_name=data_args.label_column_name,
+            token=training_args.hub_token,
+            max_train_samples=data_args.max_train_samples,
+            max_eval_samples=data_args.max_eval_samples,
+        )
+        self.source = self.datasets.source
+        self.stats = SkippedSampleStats()
+        self.state = DataState(self.stats)
+        self.tokenizer = self._load_tokenizer(model_args)
+
+        augmentation = pretraining_transform_for_model_type(
+            self.model_type, self.image_size, **self._tokenizer_view_settings()
+        )
+        self.train_transform = SeededTransform(augmentation, training_args.seed, accelerator.process_index)
+        self.train_loader = build_pretraining_dataloader(
+            self.datasets.train,
+            self.train_transform,
+            batch_size=training_args.per_device_train_batch_size,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            seed=training_args.seed,
+            num_workers=data_args.dataloader_num_workers,
+            drop_last=True,
+            batch_multiple=self.group_size,
+            shuffle_buffer_size=data_args.shuffle_buffer_size,
+            image_column_name=self.datasets.image_column_name,
+            label_column_name=None,
+            skip_undecodable=not data_args.strict_decoding,
+            pin_memory=torch.cuda.is_available(),
+        )
+        self.train_loader.stats = self.stats
+        self.evaluation_transform = EvaluationTransform(self.image_size)
+        self.image_processor = MixedAEImageProcessorPil(**evaluation_sizes(self.image_size))
+        if self.model_type == "cae":
+            from .image_processing_cae import CAEImageProcessorPil
+
+            self.image_processor = CAEImageProcessorPil(
+                **evaluation_sizes(self.image_size), patch_size=self.config.patch_size
+            )
+
+    # ------------------------------------------------------------------ sizes
+    def num_train_examples(self) -> int | None:
+        train = self.datasets.train
+        if isinstance(train, datasets.Dataset):
+            return len(train)
+        splits = train.info.splits if train.info is not None else None
+        known = splits.get("train") if splits else None
+        if known is None or not known.num_examples:
+            return None
+        limit = self.data_args.max_train_samples
+        return min(known.num_examples, limit) if limit else known.num_examples
+
+    def optimizer_steps_per_epoch(self, total_batch_size: int) -> int | None:
+        examples = self.num_train_examples()
+        if examples is None:
+            return None
+        steps = examples // total_batch_size
+        if steps == 0:
+            raise ValueError(
+                f"the training set ({examples} examples) is smaller than one global batch ({total_batch_size}): "
+                "lower --per_device_train_batch_size or --gradient_accumulation_steps."
+            )
+        return steps
+
+    # ------------------------------------------------------------------ training batches
+    def train_batches(self, epoch: int, batches_per_epoch: int, skip_batches: int = 0) -> Iterator[dict]:
+        """This rank's batches of `epoch` (at most `batches_per_epoch`), the first `skip_batches` skipped, on the
+        accelerator's device and in the form the model's forward takes."""
+        self.train_loader.set_epoch(epoch)
+        self.train_transform.set_epoch(epoch)
+        # Creating a DataLoader iterator draws a worker base seed; from a private generator it leaves the global
+        # RNG (checkpointed for the model's own draws) untouched, whenever the iterator is created.
+        self.train_loader.dataloader.generator = torch.Generator().manual_seed(
+            derived_seed(self.training_args.seed, epoch, self.accelerator.process_index)
+        )
+        batches = synchronized_batches(self.train_loader, self.accelerator)
+        for index, batch in enumerate(batches):
+            if index >= batches_per_epoch:
+                return
+            if index < skip_batches:
+                continue
+            yield self.model_inputs(batch, derived_seed(self.training_args.seed, epoch, self.accelerator.process_index,
+                                                        index))
+
+    def model_inputs(self, batch: dict, batch_seed: int) -> dict[str, torch.Tensor]:
+        device = self.accelerator.device
+        inputs = {"pixel_values": batch["pixel_values"].to(device, non_blocking=True)}
+        if self.model_type == "cae":
+            inputs["bool_masked_pos"] = self._cae_masks(len(batch["pixel_values"]), batch_seed).to(device)
+            if self.tokenizer is not None:
+                tokenizer_views = batch["tokenizer_pixel_values"].to(device, non_blocking=True)
+                inputs["labels"] = self.tokenizer(tokenizer_views)
+        return inputs
+
+    def _cae_masks(self, batch_size: int, batch_seed: int) -> torch.Tensor:
+        from .masking import mask_generator_from_config, stack_masks
+
+        generator = mask_generator_from_config(self.config, seed=batch_seed)
+        return stack_masks([generator() for _ in range(batch_size)])
+
+    def _load_tokenizer(self, model_args: ModelArguments):
+        if self.model_type != "cae" or getattr(self.config, "target", None) != "tokens":
+            return None
+        if not model_args.cae_tokenizer_path:
+            raise ValueError(
+                "CAE with target='tokens' (the official setting) needs the DALL-E tokenizer: pass "
+                "--cae_tokenizer_path /path/to/encoder.pkl, or train the labelled non-official pixel variant with "
+                "--config_overrides target=pixels."
+            )
+        from .tokenizer_dalle import DallETokenizer
+
+        return DallETokenizer.from_file(model_args.cae_tokenizer_path, allow_unsafe_pickle=True).to(
+            self.accelerator.device
+        )
+
+    def _tokenizer_view_settings(self) -> dict:
+        if self.model_type == "cae" and self.tokenizer is None:
+            return {"tokenizer_image_size": None}
+        return {}
+
+    # ------------------------------------------------------------------ bad samples
+    def skipped_summary(self) -> dict[str, float]:
+        counts = torch.tensor([self.stats.num_skipped, self.stats.num_loaded], dtype=torch.float64)
+        return {"train_skipped_samples": int(counts[0]), "train_loaded_samples": int(counts[1])}
+
+    def check_skipped_fraction(self) -> None:
+        seen = self.stats.num_skipped + self.stats.num_loaded
+        if seen and self.stats.num_skipped / seen > self.data_args.max_skipped_fraction:
+            raise RuntimeError(
+                f"{self.stats.num_skipped} of {seen} training images could not be decoded "
+                f"(more than --max_skipped_fraction {self.data_args.max_skipped_fraction}); stopping. "
+                f"{self.stats.summary()}"
+            )
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluation_loader(self, dataset, max_samples: int | None):
+        return build_evaluation_dataloader(
+            _head(dataset, max_samples),
+            self.evaluation_transform,
+            batch_size=self.training_args.per_device_eval_batch_size,
+            rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes,
+            num_workers=self.data_args.dataloader_num_workers,
+            image_column_name=self.datasets.image_column_name,
+            label_column_name=self.datasets.label_column_name,
+            skip_undecodable=not self.data_args.strict_decoding,
+        )
+
+    @torch.no_grad()
+    def evaluate(self, model, step: int) -> dict[str, float]:
+        """kNN and linear probe on frozen encoder features, validation reconstruction loss, PNG grids.
+
+        Runs on a forked RNG: evaluating (or not) never changes the random numbers training draws afterwards.
+        """
+        devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(derived_seed(self.training_args.seed, 2))
+            return self._evaluate(model, step)
+
+    def _evaluate(self, model, step: int) -> dict[str, float]:
+        results: dict[str, float] = {}
+        validation = self.datasets.validation
+        if validation is None:
+            logger.warning("No validation split: skipping evaluation.", main_process_only=True)
+            return results
+        was_training = model.training
+        model.eval()
+        if self.datasets.label_column_name is not None:
+            bank_loader = self._evaluation_loader(self.datasets.train, self.data_args.max_eval_train_samples)
+            query_loader = self._evaluation_loader(validation, self.data_args.max_eval_samples)
+            bank_features, bank_labels = extract_features(model, bank_loader, self.accelerator)
+            query_features, query_labels = extract_features(model, query_loader, self.accelerator)
+            results.update(
+                evaluate_frozen_features(
+                    bank_features,
+                    bank_labels,
+                    query_features,
+                    query_labels,
+                    num_classes=self.datasets.num_labels,
+                    knn_k=self.training_args.knn_k,
+                    knn_temperature=self.training_args.knn_temperature,
+                    epochs=self.training_args.linear_probe_epochs,
+                    seed=self.training_args.seed,
+                )
+            )
+        results.update(self._reconstruction_loss_and_pictures(model, validation, step))
+        model.train(was_training)
+        return results
+
+    def _reconstruction_loss_and_pictures(self, model, validation, step: int) -> dict[str, float]:
+        """The pre-training loss on validation images (deterministic augmentation, masks and noise)."""
+        eval_batch = self.training_args.per_device_eval_batch_size
+        eval_batch -= eval_batch % self.group_size
+        augmentation = SeededTransform(
+            pretraining_transform_for_model_type(self.model_type, self.image_size, **self._tokenizer_view_settings()),
+            seed=derived_seed(self.training_args.seed, 1),
+            rank=self.accelerator.process_index,
+        )
+        loader = build_pretraining_dataloader(
+            _head(validation, self.data_args.max_eval_samples),
+            augmentation,
+            batch_size=max(eval_batch, self.group_size),
+            rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes,
+            seed=self.training_args.seed,
+            num_workers=0,
+            drop_last=False,
+            batch_multiple=self.group_size,
+            shuffle_buffer_size=1,
+            image_column_name=self.datasets.image_column_name,
+            label_column_name=None,
+        )
+        total = torch.zeros(2, device=self.accelerator.device, dtype=torch.float64)
+        for index, batch in enumerate(synchronized_batches(loader, self.accelerator)):
+            inputs = self.model_inputs(batch, derived_seed(self.training_args.seed, 3, index))
+            with self.accelerator.autocast():
+                outputs = model(**inputs)
+            if outputs.loss is not None:
+                count = inputs["pixel_values"].shape[0]
+                total[0] += outputs.loss.detach().double() * count
+                total[1] += count
+            if index == 0 and self.training_args.save_visualizations and self.accelerator.is_main_process:
+                self._save_pictures(model, inputs, outputs, step)
+        total = self.accelerator.reduce(total, reduction="sum")
+        return {"eval_loss": float(total[0] / total[1])} if total[1] > 0 else {}
+
+    def _save_pictures(self, model, inputs: dict, outputs, step: int) -> None:
+        directory = Path(self.training_args.output_dir) / "visualizations"
+        pixel_values = inputs["pixel_values"][:NUM_VISUALIZED_IMAGES].float().cpu()
+        mean, std = self.evaluation_transform.mean, self.evaluation_transform.std
+        patch_size = self.config.patch_size
+        if self.model_type == "mixedae":
+            group_size = self.group_size
+            num_groups = pixel_values.shape[0] // group_size
+            num_kept = self.config.num_kept(outputs.mask.shape[1])
+            owner = mixing_assignment(outputs.ids_restore[:num_groups].cpu(), num_kept, group_size)
+            grey = (0.5 - sum(mean) / 3) / (sum(std) / 3)
+            mixed = mixed_samples(pixel_values[: num_groups * group_size], owner, patch_size, grey)
+            save_reconstruction_grid(
+                directory / f"step_{step}_reconstruction.png",
+                pixel_values[: num_groups * group_size],
+                outputs.mask[: num_groups * group_size].cpu() == 0,
+                patch_size,
+                mean,
+                std,
+                logits=outputs.logits[: num_groups * group_size].float().cpu(),
+                norm_pix_loss=self.config.norm_pix_loss,
+                seen_pixel_values=mixed.repeat_interleave(group_size, dim=0),
+            )
+            if group_size > 1 and self.config.resolved_homologous_attention_layers():
+                self._save_homologous_attention(model, inputs, step, directory)
+        else:
+            masked = inputs["bool_masked_pos"][:NUM_VISUALIZED_IMAGES].cpu()
+            logits = None
+            if getattr(self.config, "target", None) == "pixels" and outputs.logits is not None:
+                logits = _scatter_masked_predictions(outputs.logits.float().cpu(), masked, pixel_values.shape[0])
+            save_reconstruction_grid(
+                directory / f"step_{step}_reconstruction.png", pixel_values, ~masked, patch_size, mean, std,
+                logits=logits, norm_pix_loss=True,
+            )
+
+    def _save_homologous_attention(self, model, inputs, step, directory) -> None:
+        """Which keys the last homologous layer kept for three queries of the first mixed sample."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        group_pixels = inputs["pixel_values"][: self.group_size]
+        num_patches = unwrapped.vit.embeddings.patch_embeddings.num_patches
+        noise = torch.rand(1, num_patches, generator=torch.Generator().manual_seed(derived_seed(step)))
+        mixing = unwrapped.draw_mixing(self.group_size, num_patches, noise.to(group_pixels.device),
+                                       device=group_pixels.device)
+        encoder_outputs = unwrapped.vit(group_pixels, mixing=mixing, output_attentions=True)
+        last_layer = self.config.resolved_homologous_attention_layers()[-1]
+        attention = encoder_outputs.attentions[last_layer][0].float().cpu()  # (heads, 1 + L, 1 + L)
+        kept_fraction_tokens = (attention > 0).float().mean(dim=0)[1:, 1:]  # (L, L) over mixed tokens
+        ids_keep = mixing.ids_keep[0].cpu()
+        owner = mixing_assignment(mixing.ids_restore[:1].cpu(), mixing.num_kept, self.group_size)[0]
+        mixed_image = mixed_samples(group_pixels.float().cpu(), owner[None], self.config.patch_size, 0.0)
+        queries = [0, len(ids_keep) // 2, len(ids_keep) - 1]
+        kept_fraction = torch.zeros(len(queries), owner.shape[0])
+        kept_fraction[:, ids_keep] = kept_fraction_tokens[queries]
+        grid = unwrapped.vit.embeddings.patch_embeddings.grid_size
+        save_homologous_attention_figure(
+            directory / f"step_{step}_homologous_attention.png",
+            to_display(mixed_image, self.evaluation_transform.mean, self.evaluation_transform.std)[0],
+            kept_fraction,
+            [int(ids_keep[q]) for q in queries],
+            owner,
+            grid,
+        )
+
+
+def _head(dataset, count: int | None):
+    if count is None:
+        return dataset
+    if isinstance(dataset, datasets.Dataset):
+        return dataset.select(range(min(count, len(dataset))))
+    return dataset.take(count)
+
+
+def _scatter_masked_predictions(logits: torch.Tensor, masked: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """CAE pixel predictions `(B, num_masked, P)` (masked positions in raster order) -> `(B, N, P)`, zeros elsewhere."""
+    num_patches = masked.shape[1]
+    per_image = logits.view(-1, logits.shape[-2], logits.shape[-1])[: masked.shape[0]]
+    full = torch.zeros(masked.shape[0], num_patches, per_image.shape[-1])
+    full[masked] = per_image.reshape(-1, per_image.shape[-1])
+    return full

@@ -1,0 +1,198 @@
+"""The pre-training pipeline behind examples/run_mim.py: end to end, resume, two processes, signals, errors."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForPreTraining
+
+import transformers_mixedae  # noqa: F401
+from transformers_mixedae.pretraining import run_pretraining
+from transformers_mixedae.pretraining_args import (
+    DataArguments,
+    ModelArguments,
+    PretrainingArguments,
+    parse_config_overrides,
+)
+from transformers_mixedae.pretraining_data import SeededTransform
+
+datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
+
+TINY_MIXEDAE = (
+    "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,decoder_hidden_size=16,"
+    "decoder_num_hidden_layers=1,decoder_num_attention_heads=2,decoder_intermediate_size=32"
+)
+TINY_CAE = (
+    "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,decoder_hidden_size=32,"
+    "regressor_num_layers=1,decoder_num_layers=1,decoder_num_attention_heads=4,num_masking_patches=8,"
+    "mask_min_num_patches=2,target=pixels"
+)
+
+
+def arguments(output_dir, model_type="mixedae", **training):
+    model_args = ModelArguments(
+        model_type=model_type,
+        config_overrides=TINY_MIXEDAE if model_type == "mixedae" else TINY_CAE,
+        image_size=16,
+        patch_size=4,
+        attn_implementation="eager",
+    )
+    data_args = DataArguments(max_train_samples=64, max_eval_samples=32, max_eval_train_samples=64)
+    values = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        max_train_steps=4,
+        logging_steps=1,
+        linear_probe_epochs=2,
+        seed=3,
+    )
+    values.update(training)
+    return model_args, data_args, PretrainingArguments(**values)
+
+
+@pytest.mark.parametrize("model_type", ["mixedae", "cae"])
+def test_end_to_end_produces_loadable_model_pictures_and_results(tmp_path, model_type):
+    results = run_pretraining(*arguments(tmp_path, model_type, checkpointing_steps=2, eval_steps=4))
+    for key in ("eval_knn_accuracy", "eval_linear_probe_accuracy", "eval_loss", "train_loss",
+                "train_samples_per_second"):
+        assert key in results and results[key] == results[key], key  # present and not NaN
+    saved = json.loads((tmp_path / "all_results.json").read_text())
+    assert saved == pytest.approx(results)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "preprocessor_config.json").exists()
+    assert (tmp_path / "README.md").exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_2", "step_4"]
+    pictures = sorted(p.name for p in (tmp_path / "visualizations").iterdir())
+    assert "step_4_reconstruction.png" in pictures
+    if model_type == "mixedae":
+        assert "step_4_homologous_attention.png" in pictures
+    model = AutoModelForPreTraining.from_pretrained(tmp_path)
+    assert model.config.model_type == model_type and model.config.image_size == 16
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def final_weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+@pytest.mark.parametrize("model_type", ["mixedae", "cae"])
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path, model_type):
+    # 64 samples / batch 8 = 8 batches per epoch, 2 accumulation steps: 4 optimizer steps per epoch; 6 steps
+    # cross an epoch boundary, and the checkpoint at step 3 lies in the middle of the first epoch.
+    settings = dict(max_train_steps=6, checkpointing_steps=3, gradient_accumulation_steps=2,
+                    checkpoints_total_limit=None)
+    uninterrupted = tmp_path / "uninterrupted"
+    run_pretraining(*arguments(uninterrupted, model_type, **settings))
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(uninterrupted / "checkpoints" / "step_3", resumed / "checkpoints" / "step_3")
+    run_pretraining(*arguments(resumed, model_type, resume_from_checkpoint="latest", **settings))
+
+    expected, actual = final_weights(uninterrupted), final_weights(resumed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_then_latest_resumes(tmp_path, monkeypatch):
+    original_call = SeededTransform.__call__
+    calls = {"count": 0}
+
+    def call_then_signal(self, image):
+        calls["count"] += 1
+        if calls["count"] == 20:  # during the third batch of 8
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original_call(self, image)
+
+    monkeypatch.setattr(SeededTransform, "__call__", call_then_signal)
+    results = run_pretraining(*arguments(tmp_path, max_train_steps=6))
+    assert results["stopped_by_signal"] is True and results["train_steps"] == 3
+    assert (tmp_path / "checkpoints" / "step_3").is_dir()
+    assert not (tmp_path / "model.safetensors").exists()
+
+    monkeypatch.setattr(SeededTransform, "__call__", original_call)
+    results = run_pretraining(*arguments(tmp_path, max_train_steps=6, resume_from_checkpoint="latest"))
+    assert results["train_steps"] == 6 and (tmp_path / "model.safetensors").exists()
+
+
+def test_incomplete_checkpoint_is_never_picked_as_latest(tmp_path):
+    run_pretraining(*arguments(tmp_path, max_train_steps=2, checkpointing_steps=2))
+    half_written = tmp_path / "checkpoints" / ".tmp-step_9"
+    half_written.mkdir()
+    from transformers_mixedae.checkpointing import resolve_checkpoint
+
+    assert resolve_checkpoint("latest", tmp_path).name == "step_2"
+    with pytest.raises(ValueError, match="incomplete checkpoint"):
+        resolve_checkpoint(str(half_written), tmp_path)
+    with pytest.raises(FileNotFoundError, match="is not a checkpoint folder"):
+        resolve_checkpoint(str(tmp_path / "nope"), tmp_path)
+
+
+def test_unwritable_output_dir_fails_before_training(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.raises(PermissionError, match="is not writable.*nothing was trained"):
+        run_pretraining(*arguments(blocked / "run"))
+
+
+def test_batch_size_must_be_a_multiple_of_the_group_size(tmp_path):
+    with pytest.raises(ValueError, match="per_device_train_batch_size 6 must be a multiple of the MixedAE group size 4"):
+        run_pretraining(*arguments(tmp_path, per_device_train_batch_size=6))
+
+
+def test_unknown_config_override_is_named(tmp_path):
+    model_args, data_args, training_args = arguments(tmp_path)
+    model_args.config_overrides = "hidden_sise=32"
+    with pytest.raises(ValueError, match=r"does not have: \['hidden_sise'\]"):
+        run_pretraining(model_args, data_args, training_args)
+
+
+def test_cae_tokens_without_tokenizer_says_how_to_fix(tmp_path):
+    model_args, data_args, training_args = arguments(tmp_path, "cae")
+    model_args.config_overrides = TINY_CAE.replace("target=pixels", "target=tokens")
+    with pytest.raises(ValueError, match="--cae_tokenizer_path .* target=pixels"):
+        run_pretraining(model_args, data_args, training_args)
+
+
+def test_parse_config_overrides():
+    assert parse_config_overrides("a=1,b=0.5,c=[1,2],d=pixels,e=true,f=none") == {
+        "a": 1, "b": 0.5, "c": [1, 2], "d": "pixels", "e": True, "f": None,
+    }
+    with pytest.raises(ValueError, match="is not of the form key=value"):
+        parse_config_overrides("hidden_size")
+
+
+def test_two_cpu_processes_see_disjoint_data_and_keep_identical_weights(tmp_path):
+    # A real launch (torchrun, gloo), as `accelerate launch --multi_gpu --num_processes 2` does on a CPU machine.
+    script = Path(__file__).parent / "scripts" / "two_process_pretraining.py"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+         str(script), str(tmp_path)],
+        env=environment, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    seen = [json.loads((tmp_path / f"seen_{rank}.json").read_text()) for rank in (0, 1)]
+    # The first 16 images each rank augmented are its training batches (2 steps x 8); evaluation comes after.
+    train_seen = [set(images[:16]) for images in seen]
+    assert len(train_seen[0]) == 16 and len(train_seen[1]) == 16
+    assert not train_seen[0] & train_seen[1]
+    weights = [json.loads((tmp_path / f"weights_{rank}.json").read_text()) for rank in (0, 1)]
+    assert weights[0] == weights[1]
+    results = json.loads((tmp_path / "all_results.json").read_text())
+    assert results["train_steps"] == 2 and results["train_loaded_samples"] >= 16
