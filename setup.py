@@ -11,7 +11,7 @@ setup(
     license="Apache-2.0",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={"transformers_mixedae": ["data/*.parquet", "data/*.json"]},
+    package_data={"transformers_mixedae": ["data/default/*.parquet", "data/default/*.json", "data/default/*.md"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

@@ -75,7 +75,7 @@ def balanced_subset(labels: np.ndarray, per_class: int, rng: np.random.Generator
 
 def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG", optimize=True)
+    Image.fromarray(pixels).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
@@ -116,6 +116,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    datasets.disable_progress_bars()
     rng = np.random.default_rng(args.seed)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for stale in args.output_dir.glob("*.parquet"):

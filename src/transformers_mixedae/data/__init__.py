@@ -1,0 +1,96 @@
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""Data for pre-training and evaluation: loading, image decoding, augmentation and distributed loaders.
+
+Typical use in a training script (one process per device, launched by `accelerate launch`):
+
+    datasets_ = load_image_dataset(args.dataset_name, streaming=args.streaming)        # or the default
+    transform = pretraining_transform_for_model_type(config.model_type, config.image_size)
+    loader = build_pretraining_dataloader(
+        datasets_.train, transform, args.per_device_train_batch_size,
+        rank=accelerator.process_index, world_size=accelerator.num_processes, seed=args.seed,
+        batch_multiple=config.group_size,   # MixedAE: 1 / mixing_ratio; CAE: 1
+    )                                        # NOT accelerator.prepare(loader): the data is already split
+    for epoch in range(num_epochs):
+        loader.set_epoch(epoch)
+        for batch in synchronized_batches(loader, accelerator):
+            ...
+    print(loader.stats.summary())            # undecodable images skipped, with their identifiers
+"""
+
+from .images import (
+    UndecodableImageError,
+    image_identifier,
+    load_rgb_image,
+    open_image,
+    to_rgb,
+)
+from .loading import (
+    DEFAULT_DATASET_DIR,
+    ImageDatasets,
+    check_image_dataset,
+    default_dataset_files,
+    load_image_dataset,
+)
+from .streaming import (
+    DecodedImageStream,
+    ImageStreamLoader,
+    SkipAwareCollator,
+    SkippedSampleStats,
+    build_evaluation_dataloader,
+    build_pretraining_dataloader,
+    set_loader_epoch,
+    synchronized_batches,
+)
+from .transforms import (
+    CAE_CROP_SCALE,
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    MAE_CROP_SCALE,
+    CropBox,
+    EvaluationTransform,
+    PretrainingTransform,
+    cae_pretraining_transform,
+    center_crop_box,
+    mixedae_pretraining_transform,
+    normalize_pixels,
+    pil_to_uint8_tensor,
+    pretraining_transform_for_model_type,
+    resized_crop,
+    sample_random_resized_crop,
+)
+
+__all__ = [
+    "CAE_CROP_SCALE",
+    "DEFAULT_DATASET_DIR",
+    "IMAGENET_DEFAULT_MEAN",
+    "IMAGENET_DEFAULT_STD",
+    "MAE_CROP_SCALE",
+    "CropBox",
+    "DecodedImageStream",
+    "EvaluationTransform",
+    "ImageDatasets",
+    "ImageStreamLoader",
+    "PretrainingTransform",
+    "SkipAwareCollator",
+    "SkippedSampleStats",
+    "UndecodableImageError",
+    "build_evaluation_dataloader",
+    "build_pretraining_dataloader",
+    "cae_pretraining_transform",
+    "center_crop_box",
+    "check_image_dataset",
+    "default_dataset_files",
+    "image_identifier",
+    "load_image_dataset",
+    "load_rgb_image",
+    "mixedae_pretraining_transform",
+    "normalize_pixels",
+    "open_image",
+    "pil_to_uint8_tensor",
+    "pretraining_transform_for_model_type",
+    "resized_crop",
+    "sample_random_resized_crop",
+    "set_loader_epoch",
+    "synchronized_batches",
+    "to_rgb",
+]

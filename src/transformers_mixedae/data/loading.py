@@ -1,0 +1,245 @@
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""Loading the train/validation image datasets: the embedded default, a Hub dataset or local folders.
+
+Three sources, one result (`ImageDatasets`):
+
+* nothing named -> the embedded default (a class-balanced Fashion-MNIST subset shipped as Parquet shards in
+  `transformers_mixedae/data/default/`), loaded with `load_dataset("parquet", data_files=...)`, i.e. the same
+  builder and schema (`image`: `datasets.Image`, `label`: `ClassLabel`) as the Parquet copy of ImageNet-1k;
+* `dataset_name` -> `load_dataset(dataset_name, dataset_config_name, streaming=..., token=...)`, e.g.
+  `ILSVRC/imagenet-1k` with `streaming=True` and a token that has accepted the dataset's terms;
+* `train_dir` / `validation_dir` (or `data_dir` with split sub-folders) -> Parquet shards when the folder
+  holds `*.parquet` files, otherwise `imagefolder` (class sub-folders give the labels).
+
+Both splits are checked at once: a missing image/label column or an empty split raises `ValueError` naming
+it (and the columns that do exist), before any training starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATASET_DIR = Path(__file__).resolve().parent / "default"
+TRAIN_SPLIT = "train"
+VALIDATION_SPLIT = "validation"
+AnyDataset = datasets.Dataset | datasets.IterableDataset
+
+
+@dataclass
+class ImageDatasets:
+    """What `load_image_dataset` returns.
+
+    Attributes:
+        train: the train split (`IterableDataset` when streaming).
+        validation: the validation split, or `None` when the source has none (a warning is logged).
+        image_column_name: column holding the images.
+        label_column_name: column holding integer labels, or `None` for unlabelled data.
+        label_names: class names from the label column's `ClassLabel`, or `None` when unknown.
+        source: human-readable origin (for logs and model cards).
+    """
+
+    train: AnyDataset
+    validation: AnyDataset | None
+    image_column_name: str
+    label_column_name: str | None
+    label_names: list[str] | None
+    source: str
+
+    @property
+    def num_labels(self) -> int | None:
+        return None if self.label_names is None else len(self.label_names)
+
+
+def default_dataset_files() -> dict[str, list[str]]:
+    """Parquet shards of the embedded default dataset, per split."""
+    files = {
+        split: sorted(str(path) for path in DEFAULT_DATASET_DIR.glob(f"{split}-*.parquet"))
+        for split in (TRAIN_SPLIT, VALIDATION_SPLIT)
+    }
+    missing = [split for split, paths in files.items() if not paths]
+    if missing:
+        raise FileNotFoundError(
+            f"the embedded default dataset has no {missing} shards in {DEFAULT_DATASET_DIR}; "
+            "rebuild it with scripts/build_default_dataset.py"
+        )
+    return files
+
+
+def _parquet_files(directory: Path) -> list[str]:
+    return sorted(str(path) for path in directory.rglob("*.parquet"))
+
+
+def _load_from_directories(
+    train_dir: str | None, validation_dir: str | None, streaming: bool, cache_dir: str | None
+) -> tuple[datasets.DatasetDict | datasets.IterableDatasetDict, str]:
+    directories = {TRAIN_SPLIT: train_dir, VALIDATION_SPLIT: validation_dir}
+    directories = {split: Path(path) for split, path in directories.items() if path is not None}
+    for split, directory in directories.items():
+        if not directory.is_dir():
+            raise ValueError(f"{split} directory {str(directory)!r} does not exist or is not a directory")
+    parquet = {split: _parquet_files(directory) for split, directory in directories.items()}
+    if all(parquet.values()):
+        return (
+            datasets.load_dataset("parquet", data_files=parquet, streaming=streaming, cache_dir=cache_dir),
+            f"parquet shards in {', '.join(map(str, directories.values()))}",
+        )
+    if any(parquet.values()):
+        raise ValueError("train_dir and validation_dir must both hold Parquet shards or both hold image files")
+    # One builder call over both folders, so class names (folder names) map to the same label ids in both.
+    data_files = {split: str(directory / "**") for split, directory in directories.items()}
+    try:
+        loaded = datasets.load_dataset("imagefolder", data_files=data_files, streaming=streaming, cache_dir=cache_dir)
+    except (FileNotFoundError, datasets.exceptions.DataFilesNotFoundError) as error:
+        raise ValueError(f"no image files found in {', '.join(map(str, directories.values()))}: {error}") from error
+    return loaded, f"imagefolder {', '.join(map(str, directories.values()))}"
+
+
+def _load_source(
+    dataset_name: str | None,
+    dataset_config_name: str | None,
+    train_dir: str | None,
+    validation_dir: str | None,
+    data_dir: str | None,
+    streaming: bool,
+    token: str | bool | None,
+    cache_dir: str | None,
+) -> tuple[datasets.DatasetDict | datasets.IterableDatasetDict, str]:
+    named = [name for name, value in (("dataset_name", dataset_name), ("train_dir", train_dir),
+                                      ("data_dir", data_dir)) if value is not None]
+    if len(named) > 1:
+        raise ValueError(f"give only one data source, got {' and '.join(named)}")
+    if validation_dir is not None and train_dir is None:
+        raise ValueError("validation_dir needs train_dir")
+    if dataset_name is not None:
+        loaded = datasets.load_dataset(
+            dataset_name, dataset_config_name, streaming=streaming, token=token, cache_dir=cache_dir
+        )
+        return loaded, dataset_name if dataset_config_name is None else f"{dataset_name} ({dataset_config_name})"
+    if train_dir is not None:
+        return _load_from_directories(train_dir, validation_dir, streaming, cache_dir)
+    if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise ValueError(f"data_dir {data_dir!r} does not exist or is not a directory")
+        builder = "parquet" if _parquet_files(Path(data_dir)) else "imagefolder"
+        try:
+            loaded = datasets.load_dataset(builder, data_dir=data_dir, streaming=streaming, cache_dir=cache_dir)
+        except (FileNotFoundError, datasets.exceptions.DataFilesNotFoundError) as error:
+            raise ValueError(f"no image or Parquet files found in data_dir {data_dir!r}: {error}") from error
+        return loaded, f"{builder} {data_dir}"
+    files = default_dataset_files()
+    loaded = datasets.load_dataset("parquet", data_files=files, streaming=streaming, cache_dir=cache_dir)
+    return loaded, "embedded default (Fashion-MNIST subset, transformers_mixedae/data/default)"
+
+
+def _column_names(dataset: AnyDataset) -> list[str] | None:
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    return None
+
+
+def _first_example(dataset: AnyDataset) -> dict[str, Any] | None:
+    """The first example with images left undecoded (cheap), or `None` for an empty dataset."""
+    if isinstance(dataset, datasets.Dataset):
+        return None if len(dataset) == 0 else {}  # columns are known from the schema
+    known_size = dataset.info.splits and dataset.split and dataset.info.splits.get(str(dataset.split))
+    if known_size is not None and known_size.num_examples:
+        return {}  # non-empty per the dataset card; no need to touch the (remote) data
+    return next(iter(dataset.decode(False).take(1)), None)
+
+
+def check_image_dataset(
+    dataset: AnyDataset, split: str, image_column_name: str, label_column_name: str | None, source: str
+) -> None:
+    """Raise `ValueError` naming the problem if `dataset` is empty or lacks the image/label column."""
+    columns = _column_names(dataset)
+    first = _first_example(dataset)
+    if first is None:
+        raise ValueError(f"the {split} split of {source} is empty (0 examples)")
+    if columns is None and first:
+        columns = list(first)
+    if columns is None:
+        return  # a stream without schema or card: the data pipeline will name a missing column when it meets one
+    for role, column in (("image", image_column_name), ("label", label_column_name)):
+        if column is not None and column not in columns:
+            raise ValueError(
+                f"{role} column {column!r} not found in the {split} split of {source}; available columns: "
+                f"{columns}. Pass --{role}_column_name to choose another."
+            )
+
+
+def _label_names(dataset: AnyDataset, label_column_name: str | None) -> list[str] | None:
+    if label_column_name is None or dataset.features is None:
+        return None
+    feature = dataset.features.get(label_column_name)
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
+def _limit(dataset: AnyDataset, max_samples: int | None) -> AnyDataset:
+    if max_samples is None:
+        return dataset
+    if isinstance(dataset, datasets.Dataset):
+        return dataset.select(range(min(max_samples, len(dataset))))
+    return dataset.take(max_samples)
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_dir: str | None = None,
+    validation_dir: str | None = None,
+    data_dir: str | None = None,
+    streaming: bool = False,
+    image_column_name: str = "image",
+    label_column_name: str | None = "label",
+    token: str | bool | None = None,
+    cache_dir: str | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    validation_split_name: str = VALIDATION_SPLIT,
+) -> ImageDatasets:
+    """Load the train and validation splits of an image dataset and check them.
+
+    Args:
+        dataset_name: Hub dataset id (e.g. `ILSVRC/imagenet-1k`, gated: pass `token=True` after accepting its
+            terms). `None` with no directories -> the embedded default dataset.
+        dataset_config_name: Hub dataset configuration.
+        train_dir / validation_dir: local folders with Parquet shards or class sub-folders of images.
+        data_dir: local root with split sub-folders (`train/`, `val/` or `validation/`) for `imagefolder`.
+        streaming: return `IterableDataset`s that read lazily (no download / Arrow copy).
+        image_column_name / label_column_name: columns to use; `label_column_name=None` for unlabelled data.
+        token: Hub token (`True` = the stored login).
+        cache_dir: `datasets` cache folder.
+        max_train_samples / max_eval_samples: keep only the first N examples (`take` when streaming).
+        validation_split_name: split used for validation (ImageNet: `validation`; its `test` has no labels).
+
+    Raises:
+        ValueError: conflicting sources, a missing folder, an empty split or a missing column (named).
+    """
+    loaded, source = _load_source(
+        dataset_name, dataset_config_name, train_dir, validation_dir, data_dir, streaming, token, cache_dir
+    )
+    if TRAIN_SPLIT not in loaded:
+        raise ValueError(f"{source} has no {TRAIN_SPLIT!r} split; available splits: {list(loaded)}")
+    train = loaded[TRAIN_SPLIT]
+    validation = loaded.get(validation_split_name)
+    if validation is None:
+        logger.warning("%s has no %r split (splits: %s); validation is None", source, validation_split_name,
+                       list(loaded))
+    for split_name, dataset in ((TRAIN_SPLIT, train), (validation_split_name, validation)):
+        if dataset is not None:
+            check_image_dataset(dataset, split_name, image_column_name, label_column_name, source)
+    return ImageDatasets(
+        train=_limit(train, max_train_samples),
+        validation=None if validation is None else _limit(validation, max_eval_samples),
+        image_column_name=image_column_name,
+        label_column_name=label_column_name,
+        label_names=_label_names(train, label_column_name),
+        source=source,
+    )

@@ -1,0 +1,371 @@
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""Distributed, skip-aware data loaders for pre-training and feature extraction.
+
+How to use them with Accelerate (the rules behind the code, see DATA_AND_EVAL §2.2 and §4):
+
+1. Build the loader with this process's `rank = accelerator.process_index` and
+   `world_size = accelerator.num_processes`. The stream is shuffled with the **same seed on every rank,
+   before** `datasets.distributed.split_dataset_by_node`, so every rank draws a disjoint part of one
+   permutation. Shard-level splitting needs `num_shards % world_size == 0` (ImageNet's 294 shards: world
+   sizes 2, 3, 6, 7, 14, ...); otherwise every rank reads all shards and keeps every world_size-th example
+   (still disjoint, more I/O).
+2. Do **not** pass the loader to `accelerator.prepare`: the data is already split, and a prepared loader
+   with `dispatch_batches=False` would split it again and silently drop half of it. Move batches with
+   `{k: v.to(accelerator.device) for k, v in batch.items()}` instead.
+3. Call `loader.set_epoch(epoch)` before every epoch. It reaches the final `datasets` object (`map`,
+   `split_dataset_by_node`, ... return new objects whose epoch restarts at 0, so setting it earlier is lost);
+   the value lives in shared memory, so persistent workers see it too.
+4. Ranks can hold a few examples more or less (uneven shards, skipped files). Wrap the loop in
+   `synchronized_batches(loader, accelerator)`, which stops every rank as soon as one runs dry, so no
+   rank waits forever in a collective.
+
+Bad samples: images that cannot be decoded are skipped inside the stream (the next good image takes their
+place, so batches stay full), and reported in-band to the main process, which counts them in
+`loader.stats` (`SkippedSampleStats`, with the identifiers). `skip_undecodable=False` makes the first one
+fatal. MixedAE needs batches that are a multiple of its group size g = 1/mixing_ratio: pass
+`batch_multiple=g` (and a `batch_size` that is a multiple of g); a short final batch is trimmed down to a
+multiple of g, or dropped with `drop_last=True`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import datasets
+import torch
+from datasets.distributed import split_dataset_by_node
+
+from .images import UndecodableImageError, load_rgb_image
+
+logger = logging.getLogger(__name__)
+
+# Key under which a stream item carries the bad samples skipped just before it (and a report-only item at the
+# end of a worker's stream carries the rest); the collator turns it into `SKIPPED_BATCH_KEY`.
+SKIPPED_ITEM_KEY = "_skipped_samples"
+SKIPPED_BATCH_KEY = "skipped_samples"
+LABELS_KEY = "labels"
+PIXEL_VALUES_KEY = "pixel_values"
+# Shards a map-style Dataset is cut into when it is turned into a stream, per (rank x worker): enough for the
+# shard permutation to mix the data while keeping shard-level splitting across ranks.
+SHARDS_PER_READER = 8
+
+Transform = Callable[..., dict[str, torch.Tensor]]
+T = TypeVar("T")
+
+
+@dataclass
+class SkippedSampleStats:
+    """Counts of what a loader read, skipped and trimmed (kept in the main process).
+
+    Attributes:
+        num_loaded: good samples delivered in batches.
+        num_skipped: undecodable samples skipped.
+        num_trimmed: good samples cut off to keep a batch a multiple of `batch_multiple`, or in a dropped
+            short last batch.
+        skipped: `(identifier, reason)` of the first `max_recorded` skipped samples.
+        reasons: skipped samples per error type.
+    """
+
+    num_loaded: int = 0
+    num_skipped: int = 0
+    num_trimmed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    reasons: Counter = field(default_factory=Counter)
+    max_recorded: int = 100
+
+    def record_skipped(self, identifier: str, reason: str) -> None:
+        self.num_skipped += 1
+        self.reasons[reason.split(":", 1)[0]] += 1
+        if len(self.skipped) < self.max_recorded:
+            self.skipped.append((identifier, reason))
+
+    def summary(self) -> str:
+        text = f"{self.num_loaded} samples loaded, {self.num_skipped} undecodable skipped, {self.num_trimmed} trimmed"
+        if self.skipped:
+            shown = ", ".join(identifier for identifier, _ in self.skipped[:5])
+            more = f" (+{self.num_skipped - 5} more)" if self.num_skipped > 5 else ""
+            text += f"; skipped: {shown}{more}; reasons: {dict(self.reasons)}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_loaded": self.num_loaded,
+            "num_skipped": self.num_skipped,
+            "num_trimmed": self.num_trimmed,
+            "skipped": [list(item) for item in self.skipped],
+            "reasons": dict(self.reasons),
+        }
+
+
+class DecodedImageStream(torch.utils.data.IterableDataset):
+    """Decode (to RGB) and transform each example of a `datasets.IterableDataset`, skipping bad images.
+
+    Yields dicts with the transform's tensors, `labels` (when a label column is given) and, when bad samples
+    were skipped since the previous item, their `(identifier, reason)` pairs under `SKIPPED_ITEM_KEY`.
+    Inside DataLoader workers the wrapped `datasets` stream shards itself across workers.
+    """
+
+    def __init__(
+        self,
+        source: datasets.IterableDataset,
+        transform: Transform,
+        image_column_name: str = "image",
+        label_column_name: str | None = "label",
+        skip_undecodable: bool = True,
+    ):
+        super().__init__()
+        self.source = source
+        self.transform = transform
+        self.image_column_name = image_column_name
+        self.label_column_name = label_column_name
+        self.skip_undecodable = skip_undecodable
+
+    def set_epoch(self, epoch: int) -> None:
+        self.source.set_epoch(epoch)
+
+    def _missing_column(self, column: str, example: dict[str, Any]) -> ValueError:
+        return ValueError(f"column {column!r} not found in the data stream; available columns: {sorted(example)}")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        pending: list[tuple[str, str]] = []
+        for example in self.source:
+            if self.image_column_name not in example:
+                raise self._missing_column(self.image_column_name, example)
+            if self.label_column_name is not None and self.label_column_name not in example:
+                raise self._missing_column(self.label_column_name, example)
+            try:
+                image = load_rgb_image(example[self.image_column_name])
+            except UndecodableImageError as error:
+                if not self.skip_undecodable:
+                    raise
+                pending.append((error.identifier, error.reason))
+                continue
+            item = dict(self.transform(image))
+            if self.label_column_name is not None:
+                item[LABELS_KEY] = int(example[self.label_column_name])
+            if pending:
+                item[SKIPPED_ITEM_KEY] = pending
+                pending = []
+            yield item
+        if pending:
+            yield {SKIPPED_ITEM_KEY: pending}
+
+
+class SkipAwareCollator:
+    """Stack stream items into a batch; drop `None`/report-only items; trim to a multiple of `batch_multiple`.
+
+    The batch holds stacked tensors for every tensor key, `labels` as int64, and `skipped_samples` (a list of
+    `(identifier, reason)`, usually empty) plus `num_trimmed`. A batch with no good sample has no
+    `pixel_values`.
+    """
+
+    def __init__(self, batch_multiple: int = 1):
+        if batch_multiple < 1:
+            raise ValueError(f"batch_multiple must be >= 1, got {batch_multiple}")
+        self.batch_multiple = batch_multiple
+
+    def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any]:
+        skipped = [entry for item in items if item for entry in item.get(SKIPPED_ITEM_KEY, ())]
+        samples = [item for item in items if item is not None and PIXEL_VALUES_KEY in item]
+        keep = len(samples) - len(samples) % self.batch_multiple
+        batch: dict[str, Any] = {SKIPPED_BATCH_KEY: skipped, "num_trimmed": len(samples) - keep}
+        samples = samples[:keep]
+        if samples:
+            for key in samples[0]:
+                if key == SKIPPED_ITEM_KEY:
+                    continue
+                values = [sample[key] for sample in samples]
+                batch[key] = torch.stack(values) if torch.is_tensor(values[0]) else torch.tensor(values)
+        return batch
+
+
+class ImageStreamLoader:
+    """Iterate a DataLoader over a `DecodedImageStream`; keep `stats`; apply `drop_last`; forward `set_epoch`.
+
+    Yields batches `{"pixel_values": (B, 3, H, W), "labels": (B,), ...}` (the transform's keys), never with
+    bookkeeping keys. Not meant for `accelerator.prepare` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        dataloader: torch.utils.data.DataLoader,
+        stream: DecodedImageStream,
+        batch_size: int,
+        drop_last: bool,
+        stats: SkippedSampleStats | None = None,
+    ):
+        self.dataloader = dataloader
+        self.stream = stream
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.stats = stats if stats is not None else SkippedSampleStats()
+
+    @property
+    def dataset(self) -> datasets.IterableDataset:
+        """The final `datasets` object (shuffled and split for this rank)."""
+        return self.stream.source
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for `epoch` (same permutation on every rank)."""
+        self.stream.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self.dataloader:
+            for identifier, reason in batch.pop(SKIPPED_BATCH_KEY):
+                self.stats.record_skipped(identifier, reason)
+                logger.warning("skipped undecodable image %s (%s)", identifier, reason)
+            self.stats.num_trimmed += batch.pop("num_trimmed")
+            size = len(batch[PIXEL_VALUES_KEY]) if PIXEL_VALUES_KEY in batch else 0
+            if size == 0:
+                continue
+            if self.drop_last and size < self.batch_size:
+                self.stats.num_trimmed += size
+                continue
+            self.stats.num_loaded += size
+            yield batch
+
+
+def set_loader_epoch(loader: ImageStreamLoader, epoch: int) -> None:
+    """Reshuffle `loader` for `epoch`; call before iterating each epoch (identical on every rank)."""
+    loader.set_epoch(epoch)
+
+
+def _image_column_undecoded(dataset: datasets.IterableDataset, image_column_name: str) -> datasets.IterableDataset:
+    """Hand raw bytes/paths to our decoder, which skips bad files instead of crashing inside `datasets`."""
+    features = dataset.features
+    if features is not None and isinstance(features.get(image_column_name), datasets.Image):
+        return dataset.cast_column(image_column_name, datasets.Image(decode=False))
+    return dataset
+
+
+def _as_stream(dataset: datasets.Dataset | datasets.IterableDataset, world_size: int, num_workers: int):
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset
+    if len(dataset) == 0:
+        raise ValueError("cannot build a data loader over an empty dataset")
+    num_shards = min(len(dataset), world_size * max(1, num_workers) * SHARDS_PER_READER)
+    return dataset.to_iterable_dataset(num_shards=num_shards)
+
+
+def _rank_stream(
+    dataset: datasets.Dataset | datasets.IterableDataset,
+    image_column_name: str,
+    rank: int,
+    world_size: int,
+    num_workers: int,
+    shuffle_seed: int | None,
+    shuffle_buffer_size: int,
+) -> datasets.IterableDataset:
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    stream = _image_column_undecoded(_as_stream(dataset, world_size, num_workers), image_column_name)
+    if shuffle_seed is not None:
+        # Same seed on every rank and before the split: one permutation, cut into disjoint parts.
+        stream = stream.shuffle(seed=shuffle_seed, buffer_size=shuffle_buffer_size)
+    if world_size > 1:
+        stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
+    return stream
+
+
+def _build_loader(
+    stream: datasets.IterableDataset,
+    transform: Transform,
+    batch_size: int,
+    num_workers: int,
+    drop_last: bool,
+    batch_multiple: int,
+    image_column_name: str,
+    label_column_name: str | None,
+    skip_undecodable: bool,
+    pin_memory: bool,
+    persistent_workers: bool,
+) -> ImageStreamLoader:
+    if batch_size % batch_multiple:
+        raise ValueError(f"batch_size={batch_size} must be a multiple of batch_multiple={batch_multiple}")
+    if num_workers > stream.num_shards:
+        logger.info("using %d DataLoader workers instead of %d: the stream has %d shards for this rank",
+                    stream.num_shards, num_workers, stream.num_shards)
+        num_workers = stream.num_shards
+    decoded = DecodedImageStream(stream, transform, image_column_name, label_column_name, skip_undecodable)
+    dataloader = torch.utils.data.DataLoader(
+        decoded,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=SkipAwareCollator(batch_multiple),
+        drop_last=False,  # applied after the in-band skip reports are read, so none is lost
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers and num_workers > 0,
+    )
+    return ImageStreamLoader(dataloader, decoded, batch_size, drop_last)
+
+
+def build_pretraining_dataloader(
+    dataset: datasets.Dataset | datasets.IterableDataset,
+    transform: Transform,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    num_workers: int = 0,
+    drop_last: bool = True,
+    batch_multiple: int = 1,
+    shuffle_buffer_size: int = 1000,
+    image_column_name: str = "image",
+    label_column_name: str | None = "label",
+    skip_undecodable: bool = True,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+) -> ImageStreamLoader:
+    """Shuffled, rank-split, skip-aware loader of transformed images for pre-training.
+
+    `batch_size` is per process. The returned loader must not go through `accelerator.prepare`; call its
+    `set_epoch(epoch)` before each epoch. A map-style `Dataset` is turned into a sharded stream first, so both
+    kinds behave the same. See the module docstring for the distributed rules.
+    """
+    stream = _rank_stream(dataset, image_column_name, rank, world_size, num_workers, seed, shuffle_buffer_size)
+    return _build_loader(stream, transform, batch_size, num_workers, drop_last, batch_multiple, image_column_name,
+                         label_column_name, skip_undecodable, pin_memory, persistent_workers)
+
+
+def build_evaluation_dataloader(
+    dataset: datasets.Dataset | datasets.IterableDataset,
+    transform: Transform,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    image_column_name: str = "image",
+    label_column_name: str | None = "label",
+    skip_undecodable: bool = True,
+) -> ImageStreamLoader:
+    """Unshuffled, rank-split, skip-aware loader that keeps every sample (no `drop_last`, no trimming).
+
+    Feed it to `evaluation.extract_features(..., accelerator=accelerator)`, which gathers the ranks' parts.
+    """
+    stream = _rank_stream(dataset, image_column_name, rank, world_size, num_workers, None, 0)
+    return _build_loader(stream, transform, batch_size, num_workers, False, 1, image_column_name,
+                         label_column_name, skip_undecodable, False, False)
+
+
+def synchronized_batches(batches: Iterable[T], accelerator: Any | None = None) -> Iterator[T]:
+    """Yield batches while **every** rank still has one (one tiny all-reduce per step).
+
+    Without it, a rank with one batch more than the others would wait forever in the gradient all-reduce.
+    With no accelerator or a single process it simply yields everything.
+    """
+    iterator = iter(batches)
+    num_processes = 1 if accelerator is None else accelerator.num_processes
+    while True:
+        batch = next(iterator, None)
+        if num_processes > 1:
+            has_batch = torch.tensor([0 if batch is None else 1], device=accelerator.device)
+            if int(accelerator.reduce(has_batch, reduction="sum").item()) < num_processes:
+                return
+        elif batch is None:
+            return
+        yield batch
+

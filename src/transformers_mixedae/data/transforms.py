@@ -1,0 +1,317 @@
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""Pre-training and evaluation augmentation in PIL + torch (torchvision optional, never required).
+
+The fast path (see DATA_AND_EVAL §3): PIL decode -> uint8 tensor -> crop by slicing -> one
+`F.interpolate(..., antialias=True)` on uint8 -> flip -> normalise. The random crop follows the logic of
+torchvision's `RandomResizedCrop.get_params`: up to 10 draws of an area fraction in `scale` and a
+log-uniform aspect ratio in `ratio`, else a central crop with the aspect ratio clamped into `ratio`.
+
+Presets:
+* `mixedae_pretraining_transform`: MAE/MixedAE recipe, RandomResizedCrop scale (0.2, 1) bicubic + flip.
+* `cae_pretraining_transform`: CAE/BEiT recipe, scale (0.08, 1) bicubic + flip, plus the tokenizer view
+  (`tokenizer_pixel_values`, 112 px Lanczos, values in [0, 1], DALL-E `map_pixels` NOT applied) cut from the
+  same crop box with the same flip, and an optional per-sample mask (`bool_masked_pos`) from a callable.
+* `EvaluationTransform`: resize the short side to `image_size / crop_fraction`, centre crop, normalise.
+
+Every transform takes an RGB PIL image (see `images.load_rgb_image`) and an optional `torch.Generator`;
+without a generator the global torch RNG is used, which DataLoader workers seed from the main process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+MAE_CROP_SCALE = (0.2, 1.0)
+CAE_CROP_SCALE = (0.08, 1.0)
+DEFAULT_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+CAE_TOKENIZER_IMAGE_SIZE = 112
+# torchvision's RandomResizedCrop tries this many random boxes before falling back to a central crop.
+RANDOM_CROP_ATTEMPTS = 10
+
+Interpolation = Literal["bilinear", "bicubic"]
+ResizeBackend = Literal["torch", "torchvision"]
+PIL_RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A crop in source-image pixels."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def as_pil_box(self) -> tuple[int, int, int, int]:
+        return (self.left, self.top, self.left + self.width, self.top + self.height)
+
+
+def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    height, width = size
+    return (int(height), int(width))
+
+
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return float(torch.empty(1).uniform_(low, high, generator=generator).item())
+
+
+def _randint_inclusive(low: int, high: int, generator: torch.Generator | None) -> int:
+    return int(torch.randint(low, high + 1, (1,), generator=generator).item())
+
+
+def sample_random_resized_crop(
+    height: int,
+    width: int,
+    scale: tuple[float, float] = CAE_CROP_SCALE,
+    ratio: tuple[float, float] = DEFAULT_CROP_RATIO,
+    generator: torch.Generator | None = None,
+) -> CropBox:
+    """Draw a RandomResizedCrop box for a `height` x `width` image (torchvision's `get_params` logic)."""
+    if not (0.0 < scale[0] <= scale[1] <= 1.0):
+        raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+    if not (0.0 < ratio[0] <= ratio[1]):
+        raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(RANDOM_CROP_ATTEMPTS):
+        target_area = area * _uniform(scale[0], scale[1], generator)
+        aspect_ratio = math.exp(_uniform(log_ratio[0], log_ratio[1], generator))
+        crop_width = round(math.sqrt(target_area * aspect_ratio))
+        crop_height = round(math.sqrt(target_area / aspect_ratio))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = _randint_inclusive(0, height - crop_height, generator)
+            left = _randint_inclusive(0, width - crop_width, generator)
+            return CropBox(top, left, crop_height, crop_width)
+    # Fallback (small or very elongated images): the largest central box whose aspect ratio is within `ratio`.
+    input_ratio = width / height
+    if input_ratio < ratio[0]:
+        crop_width, crop_height = width, round(width / ratio[0])
+    elif input_ratio > ratio[1]:
+        crop_width, crop_height = round(height * ratio[1]), height
+    else:
+        crop_width, crop_height = width, height
+    crop_width = min(max(crop_width, 1), width)
+    crop_height = min(max(crop_height, 1), height)
+    return CropBox((height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width)
+
+
+def center_crop_box(height: int, width: int, output_size: tuple[int, int], crop_fraction: float) -> CropBox:
+    """Source box of "resize short side to min(output_size) / crop_fraction, then centre crop output_size"."""
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    resized_short_side = min(output_size) / crop_fraction
+    source_pixels_per_output_pixel = min(height, width) / resized_short_side
+    crop_height = min(max(round(output_size[0] * source_pixels_per_output_pixel), 1), height)
+    crop_width = min(max(round(output_size[1] * source_pixels_per_output_pixel), 1), width)
+    return CropBox(round((height - crop_height) / 2), round((width - crop_width) / 2), crop_height, crop_width)
+
+
+def pil_to_uint8_tensor(image: Image.Image) -> torch.Tensor:
+    """`(3, H, W)` uint8 view of an RGB PIL image (channels-last in memory, which the uint8 resize prefers)."""
+    if image.mode != "RGB":
+        raise ValueError(f"expected an RGB image, got mode {image.mode}; convert it with images.to_rgb first")
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def _torchvision_resized_crop() -> tuple[Callable[..., torch.Tensor], Any]:
+    try:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2.functional import resized_crop
+    except Exception as error:  # ImportError, or a torchvision built for another torch (operator errors)
+        raise ImportError(
+            "resize_backend='torchvision' needs an importable torchvision matching your torch build; "
+            "the default resize_backend='torch' needs none"
+        ) from error
+    return resized_crop, InterpolationMode
+
+
+def resized_crop(
+    image: torch.Tensor,
+    box: CropBox,
+    size: tuple[int, int],
+    interpolation: Interpolation = "bicubic",
+    resize_backend: ResizeBackend = "torch",
+) -> torch.Tensor:
+    """Cut `box` out of a `(3, H, W)` uint8 tensor and resize it (antialiased) to `size`; stays uint8."""
+    if interpolation not in ("bilinear", "bicubic"):
+        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+    if resize_backend == "torchvision":
+        resized_crop_fn, modes = _torchvision_resized_crop()
+        mode = modes.BICUBIC if interpolation == "bicubic" else modes.BILINEAR
+        return resized_crop_fn(image, box.top, box.left, box.height, box.width, list(size), mode, antialias=True)
+    if resize_backend != "torch":
+        raise ValueError(f"resize_backend must be 'torch' or 'torchvision', got {resize_backend!r}")
+    crop = image[:, box.top : box.top + box.height, box.left : box.left + box.width].unsqueeze(0)
+    if crop.shape[-2:] == size:
+        return crop[0]
+    # uint8 input -> uint8 output with saturation: bicubic overshoot cannot wrap around.
+    return F.interpolate(crop, size=size, mode=interpolation, align_corners=False, antialias=True)[0]
+
+
+def normalize_pixels(
+    pixels: torch.Tensor, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD
+) -> torch.Tensor:
+    """uint8 (0..255) or float (0..1) pixels `(..., 3, H, W)` -> float32 `(x - mean) / std`.
+
+    Use it in the train step when the transforms return uint8 (`normalize=False`, 4x less worker traffic).
+    """
+    values = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
+    mean_tensor = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    std_tensor = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    return (values - mean_tensor) / std_tensor
+
+
+class PretrainingTransform:
+    """RandomResizedCrop + horizontal flip (+ normalise), optionally with a tokenizer view and a mask.
+
+    Returns a dict: `pixel_values` `(3, H, W)` (float32 normalised, or uint8 with `normalize=False`);
+    with `tokenizer_image_size`: `tokenizer_pixel_values` `(3, t, t)` float32 in [0, 1], the same crop box
+    and flip resized with `tokenizer_interpolation` (PIL, so Lanczos is available); with `mask_generator`:
+    `bool_masked_pos`, the generator's output (called once per sample with no arguments) as a bool tensor.
+    """
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 224,
+        scale: tuple[float, float] = MAE_CROP_SCALE,
+        ratio: tuple[float, float] = DEFAULT_CROP_RATIO,
+        interpolation: Interpolation = "bicubic",
+        horizontal_flip_probability: float = 0.5,
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        normalize: bool = True,
+        tokenizer_image_size: int | None = None,
+        tokenizer_interpolation: str = "lanczos",
+        mask_generator: Callable[[], Any] | None = None,
+        resize_backend: ResizeBackend = "torch",
+    ):
+        self.image_size = _as_size(image_size)
+        self.scale = tuple(scale)
+        self.ratio = tuple(ratio)
+        self.interpolation = interpolation
+        self.horizontal_flip_probability = horizontal_flip_probability
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.normalize = normalize
+        self.tokenizer_image_size = tokenizer_image_size
+        if tokenizer_interpolation not in PIL_RESAMPLING:
+            raise ValueError(f"tokenizer_interpolation must be one of {sorted(PIL_RESAMPLING)}")
+        self.tokenizer_interpolation = tokenizer_interpolation
+        self.mask_generator = mask_generator
+        self.resize_backend = resize_backend
+        if resize_backend == "torchvision":
+            _torchvision_resized_crop()  # fail at construction, not in a DataLoader worker
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        pixels = pil_to_uint8_tensor(image)
+        box = sample_random_resized_crop(pixels.shape[1], pixels.shape[2], self.scale, self.ratio, generator)
+        flip = _uniform(0.0, 1.0, generator) < self.horizontal_flip_probability
+        view = resized_crop(pixels, box, self.image_size, self.interpolation, self.resize_backend)
+        if flip:
+            view = view.flip(-1)
+        output = {"pixel_values": normalize_pixels(view, self.mean, self.std) if self.normalize else view.contiguous()}
+        if self.tokenizer_image_size is not None:
+            size = self.tokenizer_image_size
+            small = image.resize((size, size), PIL_RESAMPLING[self.tokenizer_interpolation], box=box.as_pil_box())
+            tokenizer_view = pil_to_uint8_tensor(small).float().div_(255.0)
+            output["tokenizer_pixel_values"] = tokenizer_view.flip(-1) if flip else tokenizer_view.contiguous()
+        if self.mask_generator is not None:
+            output["bool_masked_pos"] = torch.as_tensor(np.asarray(self.mask_generator())).bool()
+        return output
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(image_size={self.image_size}, scale={self.scale}, ratio={self.ratio}, "
+            f"interpolation={self.interpolation!r}, flip_p={self.horizontal_flip_probability}, "
+            f"normalize={self.normalize}, tokenizer_image_size={self.tokenizer_image_size}, "
+            f"mask_generator={self.mask_generator!r})"
+        )
+
+
+class EvaluationTransform:
+    """Resize the short side to `min(image_size) / crop_fraction`, centre crop `image_size`, normalise.
+
+    Computed as one resize of the matching source box, so 1-pixel-thin images never blow up in memory.
+    """
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 224,
+        crop_fraction: float = 0.875,
+        interpolation: Interpolation = "bicubic",
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        normalize: bool = True,
+        resize_backend: ResizeBackend = "torch",
+    ):
+        self.image_size = _as_size(image_size)
+        self.crop_fraction = crop_fraction
+        self.interpolation = interpolation
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.normalize = normalize
+        self.resize_backend = resize_backend
+        if resize_backend == "torchvision":
+            _torchvision_resized_crop()
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        pixels = pil_to_uint8_tensor(image)
+        box = center_crop_box(pixels.shape[1], pixels.shape[2], self.image_size, self.crop_fraction)
+        view = resized_crop(pixels, box, self.image_size, self.interpolation, self.resize_backend)
+        return {"pixel_values": normalize_pixels(view, self.mean, self.std) if self.normalize else view.contiguous()}
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(image_size={self.image_size}, crop_fraction={self.crop_fraction}, "
+            f"interpolation={self.interpolation!r}, normalize={self.normalize})"
+        )
+
+
+def mixedae_pretraining_transform(image_size: int | Sequence[int] = 224, **overrides: Any) -> PretrainingTransform:
+    """MixedAE / MAE: RandomResizedCrop scale (0.2, 1), bicubic, horizontal flip, ImageNet normalisation."""
+    return PretrainingTransform(image_size=image_size, **{"scale": MAE_CROP_SCALE, **overrides})
+
+
+def cae_pretraining_transform(
+    image_size: int | Sequence[int] = 224,
+    tokenizer_image_size: int = CAE_TOKENIZER_IMAGE_SIZE,
+    mask_generator: Callable[[], Any] | None = None,
+    **overrides: Any,
+) -> PretrainingTransform:
+    """CAE: RandomResizedCrop scale (0.08, 1), bicubic, flip, + the 112-px Lanczos tokenizer view and mask hook.
+
+    Pass `mask_generator` (e.g. CAE's block-wise mask generator from `transformers_mixedae.masking`) to get
+    `bool_masked_pos` per sample.
+    """
+    settings = {"scale": CAE_CROP_SCALE, "tokenizer_interpolation": "lanczos", **overrides}
+    return PretrainingTransform(
+        image_size=image_size, tokenizer_image_size=tokenizer_image_size, mask_generator=mask_generator, **settings
+    )
+
+
+def pretraining_transform_for_model_type(
+    model_type: str, image_size: int | Sequence[int] = 224, **overrides: Any
+) -> PretrainingTransform:
+    """The preset for a `model_type` ("mixedae", "vit_mae" -> MAE recipe; "cae" -> CAE recipe)."""
+    if model_type in ("mixedae", "vit_mae", "mae"):
+        return mixedae_pretraining_transform(image_size, **overrides)
+    if model_type == "cae":
+        return cae_pretraining_transform(image_size, **overrides)
+    raise ValueError(f"no pre-training augmentation preset for model_type={model_type!r} (use 'mixedae' or 'cae')")
