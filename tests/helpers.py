@@ -1,6 +1,9 @@
 """Tiny configurations shared by the tests (<= 2 layers, < 1M parameters)."""
 
-from transformers_mixedae import MixedAEConfig
+import pytest
+import torch
+
+from transformers_mixedae import CAEConfig, MixedAEConfig
 
 
 def tiny_mixedae_config(**overrides) -> MixedAEConfig:
@@ -30,3 +33,37 @@ def tiny_mae_mode_overrides() -> dict:
         homologous_attention_layers=[],
         homologous_contrastive_weight=0.0,
     )
+
+
+def tiny_cae_config(**overrides) -> CAEConfig:
+    """32 px images, 8 px patches (4x4 grid), 6 of 16 patches masked, with a width projection (32 -> 16)."""
+    values = dict(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        decoder_hidden_size=16,
+        regressor_num_layers=2,
+        decoder_num_layers=2,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=24,
+        vocab_size=50,
+        num_masking_patches=6,
+        mask_min_num_patches=2,
+        drop_path_rate=0.0,
+        attn_implementation="eager",
+    )
+    values.update(overrides)
+    return CAEConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Run a module's tiny models on one thread: they gain nothing from two, and on a busy 2-core machine the
+    second thread's spin-waiting makes them an order of magnitude slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -5,8 +5,12 @@ Importing the package registers every model with the transformers Auto classes, 
 `AutoModel.from_pretrained(<a MixedAE or CAE checkpoint>)` works after `import transformers_mixedae`.
 """
 
+from .configuration_cae import CAEConfig
 from .configuration_mixedae import MixedAEConfig
+from .image_processing_cae import CAEImageProcessor, CAEImageProcessorPil
 from .image_processing_mixedae import MixedAEImageProcessor, MixedAEImageProcessorPil
+from .masking import BlockMaskGenerator, MaskingDataCollator, RandomMaskGenerator
+from .modeling_cae import CAEForImageClassification, CAEForPreTraining, CAEModel, CAEPreTrainedModel
 from .modeling_mixedae import (
     MixedAEForImageClassification,
     MixedAEForPreTraining,
@@ -22,6 +26,15 @@ register_auto_classes()
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BlockMaskGenerator",
+    "CAEConfig",
+    "CAEForImageClassification",
+    "CAEForPreTraining",
+    "CAEImageProcessor",
+    "CAEImageProcessorPil",
+    "CAEModel",
+    "CAEPreTrainedModel",
+    "MaskingDataCollator",
     "MixedAEConfig",
     "MixedAEForImageClassification",
     "MixedAEForPreTraining",
@@ -30,6 +43,7 @@ __all__ = [
     "MixedAEMixing",
     "MixedAEModel",
     "MixedAEPreTrainedModel",
+    "RandomMaskGenerator",
     "mixing_assignment",
     "register_auto_classes",
 ]

@@ -9,8 +9,11 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
+from .configuration_cae import CAEConfig
 from .configuration_mixedae import MixedAEConfig
+from .image_processing_cae import CAEImageProcessor, CAEImageProcessorPil
 from .image_processing_mixedae import MixedAEImageProcessor, MixedAEImageProcessorPil
+from .modeling_cae import CAEForImageClassification, CAEForPreTraining, CAEModel
 from .modeling_mixedae import MixedAEForImageClassification, MixedAEForPreTraining, MixedAEModel
 
 
@@ -30,4 +33,11 @@ def register_auto_classes() -> None:
         MixedAEForPreTraining,
         MixedAEForImageClassification,
         {"torchvision": MixedAEImageProcessor, "pil": MixedAEImageProcessorPil},
+    )
+    _register_model_family(
+        CAEConfig,
+        CAEModel,
+        CAEForPreTraining,
+        CAEForImageClassification,
+        {"torchvision": CAEImageProcessor, "pil": CAEImageProcessorPil},
     )

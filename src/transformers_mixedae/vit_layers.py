@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import transformers.initialization as init
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -95,6 +96,10 @@ class PatchEmbeddings(nn.Module):
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         check_pixel_values(pixel_values, self.num_channels, self.image_size, self.patch_size, interpolate_pos_encoding)
         return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+    def check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> None:
+        """`check_pixel_values` against this module's geometry (for models that validate before embedding)."""
+        check_pixel_values(pixel_values, self.num_channels, self.image_size, self.patch_size, interpolate_pos_encoding)
 
 
 def check_pixel_values(
@@ -383,3 +388,43 @@ class ViTLayer(GradientCheckpointingLayer):
 def xavier_uniform_bound_for_fused_qkv(hidden_size: int) -> float:
     """Xavier bound of a fused `[3D, D]` qkv matrix, which official MAE/CAE initialise as one tensor."""
     return math.sqrt(6.0 / (hidden_size + 3 * hidden_size))
+
+
+def init_linear_and_layernorm(module: nn.Module) -> bool:
+    """MAE/CAE initialisation of plain layers: xavier-uniform Linear with zero bias, LayerNorm weight 1 and bias 0.
+
+    Goes through `transformers.initialization`, so tensors loaded from a checkpoint are left alone. Returns whether
+    `module` was one of these layers.
+    """
+    if isinstance(module, nn.Linear):
+        init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+        return True
+    if isinstance(module, nn.LayerNorm):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+        return True
+    return False
+
+
+def check_vit_geometry(config, width_head_fields: tuple[tuple[str, str], ...]) -> None:
+    """Raise a `ValueError` naming the config fields when the image does not split into patches, or a width does
+    not split into its heads or into the four quarters of a 2-D sin-cos position table.
+
+    `width_head_fields` pairs width and head-count field names, e.g. `(("hidden_size", "num_attention_heads"),)`.
+    """
+    height, width = to_2tuple(config.image_size)
+    if config.patch_size <= 0 or height % config.patch_size or width % config.patch_size:
+        raise ValueError(
+            f"image_size={config.image_size} is not divisible by patch_size={config.patch_size}: "
+            "choose an image size that is a multiple of the patch size."
+        )
+    for width_name, heads_name in width_head_fields:
+        width_value, heads_value = getattr(config, width_name), getattr(config, heads_name)
+        if heads_value <= 0 or width_value % heads_value:
+            raise ValueError(f"{width_name}={width_value} is not divisible by {heads_name}={heads_value}.")
+        if width_value % 4:
+            raise ValueError(
+                f"{width_name}={width_value} is not divisible by 4, which the 2-D sin-cos position embeddings need."
+            )

@@ -1,0 +1,247 @@
+"""Conversion of official CAE checkpoints: file formats, namings, size inference, consistency checks, errors, CLI."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import single_torch_thread  # noqa: F401 (fixture)
+from safetensors.torch import load_file
+
+from transformers_mixedae import CAEForPreTraining, CAEImageProcessorPil, CAEModel
+from transformers_mixedae.convert_cae_checkpoint import (
+    CAEConversionError,
+    build_model,
+    convert_cae_checkpoint,
+    convert_cae_state_dict,
+    infer_config,
+    load_official_state_dict,
+    main,
+    unwrap_state_dict,
+)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "cae_official_A_tiny.safetensors"
+HEADS = {"num_attention_heads": 4, "decoder_num_attention_heads": 4}
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def fixture_tensors():
+    return load_file(str(FIXTURE))
+
+
+@pytest.fixture
+def official(fixture_tensors):
+    """A fresh copy of the official (A-named) state dict, safe to modify."""
+    return {key: value.clone() for key, value in unwrap_state_dict(fixture_tensors).items()}
+
+
+def encoder_keys_only(state_dict: dict, prefix: str = "encoder.") -> dict:
+    return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def test_unknown_keys_are_listed(official):
+    official["decoder.extra_head.weight"] = torch.zeros(3)
+    official["something_else"] = torch.zeros(1)
+    with pytest.raises(CAEConversionError, match=r"unknown keys .*decoder\.extra_head\.weight.*something_else"):
+        convert_cae_state_dict(official, **HEADS)
+
+
+def test_missing_keys_are_listed(official):
+    del official["decoder.decoder_blocks.1.mlp.fc2.bias"]
+    del official["regresser.regressor_blocks.0.norm1_k.weight"]
+    with pytest.raises(CAEConversionError, match="missing keys") as error:
+        convert_cae_state_dict(official, **HEADS)
+    message = str(error.value)
+    assert "decoder.layers.1.mlp.fc2.bias" in message and "regressor.layers.0.layernorm_key.weight" in message
+
+
+def test_a_missing_block_is_listed(official):
+    for key in [key for key in official if key.startswith(("encoder.blocks.0.", "alignment_encoder.blocks.0."))]:
+        del official[key]
+    with pytest.raises(CAEConversionError, match=r"missing keys \[.*'cae\.layers\.0\.attention\.k_proj\.weight'"):
+        convert_cae_state_dict(official, **HEADS)
+
+
+def test_missing_alignment_copy_is_listed(official):
+    del official["alignment_encoder.blocks.0.gamma_1"]
+    with pytest.raises(
+        CAEConversionError, match=r"without an alignment copy: \['alignment_encoder\.blocks\.0\.gamma_1'\]"
+    ):
+        convert_cae_state_dict(official, **HEADS)
+
+
+def test_alignment_copy_must_equal_the_encoder(official):
+    official["alignment_encoder.blocks.1.mlp.fc1.weight"] += 1e-3
+    with pytest.raises(CAEConversionError, match="alignment encoder differs.*allow_alignment_mismatch"):
+        convert_cae_state_dict(official, **HEADS)
+    conversion = convert_cae_state_dict(official, allow_alignment_mismatch=True, **HEADS)
+    assert any("Kept the encoder weights" in note for note in conversion.notes)
+    assert torch.equal(
+        conversion.state_dict["cae.layers.1.mlp.fc1.weight"], official["encoder.blocks.1.mlp.fc1.weight"]
+    )
+
+
+@pytest.mark.parametrize("table", ["encoder.pos_embed", "rd_pos_embed"])
+def test_stored_sincos_tables_must_equal_ours(official, table):
+    # A column-first table (the MAE layout) is not CAE's.
+    swapped = official[table].clone()
+    quarter = swapped.shape[-1] // 2
+    official[table] = torch.cat([swapped[..., quarter:], swapped[..., :quarter]], dim=-1)
+    official["alignment_encoder.pos_embed"] = official["encoder.pos_embed"]
+    with pytest.raises(CAEConversionError, match=f"{table} differs from CAE's 2-D sin-cos table"):
+        convert_cae_state_dict(official, **HEADS)
+
+
+def test_mis_shaped_tensor_is_reported(official):
+    official["decoder.head.bias"] = torch.zeros(10)
+    with pytest.raises(CAEConversionError, match=r"shape mismatches .*decoder\.head\.bias"):
+        convert_cae_state_dict(official, **HEADS)
+
+
+def test_head_counts_come_from_flags_or_official_presets(official):
+    with pytest.raises(CAEConversionError, match="--num_attention_heads"):
+        convert_cae_state_dict(official)  # width 64 is no official preset
+    # The official default of 12 regressor/decoder heads does not divide width 64: the error names the field.
+    with pytest.raises(CAEConversionError, match="decoder_num_attention_heads=12"):
+        convert_cae_state_dict(official, num_attention_heads=4)
+
+
+@pytest.mark.parametrize(("width", "heads"), [(384, 12), (768, 12), (1024, 16)])
+def test_official_widths_get_preset_heads_with_a_note(width, heads):
+    shapes = {
+        "encoder.patch_embed.proj.weight": (width, 3, 16, 16),
+        "encoder.pos_embed": (1, 197, width),
+        "encoder.blocks.0.mlp.fc1.weight": (4 * width, width),
+        "encoder.blocks.0.attn.q_bias": (width,),
+        "encoder.blocks.0.gamma_1": (width,),
+        "encoder.blocks.11.gamma_1": (width,),
+        "mask_token": (1, 1, 768),
+        "regresser.regressor_blocks.3.mlp_cross.fc1.weight": (3072, 768),
+        "regresser.regressor_blocks.0.mlp_cross.fc1.weight": (3072, 768),
+        "decoder.decoder_blocks.3.mlp.fc1.weight": (3072, 768),
+        "decoder.decoder_blocks.0.mlp.fc1.weight": (3072, 768),
+        "decoder.decoder_blocks.0.gamma_1": (768,),
+        "decoder.head.weight": (8192, 768),
+    }
+    state_dict = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    config, notes = infer_config(state_dict, pretraining=True)
+    assert config.num_attention_heads == heads and config.decoder_num_attention_heads == 12
+    assert (config.image_size, config.patch_size, config.num_hidden_layers) == (224, 16, 12)
+    assert (config.regressor_num_layers, config.decoder_num_layers, config.vocab_size) == (4, 4, 8192)
+    assert config.num_masking_patches == 98 and config.mask_min_num_patches == 16
+    assert config.uses_projection == (width != 768)
+    assert any("num_attention_heads" in note for note in notes)
+    assert any("decoder_num_attention_heads=12 assumed" in note for note in notes)
+
+
+def test_patch_and_image_size_flags_are_checked_against_shapes(official):
+    with pytest.raises(CAEConversionError, match="--patch_size 8 contradicts"):
+        convert_cae_state_dict(official, patch_size=8, **HEADS)
+    with pytest.raises(CAEConversionError, match="--image_size 96"):
+        convert_cae_state_dict(official, image_size=96, **HEADS)
+
+
+def test_encoder_only_checkpoints_become_cae_model(official, fixture_tensors):
+    reference = build_model(convert_cae_state_dict(official, **HEADS))
+    prefixed = {key: value for key, value in official.items() if key.startswith("encoder.")}
+    bare = encoder_keys_only(official)  # names as downstream loaders strip them: patch_embed.*, blocks.*, ...
+    for state_dict, naming in ((prefixed, "A"), (bare, "bare")):
+        conversion = convert_cae_state_dict(state_dict, num_attention_heads=4)
+        assert conversion.model_class is CAEModel and conversion.naming == naming
+        encoder = build_model(conversion)
+        with torch.no_grad():
+            features = encoder(fixture_tensors["inputs.pixel_values"]).last_hidden_state
+            expected = reference.cae(fixture_tensors["inputs.pixel_values"]).last_hidden_state
+        assert torch.equal(features, expected)
+    assert convert_cae_state_dict(official, encoder_only=True, num_attention_heads=4).model_class is CAEModel
+
+
+def test_load_official_pth_containers(tmp_path, official):
+    torch.save({"model": official, "epoch": 3, "args": argparse.Namespace(lr=1.5e-3)}, tmp_path / "a.pth")
+    loaded = load_official_state_dict(tmp_path / "a.pth")
+    assert loaded.keys() == official.keys()
+    torch.save({f"module.{key}": value for key, value in official.items()}, tmp_path / "b.pth")
+    assert load_official_state_dict(tmp_path / "b.pth").keys() == official.keys()
+    assert load_official_state_dict(FIXTURE).keys() == official.keys()
+    with pytest.raises(FileNotFoundError):
+        load_official_state_dict(tmp_path / "missing.pth")
+
+
+def test_cli_main_writes_a_loadable_folder(tmp_path, official, fixture_tensors, capsys):
+    checkpoint = tmp_path / "cae_tiny.pth"
+    torch.save({"model": official}, checkpoint)
+    output_dir = tmp_path / "converted"
+    main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--output_dir",
+            str(output_dir),
+            "--num_attention_heads",
+            "4",
+            "--decoder_num_attention_heads",
+            "4",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "wrote CAEForPreTraining" in printed and "note:" in printed
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in output_dir.iterdir()}
+    assert json.loads((output_dir / "config.json").read_text())["model_type"] == "cae"
+    model = CAEForPreTraining.from_pretrained(output_dir).eval()
+    with torch.no_grad():
+        outputs = model(
+            fixture_tensors["inputs.pixel_values"], bool_masked_pos=fixture_tensors["inputs.bool_masked_pos"]
+        )
+    assert (outputs.logits.reshape(-1, 8192) - fixture_tensors["outputs.logits"]).abs().max() < 1e-5
+    processor = CAEImageProcessorPil.from_pretrained(output_dir)
+    assert processor.crop_size["height"] == 64 and processor.patch_size == 16
+
+
+def test_cli_main_reads_the_safetensors_fixture(tmp_path, capsys):
+    main(
+        [
+            "--checkpoint",
+            str(FIXTURE),
+            "--output_dir",
+            str(tmp_path),
+            "--num_attention_heads",
+            "4",
+            "--decoder_num_attention_heads",
+            "4",
+            "--encoder_only",
+        ]
+    )
+    assert "wrote CAEModel" in capsys.readouterr().out
+    assert isinstance(CAEModel.from_pretrained(tmp_path), CAEModel)
+
+
+def test_cli_main_reports_errors_without_a_traceback(tmp_path, official, capsys):
+    official["unexpected.weight"] = torch.zeros(1)
+    checkpoint = tmp_path / "bad.pth"
+    torch.save(official, checkpoint)
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--num_attention_heads",
+                "4",
+                "--decoder_num_attention_heads",
+                "4",
+            ]
+        )
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert "unknown keys" in error and "unexpected.weight" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_cae_checkpoint_returns_the_model(tmp_path):
+    model, conversion = convert_cae_checkpoint(FIXTURE, tmp_path, **HEADS)
+    assert isinstance(model, CAEForPreTraining) and not model.training
+    assert conversion.naming == "A"

@@ -1,0 +1,404 @@
+"""CAE models: shapes, losses, training behaviour, initialisation, save/load, Auto classes, attention backends,
+errors. Tiny configurations (see helpers.tiny_cae_config)."""
+
+import math
+
+import pytest
+import torch
+from helpers import single_torch_thread, tiny_cae_config  # noqa: F401 (fixture)
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+)
+
+from transformers_mixedae import (
+    CAEConfig,
+    CAEForImageClassification,
+    CAEForPreTraining,
+    CAEImageProcessorPil,
+    CAEModel,
+)
+from transformers_mixedae.modeling_cae import CAERegressorLayer
+from transformers_mixedae.vit_layers import ViTLayer, sincos_2d_position_embedding
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+BATCH = 2
+NUM_PATCHES = 16
+NUM_MASKED = 6
+
+
+def fixed_mask(batch_size: int = BATCH) -> torch.Tensor:
+    mask = torch.zeros(batch_size, NUM_PATCHES, dtype=torch.bool)
+    for row in range(batch_size):
+        mask[row, torch.randperm(NUM_PATCHES)[:NUM_MASKED]] = True
+    return mask
+
+
+def pixels(batch_size: int = BATCH, size: int = 32) -> torch.Tensor:
+    return torch.randn(batch_size, 3, size, size)
+
+
+def token_labels(batch_size: int = BATCH) -> torch.Tensor:
+    return torch.randint(0, 50, (batch_size, NUM_PATCHES))
+
+
+# ---------------------------------------------------------------------------------------------- outputs and losses
+def test_pretraining_output_fields_and_shapes():
+    model = CAEForPreTraining(tiny_cae_config()).eval()
+    mask = fixed_mask()
+    outputs = model(pixels(), bool_masked_pos=mask, labels=token_labels())
+    assert outputs.logits.shape == (BATCH, NUM_MASKED, 50)
+    assert outputs.predicted_latents.shape == outputs.target_latents.shape == (BATCH, NUM_MASKED, 16)
+    assert torch.equal(outputs.bool_masked_pos, mask)
+    expected = outputs.main_loss + 2.0 * outputs.align_loss
+    assert torch.allclose(outputs.loss, expected)
+    assert set(outputs.keys()) == {
+        "loss",
+        "main_loss",
+        "align_loss",
+        "logits",
+        "predicted_latents",
+        "target_latents",
+        "bool_masked_pos",
+    }
+
+
+def test_without_labels_only_the_alignment_loss_is_computed():
+    outputs = CAEForPreTraining(tiny_cae_config()).eval()(pixels(), bool_masked_pos=fixed_mask())
+    assert outputs.loss is None and outputs.main_loss is None
+    assert outputs.align_loss is not None and outputs.align_loss.ndim == 0
+
+
+def test_labels_for_all_patches_or_only_the_masked_ones_give_the_same_loss():
+    model = CAEForPreTraining(tiny_cae_config()).eval()
+    pixel_values, mask, labels = pixels(), fixed_mask(), token_labels()
+    full = model(pixel_values, bool_masked_pos=mask, labels=labels)
+    selected = labels[mask]
+    per_row = model(pixel_values, bool_masked_pos=mask, labels=selected.reshape(BATCH, NUM_MASKED))
+    flat = model(pixel_values, bool_masked_pos=mask, labels=selected)
+    assert torch.allclose(full.main_loss, per_row.main_loss) and torch.allclose(full.main_loss, flat.main_loss)
+    expected = torch.nn.functional.cross_entropy(full.logits.reshape(-1, 50), selected)
+    assert torch.allclose(full.main_loss, expected)
+
+
+def test_pixel_target_is_the_non_official_normalised_pixel_mse():
+    model = CAEForPreTraining(tiny_cae_config(target="pixels")).eval()
+    pixel_values, mask = pixels(), fixed_mask()
+    outputs = model(pixel_values, bool_masked_pos=mask)
+    assert outputs.logits.shape == (BATCH, NUM_MASKED, 8 * 8 * 3)
+    patches = pixel_values.reshape(BATCH, 3, 4, 8, 4, 8).permute(0, 2, 4, 3, 5, 1).reshape(BATCH, 16, -1)
+    target = patches[mask].reshape(BATCH, NUM_MASKED, -1)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+    assert torch.allclose(outputs.main_loss, torch.nn.functional.mse_loss(outputs.logits, target), atol=1e-6)
+    assert torch.allclose(outputs.loss, outputs.main_loss + 2.0 * outputs.align_loss)
+
+
+def test_base_model_encodes_all_or_only_visible_patches():
+    model = CAEModel(tiny_cae_config()).eval()
+    pixel_values, mask = pixels(), fixed_mask()
+    full = model(pixel_values)
+    assert full.last_hidden_state.shape == (BATCH, 1 + NUM_PATCHES, 32)
+    assert torch.equal(full.pooler_output, full.last_hidden_state[:, 0])
+    visible = model(pixel_values, bool_masked_pos=mask)
+    assert visible.last_hidden_state.shape == (BATCH, 1 + NUM_PATCHES - NUM_MASKED, 32)
+    # A 3-D (batch, grid_h, grid_w) mask means the same.
+    grid_mask = model(pixel_values, bool_masked_pos=mask.reshape(BATCH, 4, 4))
+    assert torch.equal(grid_mask.last_hidden_state, visible.last_hidden_state)
+
+
+def test_hidden_states_attentions_and_tuples():
+    model = CAEForPreTraining(tiny_cae_config()).eval()
+    mask = fixed_mask()
+    outputs = model(pixels(), bool_masked_pos=mask, output_hidden_states=True, output_attentions=True)
+    num_tokens = 1 + NUM_PATCHES - NUM_MASKED
+    assert len(outputs.hidden_states) == 3 and outputs.hidden_states[0].shape == (BATCH, num_tokens, 32)
+    assert len(outputs.attentions) == 2 and outputs.attentions[0].shape == (BATCH, 4, num_tokens, num_tokens)
+    as_tuple = model(pixels(), bool_masked_pos=mask, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    base = CAEModel(tiny_cae_config()).eval()
+    assert len(base(pixels(), output_hidden_states=True).hidden_states) == 3
+
+
+def test_classification_mean_pooling_uses_fc_norm_and_cls_pooling_the_final_norm():
+    model = CAEForImageClassification(tiny_cae_config(num_labels=5)).eval()
+    assert isinstance(model.cae.layernorm, torch.nn.Identity) and model.fc_norm is not None
+    pixel_values = pixels()
+    outputs = model(pixel_values, labels=torch.tensor([1, 3]))
+    assert outputs.logits.shape == (BATCH, 5) and outputs.loss.ndim == 0
+    tokens = model.cae(pixel_values).last_hidden_state
+    assert torch.allclose(outputs.logits, model.classifier(model.fc_norm(tokens[:, 1:].mean(1))))
+    cls_model = CAEForImageClassification(tiny_cae_config(num_labels=5, classifier_pooling="cls")).eval()
+    assert cls_model.fc_norm is None and isinstance(cls_model.cae.layernorm, torch.nn.LayerNorm)
+    assert cls_model(pixel_values).logits.shape == (BATCH, 5)
+
+
+def test_interpolate_pos_encoding_uses_sincos_table_of_the_new_grid():
+    config = tiny_cae_config()
+    model = CAEForPreTraining(config).eval()
+    pixel_values = pixels(size=48)
+    with pytest.raises(ValueError, match="interpolate_pos_encoding"):
+        model(pixel_values)
+    outputs = model(pixel_values, interpolate_pos_encoding=True)
+    # 6 of 16 patches at 32 px -> 14 of 36 at 48 px.
+    assert outputs.bool_masked_pos.shape == (BATCH, 36) and outputs.logits.shape[1] == 14
+    features = model.cae(pixel_values, interpolate_pos_encoding=True).last_hidden_state
+    assert features.shape == (BATCH, 37, 32)
+
+
+# ---------------------------------------------------------------------------------------------- training behaviour
+def test_gradient_reaches_every_trainable_parameter_after_one_step():
+    model = CAEForPreTraining(tiny_cae_config()).train()
+    outputs = model(pixels(), bool_masked_pos=fixed_mask(), labels=token_labels())
+    outputs.loss.backward()
+    trainable = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+    no_gradient = [name for name, parameter in trainable.items() if parameter.grad is None or not parameter.grad.any()]
+    assert no_gradient == []
+    frozen = sorted(name for name, parameter in model.named_parameters() if not parameter.requires_grad)
+    assert frozen == ["cae.embeddings.position_embeddings", "regressor.position_embeddings"]
+    before = {name: parameter.detach().clone() for name, parameter in trainable.items()}
+    torch.optim.SGD(trainable.values(), lr=0.1).step()
+    assert all(not torch.equal(before[name], parameter) for name, parameter in trainable.items())
+    assert outputs.target_latents.grad_fn is None
+
+
+def test_no_alignment_copy_of_the_encoder_weights():
+    model = CAEForPreTraining(tiny_cae_config())
+    assert not any("align" in name or "teacher" in name for name, _ in model.named_parameters())
+    assert not any(isinstance(module, CAEModel) and module is not model.cae for module in model.modules())
+
+
+def test_target_pass_runs_second_in_train_mode_with_the_same_weights():
+    model = CAEForPreTraining(tiny_cae_config(drop_path_rate=0.5)).train()
+    pixel_values, mask = pixels(8), fixed_mask(8)
+    torch.manual_seed(11)
+    outputs = model(pixel_values, bool_masked_pos=mask)
+    torch.manual_seed(11)
+    model.cae(pixel_values, bool_masked_pos=mask)  # the visible pass consumes its drop-path draws first
+    with torch.no_grad():
+        target = model.project(model.cae(pixel_values, bool_masked_pos=~mask).last_hidden_state[:, 1:])
+    assert torch.equal(outputs.target_latents, target)
+    with torch.no_grad():
+        eval_target = model.eval()(pixel_values, bool_masked_pos=mask).target_latents
+    assert not torch.allclose(eval_target, target)  # stochastic depth really was active
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    config = tiny_cae_config()
+    model = CAEForPreTraining(config).train()
+    pixel_values, mask, labels = pixels(), fixed_mask(), token_labels()
+    model(pixel_values, bool_masked_pos=mask, labels=labels).loss.backward()
+    reference = {
+        name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.requires_grad
+    }
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
+    model(pixel_values, bool_masked_pos=mask, labels=labels).loss.backward()
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert torch.allclose(parameter.grad, reference[name], atol=1e-6), name
+
+
+# ---------------------------------------------------------------------------------------------- initialisation
+def test_initialisation_follows_the_official_scheme():
+    config = tiny_cae_config()
+    model = CAEForPreTraining(config)
+    grid = config.grid_size
+    assert torch.equal(
+        model.cae.embeddings.position_embeddings, sincos_2d_position_embedding(*grid, 32, row_first=True)
+    )
+    assert torch.equal(model.regressor.position_embeddings, sincos_2d_position_embedding(*grid, 16, row_first=True))
+    for layer in list(model.cae.layers) + list(model.decoder.layers):
+        width = layer.attention.q_proj.in_features
+        assert layer.attention.q_proj.weight.abs().max() <= math.sqrt(6 / (4 * width))  # fused qkv bound
+        assert layer.attention.k_proj.bias is None
+        assert torch.all(layer.lambda_1 == 0.1) and torch.all(layer.lambda_2 == 0.1)
+    for layer in model.regressor.layers:
+        assert layer.cross_attention.k_proj.bias is None
+        assert torch.all(layer.lambda_1 == 0.1) and layer.lambda_1.requires_grad
+    for token in (model.cae.embeddings.cls_token, model.regressor.mask_token):
+        assert token.abs().max() <= 0.02 and token.abs().max() > 0
+    classifier = CAEForImageClassification(tiny_cae_config(num_labels=3)).classifier
+    # Official fine-tuning: truncated normal(0.02) scaled by init_scale 0.001.
+    assert 0 < classifier.weight.abs().max() <= 0.02 * 0.001 and not classifier.bias.any()
+    # Blocks without LayerScale own no direct parameters: their q/k/v must still get the fused-qkv bound.
+    plain = CAEModel(tiny_cae_config(layer_scale_init_value=None))
+    for layer in plain.layers:
+        for projection in (layer.attention.q_proj, layer.attention.k_proj, layer.attention.v_proj):
+            assert projection.weight.abs().max() <= math.sqrt(6 / (4 * 32))
+    projection = plain.embeddings.patch_embeddings.projection
+    assert projection.weight.abs().max() <= 0.02 and not projection.bias.any()
+    cross = model.regressor.layers[0].cross_attention.q_proj.weight
+    assert cross.abs().max() > math.sqrt(6 / (4 * 16))  # separate q/k/v: plain xavier, bound sqrt(6 / 2D)
+
+
+def test_non_positive_decoder_layer_scale_freezes_regressor_scale_and_drops_decoder_scale():
+    model = CAEForPreTraining(tiny_cae_config(decoder_layer_scale_init_value=0.0, layer_scale_init_value=None))
+    regressor_layer = model.regressor.layers[0]
+    assert torch.all(regressor_layer.lambda_1 == 1.0) and not regressor_layer.lambda_1.requires_grad
+    assert model.decoder.layers[0].lambda_1 is None and model.cae.layers[0].lambda_1 is None
+
+
+def test_meta_device_load_path_initialises_every_tensor_like_init(tmp_path):
+    config = tiny_cae_config()
+    torch.manual_seed(0)
+    reference = CAEForPreTraining(config)
+    model = CAEForPreTraining.from_pretrained(None, config=config, state_dict={})
+    reference_state = reference.state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.isfinite(tensor).all() and tensor.abs().max() < 10, name
+        if "position_embeddings" in name or "lambda" in name or "layernorm" in name or name.endswith("bias"):
+            assert torch.equal(tensor, reference_state[name]), name
+    for module in model.modules():
+        if isinstance(module, (ViTLayer, CAERegressorLayer)) and module.lambda_1 is not None:
+            assert torch.all(module.lambda_1 == 0.1)
+
+
+# ---------------------------------------------------------------------------------------------- save / load / Auto
+@pytest.mark.parametrize("model_class", [CAEModel, CAEForPreTraining, CAEForImageClassification])
+def test_save_load_round_trip(tmp_path, model_class):
+    config = tiny_cae_config(num_labels=3)
+    model = model_class(config).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = model_class.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    inputs = {"pixel_values": pixels()}
+    if model_class is CAEForPreTraining:
+        inputs["bool_masked_pos"] = fixed_mask()
+    first, second = model(**inputs), reloaded(**inputs)
+    key = "last_hidden_state" if model_class is CAEModel else "logits"
+    assert torch.equal(first[key], second[key])
+    assert reloaded.config.to_diff_dict() | {"_name_or_path": ""} == model.config.to_diff_dict() | {"_name_or_path": ""}
+
+
+def test_auto_classes(tmp_path):
+    config = tiny_cae_config(num_labels=3)
+    CAEForPreTraining(config).save_pretrained(tmp_path)
+    CAEImageProcessorPil().save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), CAEConfig)
+    assert isinstance(AutoModelForPreTraining.from_pretrained(tmp_path), CAEForPreTraining)
+    assert type(AutoModel.from_pretrained(tmp_path)) is CAEModel
+    assert isinstance(AutoModelForImageClassification.from_pretrained(tmp_path), CAEForImageClassification)
+    assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), CAEImageProcessorPil)
+    assert isinstance(AutoConfig.for_model("cae"), CAEConfig)
+
+
+def test_encoder_and_classifier_start_from_a_pretraining_checkpoint(tmp_path):
+    config = tiny_cae_config(num_labels=3)
+    pretrained = CAEForPreTraining(config)
+    with torch.no_grad():
+        pretrained.cae.layernorm.weight.uniform_(0.5, 1.5)
+        pretrained.cae.layernorm.bias.uniform_(-0.5, 0.5)
+    pretrained.save_pretrained(tmp_path / "pretraining")
+    encoder = CAEModel.from_pretrained(tmp_path / "pretraining")
+    for name, tensor in encoder.state_dict().items():
+        assert torch.equal(tensor, pretrained.cae.state_dict()[name]), name
+    encoder.save_pretrained(tmp_path / "encoder")
+    for source in ("pretraining", "encoder"):
+        classifier = CAEForImageClassification.from_pretrained(tmp_path / source)
+        # Official fine-tuning: the pre-trained final LayerNorm becomes fc_norm (mean pooling).
+        assert torch.equal(classifier.fc_norm.weight, pretrained.cae.layernorm.weight), source
+        assert torch.equal(classifier.fc_norm.bias, pretrained.cae.layernorm.bias), source
+        assert torch.equal(classifier.cae.layers[1].mlp.fc2.weight, pretrained.cae.layers[1].mlp.fc2.weight)
+    cls_classifier = CAEForImageClassification.from_pretrained(tmp_path / "pretraining", classifier_pooling="cls")
+    assert torch.equal(cls_classifier.cae.layernorm.weight, pretrained.cae.layernorm.weight)
+
+
+@pytest.mark.parametrize("model_class", [CAEModel, CAEForPreTraining, CAEForImageClassification])
+def test_eager_and_sdpa_agree(model_class):
+    config = tiny_cae_config(num_labels=3)
+    model = model_class(config).eval()
+    inputs = {"pixel_values": pixels()}
+    if model_class is CAEForPreTraining:
+        inputs["bool_masked_pos"] = fixed_mask()
+    key = "last_hidden_state" if model_class is CAEModel else "logits"
+    model.set_attn_implementation("eager")
+    eager = model(**inputs)[key]
+    model.set_attn_implementation("sdpa")
+    sdpa = model(**inputs)[key]
+    assert torch.allclose(eager, sdpa, atol=1e-5)
+
+
+def test_official_parameter_counts():
+    """CAE.md section 4: ViT-B with Dd 768 and ViT-S with a projection (built on the meta device)."""
+
+    def count(module) -> int:
+        return sum(parameter.numel() for parameter in module.parameters())
+
+    with torch.device("meta"):
+        base = CAEForPreTraining(CAEConfig())
+        small = CAEForPreTraining(CAEConfig(hidden_size=384, intermediate_size=1536))
+    assert count(base.cae) == 85_807_872
+    assert count(base.regressor.layers) + count(base.regressor.layernorm) == 28_368_384
+    assert count(base.decoder) == 34_655_744
+    assert sum(p.numel() for p in base.parameters() if p.requires_grad) == 148_681_472
+    assert count(small.cae) == 21_670_272
+    assert count(small.encoder_to_regressor) + count(small.encoder_to_regressor_norm) == 297_216
+
+
+# ---------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"hidden_size": 30}, "hidden_size=30 is not divisible by num_attention_heads=4"),
+        ({"hidden_size": 30, "num_attention_heads": 6}, "hidden_size=30 is not divisible by 4"),
+        (
+            {"decoder_num_attention_heads": 3},
+            "decoder_hidden_size=16 is not divisible by decoder_num_attention_heads=3",
+        ),
+        ({"image_size": 30}, "image_size=30 is not divisible by patch_size=8"),
+        ({"regressor_num_layers": 0}, "regressor_num_layers=0 must be at least 1"),
+        ({"num_masking_patches": 16}, r"num_masking_patches=16 must be between 1 and 15"),
+        ({"num_masking_patches": 0}, r"num_masking_patches=0 must be between 1 and 15"),
+        ({"mask_type": "grid"}, "mask_type='grid'"),
+        ({"mask_min_aspect": 0.0}, "mask_min_aspect=0.0"),
+        ({"mask_min_aspect": 0.5, "mask_max_aspect": 0.4}, "mask_max_aspect=0.4"),
+        ({"target": "features"}, "target='features'"),
+        ({"align_loss_weight": -1.0}, "align_loss_weight=-1.0"),
+        ({"classifier_pooling": "max"}, "classifier_pooling='max'"),
+        ({"drop_path_rate": 1.0}, r"drop_path_rate=1.0 must be in \[0, 1\)"),
+        ({"image_size": 8, "num_masking_patches": 1}, "needs at least one masked|between 1 and 0"),
+        ({"image_size": 16, "num_masking_patches": 2, "patch_size": 16}, "between 1 and 0"),
+    ],
+)
+def test_bad_configs_raise_clear_errors(overrides, message):
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match=message):
+        tiny_cae_config(**overrides)
+
+
+def test_block_masking_on_a_one_row_grid_is_refused():
+    with pytest.raises(StrictDataclassClassValidationError, match="at least 2x2"):
+        tiny_cae_config(image_size=(8, 32), num_masking_patches=2)
+    assert tiny_cae_config(image_size=(8, 32), num_masking_patches=2, mask_type="random").num_patches == 4
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"pixel_values": torch.randn(2, 1, 32, 32)}, "num_channels=3"),
+        ({"pixel_values": torch.randn(2, 3, 24, 24)}, "doesn't match model"),
+        ({"pixel_values": torch.randn(3, 32, 32)}, "must have shape"),
+        ({"bool_masked_pos": torch.zeros(2, 15, dtype=torch.bool)}, r"must have shape \(batch_size, num_patches\)"),
+        ({"bool_masked_pos": torch.tensor([[True] * 6 + [False] * 10, [True] * 5 + [False] * 11])}, "same number"),
+        ({"bool_masked_pos": torch.zeros(2, 16, dtype=torch.bool)}, "masks 0 of 16"),
+        ({"bool_masked_pos": torch.full((2, 16), 0.5)}, "boolean or integer 0/1"),
+        ({"labels": torch.zeros(2, 7, dtype=torch.long)}, "`labels` must have shape"),
+        ({"labels": torch.full((2, 16), 50)}, r"outside \[0, 50\)"),
+        ({"labels": torch.zeros(2, 16)}, "integer token ids"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(inputs, message):
+    model = CAEForPreTraining(tiny_cae_config()).eval()
+    inputs = {"pixel_values": pixels(), "bool_masked_pos": fixed_mask(), **inputs}
+    with pytest.raises(ValueError, match=message):
+        model(**inputs)
+
+
+def test_labels_are_refused_with_the_pixel_target():
+    model = CAEForPreTraining(tiny_cae_config(target="pixels"))
+    with pytest.raises(ValueError, match="non-official target='pixels'"):
+        model(pixels(), bool_masked_pos=fixed_mask(), labels=token_labels())
