@@ -2,18 +2,28 @@
 
 import pytest
 import torch
-from helpers import tiny_mixedae_config
-from tiny_checkpoints import random_image, randomise_, tiny_mixedae_processor
+from helpers import tiny_cae_config, tiny_mixedae_config
+from tiny_checkpoints import random_image, randomise_, tiny_mixedae_processor, tiny_processor_kwargs
 from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    BeitForImageClassification,
+    BeitModel,
     ViTForImageClassification,
     ViTModel,
 )
 
-from transformers_mixedae import MixedAEForImageClassification, MixedAEForPreTraining, MixedAEModel
-from transformers_mixedae.export import convert_mixedae_to_vit, export_to_transformers, main
+from transformers_mixedae import (
+    CAEForImageClassification,
+    CAEForPreTraining,
+    CAEImageProcessorPil,
+    CAEModel,
+    MixedAEForImageClassification,
+    MixedAEForPreTraining,
+    MixedAEModel,
+)
+from transformers_mixedae.export import convert_cae_to_beit, convert_mixedae_to_vit, export_to_transformers, main
 
 ATOL = 1e-5
 
@@ -24,6 +34,26 @@ def load_cleanly(model_class, folder, **kwargs):
     return model.eval()
 
 
+def assert_native_features_equal(folder, encoder, native_class, our_processor):
+    """The folder loads through the Auto classes as `native_class` with no missing or left-over weight, gives
+    `encoder`'s `last_hidden_state` and `pooler_output`, and its processor gives `our_processor`'s pixels."""
+    exported = load_cleanly(AutoModel, folder)
+    assert type(exported) is native_class
+    pixel_values = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ours = encoder(pixel_values)
+        theirs = exported(pixel_values)
+    torch.testing.assert_close(theirs.last_hidden_state, ours.last_hidden_state, atol=ATOL, rtol=0)
+    torch.testing.assert_close(theirs.pooler_output, ours.pooler_output, atol=ATOL, rtol=0)
+
+    processor = AutoImageProcessor.from_pretrained(folder)
+    assert type(processor).__name__.startswith(native_class.__name__.replace("Model", "ImageProcessor"))
+    image = random_image()
+    expected = our_processor(image, return_tensors="pt").pixel_values
+    torch.testing.assert_close(processor(image, return_tensors="pt").pixel_values, expected)
+    return exported
+
+
 # ---------------------------------------------------------------------------------------------- MixedAE -> ViT
 def test_feature_extraction_export_from_folder_matches_mixedae(tmp_path):
     source = randomise_(MixedAEForPreTraining(tiny_mixedae_config()))
@@ -32,21 +62,8 @@ def test_feature_extraction_export_from_folder_matches_mixedae(tmp_path):
 
     folder = export_to_transformers(tmp_path / "mixedae", tmp_path / "vit")
 
-    exported = load_cleanly(AutoModel, folder)  # a pooler with weights: nothing missing, nothing left over
-    assert type(exported) is ViTModel and exported.config.model_type == "vit"
-    pixel_values = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        ours = source.vit(pixel_values)
-        theirs = exported(pixel_values)
-    torch.testing.assert_close(theirs.last_hidden_state, ours.last_hidden_state, atol=ATOL, rtol=0)
-    torch.testing.assert_close(theirs.pooler_output, ours.pooler_output, atol=ATOL, rtol=0)
-
-    # The processor keeps the MixedAE settings under the native type.
-    processor = AutoImageProcessor.from_pretrained(folder)
-    assert type(processor).__name__.startswith("ViTImageProcessor")
-    image = random_image()
-    expected = tiny_mixedae_processor()(image, return_tensors="pt").pixel_values
-    torch.testing.assert_close(processor(image, return_tensors="pt").pixel_values, expected)
+    exported = assert_native_features_equal(folder, source.vit, ViTModel, tiny_mixedae_processor())
+    assert exported.config.model_type == "vit"
 
 
 def test_exported_config_carries_the_architecture():
@@ -114,7 +131,7 @@ def test_classification_export_of_a_pretrained_encoder_gets_a_new_head():
 def test_export_rejects_unknown_tasks_and_models():
     with pytest.raises(ValueError, match="task"):
         convert_mixedae_to_vit(MixedAEModel(tiny_mixedae_config()), task="segmentation")
-    with pytest.raises(TypeError, match="MixedAE"):
+    with pytest.raises(TypeError, match="MixedAEModel"):
         convert_mixedae_to_vit(ViTModel(convert_mixedae_to_vit(MixedAEModel(tiny_mixedae_config())).config))
 
 
@@ -123,3 +140,64 @@ def test_command_line_export(tmp_path, capsys):
     main([str(tmp_path / "mixedae"), str(tmp_path / "out")])
     assert str(tmp_path / "out") in capsys.readouterr().out
     load_cleanly(ViTModel, tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------- CAE -> BEiT
+def tiny_cae_processor():
+    return CAEImageProcessorPil(**tiny_processor_kwargs())
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"qkv_bias": False}, {"layer_scale_init_value": None}], ids=["default", "no-bias", "no-ls"]
+)
+def test_cae_feature_extraction_export_from_folder_matches(tmp_path, overrides):
+    source = randomise_(CAEForPreTraining(tiny_cae_config(**overrides)))
+    source.save_pretrained(tmp_path / "cae")
+    tiny_cae_processor().save_pretrained(tmp_path / "cae")
+
+    folder = export_to_transformers(tmp_path / "cae", tmp_path / "beit")
+
+    exported = assert_native_features_equal(folder, source.cae, BeitModel, tiny_cae_processor())
+    assert exported.config.use_absolute_position_embeddings and not exported.config.use_relative_position_bias
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_cae_classification_export_gives_the_same_logits_and_features(tmp_path, pooling):
+    labels = {0: "cat", 1: "dog", 2: "fish"}
+    config = tiny_cae_config(classifier_pooling=pooling, id2label=labels, label2id={v: k for k, v in labels.items()})
+    source = randomise_(CAEForImageClassification(config))
+    source.save_pretrained(tmp_path / "cae")
+
+    classifier = load_cleanly(
+        AutoModelForImageClassification,
+        export_to_transformers(tmp_path / "cae", tmp_path / "beit-cls", task="image-classification"),
+    )
+    features = convert_cae_to_beit(source, task="feature-extraction")
+    assert type(classifier) is BeitForImageClassification and classifier.config.id2label == labels
+    assert classifier.config.use_mean_pooling == (pooling == "mean")
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(classifier(pixel_values).logits, source(pixel_values).logits, atol=ATOL, rtol=0)
+        ours = source.cae(pixel_values).last_hidden_state
+        torch.testing.assert_close(features(pixel_values).last_hidden_state, ours, atol=ATOL, rtol=0)
+        if pooling == "mean":  # the feature export pools like the classifier: fc_norm of the mean patch token
+            pooled = source.fc_norm(ours[:, 1:].mean(dim=1))
+            torch.testing.assert_close(features(pixel_values).pooler_output, pooled, atol=ATOL, rtol=0)
+
+
+def test_cae_classification_export_of_a_pretrained_encoder_pools_through_its_final_norm():
+    source = randomise_(CAEForPreTraining(tiny_cae_config(num_labels=4, classifier_pooling="mean")))
+    exported = convert_cae_to_beit(source, task="image-classification")
+    assert exported.classifier.out_features == 4 and exported.config.use_mean_pooling
+    # As the official fine-tuning: the pre-trained final LayerNorm becomes the pooling norm.
+    torch.testing.assert_close(exported.beit.pooler.layernorm.weight, source.cae.layernorm.weight)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        pre_norm = source.cae(pixel_values, output_hidden_states=True).hidden_states[-1]
+        expected = source.cae.layernorm(pre_norm[:, 1:].mean(dim=1))
+        torch.testing.assert_close(exported.beit(pixel_values).pooler_output, expected, atol=ATOL, rtol=0)
+
+
+def test_cae_export_refuses_non_square_inputs():
+    with pytest.raises(ValueError, match="square"):
+        convert_cae_to_beit(CAEModel(tiny_cae_config(image_size=[32, 40])))

@@ -8,24 +8,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_mixedae_config
+from helpers import tiny_cae_config, tiny_mixedae_config
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from tiny_checkpoints import random_image, tiny_mixedae_processor, tiny_processor_kwargs
 from transformers.pipelines import SUPPORTED_TASKS
 from without_package import run_without_package
 
-import transformers_mixedae
-from transformers_mixedae import MixedAEConfig, MixedAEForPreTraining
+from transformers_mixedae import (
+    CAEForPreTraining,
+    CAEImageProcessorPil,
+    MixedAEConfig,
+    MixedAEForImageClassification,
+    MixedAEForPreTraining,
+)
 from transformers_mixedae.model_card import generate_model_card
 from transformers_mixedae.remote_code import save_pretrained_with_remote_code
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 CARD_PATHS = sorted(CARDS_DIR.glob("*.md"))
 CARD_IDS = [path.stem for path in CARD_PATHS]
-HAS_CAE = hasattr(transformers_mixedae, "CAEForPreTraining")
 
-# Results the specifications state, per card: (protocol or metric, pre-training epochs) -> value.
+# The results CAE.md §8 states: pre-training epochs -> (linear, attentive, fine-tuning, ADE20K, COCO box, COCO mask).
 CAE_REPORTED = {
     "cae-vit-base-patch16": {
         300: (64.5, 74.0, 83.6, 48.1, 48.3, 42.7),
@@ -35,14 +39,11 @@ CAE_REPORTED = {
     "cae-vit-large-patch16": {1600: (77.8, 81.2, 86.2, 54.9, 54.5, 47.5)},
 }
 METRIC_COLUMNS = ("linear probing", "attentive probing", "fine-tuning", "mIoU", "Box AP", "Mask AP")
+LABELS = {0: "cat", 1: "dog", 2: "fish"}
 
 
 def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
-
-
-def family_of(card: ModelCard) -> str:
-    return "cae" if "cae" in card.data.tags else "mixedae"
 
 
 def localise(code: str, folder: Path) -> str:
@@ -52,65 +53,78 @@ def localise(code: str, folder: Path) -> str:
     return code.replace(f'"{match.group(1)}"', repr(str(folder)))
 
 
-def tiny_checkpoint(family: str, folder: Path) -> Path:
-    """A tiny pre-training checkpoint of the family, with its processor and remote code."""
-    torch.manual_seed(0)
-    if family == "cae":
-        from helpers import tiny_cae_config
-
-        model = transformers_mixedae.CAEForPreTraining(tiny_cae_config())
-        processor = transformers_mixedae.CAEImageProcessorPil(**tiny_processor_kwargs())
-    else:
-        model = MixedAEForPreTraining(tiny_mixedae_config())
-        processor = tiny_mixedae_processor()
-    return save_pretrained_with_remote_code(model, folder, image_processor=processor)
+def run_snippet(code: str, name: str) -> None:
+    exec(compile(code, name, "exec"), {"__name__": "__main__"})
 
 
-def needs_family(family: str):
-    return pytest.mark.skipif(family == "cae" and not HAS_CAE, reason="CAE is not in the package yet")
+def reference_card(path: Path) -> ModelCard:
+    return ModelCard(path.read_text(encoding="utf-8"))
+
+
+def family_of(card: ModelCard) -> str:
+    return "cae" if "cae" in card.data.tags else "mixedae"
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+    """Tiny checkpoints with their processor and remote code, an `example.jpg`, and the measured results."""
     folder = tmp_path_factory.mktemp("cards")
     random_image().save(folder / "example.jpg")
-    for family in ("mixedae", "cae"):
-        if family == "mixedae" or HAS_CAE:
-            tiny_checkpoint(family, folder / f"tiny-{family}")
+    torch.manual_seed(0)
+    mixedae_processor = tiny_mixedae_processor()
+    checkpoints = {
+        "tiny-mixedae": (MixedAEForPreTraining(tiny_mixedae_config()), mixedae_processor),
+        "tiny-mixedae-classifier": (
+            MixedAEForImageClassification(
+                tiny_mixedae_config(id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+            ),
+            mixedae_processor,
+        ),
+        "tiny-cae": (CAEForPreTraining(tiny_cae_config()), CAEImageProcessorPil(**tiny_processor_kwargs())),
+    }
+    for name, (model, processor) in checkpoints.items():
+        save_pretrained_with_remote_code(model, folder / name, image_processor=processor)
+    results = {"epoch": 2.0, "eval_accuracy": 0.625, "eval_top5_accuracy": 0.875, "eval_loss": 1.1, "train_loss": 1.3}
+    (folder / "all_results.json").write_text(json.dumps(results))
     return folder
 
 
 @pytest.fixture(scope="module")
-def generated_card(workdir) -> ModelCard:
-    (workdir / "all_results.json").write_text(
-        json.dumps(
-            {"epoch": 2.0, "eval_accuracy": 0.625, "eval_top5_accuracy": 0.875, "eval_loss": 1.1, "train_loss": 1.3}
-        )
-    )
-    return generate_model_card(
+def cards(workdir) -> dict[str, tuple[ModelCard, Path]]:
+    """Every card to test, with the local checkpoint its snippets run against."""
+    cards = {}
+    for path in CARD_PATHS:
+        card = reference_card(path)
+        cards[path.stem] = (card, workdir / f"tiny-{family_of(card)}")
+    cards["generated"] = (
+        generate_model_card(
+            workdir / "tiny-mixedae",
+            workdir / "all_results.json",
+            "accelerate launch examples/run_image_classification.py --model_name_or_path tiny-mixedae",
+            eval_dataset="imagefolder",
+            eval_dataset_name="bundled sample",
+            evaluation_protocol="fine-tuning",
+            training_datasets=["imagefolder"],
+        ),
         workdir / "tiny-mixedae",
-        workdir / "all_results.json",
-        "accelerate launch examples/run_image_classification.py --model_name_or_path tiny-mixedae",
-        eval_dataset="imagefolder",
-        eval_dataset_name="bundled sample",
-        evaluation_protocol="fine-tuning",
-        training_datasets=["imagefolder"],
     )
+    cards["generated-classifier"] = (
+        generate_model_card(workdir / "tiny-mixedae-classifier", workdir / "all_results.json"),
+        workdir / "tiny-mixedae-classifier",
+    )
+    return cards
 
 
 @pytest.fixture(scope="module")
-def remote_snippet_results(workdir, generated_card) -> dict[str, str]:
-    """Run every `trust_remote_code` snippet (all cards + the generated one) in one process without the package."""
-    snippets = {}
-    cards = [(path.stem, ModelCard(path.read_text(encoding="utf-8"))) for path in CARD_PATHS]
-    for name, card in [*cards, ("generated", generated_card)]:
-        family = family_of(card)
-        if not (workdir / f"tiny-{family}").exists():
-            continue
-        for index, code in enumerate(python_blocks(card.content)):
-            if "trust_remote_code=True" in code:
-                snippets[f"{name}:{index}"] = localise(code, workdir / f"tiny-{family}")
+def remote_snippet_results(workdir, cards) -> dict[str, str]:
+    """Run every `trust_remote_code` snippet of every card in one process without the package."""
+    snippets = {
+        f"{name}:{index}": localise(code, folder)
+        for name, (card, folder) in cards.items()
+        for index, code in enumerate(python_blocks(card.content))
+        if "trust_remote_code=True" in code
+    }
     (workdir / "snippets.json").write_text(json.dumps(snippets))
     run_without_package(
         """
@@ -138,13 +152,13 @@ def test_there_is_a_card_per_reference_model():
 
 @pytest.mark.parametrize("path", CARD_PATHS, ids=CARD_IDS)
 def test_card_metadata_is_valid(path):
-    card = ModelCard(path.read_text(encoding="utf-8"))
+    card = reference_card(path)
     data = card.data
     assert data.license == "apache-2.0"
     assert data.library_name == "transformers"
     assert data.pipeline_tag in SUPPORTED_TASKS
     assert data.datasets == ["ILSVRC/imagenet-1k"]
-    assert {"vision", "masked-image-modeling", "transformers_mixedae", family_of(card)} <= set(data.tags)
+    assert {"vision", "masked-image-modeling", "transformers_mixedae", path.stem.split("-")[0]} <= set(data.tags)
     metadata = data.to_dict()
     assert set(metadata) <= {"license", "library_name", "pipeline_tag", "datasets", "tags", "model-index"}
     if "model-index" in metadata:
@@ -157,7 +171,7 @@ def test_card_metadata_is_valid(path):
 
 @pytest.mark.parametrize("name", sorted(CAE_REPORTED))
 def test_cae_cards_report_exactly_the_authors_numbers(name):
-    card = ModelCard((CARDS_DIR / f"{name}.md").read_text(encoding="utf-8"))
+    card = reference_card(CARDS_DIR / f"{name}.md")
     expected = {
         (column, epochs): value
         for epochs, values in CAE_REPORTED[name].items()
@@ -176,66 +190,62 @@ def test_cae_cards_report_exactly_the_authors_numbers(name):
 
 
 def test_mixedae_card_separates_the_paper_from_the_reconstruction():
-    card = ModelCard((CARDS_DIR / "mixedae-vit-base-patch16.md").read_text(encoding="utf-8"))
+    card = reference_card(CARDS_DIR / "mixedae-vit-base-patch16.md")
     assert card.data.eval_results is None  # the paper's numbers are relative; unverified ones stay out of metadata
     assert "no official code" in card.text.lower() and "reconstruction" in card.text
     assert "2303.17152" in card.text
-    for field in MixedAEConfig.__dataclass_fields__.keys() & {"mixing_ratio", "segment_embedding", "homologous_topk"}:
-        assert f"`{field}`" in card.text
+    for field in ("mixing_ratio", "segment_embedding", "homologous_topk", "homologous_contrastive_weight"):
+        assert field in MixedAEConfig.__dataclass_fields__ and f"`{field}`" in card.text
 
 
-@pytest.mark.parametrize("path", CARD_PATHS, ids=CARD_IDS)
-def test_card_snippets_with_the_package_run(path, workdir, monkeypatch):
-    card = ModelCard(path.read_text(encoding="utf-8"))
-    family = family_of(card)
-    if family == "cae" and not HAS_CAE:
-        pytest.skip("CAE is not in the package yet")
-    monkeypatch.chdir(workdir)
+# ---------------------------------------------------------------------------------------------- snippets
+ALL_CARDS = [*CARD_IDS, "generated", "generated-classifier"]
+
+
+@pytest.mark.parametrize("name", ALL_CARDS)
+def test_card_snippets_with_the_package_run(name, cards, workdir, monkeypatch):
+    card, folder = cards[name]
+    monkeypatch.chdir(workdir)  # snippets read example.jpg and write exports next to it
     blocks = [code for code in python_blocks(card.content) if "trust_remote_code" not in code]
-    assert blocks and any("import transformers_mixedae" in code for code in blocks)
-    for code in blocks:
-        exec(compile(localise(code, workdir / f"tiny-{family}"), path.name, "exec"), {"__name__": "__main__"})
+    assert blocks and "import transformers_mixedae" in blocks[0]
+    for index, code in enumerate(blocks):
+        run_snippet(localise(code, folder), f"{name}:{index}")
 
 
-@pytest.mark.parametrize("path", CARD_PATHS, ids=CARD_IDS)
-def test_card_snippets_with_remote_code_run_without_the_package(path, remote_snippet_results):
-    card = ModelCard(path.read_text(encoding="utf-8"))
-    if family_of(card) == "cae" and not HAS_CAE:
-        pytest.skip("CAE is not in the package yet")
+@pytest.mark.parametrize("name", ALL_CARDS)
+def test_card_snippets_with_remote_code_run_without_the_package(name, remote_snippet_results):
     assert remote_snippet_results["package_hidden"] is True
-    names = [name for name in remote_snippet_results if name.startswith(f"{path.stem}:")]
-    assert names, "every card shows the trust_remote_code route"
-    for name in names:
-        assert remote_snippet_results[name] == "ok", remote_snippet_results[name]
+    names = [key for key in remote_snippet_results if key.startswith(f"{name}:")]
+    assert names, "every card of a checkpoint that ships its code shows the trust_remote_code route"
+    for key in names:
+        assert remote_snippet_results[key] == "ok", remote_snippet_results[key]
 
 
 # ---------------------------------------------------------------------------------------------- generated cards
-def test_generated_card_metadata_holds_only_the_measured_accuracies(generated_card):
-    card = ModelCard(str(generated_card))  # through text, as the Hub reads it
+def test_generated_card_metadata_holds_only_the_measured_accuracies(cards):
+    card = ModelCard(str(cards["generated"][0]))  # through text, as the Hub reads it
     data = card.data
     assert data.license == "apache-2.0" and data.library_name == "transformers"
     assert data.pipeline_tag == "image-feature-extraction" and "mixedae" in data.tags
     assert data.datasets == ["imagefolder"]
     results = {result.metric_name: result.metric_value for result in data.eval_results}
     assert results == {"Top-1 accuracy (fine-tuning)": 0.625, "Top-5 accuracy (fine-tuning)": 0.875}
-    assert all(
-        result.dataset_type == "imagefolder" and result.dataset_split == "validation" for result in data.eval_results
-    )
+    assert {(result.dataset_type, result.dataset_split) for result in data.eval_results} == {
+        ("imagefolder", "validation")
+    }
     assert "reported by the authors" not in card.text
     assert "--model_name_or_path tiny-mixedae" in card.text and "`train_loss` | 1.3" in card.text
     assert "reconstruction" in card.text and "2303.17152" in card.text
 
 
-def test_generated_card_snippets_run(generated_card, workdir, remote_snippet_results, monkeypatch):
-    monkeypatch.chdir(workdir)
-    for code in python_blocks(generated_card.content):
-        if "trust_remote_code" not in code:
-            exec(compile(localise(code, workdir / "tiny-mixedae"), "generated", "exec"), {"__name__": "__main__"})
-    remote = [name for name in remote_snippet_results if name.startswith("generated:")]
-    assert remote and all(remote_snippet_results[name] == "ok" for name in remote)
+def test_generated_classifier_card(cards):
+    card = ModelCard(str(cards["generated-classifier"][0]))
+    assert card.data.pipeline_tag == "image-classification"
+    assert card.data.eval_results is None  # no evaluation dataset named: results stay in the body only
+    assert "| Classes | 3 |" in card.text and 'pipeline("image-classification"' in card.text
 
 
-def test_generated_card_without_evaluation_data_has_no_model_index(workdir):
+def test_generated_card_from_a_config_alone():
     config = tiny_mixedae_config(num_labels=3, architectures=["MixedAEForImageClassification"])
     card = ModelCard(str(generate_model_card(config, {"eval_accuracy": 0.5})))
     assert card.data.eval_results is None and card.data.pipeline_tag == "image-classification"
@@ -246,8 +256,11 @@ def test_generated_card_without_evaluation_data_has_no_model_index(workdir):
     assert "No evaluation results were recorded" in empty.text and "mixedae-vit-base-patch16" in empty.text
 
 
-@needs_family("cae")
 def test_generated_card_for_cae(workdir):
     card = generate_model_card(workdir / "tiny-cae")
     assert "cae" in card.data.tags and "2202.03026" in card.text and "non-official" in card.text
     assert "trust_remote_code=True" in card.text  # the folder ships its code
+    assert "`align_loss_weight`" in card.text and "Non-official" not in card.text
+
+    pixels = generate_model_card(tiny_cae_config(target="pixels"))
+    assert "**Non-official pre-training target.**" in pixels.text

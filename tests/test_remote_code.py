@@ -5,11 +5,14 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_mixedae_config
-from tiny_checkpoints import random_image, randomise_, tiny_mixedae_processor
+from helpers import tiny_cae_config, tiny_mixedae_config
+from tiny_checkpoints import random_image, randomise_, tiny_mixedae_processor, tiny_processor_kwargs
 from without_package import run_without_package
 
 from transformers_mixedae import (
+    CAEForImageClassification,
+    CAEForPreTraining,
+    CAEImageProcessorPil,
     MixedAEConfig,
     MixedAEForImageClassification,
     MixedAEForPreTraining,
@@ -66,6 +69,26 @@ outputs["pipeline_features"] = torch.tensor(extractor(image))
 image_classifier = pipeline("image-classification", model=classification_dir, trust_remote_code=True)
 outputs["pipeline_labels"] = [prediction["label"] for prediction in image_classifier(image, top_k=3)]
 outputs["pipeline_scores"] = [prediction["score"] for prediction in image_classifier(image, top_k=3)]
+
+# CAE: the same routes, plus its masked pre-training forward.
+with torch.no_grad():
+    cae = AutoModel.from_pretrained("cae-pretraining", trust_remote_code=True).eval()
+    outputs["cae_encoder_class"] = type(cae).__name__
+    outputs["cae_features"] = cae(inputs["pixel_values"]).last_hidden_state
+    cae_pretraining = AutoModelForPreTraining.from_pretrained("cae-pretraining", trust_remote_code=True).eval()
+    cae_outputs = cae_pretraining(
+        inputs["pixel_values"], bool_masked_pos=inputs["bool_masked_pos"], labels=inputs["token_ids"]
+    )
+    outputs["cae_pretraining_loss"] = cae_outputs.loss
+    outputs["cae_pretraining_logits"] = cae_outputs.logits
+    cae_classifier = AutoModelForImageClassification.from_pretrained("cae-classification", trust_remote_code=True)
+    outputs["cae_classification_logits"] = cae_classifier.eval()(inputs["pixel_values"]).logits
+    beit = AutoModel.from_pretrained("cae-exported").eval()
+    outputs["cae_exported_class"] = type(beit).__name__
+    outputs["cae_exported_features"] = beit(inputs["pixel_values"]).last_hidden_state
+cae_processor = AutoImageProcessor.from_pretrained("cae-pretraining", trust_remote_code=True)
+outputs["cae_processor_class"] = type(cae_processor).__name__
+outputs["cae_processed"] = cae_processor(image, return_tensors="pt").pixel_values
 torch.save(outputs, "outputs.pt")
 """
 
@@ -85,9 +108,23 @@ def remote_run(tmp_path_factory):
     save_pretrained_with_remote_code(classifier, workdir / "classification", image_processor=processor)
     export_to_transformers(pretraining, workdir / "exported", image_processor=processor)
 
+    cae_pretraining = randomise_(CAEForPreTraining(tiny_cae_config()))
+    cae_classifier = randomise_(CAEForImageClassification(tiny_cae_config(num_labels=3)))
+    cae_processor = CAEImageProcessorPil(**tiny_processor_kwargs())
+    save_pretrained_with_remote_code(cae_pretraining, workdir / "cae-pretraining", image_processor=cae_processor)
+    save_pretrained_with_remote_code(cae_classifier, workdir / "cae-classification", image_processor=cae_processor)
+    export_to_transformers(cae_pretraining, workdir / "cae-exported", image_processor=cae_processor)
+
     image = random_image()
     image.save(workdir / "image.png")
-    inputs = {"pixel_values": torch.randn(4, 3, 32, 32), "noise": torch.rand(1, 64)}
+    bool_masked_pos = torch.zeros(4, 16, dtype=torch.bool)
+    bool_masked_pos[:, torch.randperm(16)[:6]] = True
+    inputs = {
+        "pixel_values": torch.randn(4, 3, 32, 32),
+        "noise": torch.rand(1, 64),
+        "bool_masked_pos": bool_masked_pos,
+        "token_ids": torch.randint(0, 50, (4, 16)),
+    }
     torch.save(inputs, workdir / "inputs.pt")
 
     processed = processor(image, return_tensors="pt").pixel_values
@@ -101,7 +138,15 @@ def remote_run(tmp_path_factory):
             "processed": processed,
             "pipeline_features": pretraining.vit(processed).last_hidden_state,
             "pipeline_scores": classifier(processed).logits.softmax(-1)[0].sort(descending=True).values,
+            "cae_features": cae_pretraining.cae(inputs["pixel_values"]).last_hidden_state,
+            "cae_classification_logits": cae_classifier(inputs["pixel_values"]).logits,
+            "cae_processed": cae_processor(image, return_tensors="pt").pixel_values,
         }
+        cae_outputs = cae_pretraining(
+            inputs["pixel_values"], bool_masked_pos=inputs["bool_masked_pos"], labels=inputs["token_ids"]
+        )
+        expected["cae_pretraining_loss"] = cae_outputs.loss
+        expected["cae_pretraining_logits"] = cae_outputs.logits
     run_without_package(REMOTE_SCRIPT, workdir)
     return expected, torch.load(workdir / "outputs.pt"), workdir
 
@@ -120,6 +165,14 @@ def test_remote_models_give_the_in_process_outputs(remote_run):
         torch.testing.assert_close(remote[name], expected[name], atol=ATOL, rtol=0, msg=name)
 
 
+def test_remote_cae_models_and_processor_give_the_in_process_outputs(remote_run):
+    expected, remote, _ = remote_run
+    assert remote["cae_encoder_class"] == "CAEModel" and remote["cae_processor_class"] == "CAEImageProcessorPil"
+    for name in ("cae_features", "cae_pretraining_loss", "cae_pretraining_logits", "cae_classification_logits"):
+        torch.testing.assert_close(remote[name], expected[name], atol=ATOL, rtol=0, msg=name)
+    torch.testing.assert_close(remote["cae_processed"], expected["cae_processed"])
+
+
 def test_remote_image_processor_and_pipelines(remote_run):
     expected, remote, _ = remote_run
     assert remote["processor_class"] == "MixedAEImageProcessorPil"
@@ -133,6 +186,8 @@ def test_exported_native_checkpoint_loads_without_the_package(remote_run):
     expected, remote, _ = remote_run
     assert remote["exported_class"] == "ViTModel"
     torch.testing.assert_close(remote["exported_features"], expected["features"], atol=ATOL, rtol=0)
+    assert remote["cae_exported_class"] == "BeitModel"
+    torch.testing.assert_close(remote["cae_exported_features"], expected["cae_features"], atol=ATOL, rtol=0)
 
 
 def test_folder_layout_and_auto_map(remote_run):
@@ -151,12 +206,17 @@ def test_folder_layout_and_auto_map(remote_run):
         "pil": "image_processing_mixedae.MixedAEImageProcessorPil",
     }
     assert not (folder / "__init__.py").exists() and not (folder / "registration.py").exists()
-    assert check_remote_code_folder(folder) == [
-        "configuration_mixedae.py",
-        "image_processing_mixedae.py",
-        "modeling_mixedae.py",
-        "vit_layers.py",
-    ]
+    # Every module the code needs is in the folder (the checker follows the relative imports).
+    mixedae_files = set(check_remote_code_folder(folder))
+    assert {"configuration_mixedae.py", "modeling_mixedae.py", "image_processing_mixedae.py", "vit_layers.py"} <= (
+        mixedae_files
+    )
+    cae_config = json.loads((workdir / "cae-pretraining" / "config.json").read_text())
+    assert cae_config["auto_map"]["AutoModelForPreTraining"] == "modeling_cae.CAEForPreTraining"
+    cae_files = set(check_remote_code_folder(workdir / "cae-pretraining"))
+    assert {"configuration_cae.py", "modeling_cae.py", "image_processing_cae.py", "masking.py", "vit_layers.py"} <= (
+        cae_files
+    )
 
 
 # ---------------------------------------------------------------------------------------------- in process

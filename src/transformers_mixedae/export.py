@@ -1,20 +1,26 @@
 # Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
 """Export our encoders to native transformers classes, loadable with no extra package.
 
-* MixedAE -> `ViTModel` (task "feature-extraction") or `ViTForImageClassification` ("image-classification").
-  A MixedAE encoder *is* a ViT: pre-norm blocks with q/k/v/o projections, LayerNorm, [CLS] and a position
-  table whose [CLS] slot is zero. The fixed sin-cos table becomes ViT's (trainable) position embeddings and
-  the segment embeddings, which only tag the source image of a token during mixed pre-training, are dropped.
+* MixedAE -> `ViTModel` ("feature-extraction") or `ViTForImageClassification` ("image-classification").
+  A MixedAE encoder *is* a ViT: pre-norm blocks with q/k/v/o projections, LayerNorm, [CLS] and a position table
+  whose [CLS] slot is zero. The fixed sin-cos table becomes ViT's (trainable) position embeddings; the segment
+  embeddings, which only tag the source image of a token during mixed pre-training, are dropped.
+* CAE -> `BeitModel` / `BeitForImageClassification`, the native class with the same block: LayerScale
+  (`lambda_1/2`), query and value biases without a key bias. BEiT's absolute position embeddings
+  (`use_absolute_position_embeddings=True`) hold CAE's sin-cos table; no relative position bias.
 
 Pooling. `MixedAEModel.pooler_output` is the [CLS] row of `last_hidden_state`; `ViTModel` adds a dense + tanh
-pooler. The feature-extraction export keeps that pooler but makes it the identity (identity weight, zero bias,
+pooler. The ViT feature-extraction export keeps that pooler but makes it the identity (identity weight, zero bias,
 `pooler_act="linear"`), so `ViTModel.from_pretrained(folder)` loads without missing weights and its
-`pooler_output` equals ours. `ViTForImageClassification` classifies the [CLS] token, which is exactly
-`MixedAEForImageClassification` with `classifier_pooling="cls"`; mean pooling with `fc_norm` has no native
-equivalent, so such a fine-tuned classifier is refused (export the encoder, or use the remote-code route).
+`pooler_output` equals ours. `ViTForImageClassification` classifies the [CLS] token: exactly
+`MixedAEForImageClassification` with `classifier_pooling="cls"`, while MixedAE's mean pooling (`fc_norm` over the
+mean of the *normalised* patch tokens) has no native equivalent and is refused. BEiT pools either way CAE does:
+[CLS] after the final LayerNorm, or the mean patch token through a LayerNorm (`use_mean_pooling=True`, CAE's
+`fc_norm`, with the final LayerNorm dropped), so every CAE model exports exactly.
 
-Training-only settings that `ViTConfig` cannot hold (drop path) are not exported; dropout values are kept.
-Weights are written by `ViTModel.save_pretrained`, which stores the names every transformers version reads.
+Not carried over: MixedAE's drop path (ViT has none); at another input resolution, ViT/BEiT resample the position
+table bicubically (like MixedAE, unlike CAE, which builds a fresh sin-cos table). Weights are written by
+`save_pretrained` of the native class, which stores the names every transformers version reads.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ import torch
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
+    BeitConfig,
+    BeitForImageClassification,
+    BeitImageProcessorPil,
+    BeitModel,
+    PreTrainedConfig,
     PreTrainedModel,
     ViTConfig,
     ViTForImageClassification,
@@ -36,51 +47,130 @@ from transformers import (
 )
 from transformers.utils import logging
 
+from .configuration_cae import CAEConfig
 from .configuration_mixedae import MixedAEConfig
+from .image_processing_cae import CAEImageProcessorPil
 from .image_processing_mixedae import MixedAEImageProcessorPil, evaluation_sizes
+from .modeling_cae import CAEForImageClassification, CAEForPreTraining, CAEModel
 from .modeling_mixedae import MixedAEForImageClassification, MixedAEForPreTraining, MixedAEModel
 
 logger = logging.get_logger(__name__)
 
 TASKS = ("feature-extraction", "image-classification")
 
-# MixedAE encoder weights that have no counterpart in a plain ViT, and why they can be dropped.
-MIXEDAE_PRETRAINING_ONLY_KEYS = ("embeddings.segment_embeddings.weight",)  # tags the source image under mixing
+# MixedAE encoder weights that have no counterpart in a plain ViT: they tag the source image under mixing.
+MIXEDAE_PRETRAINING_ONLY_KEYS = ("embeddings.segment_embeddings.weight",)
 
-_MIXEDAE_ARCHITECTURES = {
-    "MixedAEModel": MixedAEModel,
-    "MixedAEForPreTraining": MixedAEForPreTraining,
-    "MixedAEForImageClassification": MixedAEForImageClassification,
+# Processor settings every ViT-family processor understands; model-specific ones (CAE's mask options) stay behind.
+STANDARD_PROCESSOR_SETTINGS = (
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "do_convert_rgb",
+)
+
+ARCHITECTURES = {
+    MixedAEConfig.model_type: {
+        cls.__name__: cls for cls in (MixedAEModel, MixedAEForPreTraining, MixedAEForImageClassification)
+    },
+    CAEConfig.model_type: {cls.__name__: cls for cls in (CAEModel, CAEForPreTraining, CAEForImageClassification)},
 }
 
 
-# ---------------------------------------------------------------------------------------------- configs
+# ---------------------------------------------------------------------------------------------- shared
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is not one of {TASKS}")
+
+
+def _label_settings(config: PreTrainedConfig, task: str) -> dict:
+    if task != "image-classification":
+        return {}
+    settings = {"id2label": dict(config.id2label), "label2id": dict(config.label2id)}
+    if config.problem_type is not None:
+        settings["problem_type"] = config.problem_type
+    return settings
+
+
+def _encoder_settings(config: PreTrainedConfig) -> dict:
+    """Fields that ViT and BEiT configs share with ours, under the same names."""
+    return {
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": config.hidden_act,
+        "hidden_dropout_prob": config.hidden_dropout_prob,
+        "attention_probs_dropout_prob": config.attention_probs_dropout_prob,
+        "initializer_range": config.initializer_range,
+        "layer_norm_eps": config.layer_norm_eps,
+        "patch_size": config.patch_size,
+        "num_channels": config.num_channels,
+    }
+
+
+def _default_processor_settings(image_hw: tuple[int, int]) -> dict:
+    """Our evaluation transform for a model trained at `image_hw`: short side / 0.875 and a centre crop."""
+    height, width = image_hw
+    if height == width:
+        return evaluation_sizes(height)
+    return {"size": {"height": height, "width": width}, "do_center_crop": False}
+
+
+def _native_image_processor(native_class: type, image_processor, default_class: type, image_hw: tuple[int, int]):
+    """`native_class` with the resize / crop / normalisation of `image_processor` (or of our default transform)."""
+    if image_processor is None:
+        image_processor = default_class(**_default_processor_settings(image_hw))
+    settings = image_processor.to_dict()
+    return native_class(**{key: settings[key] for key in STANDARD_PROCESSOR_SETTINGS if key in settings})
+
+
+def _source_encoder(model: PreTrainedModel, config_class: type, task: str):
+    """`(config, encoder, dtype)` of a model of the family of `config_class`, after checking model and task."""
+    _check_task(task)
+    family_classes = tuple(ARCHITECTURES[config_class.model_type].values())
+    if not isinstance(model, family_classes):
+        raise TypeError(f"expected one of {[cls.__name__ for cls in family_classes]}, got {type(model).__name__}")
+    encoder = model.base_model
+    return model.config, encoder, encoder.embeddings.cls_token.dtype
+
+
+def _load_into(target: PreTrainedModel, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> PreTrainedModel:
+    target.to(dtype)
+    # strict: a key missing or left over means the two architectures disagree, never silently ignored.
+    target.load_state_dict(dict(state), strict=True)
+    return target.eval()
+
+
+def _warn_new_head(model: PreTrainedModel, native_class: type, num_labels: int) -> None:
+    logger.warning(
+        "%s has no classification head: the exported %s gets a newly initialised classifier (%d labels); fine-tune "
+        "it before use.",
+        type(model).__name__,
+        native_class.__name__,
+        num_labels,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- MixedAE -> ViT
 def vit_config_from_mixedae(config: MixedAEConfig, task: str = "feature-extraction") -> ViTConfig:
     """The `ViTConfig` of the same encoder; labels are kept for "image-classification"."""
     _check_task(task)
-    label_kwargs = {}
-    if task == "image-classification":
-        label_kwargs = {"id2label": dict(config.id2label), "label2id": dict(config.label2id)}
-        if config.problem_type is not None:
-            label_kwargs["problem_type"] = config.problem_type
     return ViTConfig(
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        hidden_act=config.hidden_act,
-        hidden_dropout_prob=config.hidden_dropout_prob,
-        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-        initializer_range=config.initializer_range,
-        layer_norm_eps=config.layer_norm_eps,
+        **_encoder_settings(config),
         image_size=list(config.image_hw),
-        patch_size=config.patch_size,
-        num_channels=config.num_channels,
         qkv_bias=config.qkv_bias,
         encoder_stride=config.patch_size,
         # With an identity dense layer this pooler returns the [CLS] token, MixedAE's `pooler_output`.
         pooler_act="linear",
-        **label_kwargs,
+        **_label_settings(config, task),
     )
 
 
@@ -91,19 +181,10 @@ def vit_image_processor_from_mixedae(
 
     Without a processor, MixedAE's evaluation transform for `config.image_size` (short side / 0.875, centre crop).
     """
-    if image_processor is None:
-        height, width = config.image_hw if config is not None else (224, 224)
-        if height == width:
-            image_processor = MixedAEImageProcessorPil(**evaluation_sizes(height))
-        else:
-            image_processor = MixedAEImageProcessorPil(size={"height": height, "width": width}, do_center_crop=False)
-    settings = image_processor.to_dict()
-    settings.pop("image_processor_type", None)
-    settings.pop("auto_map", None)
-    return ViTImageProcessorPil(**settings)
+    image_hw = config.image_hw if config is not None else (224, 224)
+    return _native_image_processor(ViTImageProcessorPil, image_processor, MixedAEImageProcessorPil, image_hw)
 
 
-# ---------------------------------------------------------------------------------------------- weights
 def vit_state_dict_from_mixedae(encoder_state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a `MixedAEModel` state dict to `ViTModel` (transformers 5.x module names).
 
@@ -112,13 +193,6 @@ def vit_state_dict_from_mixedae(encoder_state_dict: Mapping[str, torch.Tensor]) 
     `layers.N.layernorm_after`, `layers.N.mlp.fc1/fc2`, `layernorm`): only pre-training-only tensors are dropped.
     """
     return {key: value for key, value in encoder_state_dict.items() if key not in MIXEDAE_PRETRAINING_ONLY_KEYS}
-
-
-def _identity_pooler_state(hidden_size: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {
-        "pooler.dense.weight": torch.eye(hidden_size, dtype=dtype),
-        "pooler.dense.bias": torch.zeros(hidden_size, dtype=dtype),
-    }
 
 
 def convert_mixedae_to_vit(
@@ -132,12 +206,7 @@ def convert_mixedae_to_vit(
     `MixedAEForImageClassification` with `classifier_pooling="cls"` the classifier is copied (same logits);
     from a pre-training or base model the classifier is newly initialised (a warning says so).
     """
-    _check_task(task)
-    if not isinstance(model, tuple(_MIXEDAE_ARCHITECTURES.values())):
-        raise TypeError(f"expected a MixedAE model, got {type(model).__name__}")
-    config: MixedAEConfig = model.config
-    encoder: MixedAEModel = model.base_model
-    dtype = encoder.embeddings.cls_token.dtype
+    config, encoder, dtype = _source_encoder(model, MixedAEConfig, task)
     encoder_state = vit_state_dict_from_mixedae(encoder.state_dict())
     vit_config = vit_config_from_mixedae(config, task)
     vit_config.dtype = dtype
@@ -145,48 +214,159 @@ def convert_mixedae_to_vit(
     if task == "feature-extraction":
         vit_config.architectures = ["ViTModel"]
         target = ViTModel(vit_config, add_pooling_layer=True)
-        state = encoder_state | _identity_pooler_state(config.hidden_size, dtype)
-    else:
-        vit_config.architectures = ["ViTForImageClassification"]
-        target = ViTForImageClassification(vit_config)
-        state = {f"vit.{key}": value for key, value in encoder_state.items()}
-        if isinstance(model, MixedAEForImageClassification):
-            if model.fc_norm is not None:
-                raise ValueError(
-                    "this classifier pools the mean patch token through `fc_norm` (classifier_pooling='mean'); "
-                    "ViTForImageClassification classifies the [CLS] token, so its logits would differ. Export the "
-                    "encoder with task='feature-extraction', or share the model with its remote code "
-                    "(`save_pretrained_with_remote_code`)."
-                )
-            state |= {f"classifier.{key}": value for key, value in model.classifier.state_dict().items()}
-        else:
-            state |= {f"classifier.{key}": value for key, value in target.classifier.state_dict().items()}
-            logger.warning(
-                "%s has no classification head: the exported ViTForImageClassification gets a newly initialised "
-                "classifier on the [CLS] token (%d labels); fine-tune it before use.",
-                type(model).__name__,
-                vit_config.num_labels,
+        identity_pooler = {
+            "pooler.dense.weight": torch.eye(config.hidden_size, dtype=dtype),
+            "pooler.dense.bias": torch.zeros(config.hidden_size, dtype=dtype),
+        }
+        return _load_into(target, encoder_state | identity_pooler, dtype)
+
+    vit_config.architectures = ["ViTForImageClassification"]
+    target = ViTForImageClassification(vit_config)
+    state = {f"vit.{key}": value for key, value in encoder_state.items()}
+    if isinstance(model, MixedAEForImageClassification):
+        if model.fc_norm is not None:
+            raise ValueError(
+                "this classifier pools the mean patch token through `fc_norm` (classifier_pooling='mean'); "
+                "ViTForImageClassification classifies the [CLS] token, so its logits would differ. Export the "
+                "encoder with task='feature-extraction', or share the model with its remote code "
+                "(`save_pretrained_with_remote_code`)."
             )
-    target.to(dtype)
-    # strict: a key that is missing or left over means the two architectures disagree, never silently ignored.
-    target.load_state_dict(state, strict=True)
-    return target.eval()
+        head = model.classifier
+    else:
+        head = target.classifier
+        _warn_new_head(model, ViTForImageClassification, vit_config.num_labels)
+    state |= {f"classifier.{key}": value for key, value in head.state_dict().items()}
+    return _load_into(target, state, dtype)
+
+
+# ---------------------------------------------------------------------------------------------- CAE -> BEiT
+def beit_config_from_cae(
+    config: CAEConfig, task: str = "feature-extraction", use_mean_pooling: bool | None = None
+) -> BeitConfig:
+    """The `BeitConfig` of the same encoder (absolute sin-cos positions, LayerScale, no relative position bias).
+
+    `use_mean_pooling` defaults to `config.classifier_pooling == "mean"` for "image-classification" and to False
+    (final LayerNorm, [CLS] pooler) for "feature-extraction".
+    """
+    _check_task(task)
+    height, width = config.image_hw
+    if height != width:
+        # BEiT always passes its table through a square-grid interpolation, which cannot hold a non-square grid.
+        raise ValueError(f"BEiT needs square inputs; this CAE model is trained at {height}x{width}.")
+    if use_mean_pooling is None:
+        use_mean_pooling = task == "image-classification" and config.classifier_pooling == "mean"
+    layer_scale = config.layer_scale_init_value
+    return BeitConfig(
+        **_encoder_settings(config),
+        image_size=height,
+        use_mask_token=False,
+        use_absolute_position_embeddings=True,
+        use_relative_position_bias=False,
+        use_shared_relative_position_bias=False,
+        # Only the sign matters on export (> 0: LayerScale parameters exist); their values are copied.
+        layer_scale_init_value=float(layer_scale) if layer_scale is not None and layer_scale > 0 else 0.0,
+        drop_path_rate=config.drop_path_rate,
+        use_mean_pooling=use_mean_pooling,
+        **_label_settings(config, task),
+    )
+
+
+def beit_image_processor_from_cae(
+    image_processor: CAEImageProcessorPil | None = None, config: CAEConfig | None = None
+) -> BeitImageProcessorPil:
+    """A `BeitImageProcessorPil` with the same resize / crop / normalisation (mask options are not carried)."""
+    image_hw = config.image_hw if config is not None else (224, 224)
+    return _native_image_processor(BeitImageProcessorPil, image_processor, CAEImageProcessorPil, image_hw)
+
+
+def beit_state_dict_from_cae(
+    encoder_state_dict: Mapping[str, torch.Tensor], config: CAEConfig
+) -> dict[str, torch.Tensor]:
+    """Rename a `CAEModel` state dict to `BeitModel` (transformers 5.x module names).
+
+    Module names are shared (`embeddings.*`, `layers.N.attention.{q,k,v,o}_proj`, `layers.N.lambda_1/2`,
+    `layers.N.layernorm_before/after`, `layers.N.mlp.fc1/fc2`, `layernorm`). BEiT's query and value projections
+    always have a bias: without `qkv_bias` they get zeros, which computes the same.
+    """
+    state = dict(encoder_state_dict)
+    for index in range(config.num_hidden_layers):
+        for projection in ("q_proj", "v_proj"):
+            weight = state[f"layers.{index}.attention.{projection}.weight"]
+            state.setdefault(f"layers.{index}.attention.{projection}.bias", weight.new_zeros(weight.shape[0]))
+    return state
+
+
+def convert_cae_to_beit(
+    model: CAEModel | CAEForPreTraining | CAEForImageClassification, task: str = "feature-extraction"
+) -> BeitModel | BeitForImageClassification:
+    """Build the native BEiT equivalent of a CAE model in memory (eval mode, same dtype).
+
+    "feature-extraction" gives a `BeitModel` with `last_hidden_state` and `pooler_output` equal to the CAE
+    encoder's: [CLS] after the final LayerNorm, or, for a mean-pooling `CAEForImageClassification` (whose encoder
+    has no final LayerNorm), the `fc_norm` of the mean patch token. "image-classification" gives a
+    `BeitForImageClassification` with CAE's pooling; from a pre-training or base model the classifier is new and,
+    with mean pooling, the final LayerNorm becomes the pooling norm (as the official fine-tuning loads it).
+    """
+    config, encoder, dtype = _source_encoder(model, CAEConfig, task)
+    encoder_state = beit_state_dict_from_cae(encoder.state_dict(), config)
+    fc_norm = getattr(model, "fc_norm", None)
+    # The encoder's final LayerNorm, or the pooling norm that replaces it; exactly one of the two holds weights.
+    final_norm_state = {
+        key.removeprefix("layernorm."): encoder_state.pop(key)
+        for key in list(encoder_state)
+        if key.startswith("layernorm.")
+    }
+
+    if task == "feature-extraction":
+        use_mean_pooling = not final_norm_state
+        beit_config = beit_config_from_cae(config, task, use_mean_pooling=use_mean_pooling)
+        beit_config.architectures = ["BeitModel"]
+        target = BeitModel(beit_config, add_pooling_layer=True)
+        if use_mean_pooling:
+            pooling_norm = fc_norm.state_dict() if fc_norm is not None else target.pooler.layernorm.state_dict()
+            state = encoder_state | {f"pooler.layernorm.{key}": value for key, value in pooling_norm.items()}
+        else:
+            state = encoder_state | {f"layernorm.{key}": value for key, value in final_norm_state.items()}
+        beit_config.dtype = dtype
+        return _load_into(target, state, dtype)
+
+    if isinstance(model, CAEForImageClassification):
+        use_mean_pooling = fc_norm is not None
+        pooling_norm_state = fc_norm.state_dict() if use_mean_pooling else final_norm_state
+        head = model.classifier
+    else:
+        use_mean_pooling = config.classifier_pooling == "mean"
+        pooling_norm_state = final_norm_state
+        head = None
+    beit_config = beit_config_from_cae(config, task, use_mean_pooling=use_mean_pooling)
+    beit_config.architectures = ["BeitForImageClassification"]
+    beit_config.dtype = dtype
+    target = BeitForImageClassification(beit_config)
+    if head is None:
+        head = target.classifier
+        _warn_new_head(model, BeitForImageClassification, beit_config.num_labels)
+    norm_prefix = "beit.pooler.layernorm." if use_mean_pooling else "beit.layernorm."
+    state = {f"beit.{key}": value for key, value in encoder_state.items()}
+    state |= {f"{norm_prefix}{key}": value for key, value in pooling_norm_state.items()}
+    state |= {f"classifier.{key}": value for key, value in head.state_dict().items()}
+    return _load_into(target, state, dtype)
 
 
 # ---------------------------------------------------------------------------------------------- entry point
 def load_model_for_export(model_or_path: PreTrainedModel | str | os.PathLike) -> PreTrainedModel:
-    """A model object, or the checkpoint at a local path / Hub id loaded with its saved architecture."""
+    """A model object as is, or the checkpoint at a local path / Hub id loaded with its saved architecture."""
     if isinstance(model_or_path, PreTrainedModel):
         return model_or_path
     config = AutoConfig.from_pretrained(model_or_path)
-    if isinstance(config, MixedAEConfig):
-        architecture = (config.architectures or ["MixedAEModel"])[0]
-        model_class = _MIXEDAE_ARCHITECTURES.get(architecture, MixedAEModel)
-        return model_class.from_pretrained(model_or_path, config=config)
-    raise ValueError(
-        f"{model_or_path} holds a {type(config).__name__} (model_type {config.model_type!r}); "
-        f"export supports: {', '.join(sorted(_EXPORTERS))}."
-    )
+    architectures = ARCHITECTURES.get(config.model_type)
+    if architectures is None:
+        raise ValueError(
+            f"{model_or_path} holds a {type(config).__name__} (model_type {config.model_type!r}); export supports "
+            f"{', '.join(sorted(ARCHITECTURES))}."
+        )
+    base_class = next(iter(architectures.values()))
+    model_class = architectures.get((config.architectures or [base_class.__name__])[0], base_class)
+    return model_class.from_pretrained(model_or_path, config=config)
 
 
 def export_to_transformers(
@@ -198,35 +378,31 @@ def export_to_transformers(
 ) -> Path:
     """Save `model_or_path` as a native transformers checkpoint in `output_dir` and return the folder.
 
-    MixedAE becomes `ViTModel` ("feature-extraction") or `ViTForImageClassification` ("image-classification").
-    The image processor is written as a `ViTImageProcessor` with the same settings: `image_processor` if given,
-    else the one saved next to the checkpoint, else MixedAE's evaluation transform. The folder loads with
-    `AutoModel` / `AutoModelForImageClassification` / `AutoImageProcessor` / `pipeline(...)` in any environment
-    that has transformers.
+    MixedAE becomes `ViTModel` ("feature-extraction") or `ViTForImageClassification` ("image-classification"); CAE
+    becomes `BeitModel` or `BeitForImageClassification`. The image processor is written as the native class
+    (`ViTImageProcessor`, `BeitImageProcessor`) with the same resize / crop / normalisation: `image_processor` if
+    given, else the one saved next to the checkpoint, else our evaluation transform. The folder loads with
+    `AutoModel` / `AutoModelForImageClassification` / `AutoImageProcessor` / `pipeline(...)` wherever transformers
+    is installed.
     """
     _check_task(task)
     model = load_model_for_export(model_or_path)
-    exporter = _EXPORTERS.get(model.config.model_type)
-    if exporter is None:
-        raise ValueError(
-            f"no native export for model_type {model.config.model_type!r}; supported: {sorted(_EXPORTERS)}"
-        )
     if image_processor is None and not isinstance(model_or_path, PreTrainedModel):
         image_processor = _load_saved_image_processor(model_or_path)
-    native_model, native_processor = exporter(model, task, image_processor)
+    if isinstance(model.config, MixedAEConfig):
+        native_model = convert_mixedae_to_vit(model, task)
+        native_processor = vit_image_processor_from_mixedae(image_processor, model.config)
+    elif isinstance(model.config, CAEConfig):
+        native_model = convert_cae_to_beit(model, task)
+        native_processor = beit_image_processor_from_cae(image_processor, model.config)
+    else:
+        raise ValueError(f"no native export for {type(model).__name__}; supported: {sorted(ARCHITECTURES)}")
 
     output_dir = Path(output_dir)
     native_model.save_pretrained(output_dir, safe_serialization=safe_serialization)
     native_processor.save_pretrained(output_dir)
     logger.info("exported %s as %s to %s", type(model).__name__, type(native_model).__name__, output_dir)
     return output_dir
-
-
-def _export_mixedae(model, task: str, image_processor):
-    return convert_mixedae_to_vit(model, task), vit_image_processor_from_mixedae(image_processor, model.config)
-
-
-_EXPORTERS = {MixedAEConfig.model_type: _export_mixedae}
 
 
 def _load_saved_image_processor(path: str | os.PathLike):
@@ -236,16 +412,12 @@ def _load_saved_image_processor(path: str | os.PathLike):
         return None  # no preprocessor_config.json: the exporter uses the model's default transform
 
 
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"task={task!r} is not one of {TASKS}")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="Export a MixedAE checkpoint as a native transformers ViT checkpoint (no extra package needed)."
+        description="Export a MixedAE (-> ViT) or CAE (-> BEiT) checkpoint as a native transformers checkpoint, "
+        "loadable without transformers_mixedae."
     )
-    parser.add_argument("model", help="local folder or Hub id of a MixedAE checkpoint")
+    parser.add_argument("model", help="local folder or Hub id of a MixedAE or CAE checkpoint")
     parser.add_argument("output_dir")
     parser.add_argument("--task", choices=TASKS, default="feature-extraction")
     args = parser.parse_args(argv)
@@ -258,6 +430,10 @@ if __name__ == "__main__":
 
 
 __all__ = [
+    "beit_config_from_cae",
+    "beit_image_processor_from_cae",
+    "beit_state_dict_from_cae",
+    "convert_cae_to_beit",
     "convert_mixedae_to_vit",
     "export_to_transformers",
     "load_model_for_export",

@@ -33,6 +33,7 @@ class ModelFamily:
     provenance: str
     limitations: tuple[str, ...]
     objective_fields: tuple[str, ...]
+    native_class: str  # what `export.export_to_transformers` writes the encoder as
     bibtex: str
 
     @property
@@ -83,6 +84,7 @@ MIXEDAE = ModelFamily(
         "homologous_contrastive_temperature",
         "norm_pix_loss",
     ),
+    native_class="ViTModel",
     bibtex="""@inproceedings{chen2023mixedae,
   title     = {Mixed Autoencoder for Self-supervised Visual Representation Learning},
   author    = {Chen, Kai and Liu, Zhili and Hong, Lanqing and Xu, Hang and Li, Zhenguo and Yeung, Dit-Yan},
@@ -119,15 +121,19 @@ CAE = ModelFamily(
         "Trained on the data named in the metadata; biases of that data carry over to the features.",
     ),
     objective_fields=(
+        "target",
+        "vocab_size",
+        "align_loss_weight",
+        "mask_type",
+        "num_masking_patches",
+        "layer_scale_init_value",
         "decoder_hidden_size",
         "regressor_num_layers",
         "decoder_num_layers",
         "decoder_num_attention_heads",
-        "layer_scale_init_value",
         "decoder_layer_scale_init_value",
-        "vocab_size",
-        "align_loss_weight",
     ),
+    native_class="BeitModel",
     bibtex="""@article{chen2023cae,
   title   = {Context Autoencoder for Self-Supervised Representation Learning},
   author  = {Chen, Xiaokang and Ding, Mingyu and Wang, Xiaodi and Xin, Ying and Mo, Shentong and Wang, Yunhao and
@@ -275,7 +281,8 @@ def generate_model_card(
         license=license,
         library_name="transformers",
         pipeline_tag=pipeline_tag,
-        model_name=model_name,
+        # `model_name` only names the model-index; without results it would be a stray top-level key.
+        model_name=model_name if eval_results else None,
         tags=_unique([*DEFAULT_TAGS, family.model_type, "transformers_mixedae", *tags]),
         datasets=list(training_datasets) or None,
         base_model=base_model,
@@ -285,7 +292,8 @@ def generate_model_card(
         f"# {model_name}",
         f"{family.summary} Paper: [{family.paper_title}]({family.paper_url}).",
         family.provenance,
-        "## Model details\n\n" + _details(config, model, architectures, is_classifier),
+        *_variant_notices(config),
+        "## Model details\n\n" + _details(config, model, architectures, is_classifier, family),
         "## Intended uses\n\n" + _intended_uses(is_classifier),
         "## Limitations\n\n" + "\n".join(f"- {line}" for line in family.limitations),
         "## How to use\n\n" + usage_snippets(repo_id, is_classifier, remote_code),
@@ -357,7 +365,11 @@ def _python_block(code: str) -> str:
 
 
 def _details(
-    config: PreTrainedConfig, model: PreTrainedModel | None, architectures: Sequence[str], is_classifier: bool
+    config: PreTrainedConfig,
+    model: PreTrainedModel | None,
+    architectures: Sequence[str],
+    is_classifier: bool,
+    family: ModelFamily,
 ) -> str:
     height, width = _image_hw(config)
     rows = [
@@ -374,9 +386,20 @@ def _details(
     if is_classifier:
         rows.append(("Classes", str(len(config.id2label))))
     return _table(("", ""), rows) + (
-        "\n\nThe encoder can also be exported to a plain `ViTModel` (MixedAE) or the closest native class (CAE) "
-        "with `transformers_mixedae.export.export_to_transformers`, for use without this package."
+        f"\n\nThe encoder can also be exported to a native `transformers.{family.native_class}` with the same "
+        "features (`transformers_mixedae.export.export_to_transformers`), for use without this package."
     )
+
+
+def _variant_notices(config: PreTrainedConfig) -> list[str]:
+    """Warnings for settings that make a checkpoint differ from the published method."""
+    if config.model_type == CAE.model_type and getattr(config, "target", "tokens") == "pixels":
+        return [
+            "**Non-official pre-training target.** This checkpoint was pre-trained to predict normalised pixels "
+            '(`target="pixels"`) instead of the official DALL-E token ids; its results are not comparable with '
+            "the paper's."
+        ]
+    return []
 
 
 def _intended_uses(is_classifier: bool) -> str:
