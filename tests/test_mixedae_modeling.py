@@ -307,6 +307,21 @@ def test_fresh_model_has_sincos_tables_and_the_meta_load_path_agrees(tmp_path):
     assert torch.equal(reloaded.decoder.decoder_pos_embed, model.decoder.decoder_pos_embed)
 
 
+def test_initialisation_follows_mae():
+    model = MixedAEForPreTraining(tiny_mixedae_config())
+    projection = model.vit.embeddings.patch_embeddings.projection
+    fan_in, fan_out = projection.weight[0].numel(), projection.weight.shape[0]
+    bound = (6.0 / (fan_in + fan_out)) ** 0.5
+    # xavier-uniform over the flattened kernel: bounded by, and spread up to, the bound (std = bound / sqrt(3)).
+    assert projection.weight.abs().max() <= bound and projection.weight.abs().max() > 0.9 * bound
+    assert projection.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+    assert torch.equal(projection.bias, torch.zeros_like(projection.bias))
+    query = model.vit.layers[0].attention.q_proj.weight
+    linear_bound = math.sqrt(6.0 / sum(query.shape))
+    assert query.abs().max() <= linear_bound and query.abs().max() > 0.9 * linear_bound
+    assert model.vit.embeddings.cls_token.std().item() == pytest.approx(0.02, rel=0.3)
+
+
 def test_missing_weights_are_initialised_sensibly_on_the_meta_path():
     config = tiny_mixedae_config()
     model = MixedAEForPreTraining.from_pretrained(None, config=config, state_dict={})

@@ -263,12 +263,13 @@ class MixedAEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, PatchEmbeddings):
-            weight = module.projection.weight
-            fan_in, fan_out = weight[0].numel(), weight.shape[0]
+        elif isinstance(module, nn.Conv2d):
+            # The patch projection, initialised as the Linear it is (MAE). Handled at the Conv2d itself: transformers
+            # only calls `_init_weights` on modules that own parameters directly, never on `PatchEmbeddings`.
+            fan_in, fan_out = module.weight[0].numel(), module.weight.shape[0]
             bound = (6.0 / (fan_in + fan_out)) ** 0.5
-            init.uniform_(weight, -bound, bound)
-            init.zeros_(module.projection.bias)
+            init.uniform_(module.weight, -bound, bound)
+            init.zeros_(module.bias)
         elif isinstance(module, MixedAEEmbeddings):
             grid = module.patch_embeddings.grid_size
             init.copy_(
