@@ -37,6 +37,8 @@ from .vit_layers import (
     ViTAttention,
     ViTLayer,
     ViTMLP,
+    build_classification_head,
+    classify_encoder_output,
     drop_path_rates,
     init_linear_and_layernorm,
     patchify,
@@ -656,8 +658,7 @@ class CAEForImageClassification(CAEPreTrainedModel):
         mean_pooling = config.classifier_pooling == "mean"
         # With mean pooling the per-token final norm is dropped and the pooled feature is normalised instead.
         self.cae = CAEModel(config, add_final_layernorm=not mean_pooling)
-        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if mean_pooling else None
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.fc_norm, self.classifier = build_classification_head(config, config.classifier_pooling)
         self.post_init()
 
     @classmethod
@@ -693,17 +694,7 @@ class CAEForImageClassification(CAEPreTrainedModel):
             Accept another input resolution (sin-cos table for the new grid, as the official fine-tuning at 384 px).
         """
         outputs: CAEModelOutput = self.cae(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
-        if self.fc_norm is not None:
-            pooled = self.fc_norm(outputs.last_hidden_state[:, 1:, :].mean(dim=1))
-        else:
-            pooled = outputs.pooler_output
-        logits = self.classifier(pooled)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config, **kwargs)
-        return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        return classify_encoder_output(self, outputs, labels, **kwargs)
 
 
 __all__ = [

@@ -33,7 +33,9 @@ from .vit_layers import (
     PatchEmbeddings,
     ViTAttention,
     ViTLayer,
+    build_classification_head,
     check_pixel_values,
+    classify_encoder_output,
     drop_path_rates,
     interpolate_position_embedding,
     patchify,
@@ -622,11 +624,7 @@ class MixedAEForImageClassification(MixedAEPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.vit = MixedAEModel(config)
-        if config.classifier_pooling == "mean":
-            self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        else:
-            self.fc_norm = None
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.fc_norm, self.classifier = build_classification_head(config, config.classifier_pooling)
         self.post_init()
 
     @can_return_tuple
@@ -648,17 +646,7 @@ class MixedAEForImageClassification(MixedAEPreTrainedModel):
         outputs: MixedAEModelOutput = self.vit(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
-        if self.fc_norm is not None:
-            pooled = self.fc_norm(outputs.last_hidden_state[:, 1:, :].mean(dim=1))
-        else:
-            pooled = outputs.pooler_output
-        logits = self.classifier(pooled)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config, **kwargs)
-        return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        return classify_encoder_output(self, outputs, labels, **kwargs)
 
 
 __all__ = [

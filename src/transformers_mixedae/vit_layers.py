@@ -21,6 +21,7 @@ import transformers.initialization as init
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
@@ -155,6 +156,16 @@ def unpatchify(patches: torch.Tensor, patch_size: int, grid_size: tuple[int, int
     return images.reshape(batch_size, num_channels, grid_h * patch_size, grid_w * patch_size)
 
 
+def attention_from_logits(
+    module: nn.Module, logits: torch.Tensor, value: torch.Tensor, dropout: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax (in fp32) over the keys, dropout, weighted sum of values -> `(B, L, heads, head_dim)` and weights."""
+    attn_weights = nn.functional.softmax(logits, dim=-1, dtype=torch.float32).to(value.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -166,13 +177,10 @@ def eager_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference attention. Inputs `(B, heads, L, head_dim)`; returns `(B, L, heads, head_dim)` and the weights."""
-    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    logits = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
-    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
-    return attn_output, attn_weights
+        logits = logits + attention_mask
+    return attention_from_logits(module, logits, value, dropout)
 
 
 @dataclass
@@ -213,10 +221,9 @@ def homologous_topk_attention_forward(
     kth_largest = logits.topk(topk, dim=-1).values[..., -1:]
     keep = logits >= kth_largest
     keep[:, :, 0, :] = True
-    masked_logits = logits.masked_fill(~keep, float("-inf"))
-    attn_weights = nn.functional.softmax(masked_logits, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    attn_output, attn_weights = attention_from_logits(
+        module, logits.masked_fill(~keep, float("-inf")), value, dropout
+    )
 
     with torch.no_grad():
         segment_ids = homologous.segment_ids
@@ -428,3 +435,25 @@ def check_vit_geometry(config, width_head_fields: tuple[tuple[str, str], ...]) -
             raise ValueError(
                 f"{width_name}={width_value} is not divisible by 4, which the 2-D sin-cos position embeddings need."
             )
+
+
+def build_classification_head(config, pooling: str) -> tuple[nn.LayerNorm | None, nn.Module]:
+    """`(fc_norm, classifier)` of the `...ForImageClassification` models: `"mean"` pooling averages the patch tokens
+    and normalises them with `fc_norm` (MAE / CAE fine-tuning); `"cls"` takes the encoder's [CLS] token."""
+    fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if pooling == "mean" else None
+    classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+    return fc_norm, classifier
+
+
+def classify_encoder_output(model, outputs, labels: torch.Tensor | None, **kwargs) -> ImageClassifierOutput:
+    """Pool `outputs` (a base-model output with `last_hidden_state`, `pooler_output`) with `model.fc_norm` /
+    `model.classifier` and compute the loss with `model.loss_function`."""
+    if model.fc_norm is not None:
+        pooled = model.fc_norm(outputs.last_hidden_state[:, 1:, :].mean(dim=1))
+    else:
+        pooled = outputs.pooler_output
+    logits = model.classifier(pooled)
+    loss = model.loss_function(labels, logits, model.config, **kwargs) if labels is not None else None
+    return ImageClassifierOutput(
+        loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+    )
