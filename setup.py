@@ -35,10 +35,10 @@ setup(
     entry_points={
         "console_scripts": [
             "transformers-mixedae-convert-cae=transformers_mixedae.convert_cae_checkpoint:main",
+            "transformers-mixedae-export=transformers_mixedae.export:main",
         ]
     },
     classifiers=[
-        "License :: OSI Approved :: Apache Software License",
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
