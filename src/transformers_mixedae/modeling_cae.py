@@ -670,9 +670,15 @@ class CAEForImageClassification(CAEPreTrainedModel):
             hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
             config = CAEConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         pooling = kwargs.get("classifier_pooling", getattr(config, "classifier_pooling", "mean"))
-        if pooling == "mean" and "key_mapping" not in kwargs:
+        renamed = pooling == "mean" and "key_mapping" not in kwargs
+        if renamed:
             kwargs["key_mapping"] = MEAN_POOLING_KEY_MAPPING
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if renamed:
+            # Save under the model's own names: transformers would try to revert the renaming (and fail on its group).
+            loaded = model[0] if isinstance(model, tuple) else model
+            loaded._weight_conversions = []
+        return model
 
     def get_input_embeddings(self) -> PatchEmbeddings:
         return self.cae.embeddings.patch_embeddings

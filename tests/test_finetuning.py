@@ -1,0 +1,161 @@
+"""Fine-tuning and linear probing behind examples/run_image_classification.py: tiny in-process runs."""
+
+import json
+import shutil
+
+import datasets
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoModelForImageClassification
+
+import transformers_mixedae  # noqa: F401
+from transformers_mixedae.configuration_cae import CAEConfig
+from transformers_mixedae.configuration_mixedae import MixedAEConfig
+from transformers_mixedae.finetuning import (
+    add_linear_probe_head,
+    fold_linear_probe_head,
+    layer_decay_parameter_groups,
+    run_image_classification,
+)
+from transformers_mixedae.finetuning_args import (
+    ClassificationDataArguments,
+    ClassificationModelArguments,
+    FinetuningArguments,
+    parse_classification_arguments,
+)
+from transformers_mixedae.modeling_cae import CAEForPreTraining
+from transformers_mixedae.modeling_mixedae import MixedAEForImageClassification, MixedAEForPreTraining
+
+datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
+
+TINY = dict(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+TINY_MIXEDAE = dict(TINY, decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+                    decoder_intermediate_size=32)
+TINY_CAE = dict(TINY, decoder_hidden_size=32, regressor_num_layers=1, decoder_num_layers=1, decoder_num_attention_heads=4,
+                num_masking_patches=8, mask_min_num_patches=2, target="pixels")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """Tiny pre-training checkpoints, as run_mim.py saves them."""
+    root = tmp_path_factory.mktemp("pretrained")
+    torch.manual_seed(0)
+    MixedAEForPreTraining(MixedAEConfig(**TINY_MIXEDAE)).save_pretrained(root / "mixedae")
+    CAEForPreTraining(CAEConfig(**TINY_CAE)).save_pretrained(root / "cae")
+    return root
+
+
+def arguments(checkpoint, output_dir, mode="finetune", **training):
+    model_args = ClassificationModelArguments(model_name_or_path=str(checkpoint), attn_implementation="eager")
+    data_args = ClassificationDataArguments(max_train_samples=64, max_eval_samples=32)
+    values = dict(output_dir=str(output_dir), mode=mode, per_device_train_batch_size=8, per_device_eval_batch_size=16,
+                  max_train_steps=2, logging_steps=1, seed=3)
+    values.update(training)
+    return model_args, data_args, FinetuningArguments(**values)
+
+
+@pytest.mark.parametrize("model_type", ["mixedae", "cae"])
+@pytest.mark.parametrize("mode", ["finetune", "linear_probe"])
+def test_run_ends_with_loadable_classifier_and_accuracy(tmp_path, pretrained, model_type, mode):
+    checkpoint = pretrained / model_type
+    probe = mode == "linear_probe"
+    results = run_image_classification(
+        *arguments(checkpoint, tmp_path, mode, checkpointing_steps=1 if probe else None, checkpoints_total_limit=None)
+    )
+    saved = json.loads((tmp_path / "all_results.json").read_text())
+    for key in ("eval_accuracy", "eval_top5_accuracy", "train_loss", "train_samples_per_second"):
+        assert saved[key] == pytest.approx(results[key]) and 0 <= saved[key] == saved[key], key
+    assert saved["eval_samples"] == 32 and saved["eval_top5_accuracy"] >= saved["eval_accuracy"]
+    card = (tmp_path / "README.md").read_text()
+    assert "model-index" in card and ("linear probing" if mode == "linear_probe" else "fine-tuning") in card
+
+    model = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert model.config.model_type == model_type and model.config.num_labels == 10
+    assert model.config.id2label[0] == "T-shirt/top" or model.config.id2label[0]
+    assert model(torch.randn(2, 3, 16, 16)).logits.shape == (2, 10)
+
+    final = load_file(str(tmp_path / "model.safetensors"))
+    if mode == "linear_probe":
+        assert model.config.classifier_pooling == "cls"
+        # The encoder is bit-identical to the pre-trained one; the head (BatchNorm folded into the Linear) trained.
+        original = load_file(str(checkpoint / "model.safetensors"))
+        prefix = f"{'vit' if model_type == 'mixedae' else 'cae'}."
+        encoder = [name for name in final if name.startswith(prefix)]
+        assert encoder and all(torch.equal(final[name], original[name]) for name in encoder)
+        first = load_file(str(tmp_path / "checkpoints" / "step_1" / "model.safetensors"))
+        last = load_file(str(tmp_path / "checkpoints" / "step_2" / "model.safetensors"))
+        assert not torch.equal(first["classifier.1.weight"], last["classifier.1.weight"])
+        assert all(torch.equal(first[name], last[name]) for name in encoder)
+        assert set(name for name in final if not name.startswith(prefix)) == {"classifier.weight", "classifier.bias"}
+
+
+def test_folded_probe_head_gives_the_same_logits():
+    torch.manual_seed(0)
+    model = MixedAEForImageClassification(MixedAEConfig(**TINY, num_labels=5, classifier_pooling="cls"))
+    add_linear_probe_head(model)
+    model.eval()
+    norm = model.classifier[0]
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.5, 2.0)
+    pixels = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(pixels).logits
+        fold_linear_probe_head(model)
+        assert isinstance(model.classifier, nn.Linear)
+        torch.testing.assert_close(model(pixels).logits, expected, rtol=1e-5, atol=1e-5)
+    assert not any(p.requires_grad for p in model.vit.parameters())
+
+
+def test_layer_decay_groups_have_the_right_learning_rates():
+    model = MixedAEForImageClassification(MixedAEConfig(**TINY, num_labels=3))
+    groups = layer_decay_parameter_groups(model, weight_decay=0.05, learning_rate=1.0, layer_decay=0.5)
+    lr_of = {id(p): (group["lr"], group["weight_decay"]) for group in groups for p in group["params"]}
+    named = dict(model.named_parameters())
+    assert len(lr_of) == sum(p.requires_grad for p in named.values())  # every trainable parameter exactly once
+    expected = {  # L = 2: embeddings 0.5**3, block 0 0.5**2, block 1 0.5, head 1
+        "vit.embeddings.cls_token": (0.125, 0.0),
+        "vit.embeddings.patch_embeddings.projection.weight": (0.125, 0.05),
+        "vit.layers.0.mlp.fc1.weight": (0.25, 0.05),
+        "vit.layers.0.mlp.fc1.bias": (0.25, 0.0),
+        "vit.layers.1.attention.q_proj.weight": (0.5, 0.05),
+        "vit.layernorm.weight": (1.0, 0.0),
+        "fc_norm.weight": (1.0, 0.0),
+        "classifier.weight": (1.0, 0.05),
+    }
+    for name, value in expected.items():
+        assert lr_of[id(named[name])] == pytest.approx(value), name
+
+
+def test_missing_label_column_is_named(tmp_path, pretrained):
+    model_args, data_args, training_args = arguments(pretrained / "mixedae", tmp_path)
+    data_args.label_column_name = "category"
+    with pytest.raises(ValueError, match="label column 'category' not found.*--label_column_name"):
+        run_image_classification(model_args, data_args, training_args)
+
+
+def test_recipe_defaults_and_explicit_flags(tmp_path):
+    _, _, args = parse_classification_arguments(["--recipe", "cae", "--layer_decay", "0.75", "--output_dir", "x"])
+    from transformers_mixedae.finetuning_args import resolve_recipe
+
+    resolve_recipe(None, args, "mixedae")
+    assert args.layer_decay == 0.75 and args.base_learning_rate == pytest.approx(8e-3 * 256 / 4096)
+    assert args.label_smoothing == 0.1 and args.weight_decay == 0.05
+
+
+def test_resumed_fine_tuning_ends_with_the_same_weights(tmp_path, pretrained):
+    # 64 samples / batch 16 / 2 accumulation = 2 steps per epoch: the checkpoint at step 1 lies inside the first
+    # epoch, step 3 is in the second; drop path (0.1) draws from the checkpointed RNG.
+    settings = dict(max_train_steps=3, checkpointing_steps=1, gradient_accumulation_steps=2, checkpoints_total_limit=None,
+                    per_device_train_batch_size=16)
+    uninterrupted = tmp_path / "uninterrupted"
+    run_image_classification(*arguments(pretrained / "mixedae", uninterrupted, **settings))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(uninterrupted / "checkpoints" / "step_1", resumed / "checkpoints" / "step_1")
+    run_image_classification(*arguments(pretrained / "mixedae", resumed, resume_from_checkpoint="latest", **settings))
+    expected = load_file(str(uninterrupted / "model.safetensors"))
+    actual = load_file(str(resumed / "model.safetensors"))
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
