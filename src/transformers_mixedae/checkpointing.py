@@ -8,10 +8,12 @@ by the next save. Only the newest `keep_last` checkpoints are kept.
 """
 
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
@@ -52,6 +54,24 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str | os.
     if path.name.startswith(_TEMPORARY_PREFIX):
         raise ValueError(f"{path} is an incomplete checkpoint (its write was interrupted); resume from another one.")
     return path
+
+
+def check_checkpoint_is_safe(checkpoint: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose pickled states hold anything but plain data, before `accelerator.load_state`.
+
+    The model weights are safetensors, and accelerate reads the optimizer and RNG states with `weights_only=True`,
+    but it unpickles the states of `register_for_checkpointing` objects (`custom_checkpoint_*.pkl`) in full, which
+    would run code planted in a tampered file. Reading them with `weights_only=True` first runs nothing.
+    """
+    for path in sorted(Path(checkpoint).glob("custom_checkpoint_*.pkl")):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"{path} holds pickled objects other than tensors and plain data, which only code from the file "
+                f"could rebuild: not resuming from {checkpoint}, and nothing in it was run. Checkpoints written by "
+                "run_mim.py never contain such objects; resume from one you wrote."
+            ) from error
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int, keep_last: int | None) -> Path:

@@ -4,7 +4,7 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .vit_layers import check_vit_geometry, to_2tuple
+from .vit_layers import check_config_values, check_vit_geometry, to_2tuple
 
 MASK_TYPES = ("block", "random")
 TARGETS = ("tokens", "pixels")
@@ -139,6 +139,15 @@ class CAEConfig(PreTrainedConfig):
     # ------------------------------------------------------------------ validation
     def validate_architecture(self):
         super().validate_architecture()
+        check_config_values(
+            self,
+            positive_fields=(
+                "hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers", "patch_size",
+                "num_channels", "decoder_hidden_size", "decoder_num_attention_heads", "decoder_intermediate_size",
+                "regressor_num_layers", "decoder_num_layers",
+            ),
+            probability_fields=("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"),
+        )
         check_vit_geometry(
             self, (("hidden_size", "num_attention_heads"), ("decoder_hidden_size", "decoder_num_attention_heads"))
         )

@@ -4,6 +4,8 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .vit_layers import check_config_values
+
 # Fields a transformers ViTMAE checkpoint shares with MixedAE and that describe the network itself.
 # Training-objective fields (mask_ratio, norm_pix_loss) mean something else under mixing and keep
 # MixedAE's defaults unless the caller overrides them.
@@ -141,6 +143,15 @@ class MixedAEConfig(PreTrainedConfig):
     # ------------------------------------------------------------------ validation
     def validate_architecture(self):
         super().validate_architecture()
+        check_config_values(
+            self,
+            positive_fields=(
+                "hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers", "patch_size",
+                "num_channels", "decoder_hidden_size", "decoder_num_attention_heads", "decoder_intermediate_size",
+                "decoder_num_hidden_layers",
+            ),
+            probability_fields=("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"),
+        )
         height, width = self.image_hw
         if self.patch_size <= 0 or height % self.patch_size or width % self.patch_size:
             raise ValueError(
@@ -185,6 +196,12 @@ class MixedAEConfig(PreTrainedConfig):
                 f"are not divisible by the group size {self.group_size} (mixing_ratio={self.mixing_ratio}): "
                 "change mask_ratio or image_size/patch_size so every image of a group owns the same number."
             )
+        if num_kept // self.group_size >= self.num_patches:
+            raise ValueError(
+                f"mixing_ratio={self.mixing_ratio} with mask_ratio={self.mask_ratio} hides no patch of an image, so "
+                "there is nothing to reconstruct (the loss would be undefined): with mixing_ratio=1.0 (plain MAE) "
+                "set a mask_ratio that hides at least one patch, e.g. 0.75."
+            )
         if self.segment_embedding not in ("encoder", "none"):
             raise ValueError(f"segment_embedding={self.segment_embedding!r} must be 'encoder' or 'none'.")
         if self.classifier_pooling not in ("mean", "cls"):
@@ -199,7 +216,8 @@ class MixedAEConfig(PreTrainedConfig):
                     f"outside [0, {self.num_hidden_layers - 1}] (num_hidden_layers={self.num_hidden_layers})."
                 )
         num_keys = 1 + self.num_kept()
-        if self.homologous_topk is not None and not 1 <= self.homologous_topk <= num_keys:
+        # (validate_mixing, which runs after this validator, names an out-of-range mask_ratio itself.)
+        if self.homologous_topk is not None and 0 <= self.mask_ratio < 1 and not 1 <= self.homologous_topk <= num_keys:
             raise ValueError(
                 f"homologous_topk={self.homologous_topk} must be in [1, {num_keys}] (the number of keys: "
                 f"[CLS] + {num_keys - 1} kept positions)."

@@ -26,10 +26,11 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
-from .checkpointing import ensure_writable_directory, resolve_checkpoint, save_checkpoint
+from .checkpointing import check_checkpoint_is_safe, ensure_writable_directory, resolve_checkpoint, save_checkpoint
 from .configuration_mixedae import MixedAEConfig
 from .modeling_mixedae import MixedAEForPreTraining
 from .pretraining_args import MODEL_TYPES, DataArguments, ModelArguments, PretrainingArguments, parse_config_overrides
+from .training_records import TRAIN_LOG_NAME, TrainLog, write_skipped_samples
 
 logger = get_logger(__name__)
 
@@ -118,6 +119,9 @@ class TrainingProgress:
     train_loss_sum: float = 0.0
     train_loss_count: int = 0
     images_seen: int = 0
+    # Loss of the logging window not logged yet when a checkpoint falls between two logging steps (mean over ranks).
+    window_loss_sum: float = 0.0
+    window_batches: int = 0
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -225,8 +229,11 @@ def run_pretraining(
 
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
     if checkpoint is not None:
+        check_checkpoint_is_safe(checkpoint)
         accelerator.load_state(str(checkpoint))
         logger.info(f"Resumed from {checkpoint} at step {progress.completed_steps}", main_process_only=True)
+    train_log = TrainLog(output_dir / TRAIN_LOG_NAME, enabled=accelerator.is_main_process)
+    train_log.keep_until(progress.completed_steps)
 
     if accelerator.is_main_process:
         accelerator.init_trackers("run_mim", config=_flat_config(model_args, data_args, training_args))
@@ -243,8 +250,10 @@ def run_pretraining(
     )
     eval_results: dict[str, float] = {}
     start_time, start_images = time.perf_counter(), progress.images_seen
-    window_loss = torch.zeros((), device=accelerator.device)
-    window_batches = 0
+    window_loss = torch.full((), progress.window_loss_sum, device=accelerator.device)
+    window_batches = progress.window_batches
+    step_loss = torch.zeros((), device=accelerator.device)
+    step_batches = 0
     window_start = time.perf_counter()
     window_images = 0
     stopped_by_signal = False
@@ -263,12 +272,14 @@ def run_pretraining(
                     batch_images = batch["pixel_values"].shape[0] * world_size
                     progress.images_seen += batch_images
                     window_images += batch_images
-                    window_loss += loss.detach().float()
-                    window_batches += 1
+                    step_loss += loss.detach().float()
+                    step_batches += 1
                     if accelerator.sync_gradients:
                         if gradients_are_finite(accelerator, model, training_args.max_grad_norm):
                             optimizer.step()
                             progress.consecutive_nonfinite_steps = 0
+                            window_loss += step_loss  # skipped steps stay out of the logged and final losses
+                            window_batches += step_batches
                         else:
                             progress.skipped_nonfinite_steps += 1
                             progress.consecutive_nonfinite_steps += 1
@@ -278,6 +289,8 @@ def run_pretraining(
                                 main_process_only=True,
                             )
                         optimizer.zero_grad(set_to_none=True)
+                        step_loss.zero_()
+                        step_batches = 0
                 if not accelerator.sync_gradients:
                     continue
                 scheduler.step()
@@ -295,11 +308,15 @@ def run_pretraining(
 
                 if progress.completed_steps % training_args.logging_steps == 0 or progress.completed_steps == max_train_steps:
                     mean_loss = accelerator.reduce(window_loss / max(window_batches, 1), reduction="mean").item()
+                    if window_batches:
+                        progress.train_loss_sum += mean_loss * window_batches
+                        progress.train_loss_count += window_batches
+                    else:  # every step of the window was skipped as non-finite
+                        mean_loss = float("nan")
                     elapsed = time.perf_counter() - window_start
                     images_per_second = window_images / max(elapsed, 1e-9)
-                    progress.train_loss_sum += mean_loss * window_batches
-                    progress.train_loss_count += window_batches
                     current_lr = scheduler.get_last_lr()[0]
+                    train_log.append(progress.completed_steps, mean_loss, current_lr)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{current_lr:.2e}", img_s=f"{images_per_second:.1f}")
                     accelerator.log(
                         {"train/loss": mean_loss, "train/learning_rate": current_lr,
@@ -317,6 +334,8 @@ def run_pretraining(
 
                 stop_now = termination.requested
                 if (training_args.checkpointing_steps and progress.completed_steps % training_args.checkpointing_steps == 0) or stop_now:
+                    progress.window_loss_sum = accelerator.reduce(window_loss, reduction="mean").item()
+                    progress.window_batches = window_batches
                     save_checkpoint(accelerator, output_dir, progress.completed_steps, training_args.checkpoints_total_limit)
                 if stop_now:
                     logger.warning("SIGTERM received: checkpoint written, exiting cleanly.", main_process_only=True)
@@ -337,6 +356,9 @@ def run_pretraining(
         "train_skipped_nonfinite_steps": progress.skipped_nonfinite_steps,
         **data.skipped_summary(),
     }
+    skipped_report = data.skipped_report()
+    if accelerator.is_main_process:
+        write_skipped_samples(output_dir, skipped_report)
     if stopped_by_signal:
         results["stopped_by_signal"] = True
         accelerator.end_training()

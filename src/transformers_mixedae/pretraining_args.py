@@ -39,6 +39,13 @@ class ModelArguments:
             "config_overrides target=pixels (the labelled non-official variant)."
         },
     )
+    cae_tokenizer_allow_unsafe_pickle: bool = field(
+        default=False,
+        metadata={
+            "help": "Let --cae_tokenizer_path be a pickled module (OpenAI's encoder.pkl), which runs code from the "
+            "file while loading: only for a file you trust. Without it, only a plain state dict is accepted."
+        },
+    )
     torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile."})
     activation_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute block activations in the backward pass to save memory."}

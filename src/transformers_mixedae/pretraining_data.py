@@ -9,6 +9,7 @@ batches and random numbers as an uninterrupted one.
 """
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import gather_object
 
 from .data import (
     EvaluationTransform,
@@ -30,11 +32,14 @@ from .evaluation import evaluate_frozen_features, extract_features
 from .image_processing_mixedae import MixedAEImageProcessorPil, evaluation_sizes
 from .modeling_mixedae import mixing_assignment
 from .pretraining_args import DataArguments, ModelArguments, PretrainingArguments
+from .training_records import SKIPPED_SAMPLES_NAME, write_skipped_samples
 from .visualization import mixed_samples, save_homologous_attention_figure, save_reconstruction_grid, to_display
 
 logger = get_logger(__name__)
 
 NUM_VISUALIZED_IMAGES = 8
+# Skipped training images listed by identifier per rank (in skipped_samples.json and checkpoints); all are counted.
+MAX_LISTED_SKIPPED_SAMPLES = 10_000
 
 
 def derived_seed(*parts: int) -> int:
@@ -68,17 +73,30 @@ class SeededTransform:
 
 
 class DataState:
-    """Checkpointed counters of the data pipeline (skipped samples survive a resume)."""
+    """Checkpointed counters of the data pipeline, per rank: skipped samples (with their identifiers) survive a
+    resume. `state_dict` gathers every rank's counters, so every rank calls it (as `accelerator.save_state` does)."""
 
-    def __init__(self, stats: SkippedSampleStats):
+    def __init__(self, stats: SkippedSampleStats, accelerator: Accelerator):
         self.stats = stats
+        self.accelerator = accelerator
 
     def state_dict(self) -> dict:
-        return {"num_skipped": self.stats.num_skipped, "num_loaded": self.stats.num_loaded}
+        ranks = [self.stats.to_dict()]
+        if self.accelerator.num_processes > 1:
+            ranks = gather_object(ranks)
+        return {"ranks": ranks}
 
     def load_state_dict(self, state: dict) -> None:
-        self.stats.num_skipped = state.get("num_skipped", 0)
-        self.stats.num_loaded = state.get("num_loaded", 0)
+        ranks = state.get("ranks", [state])  # checkpoints written before per-rank states hold rank 0's counters
+        self.restore(ranks[self.accelerator.process_index] if self.accelerator.process_index < len(ranks) else {})
+
+    def restore(self, own: dict) -> None:
+        """Set this rank's counters from `SkippedSampleStats.to_dict()` output."""
+        self.stats.num_skipped = own.get("num_skipped", 0)
+        self.stats.num_loaded = own.get("num_loaded", 0)
+        self.stats.num_trimmed = own.get("num_trimmed", 0)
+        self.stats.skipped = [tuple(item) for item in own.get("skipped", [])]
+        self.stats.reasons = Counter(own.get("reasons", {}))
 
 
 class PretrainingData:
@@ -118,8 +136,8 @@ class PretrainingData:
             max_eval_samples=data_args.max_eval_samples,
         )
         self.source = self.datasets.source
-        self.stats = SkippedSampleStats()
-        self.state = DataState(self.stats)
+        self.stats = SkippedSampleStats(max_recorded=MAX_LISTED_SKIPPED_SAMPLES)
+        self.state = DataState(self.stats, accelerator)
         self.tokenizer = self._load_tokenizer(model_args)
 
         augmentation = pretraining_transform_for_model_type(
@@ -188,10 +206,13 @@ class PretrainingData:
             derived_seed(self.training_args.seed, epoch, self.accelerator.process_index)
         )
         batches = synchronized_batches(self.train_loader, self.accelerator)
+        counted_before_replay = self.stats.to_dict()
         for index, batch in enumerate(batches):
             if index >= batches_per_epoch:
                 return
             if index < skip_batches:
+                if index == skip_batches - 1:  # the checkpoint's counters already include the replayed batches
+                    self.state.restore(counted_before_replay)
                 continue
             yield self.model_inputs(batch, derived_seed(self.training_args.seed, epoch, self.accelerator.process_index,
                                                         index))
@@ -218,14 +239,15 @@ class PretrainingData:
         if not model_args.cae_tokenizer_path:
             raise ValueError(
                 "CAE with target='tokens' (the official setting) needs the DALL-E tokenizer: pass "
-                "--cae_tokenizer_path /path/to/encoder.pkl, or train the labelled non-official pixel variant with "
+                "--cae_tokenizer_path /path/to/encoder.pkl (a pickled module: add --cae_tokenizer_allow_unsafe_pickle "
+                "if you trust the file), or train the labelled non-official pixel variant with "
                 "--config_overrides target=pixels."
             )
         from .tokenizer_dalle import DallETokenizer
 
-        return DallETokenizer.from_file(model_args.cae_tokenizer_path, allow_unsafe_pickle=True).to(
-            self.accelerator.device
-        )
+        return DallETokenizer.from_file(
+            model_args.cae_tokenizer_path, allow_unsafe_pickle=model_args.cae_tokenizer_allow_unsafe_pickle
+        ).to(self.accelerator.device)
 
     def _tokenizer_view_settings(self) -> dict:
         if self.model_type == "cae" and self.tokenizer is None:
@@ -237,13 +259,25 @@ class PretrainingData:
         counts = torch.tensor([self.stats.num_skipped, self.stats.num_loaded], dtype=torch.float64)
         return {"train_skipped_samples": int(counts[0]), "train_loaded_samples": int(counts[1])}
 
+    def skipped_report(self) -> dict:
+        """Undecodable training images of every rank: totals, reasons, and `identifier`/`reason`/`rank` of each
+        one (up to MAX_LISTED_SKIPPED_SAMPLES per rank). Every rank must call it."""
+        ranks = [self.stats.to_dict()]
+        if self.accelerator.num_processes > 1:
+            ranks = gather_object(ranks)
+        return _merged_skipped_report(ranks)
+
     def check_skipped_fraction(self) -> None:
         seen = self.stats.num_skipped + self.stats.num_loaded
         if seen and self.stats.num_skipped / seen > self.data_args.max_skipped_fraction:
+            rank = self.accelerator.process_index
+            name = SKIPPED_SAMPLES_NAME if self.accelerator.num_processes == 1 else f"skipped_samples_rank{rank}.json"
+            report = _merged_skipped_report([self.stats.to_dict()], first_rank=rank)
+            path = write_skipped_samples(self.training_args.output_dir, report, name)
             raise RuntimeError(
                 f"{self.stats.num_skipped} of {seen} training images could not be decoded "
                 f"(more than --max_skipped_fraction {self.data_args.max_skipped_fraction}); stopping. "
-                f"{self.stats.summary()}"
+                f"{self.stats.summary()}. The skipped images are listed in {path}."
             )
 
     # ------------------------------------------------------------------ evaluation
@@ -400,6 +434,24 @@ class PretrainingData:
             owner,
             grid,
         )
+
+
+def _merged_skipped_report(ranks: list[dict], first_rank: int = 0) -> dict:
+    reasons = Counter()
+    for stats in ranks:
+        reasons.update(stats["reasons"])
+    return {
+        "num_skipped": sum(stats["num_skipped"] for stats in ranks),
+        "num_loaded": sum(stats["num_loaded"] for stats in ranks),
+        "num_trimmed": sum(stats["num_trimmed"] for stats in ranks),
+        "reasons": dict(reasons),
+        "all_listed": all(len(stats["skipped"]) == stats["num_skipped"] for stats in ranks),
+        "skipped": [
+            {"identifier": identifier, "reason": reason, "rank": rank}
+            for rank, stats in enumerate(ranks, start=first_rank)
+            for identifier, reason in stats["skipped"]
+        ],
+    }
 
 
 def _head(dataset, count: int | None):

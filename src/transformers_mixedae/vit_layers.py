@@ -33,6 +33,27 @@ def to_2tuple(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     return int(value), int(value)
 
 
+def check_config_values(config, positive_fields: tuple[str, ...], probability_fields: tuple[str, ...]) -> None:
+    """Raise a `ValueError` naming the config field and its value when `image_size` is not a positive int or pair
+    of positive ints, a size in `positive_fields` is below 1 (`None` is skipped), a rate in `probability_fields` is
+    outside [0, 1), `layer_norm_eps` is not positive or `hidden_act` is not a transformers activation."""
+    size = config.image_size
+    is_pair = isinstance(size, (list, tuple))
+    if (is_pair and len(size) != 2) or min(size if is_pair else [size]) < 1:
+        raise ValueError(f"image_size={size} must be a positive int or a pair of positive ints (height, width).")
+    for name in positive_fields:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{name}={value} must be at least 1.")
+    for name in probability_fields:
+        if not 0 <= getattr(config, name) < 1:
+            raise ValueError(f"{name}={getattr(config, name)} must be in [0, 1).")
+    if not config.layer_norm_eps > 0:
+        raise ValueError(f"layer_norm_eps={config.layer_norm_eps} must be > 0.")
+    if config.hidden_act not in ACT2FN:
+        raise ValueError(f"hidden_act={config.hidden_act!r} is not an activation of transformers.activations.ACT2FN.")
+
+
 def sincos_2d_position_embedding(
     grid_height: int,
     grid_width: int,
@@ -117,6 +138,8 @@ def check_pixel_values(
         raise ValueError(
             f"`pixel_values` must have shape (batch, channels, height, width), got shape {tuple(pixel_values.shape)}."
         )
+    if pixel_values.shape[0] == 0:
+        raise ValueError("`pixel_values` holds no images (batch size 0): pass at least one image.")
     channels, height, width = pixel_values.shape[1:]
     if channels != num_channels:
         raise ValueError(
