@@ -2,7 +2,7 @@
 # Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
 """Pre-train MixedAE or CAE with Accelerate, then evaluate (kNN, linear probe, reconstruction loss).
 
-    accelerate launch examples/run_mim.py --model_type mixedae --output_dir outputs/mixedae
+    accelerate launch examples/run_mim.py examples/configs/mixedae_fashion_mnist.json --num_train_epochs 8
     accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 examples/run_mim.py \
         --dataset_name ILSVRC/imagenet-1k --streaming --per_device_train_batch_size 128 ...
 
@@ -12,21 +12,14 @@ lives in `transformers_mixedae.pretraining` (importable and tested); this file o
 
 import json
 import logging
-import sys
-
-from transformers import HfArgumentParser
 
 import transformers_mixedae  # noqa: F401  (registers the models with the Auto classes)
 from transformers_mixedae.pretraining import run_pretraining
-from transformers_mixedae.pretraining_args import DataArguments, ModelArguments, PretrainingArguments
+from transformers_mixedae.pretraining_args import parse_run_arguments
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments))
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(sys.argv[1])
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args = parse_run_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     results = run_pretraining(model_args, data_args, training_args)
     if results:

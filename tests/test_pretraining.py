@@ -22,6 +22,7 @@ from transformers_mixedae.pretraining_args import (
     ModelArguments,
     PretrainingArguments,
     parse_config_overrides,
+    parse_run_arguments,
 )
 from transformers_mixedae.pretraining_data import SeededTransform
 
@@ -167,6 +168,34 @@ def test_cae_tokens_without_tokenizer_says_how_to_fix(tmp_path):
     model_args.config_overrides = TINY_CAE.replace("target=pixels", "target=tokens")
     with pytest.raises(ValueError, match="--cae_tokenizer_path .* target=pixels"):
         run_pretraining(model_args, data_args, training_args)
+
+
+def test_json_config_gives_defaults_and_flags_override_them(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"model_type": "cae", "image_size": 32, "per_device_train_batch_size": 16}))
+    model_args, data_args, training_args = parse_run_arguments([str(config), "--image_size", "48", "--streaming"])
+    assert model_args.model_type == "cae" and model_args.image_size == 48
+    assert training_args.per_device_train_batch_size == 16 and data_args.streaming is True
+    config.write_text(json.dumps({"image_sise": 32}))
+    with pytest.raises(ValueError, match=r"unknown arguments \['image_sise'\]"):
+        parse_run_arguments([str(config)])
+
+
+def test_raw_pixel_and_random_encoder_baselines(tmp_path):
+    from accelerate import Accelerator
+
+    from transformers_mixedae.pretraining import build_pretraining_model
+    from transformers_mixedae.pretraining_data import PretrainingData, RawPixelFeatures
+
+    model_args, data_args, training_args = arguments(tmp_path)
+    model = build_pretraining_model(model_args)
+    data = PretrainingData(model, model_args, data_args, training_args, Accelerator(cpu=True))
+    pixels = data.frozen_feature_metrics(RawPixelFeatures())
+    encoder = data.frozen_feature_metrics(model)
+    for results in (pixels, encoder):
+        assert 0.0 <= results["eval_knn_accuracy"] <= 1.0 and 0.0 <= results["eval_linear_probe_accuracy"] <= 1.0
+    # Ten balanced Fashion-MNIST classes: raw pixels are far above chance even with a 64-image bank.
+    assert pixels["eval_knn_accuracy"] > 0.3
 
 
 def test_parse_config_overrides():

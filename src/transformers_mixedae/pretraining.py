@@ -90,9 +90,12 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: torch.nn.Module, args: PretrainingArguments, model_type: str, lr: float):
+def build_optimizer(
+    model: torch.nn.Module, args: PretrainingArguments, model_type: str, lr: float, groups: list[dict] | None = None
+):
+    """AdamW over `groups` (default `parameter_groups(model, args.weight_decay)`; groups may set their own lr)."""
     betas = (args.adam_beta1, args.adam_beta2 if args.adam_beta2 is not None else DEFAULT_BETA2[model_type])
-    groups = parameter_groups(model, args.weight_decay)
+    groups = parameter_groups(model, args.weight_decay) if groups is None else groups
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
     except (RuntimeError, TypeError):
@@ -350,7 +353,7 @@ def run_pretraining(
 
     train_seconds = time.perf_counter() - start_time
     results = {
-        "train_loss": progress.train_loss_sum / max(progress.train_loss_count, 1),
+        "train_loss": progress.train_loss_sum / progress.train_loss_count if progress.train_loss_count else None,
         "train_samples_per_second": (progress.images_seen - start_images) / max(train_seconds, 1e-9),
         "train_steps": progress.completed_steps,
         "train_skipped_nonfinite_steps": progress.skipped_nonfinite_steps,
@@ -381,9 +384,11 @@ def save_final_model(
     results: dict,
     model_args: ModelArguments,
     training_args: PretrainingArguments,
+    card_kwargs: dict | None = None,
 ) -> None:
     """`save_pretrained` (safetensors) + image processor + model card + `all_results.json`, written into a
-    temporary folder and moved in, so `output_dir` never holds a half-written model."""
+    temporary folder and moved in, so `output_dir` never holds a half-written model. `card_kwargs` go to
+    `generate_model_card` (e.g. `eval_dataset`, `evaluation_protocol`)."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
@@ -399,7 +404,7 @@ def save_final_model(
     image_processor.save_pretrained(staging)
     command = " ".join(shlex.quote(part) for part in sys.argv) if sys.argv and sys.argv[0] else None
     (staging / "all_results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
-    _write_model_card(staging, unwrapped, results, command, model_args, training_args)
+    _write_model_card(staging, unwrapped, results, command, model_args, training_args, **(card_kwargs or {}))
     for item in staging.iterdir():
         os.replace(item, output_dir / item.name)
     staging.rmdir()
@@ -414,12 +419,12 @@ def save_final_model(
                     token=training_args.hub_token)
 
 
-def _write_model_card(directory: Path, model, results, command, model_args, training_args) -> None:
+def _write_model_card(directory: Path, model, results, command, model_args, training_args, **card_kwargs) -> None:
     try:
         from .model_card import generate_model_card
     except ImportError:  # the model-card module is optional for training itself
         return
-    card = generate_model_card(model, results=results, training_command=command)
+    card = generate_model_card(model, results=results, training_command=command, **card_kwargs)
     card.save(str(directory / "README.md"))
 
 

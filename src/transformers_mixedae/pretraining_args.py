@@ -4,7 +4,9 @@
 import ast
 import json
 import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 MODEL_TYPES = ("mixedae", "cae")
@@ -161,3 +163,23 @@ def _parse_value(raw: str) -> Any:
         except (ValueError, SyntaxError):
             continue
     return raw
+
+
+def parse_run_arguments(
+    argv: list[str] | None = None, dataclass_types: tuple = (ModelArguments, DataArguments, PretrainingArguments)
+) -> tuple[ModelArguments, DataArguments, PretrainingArguments]:
+    """Parse `[config.json] [--flag value ...]` into `dataclass_types`: the JSON file (if first) gives defaults,
+    flags override them."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith(".json"):
+        defaults = json.loads(Path(argv[0]).read_text())
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(defaults) - known)
+        if unknown:
+            raise ValueError(f"{argv[0]} has unknown arguments {unknown}; see the script's --help.")
+        parser.set_defaults(**defaults)
+        argv = argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)

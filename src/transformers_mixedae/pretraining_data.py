@@ -314,26 +314,31 @@ class PretrainingData:
         was_training = model.training
         model.eval()
         if self.datasets.label_column_name is not None:
-            bank_loader = self._evaluation_loader(self.datasets.train, self.data_args.max_eval_train_samples)
-            query_loader = self._evaluation_loader(validation, self.data_args.max_eval_samples)
-            bank_features, bank_labels = extract_features(model, bank_loader, self.accelerator)
-            query_features, query_labels = extract_features(model, query_loader, self.accelerator)
-            results.update(
-                evaluate_frozen_features(
-                    bank_features,
-                    bank_labels,
-                    query_features,
-                    query_labels,
-                    num_classes=self.datasets.num_labels,
-                    knn_k=self.training_args.knn_k,
-                    knn_temperature=self.training_args.knn_temperature,
-                    epochs=self.training_args.linear_probe_epochs,
-                    seed=self.training_args.seed,
-                )
-            )
+            results.update(self.frozen_feature_metrics(model))
         results.update(self._reconstruction_loss_and_pictures(model, validation, step))
         model.train(was_training)
         return results
+
+    def frozen_feature_metrics(self, feature_model) -> dict[str, float]:
+        """Weighted kNN and linear probe: bank = the first `max_eval_train_samples` training images, queries = the
+        validation split, both with the evaluation transform. `feature_model` is one of our models (its encoder
+        runs) or any module whose output has `last_hidden_state` (the [CLS] position is used)."""
+        bank_loader = self._evaluation_loader(self.datasets.train, self.data_args.max_eval_train_samples)
+        query_loader = self._evaluation_loader(self.datasets.validation, self.data_args.max_eval_samples)
+        bank_features, bank_labels = extract_features(feature_model, bank_loader, self.accelerator)
+        query_features, query_labels = extract_features(feature_model, query_loader, self.accelerator)
+        return evaluate_frozen_features(
+            bank_features,
+            bank_labels,
+            query_features,
+            query_labels,
+            num_classes=self.datasets.num_labels,
+            knn_k=self.training_args.knn_k,
+            knn_temperature=self.training_args.knn_temperature,
+            epochs=self.training_args.linear_probe_epochs,
+            seed=self.training_args.seed,
+        )
+
 
     def _reconstruction_loss_and_pictures(self, model, validation, step: int) -> dict[str, float]:
         """The pre-training loss on validation images (deterministic augmentation, masks and noise)."""
@@ -434,6 +439,15 @@ class PretrainingData:
             owner,
             grid,
         )
+
+
+class RawPixelFeatures(torch.nn.Module):
+    """The evaluation-transformed pixels themselves as features (the raw-pixel baseline of kNN / linear probe)."""
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        return BaseModelOutput(last_hidden_state=pixel_values.flatten(1)[:, None, :])
 
 
 def _merged_skipped_report(ranks: list[dict], first_rank: int = 0) -> dict:
