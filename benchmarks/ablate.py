@@ -1,0 +1,722 @@
+#!/usr/bin/env python
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""Ablation grid for MixedAE (issue 8): short pre-training runs, kNN and linear probe, mean and std over seeds.
+
+Every run goes through `transformers_mixedae.pretraining.run_pretraining` (the code behind
+`examples/run_mim.py`), with arguments parsed by the same `HfArgumentParser` from a command line that is
+recorded with the result, so each run can be repeated alone with `examples/run_mim.py`. Without dataset
+arguments the runs use the Fashion-MNIST subset shipped with the package.
+
+All arms of one size train for the same number of optimizer steps on the same batch size, so they see the
+same number of images. MixedAE arms set every objective field explicitly (they do not depend on
+`MixedAEConfig`'s defaults, which this grid is meant to choose).
+
+Results: `<output_dir>/runs/<arm>/seed_<k>/` holds the run (final model, `all_results.json`) and
+`ablate_result.json` (metrics, the homologous top-k curve, the settings). An arm/seed whose
+`ablate_result.json` exists with the same settings is skipped, so an interrupted grid continues where it
+stopped when the same command is run again; a run folder without it (an interrupted run) is started afresh.
+The script writes `runs.csv` (one row per run), `summary.csv` and `summary.md` (mean and sample standard deviation
+per arm) and the two plots at the end; with `--jobs 1` the tables are also rewritten after every run, and
+`--report_only` rebuilds everything from the results so far at any time (e.g. while a grid runs).
+
+    PYTHONPATH=src python3 benchmarks/ablate.py --size tiny --arms mae,full --seeds 1      # smoke test
+    PYTHONPATH=src python3 benchmarks/ablate.py --size doc --seeds 3 --jobs 2 \
+        --output_dir outputs/ablations/doc --plot_dir docs                                  # docs/ablations.md
+
+Homologous top-k accuracy curve: `run_pretraining` logs through `accelerator.log` at every `logging_steps`;
+the runs here get an `Accelerator` subclass (`TopkProbeAccelerator`) whose `log` first measures
+`homologous_topk_accuracy` of the model on a fixed validation batch with fixed mixing noise (no gradient,
+forked RNG, eval mode restored), and whose `prepare` measures it once before the first step. The training
+trajectory is unchanged by the probe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+# Run from a checkout without installing: fall back to the repository's src/ folder.
+_SOURCE_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+if importlib.util.find_spec("transformers_mixedae") is None and os.path.isdir(_SOURCE_FOLDER):
+    sys.path.insert(0, _SOURCE_FOLDER)
+
+import transformers_mixedae  # noqa: F401  (registers the models)
+from transformers import HfArgumentParser
+
+from transformers_mixedae.pretraining import run_pretraining
+from transformers_mixedae.pretraining_args import DataArguments, ModelArguments, PretrainingArguments
+
+RESULT_FILENAME = "ablate_result.json"
+ACCURACY_PLOT = "ablations_accuracy.png"
+TOPK_CURVE_PLOT = "ablations_topk_curve.png"
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+@dataclass(frozen=True)
+class SizePreset:
+    """Model geometry and run length of one grid size (every arm of the size uses all of it)."""
+
+    image_size: int
+    patch_size: int
+    encoder: dict
+    mixedae_decoder: dict
+    cae_parts: dict  # CAE regressor/decoder and block masking at this geometry
+    steps: int
+    batch_size: int
+    learning_rate: float
+    max_train_samples: int | None
+    max_eval_samples: int
+    max_eval_train_samples: int
+    linear_probe_epochs: int
+    logging_steps: int
+    probe_images: int
+    eval_batch_size: int = 256
+
+
+SIZES = {
+    # CI: a 16-pixel, two-layer toy; seconds per run.
+    "tiny": SizePreset(
+        image_size=16,
+        patch_size=4,
+        encoder=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+        mixedae_decoder=dict(
+            decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+            decoder_intermediate_size=32,
+        ),
+        cae_parts=dict(
+            decoder_hidden_size=32, regressor_num_layers=1, decoder_num_layers=1, decoder_num_attention_heads=4,
+            num_masking_patches=8, mask_min_num_patches=2,
+        ),
+        steps=3,
+        batch_size=8,
+        learning_rate=1e-3,
+        max_train_samples=64,
+        max_eval_samples=32,
+        max_eval_train_samples=64,
+        linear_probe_epochs=2,
+        logging_steps=1,
+        probe_images=8,
+        eval_batch_size=32,
+    ),
+    # The documented grid (docs/ablations.md): 32 px, patch 4 (64 patches), a 4-layer 128-wide encoder and a
+    # 2-layer 64-wide decoder; 200 steps of 64 images (about 2 epochs of the 6,000 training images). Sized
+    # from a measured run: about 110 s of CPU per run, so 13 arms x 3 seeds take about 40 min with --jobs 2 on an
+    # idle 2-core machine.
+    "doc": SizePreset(
+        image_size=32,
+        patch_size=4,
+        encoder=dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512),
+        mixedae_decoder=dict(
+            decoder_hidden_size=64, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
+            decoder_intermediate_size=256,
+        ),
+        cae_parts=dict(
+            decoder_hidden_size=64, regressor_num_layers=2, decoder_num_layers=2, decoder_num_attention_heads=4,
+            decoder_intermediate_size=256, num_masking_patches=32, mask_min_num_patches=4,
+        ),
+        steps=200,
+        batch_size=64,
+        learning_rate=1e-3,
+        max_train_samples=None,
+        max_eval_samples=1000,
+        max_eval_train_samples=6000,
+        linear_probe_epochs=30,
+        logging_steps=20,
+        probe_images=64,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------- arms
+@dataclass(frozen=True)
+class Arm:
+    """One configuration of the grid. MixedAE fields are always written out; `homologous_attention` is
+    "all", "none" or "last_half" of the encoder layers, `topk` "share" (N*r + 1, the homologous share plus
+    [CLS]) or "twice_share" (2*N*r + 1)."""
+
+    name: str
+    label: str
+    model_type: str = "mixedae"
+    mixing_ratio: float = 0.25
+    mask_ratio: float = 0.0
+    segment_embedding: str = "encoder"
+    homologous_attention: str = "all"
+    topk: str = "share"
+    contrastive_weight: float = 0.1
+    contrastive_temperature: float = 0.1
+    pretrain: bool = True  # False: evaluate the randomly initialised encoder (0 steps), a floor for the grid
+
+
+_NO_COMPONENTS = dict(segment_embedding="none", homologous_attention="none", contrastive_weight=0.0)
+ARMS = {
+    arm.name: arm
+    for arm in (
+        Arm("random_init", "no pre-training (random encoder, 0 steps)", mixing_ratio=1.0, mask_ratio=0.75,
+            pretrain=False, **_NO_COMPONENTS),
+        Arm("mae", "MAE (r=1, mask 0.75)", mixing_ratio=1.0, mask_ratio=0.75, **_NO_COMPONENTS),
+        Arm("naive_mixing", "naive mixing (r=0.25, nothing else)", **_NO_COMPONENTS),
+        Arm("ha_only", "mixing + homologous attention only",
+            **{**_NO_COMPONENTS, "homologous_attention": "all"}),
+        Arm("hc_only", "mixing + homologous contrastive (0.1) only",
+            **{**_NO_COMPONENTS, "contrastive_weight": 0.1}),
+        Arm("segment_only", "mixing + segment embedding only",
+            **{**_NO_COMPONENTS, "segment_embedding": "encoder"}),
+        Arm("full", "full MixedAE (segment, HA all layers, k=N*r+1, HC 0.1)"),
+        Arm("full_no_segment", "full, segment embedding none", segment_embedding="none"),
+        Arm("full_ha_last_half", "full, HA on the last half of the layers", homologous_attention="last_half"),
+        Arm("full_topk_2x", "full, top-k 2*N*r+1", topk="twice_share"),
+        Arm("full_hc0.03", "full, HC weight 0.03", contrastive_weight=0.03),
+        Arm("full_hc0.3", "full, HC weight 0.3", contrastive_weight=0.3),
+        Arm("cae_pixels", "CAE, pixel target (non-official), same encoder", model_type="cae"),
+    )
+}
+
+
+def arm_config_overrides(arm: Arm, size: SizePreset) -> dict:
+    """The config fields of `arm` at `size` (architecture + objective), as `--config_overrides` takes them."""
+    if arm.model_type == "cae":
+        return {**size.encoder, **size.cae_parts, "target": "pixels"}
+    num_layers = size.encoder["num_hidden_layers"]
+    num_patches = (size.image_size // size.patch_size) ** 2
+    homologous_share = round(num_patches * (1 - arm.mask_ratio) * arm.mixing_ratio)
+    layers = {"all": None, "none": [], "last_half": list(range(num_layers // 2, num_layers))}[arm.homologous_attention]
+    topk = {"share": None, "twice_share": 2 * homologous_share + 1}[arm.topk]
+    return {
+        **size.encoder,
+        **size.mixedae_decoder,
+        "mixing_ratio": arm.mixing_ratio,
+        "mask_ratio": arm.mask_ratio,
+        "segment_embedding": arm.segment_embedding,
+        "homologous_attention_layers": layers,
+        "homologous_topk": topk,
+        "homologous_contrastive_weight": arm.contrastive_weight,
+        "homologous_contrastive_temperature": arm.contrastive_temperature,
+        "norm_pix_loss": True,
+    }
+
+
+def format_config_overrides(overrides: dict) -> str:
+    """`{"a": 1, "b": [2, 3], "c": "none", "d": None}` -> `a=1,b=[2,3],c="none",d=none` (strings quoted, so
+    the string "none" is not read as None by `parse_config_overrides`)."""
+
+    def text(value):
+        if value is None:
+            return "none"
+        if isinstance(value, (list, tuple)):
+            return "[" + ",".join(str(item) for item in value) + "]"
+        if isinstance(value, str):
+            return json.dumps(value)
+        return str(value)
+
+    return ",".join(f"{key}={text(value)}" for key, value in overrides.items())
+
+
+def run_arguments(arm: Arm, size: SizePreset, steps: int, seed: int, output_dir: Path) -> list[str]:
+    """The `examples/run_mim.py` command line of one run (everything but the program name)."""
+    argv = [
+        "--model_type", arm.model_type,
+        "--config_overrides", format_config_overrides(arm_config_overrides(arm, size)),
+        "--image_size", str(size.image_size),
+        "--patch_size", str(size.patch_size),
+        "--output_dir", str(output_dir),
+        "--seed", str(seed),
+        "--max_train_steps", str(steps if arm.pretrain else 0),
+        "--per_device_train_batch_size", str(size.batch_size),
+        "--per_device_eval_batch_size", str(size.eval_batch_size),
+        "--learning_rate", str(size.learning_rate),
+        "--logging_steps", str(size.logging_steps),
+        "--max_eval_samples", str(size.max_eval_samples),
+        "--max_eval_train_samples", str(size.max_eval_train_samples),
+        "--linear_probe_epochs", str(size.linear_probe_epochs),
+        "--save_visualizations", "False",
+    ]
+    if size.max_train_samples is not None:
+        argv += ["--max_train_samples", str(size.max_train_samples)]
+    return argv
+
+
+def _without_output_dir(argv: list[str]) -> list[str]:
+    index = argv.index("--output_dir")
+    return argv[:index] + argv[index + 2 :]
+
+
+# ---------------------------------------------------------------------------------------------- top-k probe
+class TopkProbeAccelerator(Accelerator):
+    """An `Accelerator` that measures MixedAE's `homologous_topk_accuracy` on a fixed batch whenever the training
+    loop logs its loss (`accelerator.log(..., step)`), and once when the model is prepared (step 0).
+
+    The measurement runs without gradient, in eval mode (restored after), with fixed mixing noise and on a forked
+    RNG, so the run trains exactly as it would without the probe. Models without mixing or without homologous
+    layers are not probed.
+    """
+
+    def __init__(self, probe_pixel_values: torch.Tensor, probe_seed: int, **kwargs):
+        super().__init__(**kwargs)
+        self.probe_pixel_values = probe_pixel_values
+        self.probe_seed = probe_seed
+        self.curve: list[dict] = []
+
+    def prepare(self, *args, **kwargs):
+        prepared = super().prepare(*args, **kwargs)
+        if any(isinstance(obj, torch.nn.Module) for obj in args):
+            self._probe(step=0, values={})
+        return prepared
+
+    def log(self, values: dict, step: int | None = None, log_kwargs: dict | None = None):
+        if step is not None and "train/loss" in values:
+            self._probe(step, values)
+        return super().log(values, step=step, log_kwargs=log_kwargs)
+
+    @torch.no_grad()
+    def _probe(self, step: int, values: dict) -> None:
+        if not self._models:
+            return
+        model = self.unwrap_model(self._models[-1])
+        model = getattr(model, "_orig_mod", model)
+        config = model.config
+        if getattr(config, "group_size", 1) < 2 or not config.resolved_homologous_attention_layers():
+            return
+        pixel_values = self.probe_pixel_values.to(self.device)
+        usable = pixel_values.shape[0] - pixel_values.shape[0] % config.group_size
+        num_patches = model.vit.embeddings.patch_embeddings.num_patches
+        noise = torch.rand(
+            usable // config.group_size, num_patches, generator=torch.Generator().manual_seed(self.probe_seed)
+        )
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                outputs = model(pixel_values=pixel_values[:usable], noise=noise.to(self.device))
+        finally:
+            model.train(was_training)
+        point = {"step": int(step), "homologous_topk_accuracy": float(outputs.homologous_topk_accuracy)}
+        if outputs.homologous_contrastive_loss is not None:
+            point["homologous_contrastive_loss"] = float(outputs.homologous_contrastive_loss)
+        point["reconstruction_loss"] = float(outputs.reconstruction_loss)
+        if "train/loss" in values:
+            point["train_loss"] = float(values["train/loss"])
+        self.curve.append(point)
+
+
+def probe_batch(size: SizePreset) -> torch.Tensor:
+    """The first `probe_images` validation images of the default dataset, evaluation transform."""
+    from transformers_mixedae.data import EvaluationTransform, build_evaluation_dataloader, load_image_dataset
+
+    loaded = load_image_dataset(max_eval_samples=size.probe_images)
+    loader = build_evaluation_dataloader(
+        loaded.validation, EvaluationTransform(size.image_size), batch_size=size.probe_images,
+        image_column_name=loaded.image_column_name, label_column_name=loaded.label_column_name,
+    )
+    return next(iter(loader))["pixel_values"]
+
+
+# ---------------------------------------------------------------------------------------------- one run
+class RunInterrupted(Exception):
+    """`run_pretraining` stopped on SIGTERM (after writing a checkpoint): the run has no result, stop the grid."""
+
+
+RUN_METRICS = ("eval_knn_accuracy", "eval_linear_probe_accuracy", "eval_loss", "train_loss")
+
+
+def run_one(arm: Arm, size: SizePreset, steps: int, seed: int, run_dir: Path, probe_pixels: torch.Tensor) -> dict:
+    argv = run_arguments(arm, size, steps, seed, run_dir)
+    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    accelerator = TopkProbeAccelerator(
+        probe_pixels,
+        probe_seed=seed,
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        project_dir=training_args.output_dir,
+    )
+    start = time.perf_counter()
+    results = run_pretraining(model_args, data_args, training_args, accelerator=accelerator)
+    wall_seconds = time.perf_counter() - start
+    if results.get("stopped_by_signal"):
+        raise RunInterrupted(f"{arm.name} seed {seed} was stopped by SIGTERM at step {results.get('train_steps')}")
+    curve = accelerator.curve
+    return {
+        "arm": arm.name,
+        "label": arm.label,
+        "seed": seed,
+        "model_type": arm.model_type,
+        "steps": int(results.get("train_steps", steps)),
+        "images_seen": int(results.get("train_steps", steps)) * size.batch_size,
+        "wall_seconds": wall_seconds,
+        "train_samples_per_second": results.get("train_samples_per_second"),
+        "final_homologous_topk_accuracy": curve[-1]["homologous_topk_accuracy"] if curve else None,
+        **{key: results.get(key) for key in RUN_METRICS},
+        "topk_curve": curve,
+        "command": "python examples/run_mim.py " + " ".join(shlex.quote(part) for part in argv),
+        "settings": _without_output_dir(argv),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- tables
+SUMMARY_METRICS = (
+    "eval_knn_accuracy",
+    "eval_linear_probe_accuracy",
+    "eval_loss",
+    "train_loss",
+    "final_homologous_topk_accuracy",
+    "wall_seconds",
+)
+RUN_COLUMNS = ("arm", "seed", "model_type", "steps", "images_seen", *SUMMARY_METRICS, "train_samples_per_second")
+SUMMARY_COLUMNS = ("arm", "label", "num_seeds") + tuple(
+    f"{metric}_{stat}" for metric in SUMMARY_METRICS for stat in ("mean", "std")
+)
+MARKDOWN_COLUMNS = (
+    "arm", "what it is", "seeds", "kNN top-1 (%)", "linear probe top-1 (%)", "LP vs MAE (pts)",
+    "eval loss", "top-k acc. (final)", "min / run",
+)
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [value for value in values if value is not None and not math.isnan(value)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(records: list[dict], arm_order: list[str]) -> list[dict]:
+    """Per arm (in `arm_order`): number of seeds, mean and sample std of every summary metric."""
+    rows = []
+    for name in arm_order:
+        runs = [record for record in records if record["arm"] == name]
+        if not runs:
+            continue
+        row = {"arm": name, "label": runs[0]["label"], "num_seeds": len(runs)}
+        for metric in SUMMARY_METRICS:
+            row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([run.get(metric) for run in runs])
+        rows.append(row)
+    return rows
+
+
+def _cell(mean: float | None, std: float | None, scale: float = 1.0, digits: int = 1) -> str:
+    if mean is None:
+        return "n/a"
+    if std is None:
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def markdown_table(summary: list[dict]) -> str:
+    reference = next((row for row in summary if row["arm"] == "mae"), None)
+    lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
+    for row in summary:
+        delta = "n/a"
+        reference_mean = reference["eval_linear_probe_accuracy_mean"] if reference is not None else None
+        if reference_mean is not None and row["eval_linear_probe_accuracy_mean"] is not None:
+            delta = f"{100 * (row['eval_linear_probe_accuracy_mean'] - reference_mean):+.1f}"
+        minutes = row["wall_seconds_mean"] / 60 if row["wall_seconds_mean"] is not None else None
+        cells = [
+            f"`{row['arm']}`",
+            row["label"],
+            str(row["num_seeds"]),
+            _cell(row["eval_knn_accuracy_mean"], row["eval_knn_accuracy_std"], 100),
+            _cell(row["eval_linear_probe_accuracy_mean"], row["eval_linear_probe_accuracy_std"], 100),
+            delta,
+            _cell(row["eval_loss_mean"], row["eval_loss_std"], digits=3),
+            _cell(row["final_homologous_topk_accuracy_mean"], row["final_homologous_topk_accuracy_std"], digits=3),
+            f"{minutes:.1f}" if minutes is not None else "n/a",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in columns})
+    os.replace(temporary, path)
+
+
+def write_reports(records: list[dict], arm_order: list[str], output_dir: Path, plot_dir: Path,
+                  size_name: str, size: SizePreset, steps: int, plots: bool = True) -> list[dict]:
+    """runs.csv, summary.csv, summary.md in `output_dir`; with `plots`, the two PNGs in `plot_dir`. Returns the
+    summary."""
+    records = sorted(records, key=lambda record: (arm_order.index(record["arm"]), record["seed"]))
+    summary = summarize(records, arm_order)
+    _write_csv(output_dir / "runs.csv", RUN_COLUMNS, records)
+    _write_csv(output_dir / "summary.csv", SUMMARY_COLUMNS, summary)
+    header = (
+        f"Size `{size_name}`: {size.image_size} px, patch {size.patch_size}, encoder "
+        f"{size.encoder['hidden_size']} wide x {size.encoder['num_hidden_layers']} layers; {steps} steps x batch "
+        f"{size.batch_size} = {steps * size.batch_size} images per run; mean ± sample std over seeds.\n\n"
+    )
+    (output_dir / "summary.md").write_text(header + markdown_table(summary))
+    if records and plots:
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        plot_accuracy(summary, records, plot_dir / ACCURACY_PLOT, size_name, steps, size.batch_size)
+        plot_topk_curves(records, arm_order, plot_dir / TOPK_CURVE_PLOT, size)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(summary: list[dict], records: list[dict], path: Path, size_name: str, steps: int,
+                  batch_size: int) -> None:
+    """kNN and linear-probe accuracy per arm: mean with sample-std error bars, every seed as a dot."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.75 * len(summary) + 2), 4.5))
+    positions = range(len(summary))
+    series = (("eval_knn_accuracy", "kNN (k=20)", -0.15, "tab:blue"),
+              ("eval_linear_probe_accuracy", "linear probe", 0.15, "tab:orange"))
+    for metric, name, offset, colour in series:
+        means = [100 * (row[f"{metric}_mean"] or float("nan")) for row in summary]
+        errors = [100 * (row[f"{metric}_std"] or 0.0) for row in summary]
+        xs = [position + offset for position in positions]
+        axis.errorbar(xs, means, yerr=errors, fmt="o", capsize=4, color=colour, label=f"{name}, mean ± std")
+        for position, row in zip(positions, summary):
+            seeds = [100 * run[metric] for run in records if run["arm"] == row["arm"] and run.get(metric) is not None]
+            axis.scatter([position + offset] * len(seeds), seeds, s=10, color=colour, alpha=0.35)
+        reference = next((row for row in summary if row["arm"] == "mae"), None)
+        if reference is not None and reference[f"{metric}_mean"] is not None:
+            axis.axhline(100 * reference[f"{metric}_mean"], color=colour, linestyle=":", linewidth=1)
+    axis.set_xticks(list(positions))
+    axis.set_xticklabels([row["arm"] for row in summary], rotation=35, ha="right")
+    axis.set_ylabel("Fashion-MNIST validation top-1 (%)")
+    seeds = max((row["num_seeds"] for row in summary), default=0)
+    axis.set_title(f"Ablation grid, size {size_name}: {steps} steps x {batch_size} images, up to {seeds} seeds "
+                   "per arm (dotted: MAE's means)", fontsize=10)
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_topk_curves(records: list[dict], arm_order: list[str], path: Path, size: SizePreset) -> None:
+    """Two panels over training, on the fixed probe batch, for every arm with homologous attention (the full model
+    bold, mean ± std band over seeds): the homologous top-k accuracy (chance: r, the share of the kept keys that
+    come from the query's own image) and the homologous contrastive loss (chance: log(L - 1) for L kept tokens,
+    the value when all similarities are equal)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(12.0, 4.5))
+    panels = (("homologous_topk_accuracy", "homologous top-k accuracy"),
+              ("homologous_contrastive_loss", "homologous contrastive loss"))
+    chances: dict[str, set] = {metric: set() for metric, _ in panels}
+    plotted = False
+    for name in arm_order:
+        curves = [record["topk_curve"] for record in records if record["arm"] == name and record.get("topk_curve")]
+        if not curves:
+            continue
+        plotted = True
+        arm = ARMS[name]
+        num_kept = round((size.image_size // size.patch_size) ** 2 * (1 - arm.mask_ratio))
+        chances["homologous_topk_accuracy"].add(arm.mixing_ratio)
+        chances["homologous_contrastive_loss"].add(math.log(num_kept - 1))
+        steps = sorted({point["step"] for curve in curves for point in curve})
+        is_full = name == "full"
+        for axis, (metric, _) in zip(axes, panels):
+            stats = [mean_std([point[metric] for curve in curves for point in curve
+                               if point["step"] == step and metric in point]) for step in steps]
+            means = [mean for mean, _ in stats]
+            stds = [std or 0.0 for _, std in stats]
+            line = axis.plot(steps, means, marker="o" if is_full else None, linewidth=2.5 if is_full else 1.0,
+                             label=f"{name} (n={len(curves)})", zorder=3 if is_full else 2)[0]
+            if is_full:
+                axis.fill_between(steps, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)],
+                                  color=line.get_color(), alpha=0.2)
+    for axis, (metric, title) in zip(axes, panels):
+        for chance in sorted(chances[metric]):
+            axis.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3g})")
+        axis.set_xlabel("optimizer step")
+        axis.set_ylabel(title)
+        axis.grid(alpha=0.3)
+        if plotted:
+            axis.legend(fontsize=7)
+    axes[0].set_title("Kept patch keys from the query's own image", fontsize=10)
+    axes[1].set_title("Supervised InfoNCE between patch tokens (final layer)", fontsize=10)
+    if not plotted:
+        axes[0].text(0.5, 0.5, "no arm with homologous attention", ha="center", transform=axes[0].transAxes)
+    figure.suptitle("Homologous recognition on a fixed validation batch during pre-training", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"Comma list of arms (default: all): {', '.join(ARMS)}.")
+    parser.add_argument("--seeds", type=int, default=3, help="Seeds per arm: 0 .. N-1 (default 3).")
+    parser.add_argument("--steps", type=int, default=None, help="Pre-training steps per run (default: the size's).")
+    parser.add_argument("--size", choices=sorted(SIZES), default="doc", help="Preset: tiny (CI) or doc (the docs).")
+    parser.add_argument("--output_dir", default=None, help="Runs and tables (default outputs/ablations/<size>).")
+    parser.add_argument("--plot_dir", default=None, help="Where the PNGs go (default: the output dir).")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="Worker processes, each single-threaded with its share of the runs (default 1: this "
+                        "process, torch's thread count). On a small CPU, --jobs <cores> avoids thread contention.")
+    parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # "k/n": a worker of --jobs n
+    parser.add_argument("--report_only", action="store_true", help="Only rebuild tables and plots from results.")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.arms.split(",") if name and name not in ARMS]
+    if unknown:
+        parser.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
+    if args.seeds < 1 or args.jobs < 1:
+        parser.error("--seeds and --jobs must be at least 1")
+    return args
+
+
+def load_result(run_dir: Path, settings: list[str]) -> dict | None:
+    """The finished result of `run_dir`, or None when it has not finished. A finished run with other settings
+    is an error (the same output_dir must not mix grids)."""
+    path = run_dir / RESULT_FILENAME
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("settings") != settings:
+        raise SystemExit(
+            f"{path} was produced with other settings:\n  {record.get('settings')}\nnot\n  {settings}\n"
+            "Use another --output_dir (or delete that run folder) to run this grid."
+        )
+    return record
+
+
+def train_runs(plan: list[tuple[int, Arm]], size: SizePreset, steps: int, output_dir: Path,
+               report: callable | None) -> tuple[int, list]:
+    """Train every run of `plan` that has no result yet; `report(records, plots=False)` (the tables) after each
+    one. Returns (number trained, failed (arm, seed) pairs)."""
+    records, failures, trained = [], [], 0
+    probe_pixels = None
+    start = time.perf_counter()
+    for index, (seed, arm) in enumerate(plan, start=1):
+        run_dir = output_dir / "runs" / arm.name / f"seed_{seed}"
+        record = load_result(run_dir, _without_output_dir(run_arguments(arm, size, steps, seed, run_dir)))
+        if record is not None:
+            records.append(record)
+            continue
+        if run_dir.exists():  # an interrupted run: start it again
+            shutil.rmtree(run_dir)
+        if probe_pixels is None:
+            probe_pixels = probe_batch(size)
+        tag = f"[{index}/{len(plan)}] {arm.name} seed {seed}"
+        print(f"{tag}: training {steps if arm.pretrain else 0} steps ...", flush=True)
+        try:
+            record = run_one(arm, size, steps, seed, run_dir, probe_pixels)
+        except RunInterrupted as interrupted:
+            print(f"{tag}: {interrupted}; the same command continues the grid.", flush=True)
+            raise SystemExit(1) from interrupted
+        except Exception:  # one failing arm must not lose the rest of a long grid
+            failures.append((arm.name, seed))
+            print(f"{tag} FAILED:\n{traceback.format_exc()}", flush=True)
+            continue
+        temporary = run_dir / (RESULT_FILENAME + ".tmp")
+        temporary.write_text(json.dumps(record, indent=2))
+        os.replace(temporary, run_dir / RESULT_FILENAME)
+        records.append(record)
+        trained += 1
+        topk = record["final_homologous_topk_accuracy"]
+        print(
+            f"{tag}: {record['wall_seconds']:.0f} s, kNN {100 * record['eval_knn_accuracy']:.1f}%, linear probe "
+            f"{100 * record['eval_linear_probe_accuracy']:.1f}%" + (f", top-k acc {topk:.3f}" if topk is not None else "")
+            + f" ({(time.perf_counter() - start) / 60:.1f} min so far)",
+            flush=True,
+        )
+        if report is not None:
+            report(records, plots=False)
+    return trained, failures
+
+
+def run_workers(args: argparse.Namespace, output_dir: Path) -> None:
+    """`--jobs n`: n copies of this script, single-threaded, worker k training runs k, k + n, ... of the plan."""
+    common = ["--arms", args.arms, "--seeds", str(args.seeds), "--size", args.size, "--output_dir", str(output_dir),
+              "--threads", "1"]
+    if args.steps is not None:
+        common += ["--steps", str(args.steps)]
+    workers = [
+        subprocess.Popen([sys.executable, os.path.abspath(__file__), *common, "--shard", f"{k}/{args.jobs}"])
+        for k in range(args.jobs)
+    ]
+
+    def forward_sigterm(signum, frame):  # stop the workers too; what finished is reported below
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, forward_sigterm)
+    try:
+        codes = [worker.wait() for worker in workers]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if any(codes):
+        print(f"worker exit codes {codes}: some runs failed (see above); reporting what finished.", flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = SIZES[args.size]
+    steps = args.steps if args.steps is not None else size.steps
+    output_dir = Path(args.output_dir or f"outputs/ablations/{args.size}")
+    plot_dir = Path(args.plot_dir) if args.plot_dir else output_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    arm_names = [name for name in args.arms.split(",") if name]
+    # Seeds outer, arms inner: a grid stopped early has every arm at the same number of seeds (or one fewer).
+    plan = [(seed, ARMS[name]) for seed in range(args.seeds) for name in arm_names]
+
+    def report(records: list[dict], plots: bool = True) -> list[dict]:
+        return write_reports(records, arm_names, output_dir, plot_dir, args.size, size, steps, plots=plots)
+
+    trained, failures = 0, []
+    if args.shard is not None:  # a worker: train its share, leave the reports to the parent
+        index, count = (int(part) for part in args.shard.split("/"))
+        trained, failures = train_runs(plan[index::count], size, steps, output_dir, report=None)
+        if failures:
+            raise SystemExit(f"failed runs: {failures}")
+        return {"trained": trained}
+    if not args.report_only:
+        if args.jobs > 1:
+            run_workers(args, output_dir)
+        else:
+            trained, failures = train_runs(plan, size, steps, output_dir, report=report)
+
+    records = []
+    for seed, arm in plan:
+        run_dir = output_dir / "runs" / arm.name / f"seed_{seed}"
+        record = load_result(run_dir, _without_output_dir(run_arguments(arm, size, steps, seed, run_dir)))
+        if record is not None:
+            records.append(record)
+    summary = report(records)
+    print((output_dir / "summary.md").read_text(), flush=True)
+    print(f"{len(records)} of {len(plan)} runs have results ({trained} trained by this process); "
+          f"tables in {output_dir}, plots in {plot_dir}", flush=True)
+    if failures:
+        raise SystemExit(f"failed runs: {failures}")
+    return {"records": records, "summary": summary, "output_dir": str(output_dir), "trained": trained}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""benchmarks/ablate.py: a two-arm, one-seed, two-step grid at the tiny size; structure of its CSV/Markdown output,
+the top-k curve, resuming, and the arms' configurations (never a timing or an accuracy)."""
+
+import csv
+import importlib
+from pathlib import Path
+
+import datasets
+import pytest
+
+from transformers_mixedae import CAEConfig, MixedAEConfig
+from transformers_mixedae.pretraining_args import parse_config_overrides
+
+datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
+ABLATE_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "ablate.py"
+
+
+@pytest.fixture(scope="module")
+def ablate():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(ABLATE_PATH.parent))
+        yield importlib.import_module("ablate")
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return reader.fieldnames, list(reader)
+
+
+def test_two_arm_grid_writes_tables_plots_curve_and_resumes(ablate, tmp_path):
+    argv = ["--size", "tiny", "--arms", "mae,full", "--seeds", "1", "--steps", "2", "--output_dir", str(tmp_path)]
+    result = ablate.main(argv)
+    assert result["trained"] == 2
+    assert [(record["arm"], record["seed"]) for record in result["records"]] == [("mae", 0), ("full", 0)]
+
+    columns, rows = read_csv(tmp_path / "runs.csv")
+    assert tuple(columns) == ablate.RUN_COLUMNS
+    assert [(row["arm"], row["seed"], row["steps"], row["images_seen"]) for row in rows] == [
+        ("mae", "0", "2", "16"), ("full", "0", "2", "16"),
+    ]
+    for row in rows:
+        for metric in ("eval_knn_accuracy", "eval_linear_probe_accuracy"):
+            assert 0.0 <= float(row[metric]) <= 1.0
+    assert rows[0]["final_homologous_topk_accuracy"] == ""  # MAE has no homologous attention
+    assert 0.0 <= float(rows[1]["final_homologous_topk_accuracy"]) <= 1.0
+
+    columns, summary = read_csv(tmp_path / "summary.csv")
+    assert tuple(columns) == ablate.SUMMARY_COLUMNS
+    assert [(row["arm"], row["num_seeds"]) for row in summary] == [("mae", "1"), ("full", "1")]
+    assert summary[0]["eval_knn_accuracy_std"] == ""  # one seed: no standard deviation
+
+    table = [line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("|")]
+    assert table[0] == "| " + " | ".join(ablate.MARKDOWN_COLUMNS) + " |"
+    assert table[1].count("---") == len(ablate.MARKDOWN_COLUMNS)
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| `mae`", "| `full`"]
+    for line in table[2:]:
+        assert line.count(" | ") == len(ablate.MARKDOWN_COLUMNS) - 1
+    assert (tmp_path / ablate.ACCURACY_PLOT).stat().st_size > 0
+    assert (tmp_path / ablate.TOPK_CURVE_PLOT).stat().st_size > 0
+
+    full = result["records"][1]
+    assert [point["step"] for point in full["topk_curve"]] == [0, 1, 2]  # before training, then every logged step
+    assert all(0.0 <= point["homologous_topk_accuracy"] <= 1.0 for point in full["topk_curve"])
+    assert result["records"][0]["topk_curve"] == []
+    assert full["command"].startswith("python examples/run_mim.py --model_type mixedae")
+
+    # The same command again trains nothing; other settings in the same folder are refused.
+    result_file = tmp_path / "runs" / "full" / "seed_0" / ablate.RESULT_FILENAME
+    written = result_file.stat().st_mtime_ns
+    again = ablate.main(argv)
+    assert again["trained"] == 0 and len(again["records"]) == 2
+    assert result_file.stat().st_mtime_ns == written
+    with pytest.raises(SystemExit, match="other settings"):
+        ablate.main([*argv[:-4], "--steps", "3", "--output_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("size_name", ["tiny", "doc"])
+def test_every_arm_is_a_valid_config_and_round_trips_through_config_overrides(ablate, size_name):
+    size = ablate.SIZES[size_name]
+    for arm in ablate.ARMS.values():
+        overrides = ablate.arm_config_overrides(arm, size)
+        assert parse_config_overrides(ablate.format_config_overrides(overrides)) == overrides, arm.name
+        config_class = CAEConfig if arm.model_type == "cae" else MixedAEConfig
+        config = config_class(image_size=size.image_size, patch_size=size.patch_size, **overrides)
+        if arm.model_type == "mixedae":
+            assert config.segment_embedding == arm.segment_embedding
+            assert (config.homologous_contrastive_weight > 0) == (arm.contrastive_weight > 0)
+
+
+def test_arms_differ_from_the_full_model_only_where_named(ablate):
+    size = ablate.SIZES["doc"]
+    full = ablate.arm_config_overrides(ablate.ARMS["full"], size)
+    num_patches = (size.image_size // size.patch_size) ** 2
+    expected = {
+        "full_no_segment": {"segment_embedding": "none"},
+        "full_ha_last_half": {"homologous_attention_layers": [2, 3]},
+        "full_topk_2x": {"homologous_topk": 2 * num_patches // 4 + 1},
+        "full_hc0.03": {"homologous_contrastive_weight": 0.03},
+        "full_hc0.3": {"homologous_contrastive_weight": 0.3},
+    }
+    for name, changed in expected.items():
+        overrides = ablate.arm_config_overrides(ablate.ARMS[name], size)
+        assert {key: value for key, value in overrides.items() if full[key] != value} == changed, name
+    mae = ablate.arm_config_overrides(ablate.ARMS["mae"], size)
+    assert (mae["mixing_ratio"], mae["mask_ratio"], mae["homologous_attention_layers"]) == (1.0, 0.75, [])
