@@ -365,17 +365,18 @@ def _time_product(left, right, device, repeats: int) -> dict:
 def matmul_peak(device: torch.device, precision: str, size: int, repeats: int, clock: str = "wall") -> dict:
     """FLOP/s of a `size` x `size` matmul in the run's dtype (fp32, or bf16 for autocast runs).
 
-    Both operand layouts a Linear layer meets are timed (`A @ B` and `A @ B.T`, whose kernels differ a lot on
-    CPUs without native bf16); the peak is the faster layout's median, so the reported fraction is conservative.
+    The three operand layouts of a Linear layer's training step are timed: `A @ B.T` (forward), `A @ B` (input
+    gradient) and `A.T @ B` (weight gradient); their kernels differ by up to 20x on CPUs without native bf16. The
+    peak is the fastest layout's median, so the reported fraction is conservative.
     """
     dtype = PRECISIONS[precision] or torch.float32
     generator = torch.Generator(device="cpu").manual_seed(0)
     left = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
     right = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
-    layouts = {"A@B": right, "A@B^T": right.t()}
+    layouts = {"A@B": (left, right), "A@B^T": (left, right.t()), "A^T@B": (left.t(), right)}
     per_layout = {}
-    for name, operand in layouts.items():
-        timings = _time_product(left, operand, device, max(3, repeats))
+    for name, (first, second) in layouts.items():
+        timings = _time_product(first, second, device, max(3, repeats))
         per_layout[name] = dict(
             median_seconds=statistics.median(timings[clock]),
             flops_per_second=2.0 * size**3 / statistics.median(timings[clock]),
