@@ -5,9 +5,9 @@ Each section times forward + backward of the package's current function and of o
 candidates, interleaved (round-robin, median of `--repeats`), and checks that every candidate gives
 the current result (outputs and input gradients) before timing it:
 
-* homologous top-k attention (`vit_layers.homologous_topk_attention_forward`): key selection outside
-  autograd, `kthvalue` instead of `topk`, the top-k accuracy diagnostic, and SDPA with the selection
-  as a boolean mask; plain global attention (eager and SDPA) as the floor;
+* homologous top-k attention (`vit_layers.homologous_topk_attention_forward`, eager and SDPA paths)
+  against the path before the selection left autograd, `kthvalue` instead of `topk`, no top-k
+  accuracy diagnostic; plain global attention (eager and SDPA) as the floor;
 * `MixedAEMixing.unmix` (+ the decoder's [CLS] concatenation): one row gather from the group's tokens
   and the mask token instead of repeat_interleave + where + cat + gather;
 * the homologous contrastive loss, the loss mask and `mix`, for their share of a step;
@@ -89,15 +89,29 @@ def assert_same(reference, candidate, name: str, atol: float) -> None:
 
 # ---------------------------------------------------------------------------------------------- homologous attention
 class _Training(nn.Module):
-    """Stands for the attention module: only `.training` is read."""
+    """Stands for the attention module: `.training` and `.config._attn_implementation` are read."""
+
+    def __init__(self, implementation: str = "eager"):
+        super().__init__()
+        self.config = argparse.Namespace(_attn_implementation=implementation)
 
 
-def current_homologous(query, key, value, segment_ids, topk, scaling):
+def current_homologous(query, key, value, segment_ids, topk, scaling, implementation="eager"):
     context = vit_layers.HomologousAttentionContext(segment_ids=segment_ids, topk=topk)
     output, _ = vit_layers.homologous_topk_attention_forward(
-        _Training().train(), query, key, value, None, scaling, 0.0, context
+        _Training(implementation).train(), query, key, value, None, scaling, 0.0, context
     )
     return output
+
+
+def before_homologous(query, key, value, segment_ids, topk, scaling):
+    """The package's path before the selection left autograd: sorted top-k on the graph, per-layer diagnostic."""
+    logits = torch.matmul(query, key.transpose(2, 3)) * scaling
+    keep = logits >= logits.topk(topk, dim=-1).values[..., -1:]
+    keep[:, :, 0, :] = True
+    weights = nn.functional.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1, dtype=torch.float32)
+    diagnostic_only(keep, segment_ids)
+    return torch.matmul(weights.to(query.dtype), value).transpose(1, 2).contiguous()
 
 
 def _selection(logits: torch.Tensor, topk: int, method: str = "topk") -> torch.Tensor:
@@ -173,7 +187,11 @@ def bench_homologous_attention(config, batch_size: int, repeats: int, dtype) -> 
         return lambda: forward_backward(lambda *a: function(*a, **kwargs), arguments, grad_output)
 
     candidates = {
-        "current (topk in autograd + per-layer diagnostic)": run(current_homologous),
+        "package, eager (selection outside autograd, unsorted top-k, diagnostic)": run(current_homologous),
+        "package, sdpa (same selection as a boolean SDPA mask, diagnostic)": run(
+            current_homologous, implementation="sdpa"
+        ),
+        "before: top-k in autograd (sorted) + diagnostic": run(before_homologous),
         "selection outside autograd (topk), no diagnostic": run(candidate_detached_selection),
         "selection outside autograd (topk sorted=False), no diagnostic": run(
             candidate_detached_selection, method="topk-unsorted"
@@ -183,9 +201,9 @@ def bench_homologous_attention(config, batch_size: int, repeats: int, dtype) -> 
         "floor: global eager attention (no selection)": run(global_eager),
         "floor: global SDPA (no selection)": run(global_sdpa),
     }
-    reference = candidates["current (topk in autograd + per-layer diagnostic)"]()
+    reference = candidates["package, eager (selection outside autograd, unsorted top-k, diagnostic)"]()
     atol = 1e-5 if dtype == torch.float32 else 2e-2
-    for name in list(candidates)[1:5]:
+    for name in list(candidates)[1:7]:
         assert_same(reference, candidates[name](), name, atol)
     # What ViTMAE's encoder does for the same images: B sequences of 1 + N/4 tokens, global SDPA.
     mae_tensors = [

@@ -23,7 +23,11 @@ from transformers_mixedae import (
     mixing_assignment,
 )
 from transformers_mixedae.modeling_mixedae import homologous_contrastive_loss
-from transformers_mixedae.vit_layers import HomologousAttentionContext, homologous_topk_attention_forward
+from transformers_mixedae.vit_layers import (
+    HomologousAttentionContext,
+    homologous_keep_mask,
+    homologous_topk_attention_forward,
+)
 
 IMAGE = 32
 PATCH = 4
@@ -231,6 +235,62 @@ def test_eager_and_sdpa_agree(homologous_layers):
     features.load_state_dict(eager.vit.state_dict())
     torch.testing.assert_close(features(images).last_hidden_state, eager.vit(images).last_hidden_state,
                                atol=1e-5, rtol=0)
+
+
+def test_homologous_attention_sdpa_path_matches_eager_in_values_gradients_and_kept_keys():
+    config = tiny_mixedae_config()
+    eager = randomise_(MixedAEForPreTraining(config)).train()
+    sdpa = MixedAEForPreTraining(tiny_mixedae_config(attn_implementation="sdpa")).train()
+    sdpa.load_state_dict(eager.state_dict())
+    images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
+    expected, actual = eager(images, noise=noise), sdpa(images, noise=noise)
+    expected.loss.backward()
+    actual.loss.backward()
+    torch.testing.assert_close(actual.loss, expected.loss, atol=1e-5, rtol=0)
+    assert actual.homologous_topk_accuracy.item() == expected.homologous_topk_accuracy.item()
+    for (name, reference), parameter in zip(eager.named_parameters(), sdpa.parameters()):
+        torch.testing.assert_close(parameter.grad, reference.grad, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def test_output_attentions_gives_homologous_weights_under_sdpa():
+    config = tiny_mixedae_config(attn_implementation="sdpa", homologous_topk=5)
+    model = randomise_(MixedAEForPreTraining(config)).eval()
+    mixing = model.draw_mixing(config.group_size, NUM_PATCHES, torch.rand(1, NUM_PATCHES))
+    with torch.no_grad():
+        attentions = model.vit(pixels(config.group_size), mixing=mixing, output_attentions=True).attentions
+    assert len(attentions) == config.num_hidden_layers and all(weights is not None for weights in attentions)
+    kept_per_patch_query = (attentions[0][:, :, 1:] > 0).sum(-1)
+    assert torch.equal(kept_per_patch_query, torch.full_like(kept_per_patch_query, 5))
+
+
+def test_homologous_attention_function_takes_the_fused_path_only_for_sdpa_without_weights():
+    query, key, value = (torch.randn(3, 2, 9, 4, requires_grad=True) for _ in range(3))
+    segment_ids = torch.tensor([-1, 0, 1, 0, 1, 0, 1, 0, 1]).expand(3, -1)
+
+    def attend(implementation, need_weights=False):
+        module = torch.nn.Module()
+        module.config = MixedAEConfig(attn_implementation=implementation)
+        context = HomologousAttentionContext(segment_ids=segment_ids, topk=3, need_weights=need_weights)
+        output, weights = homologous_topk_attention_forward(module, query, key, value, None, 0.5, 0.0, context)
+        gradients = torch.autograd.grad(output.square().sum(), (query, key, value))
+        return output, weights, gradients, context.topk_accuracies[0]
+
+    eager, fused, sdpa_with_weights = attend("eager"), attend("sdpa"), attend("sdpa", need_weights=True)
+    assert eager[1] is not None and fused[1] is None and sdpa_with_weights[1] is not None
+    torch.testing.assert_close(fused[0], eager[0], atol=1e-6, rtol=0)
+    for fused_gradient, eager_gradient in zip(fused[2], eager[2]):
+        torch.testing.assert_close(fused_gradient, eager_gradient, atol=1e-5, rtol=0)
+    assert fused[3].item() == eager[3].item()
+
+
+def test_keep_mask_equals_sorted_topk_threshold_with_ties():
+    logits = torch.randint(0, 4, (2, 3, 9, 9)).float()  # many ties at the k-th value
+    keep = homologous_keep_mask(logits, 4)
+    threshold = logits.sort(dim=-1, descending=True).values[..., 3:4]
+    expected = logits >= threshold
+    expected[:, :, 0, :] = True
+    assert torch.equal(keep, expected)
+    assert not keep.requires_grad
 
 
 # ---------------------------------------------------------------------------------------------- contrastive loss

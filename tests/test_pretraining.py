@@ -1,6 +1,7 @@
 """The pre-training pipeline behind examples/run_mim.py: end to end, resume, two processes, signals, errors."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -62,8 +63,11 @@ def arguments(output_dir, model_type="mixedae", **training):
 
 
 @pytest.mark.parametrize("model_type", ["mixedae", "cae"])
-def test_end_to_end_produces_loadable_model_pictures_and_results(tmp_path, model_type):
+def test_end_to_end_produces_loadable_model_pictures_and_results(tmp_path, model_type, caplog):
+    caplog.set_level(logging.INFO, logger="transformers_mixedae")
     results = run_pretraining(*arguments(tmp_path, model_type, checkpointing_steps=2, eval_steps=4))
+    evaluation_lines = [record.getMessage() for record in caplog.records if "Evaluation at step" in record.getMessage()]
+    assert len(evaluation_lines) == 1 and "Evaluation at step 4: eval_knn_accuracy " in evaluation_lines[0]
     for key in ("eval_knn_accuracy", "eval_linear_probe_accuracy", "eval_loss", "train_loss",
                 "train_samples_per_second"):
         assert key in results and results[key] == results[key], key  # present and not NaN

@@ -396,7 +396,9 @@ class MixedAEModel(MixedAEPreTrainedModel):
             homologous_layers = set(self.config.resolved_homologous_attention_layers())
             num_patches = mixing.num_patches
             homologous = HomologousAttentionContext(
-                segment_ids=mixing.segment_ids(), topk=self.config.resolved_homologous_topk(num_patches)
+                segment_ids=mixing.segment_ids(),
+                topk=self.config.resolved_homologous_topk(num_patches),
+                need_weights=bool(kwargs.get("output_attentions", self.config.output_attentions)),
             )
         for index, layer in enumerate(self.layers):
             layer_homologous = homologous if index in homologous_layers else None

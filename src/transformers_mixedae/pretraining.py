@@ -333,6 +333,7 @@ def run_pretraining(
                 if training_args.eval_steps and progress.completed_steps % training_args.eval_steps == 0:
                     eval_results = data.evaluate(model, step=progress.completed_steps)
                     accelerator.log(eval_results, step=progress.completed_steps)
+                    log_evaluation(progress.completed_steps, eval_results)
                     model.train()
 
                 stop_now = termination.requested
@@ -368,12 +369,20 @@ def run_pretraining(
         return results
     if not eval_results or training_args.eval_steps is None or progress.completed_steps % training_args.eval_steps:
         eval_results = data.evaluate(model, step=progress.completed_steps)
+        log_evaluation(progress.completed_steps, eval_results)
     results.update(eval_results)
     accelerator.log({key: value for key, value in results.items() if isinstance(value, (int, float))},
                     step=progress.completed_steps)
     save_final_model(accelerator, model, data.image_processor, output_dir, results, model_args, training_args)
     accelerator.end_training()
     return results
+
+
+def log_evaluation(step: int, eval_results: dict[str, float]) -> None:
+    """Evaluation results on the console (main process), with or without a `--report_to` tracker."""
+    if eval_results:
+        metrics = ", ".join(f"{key} {value:.4f}" for key, value in sorted(eval_results.items()))
+        logger.info(f"Evaluation at step {step}: {metrics}", main_process_only=True)
 
 
 def save_final_model(

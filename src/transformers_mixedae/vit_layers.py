@@ -211,13 +211,28 @@ class HomologousAttentionContext:
     """What homologous top-k attention needs to know about a batch of mixed sequences.
 
     `segment_ids` is `(num_sequences, 1 + num_kept)`: the slot (source image in the group) of every
-    token, -1 for [CLS]. `topk_accuracies` collects, per homologous layer, the fraction of kept
+    token, -1 for [CLS]. `need_weights` asks for the attention weights (`output_attentions`), which the
+    fused path does not produce. `topk_accuracies` collects, per homologous layer, the fraction of kept
     patch keys that come from the query's own source image (a diagnostic, no gradient).
     """
 
     segment_ids: torch.Tensor
     topk: int
+    need_weights: bool = False
     topk_accuracies: list[torch.Tensor] = field(default_factory=list)
+
+
+@torch.no_grad()
+def homologous_keep_mask(logits: torch.Tensor, topk: int) -> torch.Tensor:
+    """`(B, heads, L, L)` boolean mask of the `topk` largest logits of every patch query row; [CLS] keeps all.
+
+    Selection is not differentiable, so it runs outside autograd; an unsorted top-k and its minimum give the
+    same k-th largest value as a sorted one, for less work.
+    """
+    kth_largest = logits.topk(min(topk, logits.shape[-1]), dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    keep = logits >= kth_largest
+    keep[:, :, 0, :] = True
+    return keep
 
 
 def homologous_topk_attention_forward(
@@ -229,24 +244,32 @@ def homologous_topk_attention_forward(
     scaling: float,
     dropout: float,
     homologous: HomologousAttentionContext,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention in which each patch query keeps only its `topk` largest logits per head.
 
-    The [CLS] query (position 0) attends to every key. Fused kernels cannot select keys by value, so
-    the logits are computed once here, masked, and used directly: one attention pass, whatever the
-    configured implementation, identical to the eager reference.
+    The [CLS] query (position 0) attends to every key. Fused kernels cannot select keys by value, so the keys
+    are selected on logits computed without gradient. With `attn_implementation="sdpa"` (and no attention
+    weights requested) the selection then becomes a boolean mask of a fused SDPA call, which keeps no
+    `(L, L)` probabilities for the backward pass; otherwise the same logits are masked and used directly,
+    the eager reference. Both keep exactly the same keys.
     """
-    logits = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        logits = logits + attention_mask
-    num_keys = logits.shape[-1]
-    topk = min(homologous.topk, num_keys)
-    kth_largest = logits.topk(topk, dim=-1).values[..., -1:]
-    keep = logits >= kth_largest
-    keep[:, :, 0, :] = True
-    attn_output, attn_weights = attention_from_logits(
-        module, logits.masked_fill(~keep, float("-inf")), value, dropout
-    )
+    implementation = getattr(getattr(module, "config", None), "_attn_implementation", "eager")
+    fused = implementation == "sdpa" and not homologous.need_weights and attention_mask is None
+    if fused:
+        with torch.no_grad():
+            keep = homologous_keep_mask(torch.matmul(query, key.transpose(2, 3)) * scaling, homologous.topk)
+        attn_output = nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=keep, dropout_p=dropout, scale=scaling
+        ).transpose(1, 2).contiguous()
+        attn_weights = None
+    else:
+        logits = torch.matmul(query, key.transpose(2, 3)) * scaling
+        if attention_mask is not None:
+            logits = logits + attention_mask
+        keep = homologous_keep_mask(logits, homologous.topk)
+        attn_output, attn_weights = attention_from_logits(
+            module, logits.masked_fill(~keep, float("-inf")), value, dropout
+        )
 
     with torch.no_grad():
         segment_ids = homologous.segment_ids
