@@ -229,3 +229,26 @@ def test_two_cpu_processes_see_disjoint_data_and_keep_identical_weights(tmp_path
     assert weights[0] == weights[1]
     results = json.loads((tmp_path / "all_results.json").read_text())
     assert results["train_steps"] == 2 and results["train_loaded_samples"] >= 16
+
+
+def test_failed_final_save_leaves_the_previous_final_model_untouched(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    from transformers_mixedae import MixedAEImageProcessorPil
+    from transformers_mixedae import pretraining
+
+    model_args, _, training_args = arguments(tmp_path)
+    model = pretraining.build_pretraining_model(model_args)
+    previous = {"model.safetensors": b"previous weights", "all_results.json": b'{"eval_loss": 1.0}'}
+    for name, content in previous.items():
+        (tmp_path / name).write_bytes(content)
+
+    def failing_card(*args, **kwargs):
+        raise OSError("disk full while writing the model card")
+
+    monkeypatch.setattr(pretraining, "_write_model_card", failing_card)
+    with pytest.raises(OSError, match="disk full"):
+        pretraining.save_final_model(Accelerator(cpu=True), model, MixedAEImageProcessorPil(), tmp_path,
+                                     {"eval_loss": 0.5}, model_args, training_args)
+    assert {name: (tmp_path / name).read_bytes() for name in previous} == previous
+    assert not (tmp_path / ".tmp-final").exists() and not (tmp_path / "config.json").exists()

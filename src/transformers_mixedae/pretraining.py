@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -405,15 +406,17 @@ def save_final_model(
     unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)
     staging = output_dir / ".tmp-final"
     if staging.exists():
-        import shutil
-
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    unwrapped.save_pretrained(staging, safe_serialization=True)
-    image_processor.save_pretrained(staging)
-    command = " ".join(shlex.quote(part) for part in sys.argv) if sys.argv and sys.argv[0] else None
-    (staging / "all_results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
-    _write_model_card(staging, unwrapped, results, command, model_args, training_args, **(card_kwargs or {}))
+    try:
+        unwrapped.save_pretrained(staging, safe_serialization=True)
+        image_processor.save_pretrained(staging)
+        command = " ".join(shlex.quote(part) for part in sys.argv) if sys.argv and sys.argv[0] else None
+        (staging / "all_results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+        _write_model_card(staging, unwrapped, results, command, model_args, training_args, **(card_kwargs or {}))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # the previous final model, if any, stays untouched
+        raise
     for item in staging.iterdir():
         os.replace(item, output_dir / item.name)
     staging.rmdir()
