@@ -27,7 +27,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6"],
+        "dev": ["pytest>=8", "hypothesis>=6", "tensorboard"],
         "torchvision": ["torchvision"],
         "dall-e": ["dall-e"],
         "tensorboard": ["tensorboard"],

@@ -252,3 +252,17 @@ def test_failed_final_save_leaves_the_previous_final_model_untouched(tmp_path, m
                                      {"eval_loss": 0.5}, model_args, training_args)
     assert {name: (tmp_path / name).read_bytes() for name in previous} == previous
     assert not (tmp_path / ".tmp-final").exists() and not (tmp_path / "config.json").exists()
+
+
+def test_report_to_tensorboard_writes_the_training_and_evaluation_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_pretraining(*arguments(tmp_path, max_train_steps=2, eval_steps=2, report_to="tensorboard"))
+    event_files = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert event_files, f"no TensorBoard event file under {tmp_path}"
+    scalars = set()
+    for event_file in event_files:
+        accumulator = EventAccumulator(str(event_file))
+        accumulator.Reload()
+        scalars.update(accumulator.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate", "eval_knn_accuracy", "eval_linear_probe_accuracy"} <= scalars, scalars
