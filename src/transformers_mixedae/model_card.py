@@ -68,8 +68,9 @@ MIXEDAE = ModelFamily(
     limitations=(
         "The homologous-recognition details above are this package's reconstruction, not the authors' code; "
         "results may differ from the paper's.",
-        "The segment-embedding placement and the loss weights are unverified defaults; compare with and without "
-        "them before relying on a setting.",
+        "The defaults of the homologous parts (segment embedding, homologous layers and top-k, contrastive weight) "
+        "are the best arm of a small CPU ablation in which the MixedAE variants were within noise of each other "
+        "(docs/ablations.md of transformers-mixedae); they are not verified at ImageNet scale.",
         "Pre-trained for representation learning: fine-tune or probe before using it for a task. Its decoder "
         "predicts (by default per-patch normalised) pixels, not images for display.",
         "Trained on the data named in the metadata; biases of that data carry over to the features.",
