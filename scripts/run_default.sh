@@ -7,5 +7,10 @@ cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
 # The embedded dataset needs no network; stay offline so nothing waits on Hub retries.
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
-exec accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+# Without a GPU, --cpu makes accelerate give the process every physical core (otherwise it pins OMP_NUM_THREADS=1).
+device_flags=()
+if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  device_flags=(--cpu)
+fi
+exec accelerate launch "${device_flags[@]}" --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
   examples/run_mim.py examples/configs/mixedae_fashion_mnist.json "$@"
