@@ -776,3 +776,29 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_intact_and_say
     results = run_pretraining(*arguments(tmp_path, max_train_steps=6, checkpointing_steps=2,
                                          resume_from_checkpoint="latest"))
     assert results["train_steps"] == 6 and [path.name for path in list_checkpoints(tmp_path)] == ["step_4", "step_6"]
+
+
+def test_every_rank_stops_together_when_one_rank_is_over_the_skip_limit(tmp_path):
+    from transformers_mixedae.pretraining_data import PretrainingData
+
+    class OtherRankOverLimit:
+        num_processes, process_index, device = 2, 1, torch.device("cpu")
+
+        def __init__(self, other_ranks_over_limit: int):
+            self.other_ranks_over_limit = other_ranks_over_limit
+
+        def reduce(self, tensor, reduction):
+            assert reduction == "sum"
+            return tensor + self.other_ranks_over_limit
+
+    def rank_state(other_ranks_over_limit):
+        return types.SimpleNamespace(
+            stats=types.SimpleNamespace(num_skipped=0, num_loaded=100),
+            data_args=types.SimpleNamespace(max_skipped_fraction=0.05),
+            training_args=types.SimpleNamespace(output_dir=str(tmp_path)),
+            accelerator=OtherRankOverLimit(other_ranks_over_limit),
+        )
+
+    PretrainingData.check_skipped_fraction(rank_state(0))  # nobody over the limit: training goes on
+    with pytest.raises(RuntimeError, match=r"Another rank could not decode more than --max_skipped_fraction 0\.05"):
+        PretrainingData.check_skipped_fraction(rank_state(1))

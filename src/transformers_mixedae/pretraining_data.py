@@ -268,8 +268,20 @@ class PretrainingData:
         return _merged_skipped_report(ranks)
 
     def check_skipped_fraction(self) -> None:
+        """Stop when this rank skipped more than `--max_skipped_fraction` of its images. Called by every rank at the
+        same step: the decision is agreed across ranks, so a rank over the limit never leaves the others waiting in
+        the next collective."""
         seen = self.stats.num_skipped + self.stats.num_loaded
-        if seen and self.stats.num_skipped / seen > self.data_args.max_skipped_fraction:
+        over_limit = bool(seen) and self.stats.num_skipped / seen > self.data_args.max_skipped_fraction
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(over_limit)], device=self.accelerator.device)
+            if self.accelerator.reduce(flag, reduction="sum").item() > 0 and not over_limit:
+                raise RuntimeError(
+                    "Another rank could not decode more than --max_skipped_fraction "
+                    f"{self.data_args.max_skipped_fraction} of its training images; every rank stops. Its list of "
+                    f"skipped images is skipped_samples_rank<N>.json in {self.training_args.output_dir}."
+                )
+        if over_limit:
             rank = self.accelerator.process_index
             name = SKIPPED_SAMPLES_NAME if self.accelerator.num_processes == 1 else f"skipped_samples_rank{rank}.json"
             report = _merged_skipped_report([self.stats.to_dict()], first_rank=rank)
