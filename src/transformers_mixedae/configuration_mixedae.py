@@ -34,7 +34,9 @@ VIT_MAE_ARCHITECTURE_FIELDS = (
 class MixedAEConfig(PreTrainedConfig):
     r"""
     Configuration of a MixedAE model (Chen et al., "Mixed Autoencoder for Self-supervised Visual Representation
-    Learning", CVPR 2023). Defaults give the ViT-B/16 encoder with MAE's 8-layer, 512-wide decoder.
+    Learning", CVPR 2023). Defaults give the ViT-B/16 encoder with MAE's 8-layer, 512-wide decoder. The defaults of
+    the homologous parts (segment embedding, homologous layers and top-k, contrastive weight and temperature) are the
+    best arm of the project's ablation grid (`docs/ablations.md`).
 
     Args:
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act, layer_norm_eps:
@@ -52,8 +54,6 @@ class MixedAEConfig(PreTrainedConfig):
         mask_ratio (`float`, defaults to 0.0):
             Fraction of positions hidden from every image of a group before mixing. Mixing alone hides 1 - r of each
             image; `mixing_ratio=1.0, mask_ratio=0.75` is exactly MAE.
-        The defaults of the MixedAE fields below (segment embedding, homologous layers and top-k, contrastive weight
-        and temperature) are the best arm of the project's ablation grid (`docs/ablations.md`).
         segment_embedding (`str`, defaults to `"encoder"`):
             `"encoder"` adds a learnable per-slot embedding to each image's patch tokens before mixing; `"none"`.
         homologous_attention_layers (`list[int]`, *optional*):
