@@ -273,6 +273,17 @@ def test_pretraining_transform_shapes_dtypes_and_range():
     torch.testing.assert_close(normalize_pixels(raw), pixels)
 
 
+def test_normalize_pixels_matches_the_textbook_formula_bit_for_bit_and_leaves_its_input_alone():
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    mean_tensor, std_tensor = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    raw = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(normalize_pixels(raw, mean, std), (raw.float() / 255.0 - mean_tensor) / std_tensor)
+    unit = raw.float() / 255.0
+    unit_before = unit.clone()
+    assert torch.equal(normalize_pixels(unit, mean, std), (unit_before - mean_tensor) / std_tensor)
+    assert torch.equal(unit, unit_before)
+
+
 def test_cae_transform_adds_tokenizer_view_of_the_same_crop_and_the_mask():
     mask = np.zeros((4, 4), dtype=bool)
     mask[0, :2] = True

@@ -172,10 +172,14 @@ def normalize_pixels(
 
     Use it in the train step when the transforms return uint8 (`normalize=False`, 4x less worker traffic).
     """
-    values = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
+    # One fresh float tensor, then in-place steps: the same arithmetic as `(x / 255 - mean) / std`, bit for bit,
+    # with one allocation instead of four (this runs once per training image in the data workers).
+    values = pixels.to(torch.float32, copy=True)
+    if pixels.dtype == torch.uint8:
+        values.div_(255.0)
     mean_tensor = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
     std_tensor = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
-    return (values - mean_tensor) / std_tensor
+    return values.sub_(mean_tensor).div_(std_tensor)
 
 
 class PretrainingTransform:
