@@ -29,14 +29,13 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PreTrainedModel, get_scheduler
 
-from .checkpointing import check_checkpoint_is_safe, ensure_writable_directory, resolve_checkpoint, save_checkpoint
+from .checkpointing import ensure_writable_directory
 from .data import (
     CAE_CROP_SCALE,
     EvaluationTransform,
     PretrainingTransform,
     SkippedSampleStats,
     build_pretraining_dataloader,
-    load_image_dataset,
 )
 from .evaluation import LINEAR_PROBE_BATCH_NORM_EPS, LINEAR_PROBE_INIT_STD, Accuracy, _gather_uneven
 from .finetuning_args import (
@@ -54,13 +53,23 @@ from .pretraining import (
     _trackers,
     base_encoder,
     build_optimizer,
+    checkpoint_if_due,
     effective_learning_rate,
     gradients_are_finite,
+    log_evaluation,
     parameter_groups,
+    resume_if_requested,
     save_final_model,
+    training_results,
 )
 from .pretraining_args import MODEL_TYPES, parse_config_overrides
-from .pretraining_data import MAX_LISTED_SKIPPED_SAMPLES, DataState, PretrainingData, SeededTransform
+from .pretraining_data import (
+    MAX_LISTED_SKIPPED_SAMPLES,
+    DataState,
+    PretrainingData,
+    SeededTransform,
+    load_run_datasets,
+)
 
 logger = get_logger(__name__)
 
@@ -218,18 +227,7 @@ class ClassificationData(PretrainingData):
         self.tokenizer = None
         if not data_args.label_column_name:
             raise ValueError("image classification needs labels: pass --label_column_name.")
-        self.datasets = load_image_dataset(
-            dataset_name=data_args.dataset_name,
-            dataset_config_name=data_args.dataset_config_name,
-            train_dir=data_args.train_dir,
-            validation_dir=data_args.validation_dir,
-            streaming=data_args.streaming,
-            image_column_name=data_args.image_column_name,
-            label_column_name=data_args.label_column_name,
-            token=training_args.hub_token,
-            max_train_samples=data_args.max_train_samples,
-            max_eval_samples=data_args.max_eval_samples,
-        )
+        self.datasets = load_run_datasets(data_args, training_args)
         self.source = self.datasets.source
         self.label_names = self.datasets.label_names or self._integer_label_names()
         self.stats = SkippedSampleStats(max_recorded=MAX_LISTED_SKIPPED_SAMPLES)
@@ -372,11 +370,7 @@ def run_image_classification(
         model = torch.compile(model)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(scheduler, progress, data.state)
-    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
-    if checkpoint is not None:
-        check_checkpoint_is_safe(checkpoint)
-        accelerator.load_state(str(checkpoint))
-        logger.info(f"Resumed from {checkpoint} at step {progress.completed_steps}", main_process_only=True)
+    resume_if_requested(accelerator, training_args.resume_from_checkpoint, output_dir, progress)
     logger.info(
         f"{training_args.mode} ({training_args.recipe} recipe) of {model_type}: {max_train_steps} optimizer steps, "
         f"global batch {total_batch_size}, lr {lr:.3g}, layer decay {training_args.layer_decay}, warm-up {warmup_steps}",
@@ -450,16 +444,12 @@ def run_image_classification(
                 if training_args.eval_steps and progress.completed_steps % training_args.eval_steps == 0:
                     eval_results = data.evaluate(model, step=progress.completed_steps)
                     accelerator.log(eval_results, step=progress.completed_steps)
-                    logger.info(f"step {progress.completed_steps}: {eval_results}", main_process_only=True)
+                    log_evaluation(progress.completed_steps, eval_results)
                     train_mode()
-                stop_now = termination.requested
-                if (training_args.checkpointing_steps and progress.completed_steps % training_args.checkpointing_steps == 0) or stop_now:
-                    progress.window_loss_sum = accelerator.reduce(window_loss, reduction="mean").item()
-                    progress.window_batches = window_batches
-                    save_checkpoint(accelerator, output_dir, progress.completed_steps, training_args.checkpoints_total_limit)
-                if stop_now:
-                    logger.warning("SIGTERM received: checkpoint written, exiting cleanly.", main_process_only=True)
-                    stopped_by_signal = True
+                stopped_by_signal = termination.requested
+                checkpoint_if_due(accelerator, training_args, output_dir, progress, window_loss, window_batches,
+                                  stopping=stopped_by_signal)
+                if stopped_by_signal:
                     break
                 if progress.completed_steps >= max_train_steps:
                     break
@@ -468,20 +458,14 @@ def run_image_classification(
                 progress.batches_in_epoch = 0
     bar.close()
 
-    train_seconds = time.perf_counter() - start_time
-    results = {
-        "train_loss": progress.train_loss_sum / progress.train_loss_count if progress.train_loss_count else None,
-        "train_samples_per_second": (progress.images_seen - start_images) / max(train_seconds, 1e-9),
-        "train_steps": progress.completed_steps,
-        "train_skipped_nonfinite_steps": progress.skipped_nonfinite_steps,
-        **data.skipped_summary(),
-    }
+    results = training_results(progress, data, start_images, time.perf_counter() - start_time)
     if stopped_by_signal:
         results["stopped_by_signal"] = True
         accelerator.end_training()
         return results
     if not eval_results or training_args.eval_steps is None or progress.completed_steps % training_args.eval_steps:
         eval_results = data.evaluate(model, step=progress.completed_steps)
+        log_evaluation(progress.completed_steps, eval_results)
     results.update(eval_results)
     accelerator.log({key: value for key, value in results.items() if isinstance(value, (int, float))},
                     step=progress.completed_steps)

@@ -231,11 +231,7 @@ def run_pretraining(
     # The scheduler is stepped by hand once per optimizer step (accelerate would step it once per process).
     accelerator.register_for_checkpointing(scheduler, progress, data.state)
 
-    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
-    if checkpoint is not None:
-        check_checkpoint_is_safe(checkpoint)
-        accelerator.load_state(str(checkpoint))
-        logger.info(f"Resumed from {checkpoint} at step {progress.completed_steps}", main_process_only=True)
+    resume_if_requested(accelerator, training_args.resume_from_checkpoint, output_dir, progress)
     train_log = TrainLog(output_dir / TRAIN_LOG_NAME, enabled=accelerator.is_main_process)
     train_log.keep_until(progress.completed_steps)
 
@@ -337,14 +333,10 @@ def run_pretraining(
                     log_evaluation(progress.completed_steps, eval_results)
                     model.train()
 
-                stop_now = termination.requested
-                if (training_args.checkpointing_steps and progress.completed_steps % training_args.checkpointing_steps == 0) or stop_now:
-                    progress.window_loss_sum = accelerator.reduce(window_loss, reduction="mean").item()
-                    progress.window_batches = window_batches
-                    save_checkpoint(accelerator, output_dir, progress.completed_steps, training_args.checkpoints_total_limit)
-                if stop_now:
-                    logger.warning("SIGTERM received: checkpoint written, exiting cleanly.", main_process_only=True)
-                    stopped_by_signal = True
+                stopped_by_signal = termination.requested
+                checkpoint_if_due(accelerator, training_args, output_dir, progress, window_loss, window_batches,
+                                  stopping=stopped_by_signal)
+                if stopped_by_signal:
                     break
                 if progress.completed_steps >= max_train_steps:
                     break
@@ -353,14 +345,7 @@ def run_pretraining(
                 progress.batches_in_epoch = 0
     bar.close()
 
-    train_seconds = time.perf_counter() - start_time
-    results = {
-        "train_loss": progress.train_loss_sum / progress.train_loss_count if progress.train_loss_count else None,
-        "train_samples_per_second": (progress.images_seen - start_images) / max(train_seconds, 1e-9),
-        "train_steps": progress.completed_steps,
-        "train_skipped_nonfinite_steps": progress.skipped_nonfinite_steps,
-        **data.skipped_summary(),
-    }
+    results = training_results(progress, data, start_images, time.perf_counter() - start_time)
     skipped_report = data.skipped_report()
     if accelerator.is_main_process:
         write_skipped_samples(output_dir, skipped_report)
@@ -377,6 +362,48 @@ def run_pretraining(
     save_final_model(accelerator, model, data.image_processor, output_dir, results, model_args, training_args)
     accelerator.end_training()
     return results
+
+
+def resume_if_requested(
+    accelerator: Accelerator, resume_from_checkpoint: str | None, output_dir: Path, progress: "TrainingProgress"
+) -> None:
+    """`--resume_from_checkpoint` (a path or `latest`): check the folder is complete and load the whole state."""
+    checkpoint = resolve_checkpoint(resume_from_checkpoint, output_dir)
+    if checkpoint is not None:
+        check_checkpoint_is_safe(checkpoint)
+        accelerator.load_state(str(checkpoint))
+        logger.info(f"Resumed from {checkpoint} at step {progress.completed_steps}", main_process_only=True)
+
+
+def checkpoint_if_due(
+    accelerator: Accelerator,
+    training_args: PretrainingArguments,
+    output_dir: Path,
+    progress: "TrainingProgress",
+    window_loss: torch.Tensor,
+    window_batches: int,
+    stopping: bool,
+) -> None:
+    """Write a checkpoint every `--checkpointing_steps` and when the run is stopping (SIGTERM). The loss window
+    that is not logged yet goes into `progress`, so a resumed run logs the same numbers."""
+    due = training_args.checkpointing_steps and progress.completed_steps % training_args.checkpointing_steps == 0
+    if due or stopping:
+        progress.window_loss_sum = accelerator.reduce(window_loss, reduction="mean").item()
+        progress.window_batches = window_batches
+        save_checkpoint(accelerator, output_dir, progress.completed_steps, training_args.checkpoints_total_limit)
+    if stopping:
+        logger.warning("SIGTERM received: checkpoint written, exiting cleanly.", main_process_only=True)
+
+
+def training_results(progress: "TrainingProgress", data, start_images: int, train_seconds: float) -> dict:
+    """The `train_*` entries of `all_results.json`."""
+    return {
+        "train_loss": progress.train_loss_sum / progress.train_loss_count if progress.train_loss_count else None,
+        "train_samples_per_second": (progress.images_seen - start_images) / max(train_seconds, 1e-9),
+        "train_steps": progress.completed_steps,
+        "train_skipped_nonfinite_steps": progress.skipped_nonfinite_steps,
+        **data.skipped_summary(),
+    }
 
 
 def log_evaluation(step: int, eval_results: dict[str, float]) -> None:

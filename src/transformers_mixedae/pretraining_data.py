@@ -99,6 +99,22 @@ class DataState:
         self.stats.reasons = Counter(own.get("reasons", {}))
 
 
+def load_run_datasets(data_args: DataArguments, training_args: PretrainingArguments):
+    """The train / validation splits the dataset arguments of `run_mim.py` and `run_image_classification.py` name."""
+    return load_image_dataset(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        train_dir=data_args.train_dir,
+        validation_dir=data_args.validation_dir,
+        streaming=data_args.streaming,
+        image_column_name=data_args.image_column_name,
+        label_column_name=data_args.label_column_name,
+        token=training_args.hub_token,
+        max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples,
+    )
+
+
 class PretrainingData:
     """Train/eval data of one run, built for this rank, plus the evaluation at `eval_steps` and at the end."""
 
@@ -123,18 +139,7 @@ class PretrainingData:
                 f"MixedAE group size {self.group_size} (1/mixing_ratio)."
             )
 
-        self.datasets = load_image_dataset(
-            dataset_name=data_args.dataset_name,
-            dataset_config_name=data_args.dataset_config_name,
-            train_dir=data_args.train_dir,
-            validation_dir=data_args.validation_dir,
-            streaming=data_args.streaming,
-            image_column_name=data_args.image_column_name,
-            label_column_name=data_args.label_column_name,
-            token=training_args.hub_token,
-            max_train_samples=data_args.max_train_samples,
-            max_eval_samples=data_args.max_eval_samples,
-        )
+        self.datasets = load_run_datasets(data_args, training_args)
         self.source = self.datasets.source
         self.stats = SkippedSampleStats(max_recorded=MAX_LISTED_SKIPPED_SAMPLES)
         self.state = DataState(self.stats, accelerator)
