@@ -20,12 +20,16 @@ from transformers_mixedae.data import (
     build_evaluation_dataloader,
     build_pretraining_dataloader,
     cae_pretraining_transform,
+    center_crop_box,
+    crop_to_uint8_tensor,
     load_image_dataset,
     load_rgb_image,
     loading,
     mixedae_pretraining_transform,
     normalize_pixels,
+    pil_to_uint8_tensor,
     pretraining_transform_for_model_type,
+    resized_crop,
     sample_random_resized_crop,
     synchronized_batches,
 )
@@ -284,6 +288,22 @@ def test_normalize_pixels_matches_the_textbook_formula_bit_for_bit_and_leaves_it
     assert torch.equal(unit, unit_before)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_transforms_resize_exactly_the_sampled_box_of_the_whole_image(seed):
+    # The transforms copy only the crop out of PIL; the result must be the crop of the whole image, bit for bit.
+    noise = np.random.default_rng(seed).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    image = Image.fromarray(noise)
+    whole = pil_to_uint8_tensor(image)
+    transform = mixedae_pretraining_transform(16, horizontal_flip_probability=0.0, normalize=False)
+    box = sample_random_resized_crop(37, 53, transform.scale, transform.ratio, seeded(seed))
+    expected = resized_crop(whole, box, (16, 16))
+    assert torch.equal(transform(image, generator=seeded(seed))["pixel_values"], expected)
+    assert torch.equal(crop_to_uint8_tensor(image, box), whole[:, box.top : box.top + box.height, box.left : box.left + box.width])
+    evaluation = EvaluationTransform(16, crop_fraction=0.7, normalize=False)
+    center = center_crop_box(37, 53, (16, 16), 0.7)
+    assert torch.equal(evaluation(image)["pixel_values"], resized_crop(whole, center, (16, 16)))
+
+
 def test_cae_transform_adds_tokenizer_view_of_the_same_crop_and_the_mask():
     mask = np.zeros((4, 4), dtype=bool)
     mask[0, :2] = True
@@ -459,6 +479,12 @@ def test_corrupt_bytes_raise_undecodable_naming_the_sample(name):
     with pytest.raises(UndecodableImageError) as raised:
         load_rgb_image({"bytes": CORRUPT[name], "path": name})
     assert raised.value.identifier == name
+
+
+def test_corrupt_bytes_without_a_path_are_named_by_their_hash():
+    data = CORRUPT["not-an-image.png"]
+    with pytest.raises(UndecodableImageError, match="cannot decode image <33 bytes, sha1 [0-9a-f]{12}>"):
+        load_rgb_image({"bytes": data, "path": None})
 
 
 @pytest.fixture(scope="module")

@@ -65,28 +65,29 @@ def open_image(value: Any) -> Image.Image:
     `datasets.Image(decode=False)` yields the dict form (bytes for Parquet/Hub data, a path for local
     imagefolder data). Decoding is forced here (`load()`), so truncated files fail now, not in a later step.
     """
-    identifier = image_identifier(value)
+    source = value
     try:
-        if isinstance(value, Image.Image):
-            image = value
+        if isinstance(source, Image.Image):
+            image = source
         else:
-            if isinstance(value, dict):
-                value = value.get("bytes") if value.get("bytes") is not None else value.get("path")
-            if value is None:
+            if isinstance(source, dict):
+                source = source.get("bytes") if source.get("bytes") is not None else source.get("path")
+            if source is None:
                 raise ValueError("neither bytes nor path given")
-            if isinstance(value, (bytes, bytearray, memoryview)):
-                if len(value) == 0:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                if len(source) == 0:
                     raise ValueError("empty bytes")
-                image = Image.open(io.BytesIO(bytes(value)))
-            elif isinstance(value, (str, os.PathLike)):
-                image = Image.open(os.fspath(value))
+                image = Image.open(io.BytesIO(bytes(source)))
+            elif isinstance(source, (str, os.PathLike)):
+                image = Image.open(os.fspath(source))
             else:
-                raise TypeError(f"unsupported image value of type {type(value).__name__}")
+                raise TypeError(f"unsupported image value of type {type(source).__name__}")
         image.load()
     except UndecodableImageError:
         raise
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        raise UndecodableImageError(identifier, f"{type(error).__name__}: {error}") from error
+        # Named only on failure: the name of an in-memory image is a hash of its bytes, too dear for every sample.
+        raise UndecodableImageError(image_identifier(value), f"{type(error).__name__}: {error}") from error
     return image
 
 
