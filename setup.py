@@ -22,6 +22,7 @@ setup(
         "huggingface_hub>=2.4",
         "safetensors>=0.8",
         "pillow>=10",
+        "simplejpeg>=1.8",
         "numpy>=1.26",
         "tqdm",
         "matplotlib",

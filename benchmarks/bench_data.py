@@ -9,12 +9,13 @@ loaded machine). The rows:
 
 * **ours** (`mixedae`): exactly the per-sample code of run_mim.py's loader, not a copy of it: the examples,
   `{"image": {"bytes": <JPEG>, "path": None}}` as `datasets.Image(decode=False)` yields them, go through
-  `data.streaming.DecodedImageStream` (`images.load_rgb_image`: PIL decode with `load()`, EXIF orientation,
-  RGB policy) with the transform `pretraining_data.SeededTransform` wrapped around
-  `transforms.pretraining_transform_for_model_type("mixedae", image_size)`, as `PretrainingData` builds it:
-  a `torch.Generator` seeded per sample, RandomResizedCrop box (scale (0.2, 1), ratio (3/4, 4/3)), flip draw,
-  uint8 tensor -> crop by slicing -> one antialiased bicubic `F.interpolate` on uint8 -> flip ->
-  float32 ImageNet normalisation. Output: float32 `(3, S, S)`.
+  `data.streaming.DecodedImageStream` (`images.decode_rgb`: simplejpeg's libjpeg-turbo decode into a uint8
+  array for YCbCr/grayscale JPEGs without EXIF rotation, Pillow's pixels bit for bit; Pillow with EXIF
+  orientation and the RGB policy otherwise) with the transform `pretraining_data.SeededTransform` wrapped
+  around `transforms.pretraining_transform_for_model_type("mixedae", image_size)`, as `PretrainingData`
+  builds it: a `torch.Generator` seeded per sample, RandomResizedCrop box (scale (0.2, 1), ratio
+  (3/4, 4/3)), flip draw, uint8 view of the box -> one antialiased bicubic `F.interpolate` on uint8 ->
+  flip -> float32 ImageNet normalisation. Output: float32 `(3, S, S)`.
 * **transformers ViTImageProcessorPil** (`vit-pil`, a reference): PIL decode (`Image.open` + `load()`,
   `convert("RGB")` only for non-RGB files: no EXIF handling, so it does a little less than ours), the same
   seeded generator and our crop sampler (`transforms.sample_random_resized_crop` with the preset's scale
@@ -31,7 +32,9 @@ loaded machine). The rows:
   needs torchvision, and is reported unavailable without it.
 * `vit-pil-defaults` (information only): `vit-pil` with the processor's own defaults (bilinear, mean and std
   0.5), i.e. a cheaper resize than ours.
-* `decode-only` (information only): `images.load_rgb_image` alone, the decode cost every row contains.
+* `decode-only` (information only): `images.decode_rgb` alone, the decode cost inside ours.
+* `pil-decode-only` (information only): `images.load_rgb_image` (Pillow) alone, about the decode cost inside
+  the references.
 
 The **reference** every headline ratio divides by is the fastest available reference row on the CPU clock
 (so the ratio is conservative). Before timing, ours and `vit-pil` run on the same images with the same seeds
@@ -104,12 +107,13 @@ SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field
 MODEL_TYPE = "mixedae"
 OURS = "mixedae"
 VARIANTS = {
-    OURS: "ours: run_mim.py per-sample path (DecodedImageStream: load_rgb_image + SeededTransform(mixedae preset))",
+    OURS: "ours: run_mim.py per-sample path (DecodedImageStream: decode_rgb + SeededTransform(mixedae preset))",
     "vit-pil": "transformers ViTImageProcessorPil, one call per image (PIL decode + crop + processor + flip)",
     "vit-pil-batched": "transformers ViTImageProcessorPil, one call per --batch-size crops",
     "vit-torchvision": "transformers ViTImageProcessor torchvision backend (= ViTImageProcessorFast)",
     "vit-pil-defaults": "ViTImageProcessorPil with its defaults (bilinear, mean/std 0.5): information only",
-    "decode-only": "images.load_rgb_image alone (decode floor): information only",
+    "decode-only": "images.decode_rgb alone (our decode floor): information only",
+    "pil-decode-only": "images.load_rgb_image alone (Pillow decode floor): information only",
 }
 REFERENCES = ("vit-pil", "vit-pil-batched", "vit-torchvision")
 LOADER_MODES = {
@@ -301,12 +305,12 @@ class TransformersPipeline:
 
 
 class DecodeOnly:
-    def __init__(self):
-        from transformers_mixedae.data import load_rgb_image
+    def __init__(self, pillow: bool = False):
+        from transformers_mixedae.data import decode_rgb, load_rgb_image
 
-        self.load = load_rgb_image
+        self.load = load_rgb_image if pillow else decode_rgb
 
-    def __call__(self, examples: list[dict], epoch: int) -> list[Image.Image]:
+    def __call__(self, examples: list[dict], epoch: int) -> list:
         return [self.load(example["image"]) for example in examples]
 
 
@@ -323,6 +327,8 @@ def build_pipeline(name: str, image_size: int, seed: int, batch_size: int):
         return TransformersPipeline(image_size, seed, processor_defaults=True)
     if name == "decode-only":
         return DecodeOnly()
+    if name == "pil-decode-only":
+        return DecodeOnly(pillow=True)
     raise ValueError(name)
 
 
@@ -591,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _package_versions() -> dict:
     versions = {}
-    for name in ("PIL", "numpy", "datasets", "accelerate", "skimage", "torchvision"):
+    for name in ("PIL", "simplejpeg", "numpy", "datasets", "accelerate", "skimage", "torchvision"):
         with contextlib.suppress(Exception):
             versions[name] = getattr(__import__(name), "__version__", "unknown")
     return versions

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from transformers_mixedae.data import images as images_module
 from transformers_mixedae.data import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -18,10 +19,13 @@ from transformers_mixedae.data import (
     SkipAwareCollator,
     UndecodableImageError,
     build_evaluation_dataloader,
+    DecodedImageStream,
     build_pretraining_dataloader,
     cae_pretraining_transform,
     center_crop_box,
     crop_to_uint8_tensor,
+    decode_rgb,
+    fast_jpeg_pixels,
     load_image_dataset,
     load_rgb_image,
     loading,
@@ -33,6 +37,7 @@ from transformers_mixedae.data import (
     sample_random_resized_crop,
     synchronized_batches,
 )
+from transformers_mixedae.pretraining_data import SeededTransform
 
 NUM_CLASSES = 5
 CLASS_NAMES = [f"class_{index}" for index in range(NUM_CLASSES)]
@@ -454,6 +459,113 @@ def test_exif_orientation_is_applied():
     assert top[2] > 200 and top[0] < 50 and bottom[0] > 200 and bottom[2] < 50
 
 
+@pytest.mark.parametrize("case", list(MODE_CASES))
+def test_decode_rgb_gives_load_rgb_images_pixels_for_every_mode(case):
+    stored = MODE_CASES[case][0]
+    assert np.array_equal(np.asarray(decode_rgb(stored)), np.asarray(load_rgb_image(stored)))
+
+
+def photo_like(width: int, height: int, seed: int) -> Image.Image:
+    """Smooth colour fields plus fine noise: both the DCT and the chroma upsampling matter."""
+    generator = np.random.default_rng(seed)
+    coarse = Image.fromarray(generator.integers(0, 256, (3, 4, 3), dtype=np.uint8)).resize((width, height))
+    noise = generator.integers(-20, 21, (height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(coarse, dtype=np.int64) + noise, 0, 255).astype(np.uint8))
+
+
+JPEG_VARIANTS = [
+    ("RGB", size, quality, subsampling, progressive)
+    for size in ((37, 23), (64, 48))
+    for quality in (60, 95)
+    for subsampling in (0, 1, 2)  # 4:4:4, 4:2:2, 4:2:0
+    for progressive in (False, True)
+] + [("L", (37, 23), 90, 0, False), ("L", (64, 48), 75, 0, True)]
+
+
+@pytest.mark.parametrize(("mode", "size", "quality", "subsampling", "progressive"), JPEG_VARIANTS)
+def test_fast_jpeg_decoder_gives_pillows_pixels_bit_for_bit(mode, size, quality, subsampling, progressive):
+    data = encoded(
+        photo_like(*size, seed=quality).convert(mode), "JPEG",
+        quality=quality, subsampling=subsampling, progressive=progressive,
+    )
+    pixels = fast_jpeg_pixels({"bytes": data, "path": None})
+    assert pixels is not None and pixels.dtype == np.uint8 and pixels.shape == (size[1], size[0], 3)
+    assert np.array_equal(pixels, np.asarray(load_rgb_image(data)))
+
+
+def test_fast_jpeg_decoder_reads_jpeg_files_and_leaves_other_files_to_pillow(tmp_path):
+    photo = photo_like(30, 20, seed=0)
+    photo.save(tmp_path / "photo.JPEG", quality=90)
+    photo.save(tmp_path / "photo.png")
+    from_file = decode_rgb({"bytes": None, "path": str(tmp_path / "photo.JPEG")})
+    assert isinstance(from_file, np.ndarray)
+    assert np.array_equal(from_file, np.asarray(load_rgb_image(str(tmp_path / "photo.JPEG"))))
+    assert isinstance(decode_rgb({"bytes": None, "path": str(tmp_path / "photo.png")}), Image.Image)
+
+
+def test_jpegs_pillow_must_handle_skip_the_fast_decoder():
+    cmyk = encoded(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG", quality=95)
+    assert fast_jpeg_pixels(cmyk) is None and fast_jpeg_pixels(exif_rotated_jpeg()) is None
+    assert fast_jpeg_pixels(truncated_jpeg()) is None and fast_jpeg_pixels(encoded(gradient_image(), "PNG")) is None
+    upright = Image.Exif()
+    upright[0x0112] = 1
+    with_upright_exif = encoded(photo_like(20, 10, seed=1), "JPEG", exif=upright.tobytes(), quality=95)
+    assert np.array_equal(fast_jpeg_pixels(with_upright_exif), np.asarray(load_rgb_image(with_upright_exif)))
+
+
+def test_fast_jpeg_decoder_respects_pillows_decompression_bomb_limit(monkeypatch):
+    data = encoded(photo_like(40, 30, seed=2), "JPEG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 30 - 1)
+    assert fast_jpeg_pixels(data) is None  # Pillow then warns (or refuses beyond twice the limit)
+
+
+def test_without_simplejpeg_pillow_decodes_everything(monkeypatch):
+    monkeypatch.setattr(images_module, "simplejpeg", None)
+    data = encoded(photo_like(20, 10, seed=3), "JPEG")
+    assert fast_jpeg_pixels(data) is None and isinstance(decode_rgb(data), Image.Image)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_transforms_give_the_same_output_for_an_image_and_its_array(seed):
+    image = photo_like(53, 37, seed)
+    array = np.array(image)
+    transforms = (
+        cae_pretraining_transform(16, tokenizer_image_size=8),
+        mixedae_pretraining_transform(16, normalize=False),
+        EvaluationTransform(16),
+    )
+    for transform in transforms:
+        from_image, from_array = transform(image, seeded(seed)), transform(array, seeded(seed))
+        assert from_image.keys() == from_array.keys()
+        assert all(torch.equal(from_image[key], from_array[key]) for key in from_image)
+
+
+def test_transforms_reject_arrays_that_are_not_rgb_uint8():
+    with pytest.raises(ValueError, match=r"\(height, width, 3\) uint8 array, got float32 \(8, 8, 3\)"):
+        mixedae_pretraining_transform(16)(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match=r"got uint8 \(8, 8\)"):
+        EvaluationTransform(16)(np.zeros((8, 8), np.uint8))
+
+
+def test_stream_gives_arrays_only_to_transforms_that_accept_them():
+    jpeg = {"bytes": encoded(photo_like(20, 10, seed=4), "JPEG"), "path": "photo.jpg"}
+    seen = []
+
+    def pil_only(image, generator=None):
+        seen.append(type(image))
+        return {"pixel_values": torch.zeros(1)}
+
+    class Recording(EvaluationTransform):
+        def __call__(self, image, generator=None):
+            seen.append(type(image))
+            return super().__call__(image, generator)
+
+    for transform in (pil_only, SeededTransform(pil_only, 0, 0), SeededTransform(Recording(8), 0, 0)):
+        items = list(DecodedImageStream([{"image": jpeg}], transform, label_column_name=None))
+        assert len(items) == 1
+    assert issubclass(seen[0], Image.Image) and issubclass(seen[1], Image.Image) and seen[2] is np.ndarray
+
+
 def test_wide_range_float_images_are_min_max_scaled():
     pixels = np.array([[-50.0, 1000.0]], dtype=np.float32)
     image = load_rgb_image(encoded(Image.fromarray(pixels), "TIFF"))
@@ -474,10 +586,11 @@ CORRUPT = {
 }
 
 
+@pytest.mark.parametrize("decode", [load_rgb_image, decode_rgb])
 @pytest.mark.parametrize("name", list(CORRUPT))
-def test_corrupt_bytes_raise_undecodable_naming_the_sample(name):
+def test_corrupt_bytes_raise_undecodable_naming_the_sample(name, decode):
     with pytest.raises(UndecodableImageError) as raised:
-        load_rgb_image({"bytes": CORRUPT[name], "path": name})
+        decode({"bytes": CORRUPT[name], "path": name})
     assert raised.value.identifier == name
 
 

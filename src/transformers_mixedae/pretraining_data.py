@@ -58,6 +58,10 @@ class SeededTransform:
         self.epoch = 0
         self.sample_index = 0
 
+    @property
+    def accepts_rgb_arrays(self) -> bool:
+        return getattr(self.transform, "accepts_rgb_arrays", False)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.sample_index = 0

@@ -19,6 +19,8 @@ Typical use in a training script (one process per device, launched by `accelerat
 
 from .images import (
     UndecodableImageError,
+    decode_rgb,
+    fast_jpeg_pixels,
     image_identifier,
     load_rgb_image,
     open_image,
@@ -52,6 +54,7 @@ from .transforms import (
     cae_pretraining_transform,
     center_crop_box,
     crop_to_uint8_tensor,
+    image_height_width,
     mixedae_pretraining_transform,
     normalize_pixels,
     pil_to_uint8_tensor,
@@ -82,8 +85,11 @@ __all__ = [
     "center_crop_box",
     "check_image_dataset",
     "crop_to_uint8_tensor",
+    "decode_rgb",
     "default_dataset_files",
+    "fast_jpeg_pixels",
     "image_identifier",
+    "image_height_width",
     "load_image_dataset",
     "load_rgb_image",
     "mixedae_pretraining_transform",

@@ -16,6 +16,12 @@ Conversion policy (the same for training and evaluation):
 
 Any failure to open, fully decode or convert an image raises `UndecodableImageError`, which the data
 pipeline counts and skips (or re-raises when asked to be strict).
+
+Fast JPEG path (`decode_rgb`): when `simplejpeg` is installed, YCbCr and grayscale JPEGs with no EXIF rotation
+are decoded by libjpeg-turbo straight into an `(H, W, 3)` uint8 array, skipping Pillow's Python header parser
+and its 4-byte-per-pixel storage. The decoder settings are Pillow's (accurate integer DCT, smooth chroma
+upsampling), so the pixels are Pillow's, bit for bit; everything else, and any JPEG the fast decoder
+complains about, goes through Pillow as above.
 """
 
 from __future__ import annotations
@@ -28,10 +34,19 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+try:
+    import simplejpeg
+except ImportError:  # optional at run time: Pillow then decodes every image
+    simplejpeg = None
+
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 ORIENTATION_TAG = ExifTags.Base.Orientation
 _UINT16_MAX = 65535.0
+# Colour spaces the fast decoder turns into RGB exactly as Pillow does; CMYK/YCCK (Adobe inversion) stay with Pillow.
+FAST_JPEG_COLORSPACES = frozenset({"YCbCr", "Gray"})
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+_EXIF_HEADER = b"Exif\x00\x00"
 
 
 class UndecodableImageError(ValueError):
@@ -141,3 +156,68 @@ def load_rgb_image(value: Any) -> Image.Image:
         return to_rgb(image)
     except Exception as error:
         raise UndecodableImageError(image_identifier(value), f"{type(error).__name__}: {error}") from error
+
+
+def _jpeg_bytes(value: Any) -> bytes | None:
+    """The encoded bytes of `value` when it is (or names a file that is) a JPEG, else None."""
+    if isinstance(value, dict):
+        value = value.get("bytes") if value.get("bytes") is not None else value.get("path")
+    if isinstance(value, (str, os.PathLike)):
+        if not os.fspath(value).lower().endswith(JPEG_SUFFIXES):
+            return None
+        try:
+            with open(value, "rb") as file:
+                value = file.read()
+        except OSError:
+            return None  # Pillow reports the missing or unreadable file
+    if not isinstance(value, (bytes, bytearray, memoryview)) or not simplejpeg.is_jpeg(value):
+        return None
+    return bytes(value)
+
+
+def _needs_exif_rotation(data: bytes) -> bool:
+    if _EXIF_HEADER not in data:
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # header only: no pixels are decoded here
+            return image.getexif().get(ORIENTATION_TAG, 1) in (2, 3, 4, 5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - Pillow decides what a malformed header means
+        return True
+
+
+def fast_jpeg_pixels(value: Any) -> np.ndarray | None:
+    """`(H, W, 3)` uint8 RGB pixels of a JPEG decoded by simplejpeg, or None where Pillow must decode it.
+
+    None for: simplejpeg missing, not a JPEG, CMYK/YCCK colour, an EXIF rotation to apply, more pixels than
+    `PIL.Image.MAX_IMAGE_PIXELS` (Pillow warns or refuses), or any decoder warning or error (Pillow decides
+    whether the image is usable and names the problem).
+    """
+    if simplejpeg is None:
+        return None
+    data = _jpeg_bytes(value)
+    if data is None:
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colorspace not in FAST_JPEG_COLORSPACES:
+        return None
+    if Image.MAX_IMAGE_PIXELS is not None and height * width > Image.MAX_IMAGE_PIXELS:
+        return None
+    if _needs_exif_rotation(data):
+        return None
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, strict=True)
+    except ValueError:
+        return None
+
+
+def decode_rgb(value: Any) -> Image.Image | np.ndarray:
+    """The 8-bit RGB image of `value`: `fast_jpeg_pixels` where it applies, else `load_rgb_image`.
+
+    Both forms hold the same pixels (`np.asarray(load_rgb_image(value))`); the transforms in `transforms`
+    take either. Failures raise `UndecodableImageError` as in `load_rgb_image`.
+    """
+    pixels = fast_jpeg_pixels(value)
+    return pixels if pixels is not None else load_rgb_image(value)

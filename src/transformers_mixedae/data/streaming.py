@@ -39,7 +39,7 @@ import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from .images import UndecodableImageError, load_rgb_image
+from .images import UndecodableImageError, decode_rgb, load_rgb_image
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,9 @@ class DecodedImageStream(torch.utils.data.IterableDataset):
 
     Yields dicts with the transform's tensors, `labels` (when a label column is given) and, when bad samples
     were skipped since the previous item, their `(identifier, reason)` pairs under `SKIPPED_ITEM_KEY`.
-    Inside DataLoader workers the wrapped `datasets` stream shards itself across workers.
+    Inside DataLoader workers the wrapped `datasets` stream shards itself across workers. The transform gets
+    RGB PIL images, or `images.decode_rgb`'s output (fast-decoded JPEGs as uint8 arrays) when it has a true
+    `accepts_rgb_arrays` attribute, as the package's transforms do.
     """
 
     def __init__(
@@ -132,13 +134,15 @@ class DecodedImageStream(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         pending: list[tuple[str, str]] = []
+        # Transforms that say they take arrays get the fast JPEG decoder's; any other callable gets PIL images.
+        decode = decode_rgb if getattr(self.transform, "accepts_rgb_arrays", False) else load_rgb_image
         for example in self.source:
             if self.image_column_name not in example:
                 raise self._missing_column(self.image_column_name, example)
             if self.label_column_name is not None and self.label_column_name not in example:
                 raise self._missing_column(self.label_column_name, example)
             try:
-                image = load_rgb_image(example[self.image_column_name])
+                image = decode(example[self.image_column_name])
             except UndecodableImageError as error:
                 if not self.skip_undecodable:
                     raise

@@ -13,8 +13,10 @@ Presets:
   same crop box with the same flip, and an optional per-sample mask (`bool_masked_pos`) from a callable.
 * `EvaluationTransform`: resize the short side to `image_size / crop_fraction`, centre crop, normalise.
 
-Every transform takes an RGB PIL image (see `images.load_rgb_image`) and an optional `torch.Generator`;
-without a generator the global torch RNG is used, which DataLoader workers seed from the main process.
+Every transform takes an RGB image, as a PIL image (`images.load_rgb_image`) or as its `(H, W, 3)` uint8
+array (`images.decode_rgb`'s fast JPEG path; the same pixels give the same output), and an optional
+`torch.Generator`; without a generator the global torch RNG is used, which DataLoader workers seed from the
+main process.
 """
 
 from __future__ import annotations
@@ -130,12 +132,38 @@ def pil_to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
-def crop_to_uint8_tensor(image: Image.Image, box: CropBox) -> torch.Tensor:
-    """`(3, box.height, box.width)` uint8 tensor of the pixels inside `box` of an RGB PIL image.
+RGBImage = Image.Image | np.ndarray
 
-    Only the box leaves PIL: a RandomResizedCrop box covers 60% of the image on average, and the copy out of PIL
-    is a sizeable share of the per-image cost. The pixels are the same as slicing `pil_to_uint8_tensor(image)`.
+
+def _rgb_array(image: np.ndarray) -> np.ndarray:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"expected an RGB image as a (height, width, 3) uint8 array, got {image.dtype} {tuple(image.shape)}; "
+            "pass a PIL image or convert the array"
+        )
+    return image
+
+
+def image_height_width(image: RGBImage) -> tuple[int, int]:
+    """`(height, width)` of an RGB PIL image or `(H, W, 3)` uint8 array."""
+    if isinstance(image, np.ndarray):
+        return _rgb_array(image).shape[:2]
+    return image.height, image.width
+
+
+def crop_to_uint8_tensor(image: RGBImage, box: CropBox) -> torch.Tensor:
+    """`(3, box.height, box.width)` uint8 tensor of the pixels inside `box` of an RGB image.
+
+    From a PIL image only the box is copied out: a RandomResizedCrop box covers 60% of the image on average,
+    and the copy out of PIL is a sizeable share of the per-image cost. From an array it is a view, no copy.
     """
+    if isinstance(image, np.ndarray):
+        rows = slice(box.top, box.top + box.height)
+        columns = slice(box.left, box.left + box.width)
+        crop = _rgb_array(image)[rows, columns]
+        if not crop.flags.writeable:  # e.g. np.asarray(pil_image); torch warns on read-only memory
+            crop = crop.copy()
+        return torch.from_numpy(crop).permute(2, 0, 1)
     return pil_to_uint8_tensor(image.crop(box.as_pil_box()))
 
 
@@ -243,8 +271,11 @@ class PretrainingTransform:
         if resize_backend == "torchvision":
             _torchvision_resized_crop()  # fail at construction, not in a DataLoader worker
 
-    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        box = sample_random_resized_crop(image.height, image.width, self.scale, self.ratio, generator)
+    # DecodedImageStream may hand this transform `images.decode_rgb`'s arrays instead of PIL images.
+    accepts_rgb_arrays = True
+
+    def __call__(self, image: RGBImage, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        box = sample_random_resized_crop(*image_height_width(image), self.scale, self.ratio, generator)
         flip = _uniform(0.0, 1.0, generator) < self.horizontal_flip_probability
         view = resize_uint8(crop_to_uint8_tensor(image, box), self.image_size, self.interpolation, self.resize_backend)
         if flip:
@@ -252,7 +283,8 @@ class PretrainingTransform:
         output = {"pixel_values": normalize_pixels(view, self.mean, self.std) if self.normalize else view.contiguous()}
         if self.tokenizer_image_size is not None:
             size = self.tokenizer_image_size
-            small = image.resize((size, size), PIL_RESAMPLING[self.tokenizer_interpolation], box=box.as_pil_box())
+            source = Image.fromarray(image) if isinstance(image, np.ndarray) else image  # Lanczos needs PIL
+            small = source.resize((size, size), PIL_RESAMPLING[self.tokenizer_interpolation], box=box.as_pil_box())
             tokenizer_view = pil_to_uint8_tensor(small).float().div_(255.0)
             output["tokenizer_pixel_values"] = tokenizer_view.flip(-1) if flip else tokenizer_view.contiguous()
         if self.mask_generator is not None:
@@ -294,8 +326,10 @@ class EvaluationTransform:
         if resize_backend == "torchvision":
             _torchvision_resized_crop()
 
-    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        box = center_crop_box(image.height, image.width, self.image_size, self.crop_fraction)
+    accepts_rgb_arrays = True
+
+    def __call__(self, image: RGBImage, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        box = center_crop_box(*image_height_width(image), self.image_size, self.crop_fraction)
         view = resize_uint8(crop_to_uint8_tensor(image, box), self.image_size, self.interpolation, self.resize_backend)
         return {"pixel_values": normalize_pixels(view, self.mean, self.std) if self.normalize else view.contiguous()}
 
