@@ -15,6 +15,7 @@ from transformers_mixedae.data import images as images_module
 from transformers_mixedae.data import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
+    BatchNormalizer,
     EvaluationTransform,
     SkipAwareCollator,
     UndecodableImageError,
@@ -307,6 +308,18 @@ def test_transforms_resize_exactly_the_sampled_box_of_the_whole_image(seed):
     evaluation = EvaluationTransform(16, crop_fraction=0.7, normalize=False)
     center = center_crop_box(37, 53, (16, 16), 0.7)
     assert torch.equal(evaluation(image)["pixel_values"], resized_crop(whole, center, (16, 16)))
+
+
+def test_batches_normalised_after_the_copy_equal_images_normalised_in_the_workers_bit_for_bit():
+    images = [photo_like(53, 37, seed) for seed in range(4)]
+    in_workers = mixedae_pretraining_transform(16)
+    as_uint8 = mixedae_pretraining_transform(16, normalize=False)
+    expected = torch.stack([in_workers(image, seeded(index))["pixel_values"] for index, image in enumerate(images)])
+    batch = torch.stack([as_uint8(image, seeded(index))["pixel_values"] for index, image in enumerate(images)])
+    assert batch.dtype == torch.uint8
+    assert torch.equal(BatchNormalizer(as_uint8.mean, as_uint8.std, "cpu")(batch), expected)
+    with pytest.raises(ValueError, match="expected uint8 pixels .* got torch.float32"):
+        BatchNormalizer(as_uint8.mean, as_uint8.std, "cpu")(expected)
 
 
 def test_cae_transform_adds_tokenizer_view_of_the_same_crop_and_the_mask():

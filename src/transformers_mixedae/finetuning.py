@@ -32,6 +32,7 @@ from transformers import AutoConfig, PreTrainedModel, get_scheduler
 from .checkpointing import ensure_writable_directory
 from .data import (
     CAE_CROP_SCALE,
+    BatchNormalizer,
     EvaluationTransform,
     PretrainingTransform,
     SkippedSampleStats,
@@ -249,7 +250,9 @@ class ClassificationData(PretrainingData):
         self.config = config
         self.model_type = config.model_type
         self.image_size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-        augmentation = PretrainingTransform(self.image_size, scale=CAE_CROP_SCALE)
+        # uint8 out of the data workers, normalised on the device by `model_inputs`.
+        augmentation = PretrainingTransform(self.image_size, scale=CAE_CROP_SCALE, normalize=False)
+        self.normalize_batch = BatchNormalizer(augmentation.mean, augmentation.std, self.accelerator.device)
         self.train_transform = SeededTransform(augmentation, self.training_args.seed, self.accelerator.process_index)
         self.train_loader = build_pretraining_dataloader(
             self.datasets.train,
@@ -276,7 +279,8 @@ class ClassificationData(PretrainingData):
 
     def model_inputs(self, batch: dict, batch_seed: int) -> dict[str, torch.Tensor]:
         device = self.accelerator.device
-        return {"pixel_values": batch["pixel_values"].to(device, non_blocking=True), "labels": batch["labels"].to(device)}
+        pixel_values = self.normalize_batch(batch["pixel_values"].to(device, non_blocking=True))
+        return {"pixel_values": pixel_values, "labels": batch["labels"].to(device)}
 
     @torch.no_grad()
     def _evaluate(self, model, step: int) -> dict[str, float]:

@@ -20,6 +20,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import gather_object
 
 from .data import (
+    BatchNormalizer,
     EvaluationTransform,
     SkippedSampleStats,
     build_evaluation_dataloader,
@@ -149,9 +150,8 @@ class PretrainingData:
         self.state = DataState(self.stats, accelerator)
         self.tokenizer = self._load_tokenizer(model_args)
 
-        augmentation = pretraining_transform_for_model_type(
-            self.model_type, self.image_size, **self._tokenizer_view_settings()
-        )
+        augmentation = self._augmentation()
+        self.normalize_batch = BatchNormalizer(augmentation.mean, augmentation.std, accelerator.device)
         self.train_transform = SeededTransform(augmentation, training_args.seed, accelerator.process_index)
         self.train_loader = build_pretraining_dataloader(
             self.datasets.train,
@@ -228,7 +228,7 @@ class PretrainingData:
 
     def model_inputs(self, batch: dict, batch_seed: int) -> dict[str, torch.Tensor]:
         device = self.accelerator.device
-        inputs = {"pixel_values": batch["pixel_values"].to(device, non_blocking=True)}
+        inputs = {"pixel_values": self.normalize_batch(batch["pixel_values"].to(device, non_blocking=True))}
         if self.model_type == "cae":
             inputs["bool_masked_pos"] = self._cae_masks(len(batch["pixel_values"]), batch_seed).to(device)
             if self.tokenizer is not None:
@@ -262,6 +262,12 @@ class PretrainingData:
         if self.model_type == "cae" and self.tokenizer is None:
             return {"tokenizer_image_size": None}
         return {}
+
+    def _augmentation(self):
+        """The model type's preset, returning uint8 images: `model_inputs` normalises them on the device."""
+        return pretraining_transform_for_model_type(
+            self.model_type, self.image_size, normalize=False, **self._tokenizer_view_settings()
+        )
 
     # ------------------------------------------------------------------ bad samples
     def skipped_summary(self) -> dict[str, float]:
@@ -366,7 +372,7 @@ class PretrainingData:
         eval_batch = self.training_args.per_device_eval_batch_size
         eval_batch -= eval_batch % self.group_size
         augmentation = SeededTransform(
-            pretraining_transform_for_model_type(self.model_type, self.image_size, **self._tokenizer_view_settings()),
+            self._augmentation(),
             seed=derived_seed(self.training_args.seed, 1),
             rank=self.accelerator.process_index,
         )
