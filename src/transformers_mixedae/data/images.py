@@ -74,19 +74,24 @@ def image_identifier(value: Any) -> str:
     return f"<{type(value).__name__}>"
 
 
+def _stored_form(value: Any) -> Any:
+    """The bytes (else the path) of a `{"bytes", "path"}` dict; any other value as it is."""
+    if isinstance(value, dict):
+        return value.get("bytes") if value.get("bytes") is not None else value.get("path")
+    return value
+
+
 def open_image(value: Any) -> Image.Image:
     """Open and fully decode an image given as a PIL image, `{"bytes", "path"}` dict, bytes or file path.
 
     `datasets.Image(decode=False)` yields the dict form (bytes for Parquet/Hub data, a path for local
     imagefolder data). Decoding is forced here (`load()`), so truncated files fail now, not in a later step.
     """
-    source = value
+    source = _stored_form(value)
     try:
         if isinstance(source, Image.Image):
             image = source
         else:
-            if isinstance(source, dict):
-                source = source.get("bytes") if source.get("bytes") is not None else source.get("path")
             if source is None:
                 raise ValueError("neither bytes nor path given")
             if isinstance(source, (bytes, bytearray, memoryview)):
@@ -160,8 +165,7 @@ def load_rgb_image(value: Any) -> Image.Image:
 
 def _jpeg_bytes(value: Any) -> bytes | None:
     """The encoded bytes of `value` when it is (or names a file that is) a JPEG, else None."""
-    if isinstance(value, dict):
-        value = value.get("bytes") if value.get("bytes") is not None else value.get("path")
+    value = _stored_form(value)
     if isinstance(value, (str, os.PathLike)):
         if not os.fspath(value).lower().endswith(JPEG_SUFFIXES):
             return None
