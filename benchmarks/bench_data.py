@@ -7,7 +7,9 @@ pass one call per JPEG, the pipelines interleaved pass by pass in rotating order
 processes falls on all of them alike; the fastest pass of each is reported too, as the least disturbed one on a
 loaded machine). The rows:
 
-* **ours** (`mixedae`): exactly the per-sample code of run_mim.py's loader, not a copy of it: the examples,
+* **ours** (`mixedae`): the per-sample code of run_mim.py's loader, not a copy of it, with the preset's
+  per-image normalisation switched on (run_mim.py normalises per batch after the copy to the device, with the
+  same result bit for bit; here both sides pay for normalising): the examples,
   `{"image": {"bytes": <JPEG>, "path": None}}` as `datasets.Image(decode=False)` yields them, go through
   `data.streaming.DecodedImageStream` (`images.decode_rgb`: simplejpeg's libjpeg-turbo decode into a uint8
   array for YCbCr/grayscale JPEGs without EXIF rotation, Pillow's pixels bit for bit; Pillow with EXIF
