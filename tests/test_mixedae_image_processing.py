@@ -1,5 +1,10 @@
 """MixedAE image processors: MAE evaluation transform, backends, save/load, Auto class."""
 
+import io
+import json
+import logging
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +12,8 @@ from PIL import Image
 from transformers import AutoImageProcessor
 from transformers.utils import is_torchvision_available
 
-from transformers_mixedae import MixedAEConfig, MixedAEImageProcessor, MixedAEImageProcessorPil
+from transformers_mixedae import CAEImageProcessorPil, MixedAEConfig, MixedAEImageProcessor, MixedAEImageProcessorPil
+from transformers_mixedae.data import decode_rgb, to_rgb
 from transformers_mixedae.image_processing_mixedae import evaluation_sizes
 
 
@@ -50,6 +56,11 @@ def test_center_crop_keeps_the_middle_of_the_short_side():
     assert pixel_values[:, :, :8].max() < 0.1 and pixel_values[:, :, -8:].min() > 0.9
 
 
+def tiny_config() -> MixedAEConfig:
+    return MixedAEConfig(image_size=32, patch_size=4, hidden_size=32, num_attention_heads=4,
+                         decoder_hidden_size=16, decoder_num_attention_heads=2)
+
+
 def test_save_load_round_trip_and_auto_class(tmp_path):
     processor = MixedAEImageProcessorPil(**evaluation_sizes(32))
     processor.save_pretrained(tmp_path)
@@ -65,3 +76,158 @@ def test_save_load_round_trip_and_auto_class(tmp_path):
     )
     pil = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
     assert type(pil) is MixedAEImageProcessorPil
+
+
+# ---------------------------------------------------------------------------------------------- no torchvision
+FALLBACK_WARNING = (
+    "`{name}` requires torchvision (not installed); falling back to `{name}Pil`. Install torchvision to use the "
+    "default backend, or use `{name}Pil` directly to silence this warning."
+)
+
+
+@pytest.fixture
+def fresh_warning_once():
+    # warning_once remembers what it said for the whole process; each test must see its own first warning.
+    logging.Logger.warning_once.cache_clear()
+    yield
+    logging.Logger.warning_once.cache_clear()
+
+
+@pytest.mark.skipif(is_torchvision_available(), reason="the fallback is for environments without torchvision")
+def test_torchvision_name_gives_a_working_pil_processor_with_a_warning(tmp_path, caplog, fresh_warning_once):
+    with caplog.at_level(logging.WARNING):
+        processor = MixedAEImageProcessor(**evaluation_sizes(32))
+        MixedAEImageProcessor()
+    assert type(processor) is MixedAEImageProcessorPil
+    assert [record.getMessage() for record in caplog.records] == [FALLBACK_WARNING.format(name="MixedAEImageProcessor")]
+    reference = MixedAEImageProcessorPil(**evaluation_sizes(32))
+    for image in (photo(), np.asarray(photo()), torch.from_numpy(np.array(photo())).permute(2, 0, 1)):
+        assert torch.equal(processor(image, return_tensors="pt").pixel_values, reference(photo(), return_tensors="pt").pixel_values)
+
+    processor.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())["image_processor_type"] == "MixedAEImageProcessor"
+    reloaded = MixedAEImageProcessor.from_pretrained(tmp_path)
+    assert type(reloaded) is MixedAEImageProcessorPil and reloaded.to_dict() == processor.to_dict()
+    tiny_config().save_pretrained(tmp_path)
+    assert type(AutoImageProcessor.from_pretrained(tmp_path)) is MixedAEImageProcessorPil
+
+
+def test_subclass_of_torchvision_class_is_not_swapped():
+    # The fallback is for our own names only: a user's subclass may add behaviour the PIL class does not have.
+    class Custom(MixedAEImageProcessor):
+        pass
+
+    assert type(Custom()) is Custom
+
+
+# ---------------------------------------------------------------------------------------------- degenerate inputs
+@pytest.mark.parametrize(
+    ("images", "error", "message"),
+    [
+        (np.zeros((0, 0, 3), np.uint8), ValueError, "image 0 is an array of shape (0, 0, 3) and dtype uint8: an image needs at least one pixel."),
+        (np.zeros((0, 7, 3), np.uint8), ValueError, "image 0 is an array of shape (0, 7, 3) and dtype uint8: an image needs at least one pixel."),
+        ([np.zeros((5, 5, 3), np.uint8), np.zeros((5, 0, 3), np.uint8)], ValueError, "image 1 is an array of shape (5, 0, 3) and dtype uint8: an image needs at least one pixel."),
+        (torch.zeros(3, 0, 0), ValueError, "image 0 is an array of shape (3, 0, 0) and dtype torch.float32: an image needs at least one pixel."),
+        (Image.new("RGB", (0, 0)), ValueError, "image 0 is a PIL image of mode RGB and size 0x0: an image needs at least one pixel."),
+        (np.zeros((20, 30), np.uint8), ValueError, "image 0 is an array of shape (20, 30) and dtype uint8; expected a PIL image, a NumPy array or a torch tensor of shape (H, W, C) or (C, H, W) with C in (1, 3, 4) (a 2-D grayscale array needs a channel axis: array[..., None])."),
+        (np.zeros((20, 30, 2), np.uint8), ValueError, "image 0 is an array of shape (20, 30, 2) and dtype uint8; expected"),
+        (np.zeros((20, 30, 3), bool), ValueError, "image 0 is an array of shape (20, 30, 3) and dtype bool; give uint8 values in [0, 255] (for a mask: mask.astype(np.uint8) * 255)."),
+        (np.full((20, 30, 3), 6000, np.uint16), ValueError, "image 0 is an array of shape (20, 30, 3) and dtype uint16 with values in [6000, 6000], outside the 8-bit range [0, 255]: convert it to 8-bit first"),
+        (np.full((20, 30, 3), -0.5, np.float32), ValueError, "image 0 is an array of shape (20, 30, 3) and dtype float32 with values in [-0.5, -0.5], outside [0, 255] expected with do_rescale=True: give unnormalised pixels (uint8, or floats in [0, 1] with do_rescale=False)."),
+        (np.full((20, 30, 3), 0.5, np.float32), ValueError, "image 0 is an array of shape (20, 30, 3) and dtype float32 with values in [0.5, 0.5], which looks already rescaled to [0, 1], but do_rescale=True divides by 255: pass do_rescale=False for [0, 1] floats, or uint8 pixels."),
+        (np.full((20, 30, 3), np.nan, np.float32), ValueError, "image 0 is an array of shape (20, 30, 3) and dtype float32 with NaN or infinite values."),
+        (np.full((20, 30, 4), 200.0, np.float32), ValueError, "image 0 is an array of shape (20, 30, 4) and dtype float32: transformers composites the alpha channel of float images in [0, 1] only"),
+        (5, TypeError, "image 0 is an object of type int; expected a PIL image"),
+        ([photo(), None], TypeError, "image 1 is an object of type NoneType; expected a PIL image"),
+        ({"bytes": b""}, TypeError, "image 0 is an object of type dict; expected a PIL image"),
+    ],
+)
+def test_degenerate_inputs_raise_naming_the_image(images, error, message):
+    processor = MixedAEImageProcessorPil(**evaluation_sizes(32))
+    with pytest.raises(error, match="^" + re.escape(message)):
+        processor(images, return_tensors="pt")
+
+
+def test_float_arrays_outside_the_unit_range_need_do_rescale_false_range():
+    processor = MixedAEImageProcessorPil(**evaluation_sizes(32))
+    with pytest.raises(ValueError, match=re.escape("with values in [0.0, 2.0], outside [0, 1] expected with do_rescale=False")):
+        processor(np.linspace(0, 2, 60 * 80 * 3, dtype=np.float32).reshape(60, 80, 3), do_rescale=False)
+
+
+def test_one_and_four_channel_arrays_give_the_pixels_of_their_pil_images():
+    processor = MixedAEImageProcessorPil(**evaluation_sizes(32))
+    gray = photo(mode="L")
+    assert torch.equal(
+        processor(np.asarray(gray)[..., None], return_tensors="pt").pixel_values,
+        processor(gray, return_tensors="pt").pixel_values,
+    )
+    rgba = np.asarray(photo()).copy()
+    rgba = np.concatenate([rgba, np.full((*rgba.shape[:2], 1), 255, np.uint8)], axis=-1)
+    assert torch.equal(
+        processor(rgba, return_tensors="pt").pixel_values, processor(photo(), return_tensors="pt").pixel_values
+    )
+    # 0..255 floats are read like uint8; [0, 1] floats with do_rescale=False too.
+    as_float = np.asarray(photo()).astype(np.float32)
+    torch.testing.assert_close(
+        processor(as_float, return_tensors="pt").pixel_values, processor(photo(), return_tensors="pt").pixel_values
+    )
+
+
+# ---------------------------------------------------------------------------------------------- one pixel decoder
+def _modes() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(1)
+    base = photo(40, 30)
+    alpha = Image.fromarray(rng.integers(0, 256, size=(30, 40), dtype=np.uint8))
+    rgba = base.copy()
+    rgba.putalpha(alpha)
+    la = base.convert("L")
+    la.putalpha(alpha)
+    palette_transparent = base.convert("P")
+    palette_transparent.info["transparency"] = int(np.asarray(palette_transparent)[0, 0])
+    return {
+        "I;16": Image.fromarray(rng.integers(0, 65536, size=(30, 40), dtype=np.uint16)),
+        "I": Image.fromarray(rng.integers(-1000, 70000, size=(30, 40), dtype=np.int32)),
+        "F in [0, 1]": Image.fromarray(rng.random((30, 40), dtype=np.float32)),
+        "F beyond [0, 1]": Image.fromarray(rng.uniform(-5, 300, size=(30, 40)).astype(np.float32)),
+        "P": base.convert("P"),
+        "P with transparency": palette_transparent,
+        "CMYK": base.convert("CMYK"),
+        "LA": la,
+        "RGBA": rgba,
+        "L": base.convert("L"),
+        "1": base.convert("1"),
+        "RGB": base,
+    }
+
+
+def _exif_rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    photo(40, 30).save(buffer, format="JPEG", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("processor_class", [MixedAEImageProcessorPil, CAEImageProcessorPil])
+@pytest.mark.parametrize("mode", list(_modes()))
+def test_processor_converts_every_mode_like_the_training_pipeline(processor_class, mode):
+    image = _modes()[mode]
+    assert image.mode == mode.split()[0]
+    # Raw pixels: the processor's RGB conversion alone equals the data pipeline's (`to_rgb` after decoding).
+    raw = processor_class(do_resize=False, do_center_crop=False, do_rescale=False, do_normalize=False)
+    expected = torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1)
+    assert torch.equal(raw(image, return_tensors="pt").pixel_values[0], expected)
+    processor = processor_class(**evaluation_sizes(32))
+    assert torch.equal(
+        processor(image, return_tensors="pt").pixel_values, processor(to_rgb(image), return_tensors="pt").pixel_values
+    )
+
+
+def test_exif_orientation_is_applied_as_in_the_training_pipeline():
+    data = _exif_rotated_jpeg()
+    opened = Image.open(io.BytesIO(data))
+    assert opened.size == (40, 30)
+    raw = MixedAEImageProcessorPil(do_resize=False, do_center_crop=False, do_rescale=False, do_normalize=False)
+    pixels = raw(opened, return_tensors="pt").pixel_values[0]
+    assert pixels.shape == (3, 40, 30)
+    assert torch.equal(pixels, torch.from_numpy(np.array(decode_rgb(data))).permute(2, 0, 1))

@@ -6,7 +6,7 @@ evaluation). `return_bool_masked_pos=True` adds `bool_masked_pos` `(batch, num_p
 from the BEiT/CAE block-wise generator (or uniform random masking), for `CAEForPreTraining`.
 
 Two backends, as in transformers 5.x: `CAEImageProcessor` (torchvision) and `CAEImageProcessorPil` (Pillow + NumPy
-only). Pre-training augmentation (one random resized crop box for the 224 px view and the 112 px tokenizer view)
+only); without torchvision, `CAEImageProcessor(...)` warns and returns a `CAEImageProcessorPil`. Pre-training augmentation (one random resized crop box for the 224 px view and the 112 px tokenizer view)
 belongs to the data pipeline; `tokenizer_dalle.dalle_tokenizer_view` makes the tokenizer view.
 """
 
@@ -14,7 +14,7 @@ from transformers.image_processing_backends import PilBackend, TorchvisionBacken
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ImagesKwargs
 
-from .image_processing_mixedae import _MixedAEImageProcessorDefaults
+from .image_processing_mixedae import _FallsBackToPil, _MixedAEImageProcessorDefaults
 from .masking import mask_generator_from_settings, stack_masks
 
 
@@ -105,12 +105,15 @@ class _CAEImageProcessorMixin(_MixedAEImageProcessorDefaults):
         return batch
 
 
-class CAEImageProcessor(_CAEImageProcessorMixin, TorchvisionBackend):
+class CAEImageProcessor(_FallsBackToPil, _CAEImageProcessorMixin, TorchvisionBackend):
     """CAE evaluation transform (+ optional block mask) on the torchvision backend."""
 
 
 class CAEImageProcessorPil(_CAEImageProcessorMixin, PilBackend):
     """CAE evaluation transform (+ optional block mask) on the PIL backend (no torchvision needed)."""
+
+
+CAEImageProcessor._pil_class = CAEImageProcessorPil
 
 
 __all__ = ["CAEImageProcessor", "CAEImageProcessorPil"]

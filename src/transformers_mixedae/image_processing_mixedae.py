@@ -2,13 +2,107 @@
 """Image processors for MixedAE: MAE's evaluation transform (resize the short side, center crop, normalise).
 
 Two backends, as in transformers 5.x: `MixedAEImageProcessor` (torchvision, batched, GPU-capable) and
-`MixedAEImageProcessorPil` (Pillow + NumPy only). Without torchvision, `AutoImageProcessor` picks the PIL one.
+`MixedAEImageProcessorPil` (Pillow + NumPy only). Without torchvision, `AutoImageProcessor` picks the PIL one, and
+`MixedAEImageProcessor(...)` warns and returns a `MixedAEImageProcessorPil`, as transformers does for its own
+`<Model>ImageProcessor` names.
+
+PIL images become RGB through `rgb_conversion.to_rgb`, the conversion of the training data pipeline, so a 16-bit,
+float, palette, CMYK or EXIF-rotated image gives the model the pixels it was trained on. Inputs that are not images
+(empty, wrong channel count, values out of range) raise a `ValueError` naming the image.
 Training augmentation (random resized crop + flip) lives in `transformers_mixedae.data`; mixing happens in the
 model.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ChannelDimension,
+    PILImageResampling,
+    is_valid_image,
+)
+from transformers.utils import is_torchvision_available, logging
+
+from .rgb_conversion import to_rgb
+
+logger = logging.get_logger(__name__)
+
+_IMAGE_TYPES = "a PIL image, a NumPy array or a torch tensor of shape (H, W, C) or (C, H, W) with C in (1, 3, 4)"
+
+
+def _describe(image: Any) -> str:
+    if isinstance(image, Image.Image):
+        return f"a PIL image of mode {image.mode} and size {image.size[0]}x{image.size[1]}"
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        return f"an array of shape {tuple(image.shape)} and dtype {image.dtype}"
+    return f"an object of type {type(image).__name__}"
+
+
+def _check_image(index: int, image: Any, do_rescale: bool) -> None:
+    """Raise a `ValueError` naming image `index` when it holds no pixels or values that are not pixel values.
+
+    transformers would fail later with a `ZeroDivisionError` on an empty image, or silently read a float image in
+    the wrong range (a [0, 1] image given with `do_rescale=True` becomes almost black).
+    """
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"image {index} is {_describe(image)}: an image needs at least one pixel.")
+        return
+    if not isinstance(image, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"image {index} is {_describe(image)}; expected {_IMAGE_TYPES}.")
+    shape = tuple(image.shape)
+    if len(shape) != 3 or not ({shape[0], shape[-1]} & {1, 3, 4}):
+        raise ValueError(
+            f"image {index} is {_describe(image)}; expected {_IMAGE_TYPES} (a 2-D grayscale array needs a "
+            "channel axis: array[..., None])."
+        )
+    if 0 in shape:
+        raise ValueError(f"image {index} is {_describe(image)}: an image needs at least one pixel.")
+    if isinstance(image, np.ndarray):
+        kind, values = image.dtype.kind, image
+    else:
+        kind = "b" if image.dtype == torch.bool else "c" if image.is_complex() else "f" if image.is_floating_point() else "i"
+        # torch has no min/max for its wider unsigned types.
+        values = image.detach().to(torch.int64) if kind == "i" and image.dtype != torch.uint8 else image.detach()
+    if kind not in "uif":
+        raise ValueError(
+            f"image {index} is {_describe(image)}; give uint8 values in [0, 255] (for a mask: mask.astype(np.uint8) "
+            "* 255)."
+        )
+    low, high = values.min().item(), values.max().item()
+    if kind == "f":
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError(f"image {index} is {_describe(image)} with NaN or infinite values.")
+        expected_high = 255.0 if do_rescale else 1.0
+        if low < 0.0 or high > expected_high:
+            raise ValueError(
+                f"image {index} is {_describe(image)} with values in [{low}, {high}], outside [0, {expected_high:g}] "
+                f"expected with do_rescale={do_rescale}: give unnormalised pixels (uint8, or floats in [0, 1] with "
+                "do_rescale=False)."
+            )
+        if do_rescale and 4 in (shape[0], shape[-1]) and 3 not in (shape[0], shape[-1]):
+            raise ValueError(
+                f"image {index} is {_describe(image)}: transformers composites the alpha channel of float images in "
+                "[0, 1] only; pass do_rescale=False with values in [0, 1], or uint8 pixels."
+            )
+        if do_rescale and 0.0 < high <= 1.0:
+            raise ValueError(
+                f"image {index} is {_describe(image)} with values in [{low}, {high}], which looks already rescaled to "
+                "[0, 1], but do_rescale=True divides by 255: pass do_rescale=False for [0, 1] floats, or uint8 pixels."
+            )
+    elif low < 0 or high > 255:
+        raise ValueError(
+            f"image {index} is {_describe(image)} with values in [{low}, {high}], outside the 8-bit range [0, 255]: "
+            "convert it to 8-bit first (16-bit images: open them with PIL and pass the PIL image, which is scaled "
+            "by 255 / 65535)."
+        )
 
 
 class _MixedAEImageProcessorDefaults:
@@ -25,13 +119,76 @@ class _MixedAEImageProcessorDefaults:
     do_convert_rgb = True
     model_input_names = ["pixel_values"]
 
+    def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list:
+        try:
+            return super()._prepare_images_structure(images, expected_ndims=expected_ndims)
+        except (TypeError, ValueError) as error:
+            # transformers says "Could not make a flat list of images from <the whole array printed>".
+            if isinstance(images, (list, tuple)):
+                for index, image in enumerate(images):
+                    if not isinstance(image, str):
+                        _check_image(index, image, do_rescale=False)
+            elif not isinstance(images, str):
+                _check_image(0, images, do_rescale=False)
+            raise ValueError(f"cannot read the images: {error}; expected {_IMAGE_TYPES}, or a list of them.") from error
 
-class MixedAEImageProcessor(_MixedAEImageProcessorDefaults, TorchvisionBackend):
+    def _prepare_image_like_inputs(
+        self, images: Any, *args: Any, expected_ndims: int = 3, **kwargs: Any
+    ) -> list[np.ndarray | torch.Tensor]:
+        # The images are numbered here, so that an error names the one at fault.
+        images = self._prepare_images_structure(images, expected_ndims=expected_ndims)
+        return [self._process_numbered_image(index, image, *args, **kwargs) for index, image in enumerate(images)]
+
+    def _process_numbered_image(
+        self,
+        index: int,
+        image: Any,
+        *args: Any,
+        do_convert_rgb: bool | None = None,
+        input_data_format: str | ChannelDimension | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray | torch.Tensor:
+        _check_image(index, image, do_rescale=bool(kwargs.get("do_rescale")))
+        if do_convert_rgb and isinstance(image, Image.Image):
+            # The data pipeline's conversion, not transformers' (which clips 16-bit and float images to 255 and
+            # ignores EXIF orientation); handed over as an (H, W, 3) array so transformers does not convert again.
+            image = np.array(to_rgb(image))
+            input_data_format = ChannelDimension.LAST
+        return self.process_image(
+            image, *args, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, **kwargs
+        )
+
+
+class _FallsBackToPil:
+    """The torchvision class of a pair: without torchvision, constructing it gives the PIL class with a warning.
+
+    transformers 5.x does the same for its own `<Model>ImageProcessor` names, which were the PIL processors before
+    the backend split; without it `MixedAEImageProcessor()(image)` fails deep in transformers on the missing
+    torchvision functions. `from_pretrained` / `from_dict` construct through `cls(...)`, so they fall back too.
+    """
+
+    _pil_class: type | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        if cls._pil_class is not None and "_pil_class" in cls.__dict__ and not is_torchvision_available():
+            logger.warning_once(
+                f"`{cls.__name__}` requires torchvision (not installed); falling back to `{cls._pil_class.__name__}`. "
+                f"Install torchvision to use the default backend, or use `{cls._pil_class.__name__}` directly to "
+                "silence this warning."
+            )
+            return cls._pil_class(*args, **kwargs)
+        return super().__new__(cls)
+
+
+class MixedAEImageProcessor(_FallsBackToPil, _MixedAEImageProcessorDefaults, TorchvisionBackend):
     """MixedAE evaluation transform on the torchvision backend."""
 
 
 class MixedAEImageProcessorPil(_MixedAEImageProcessorDefaults, PilBackend):
     """MixedAE evaluation transform on the PIL backend (no torchvision needed)."""
+
+
+MixedAEImageProcessor._pil_class = MixedAEImageProcessorPil
 
 
 def evaluation_sizes(image_size: int, crop_fraction: float = 224 / 256) -> dict:
