@@ -2,12 +2,14 @@
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import single_torch_thread  # noqa: F401 (fixture)
 from safetensors.torch import load_file
+from test_output_folders import USER_FILES, fingerprint, finished_run
 
 from transformers_mixedae import CAEForPreTraining, CAEImageProcessorPil, CAEModel
 from transformers_mixedae.convert_cae_checkpoint import (
@@ -245,3 +247,161 @@ def test_convert_cae_checkpoint_returns_the_model(tmp_path):
     model, conversion = convert_cae_checkpoint(FIXTURE, tmp_path, **HEADS)
     assert isinstance(model, CAEForPreTraining) and not model.training
     assert conversion.naming == "A"
+
+
+# ---------------------------------------------------------------------------------------------- unreadable files
+def convert_args(checkpoint, output_dir, *extra) -> list[str]:
+    return ["--checkpoint", str(checkpoint), "--output_dir", str(output_dir), *extra, *HEAD_FLAGS]
+
+
+HEAD_FLAGS = ("--num_attention_heads", "4", "--decoder_num_attention_heads", "4")
+NOT_A_CHECKPOINT = (
+    "is not a readable PyTorch checkpoint or safetensors file ({reason}): it is unreadable, truncated, corrupt or "
+    "of another format. Download or copy the official checkpoint again."
+)
+
+
+def not_a_checkpoint(path, reason_pattern: str) -> str:
+    message = re.escape(f"'{path}' " + NOT_A_CHECKPOINT)
+    return "^" + message.replace(re.escape("{reason}"), reason_pattern) + "$"
+
+
+def test_random_bytes_are_not_a_checkpoint(tmp_path):
+    path = tmp_path / "cae.pth"
+    path.write_bytes(b"\x13\x37" + bytes(range(256)) * 4)
+    with pytest.raises(CAEConversionError, match=not_a_checkpoint(path, r"it starts with bytes b'\\x137\\x00\\x01', "
+                                                                        "not a zip archive or a pickle stream")):
+        load_official_state_dict(path)
+
+
+def test_random_bytes_that_start_like_a_pickle_are_not_a_checkpoint(tmp_path):
+    path = tmp_path / "cae.pth"
+    path.write_bytes(b"\x80\x02" + b"\xdd" * 100)
+    with pytest.raises(CAEConversionError, match=not_a_checkpoint(path, "its pickle stream is malformed")):
+        load_official_state_dict(path)
+
+
+def test_truncated_checkpoints_name_the_file(tmp_path, official):
+    zipped, legacy = tmp_path / "zipped.pth", tmp_path / "legacy.pth"
+    torch.save({"model": official}, zipped)
+    torch.save({"model": official}, legacy, _use_new_zipfile_serialization=False)
+    for path in (zipped, legacy):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CAEConversionError, match=not_a_checkpoint(zipped, "a zip archive whose end is missing")):
+        load_official_state_dict(zipped)
+    with pytest.raises(CAEConversionError, match=not_a_checkpoint(legacy, r"unexpected EOF, expected \d+ more bytes.*")):
+        load_official_state_dict(legacy)
+
+
+def test_truncated_and_foreign_safetensors_name_the_file(tmp_path):
+    truncated, foreign = tmp_path / "truncated.safetensors", tmp_path / "foreign.safetensors"
+    truncated.write_bytes(FIXTURE.read_bytes()[: FIXTURE.stat().st_size // 2])
+    foreign.write_bytes(b"\x00" * 7)
+    with pytest.raises(CAEConversionError, match=not_a_checkpoint(truncated, "safetensors: .*")):
+        load_official_state_dict(truncated)
+    with pytest.raises(CAEConversionError, match=not_a_checkpoint(foreign, "safetensors: .*")):
+        load_official_state_dict(foreign)
+
+
+def test_empty_files_and_folders_are_named(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CAEConversionError, match=r"^checkpoint '.*empty\.pth' is empty \(0 bytes\)"):
+        load_official_state_dict(tmp_path / "empty.pth")
+    with pytest.raises(IsADirectoryError, match=r"is a folder; pass the official \.pth/\.pt or \.safetensors file"):
+        load_official_state_dict(tmp_path)
+
+
+def test_pickled_code_keeps_its_own_message(tmp_path, official):
+    path = tmp_path / "cae.pth"
+    torch.save({"model": official, "hook": print}, path)
+    with pytest.raises(CAEConversionError, match=r"holds pickled objects besides tensors.*nothing in it was run"):
+        load_official_state_dict(path)
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "status", "message"),
+    [
+        ("random", 1, "'{path}' is not a readable PyTorch checkpoint or safetensors file"),
+        ("missing", 1, "checkpoint '{path}' does not exist; check the path (the converter reads a local"),
+        ("./missing/cae.pth", 1, "checkpoint './missing/cae.pth' does not exist; check the path (the converter reads "
+         "a local .pth/.pt or .safetensors file, it does not download).\n"),
+        ("cae_base.pth", 1, "checkpoint 'cae_base.pth' does not exist; check the path (the converter reads a local "
+         ".pth/.pt or .safetensors file, it does not download).\n"),
+    ],
+)
+def test_cli_reports_unreadable_checkpoints_in_one_line(tmp_path, capsys, monkeypatch, checkpoint, status, message):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "cae.pth"
+    if checkpoint == "random":
+        path.write_bytes(bytes(range(200)))
+    elif checkpoint != "missing":
+        path = checkpoint
+    with pytest.raises(SystemExit) as exit_info:
+        main(convert_args(path, tmp_path / "out"))
+    captured = capsys.readouterr()
+    assert exit_info.value.code == status and captured.out == ""
+    assert captured.err.startswith(f"transformers-mixedae-convert-cae: error: {message.format(path=path)}")
+    assert captured.err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- output folder
+def test_cli_refuses_a_finished_run_as_output_and_changes_nothing(tmp_path, capsys):
+    run = finished_run(tmp_path / "mixedae-run")
+    before = fingerprint(run)
+    with pytest.raises(SystemExit) as exit_info:
+        main(convert_args(FIXTURE, run))
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and captured.out == ""
+    assert captured.err == (
+        f"transformers-mixedae-convert-cae: error: '{run}' already holds a finished result (.tmp-final/, README.md, "
+        "all_results.json, checkpoints/, config.json, model-00001-of-00002.safetensors, "
+        "model-00002-of-00002.safetensors, model.safetensors.index.json, and 5 more): not starting the conversion, "
+        "and nothing was changed. Pass --overwrite_output_dir to replace it, or choose another output folder.\n"
+    )
+    assert fingerprint(run) == before
+    assert [path.name for path in tmp_path.iterdir()] == ["mixedae-run"]  # no staging folder left behind
+
+
+def test_cli_overwrite_replaces_the_whole_result_and_keeps_user_files(tmp_path, capsys, fixture_tensors):
+    run = finished_run(tmp_path / "mixedae-run")
+    main(convert_args(FIXTURE, run, "--overwrite_output_dir"))
+    assert "wrote CAEForPreTraining" in capsys.readouterr().out
+    names = {path.name for path in run.iterdir()}
+    assert names == {"config.json", "model.safetensors", "preprocessor_config.json"} | {"notes.txt", "data",
+                                                                                         "config.yaml"}
+    for name, content in USER_FILES.items():
+        assert (run / name).read_bytes() == content
+    assert json.loads((run / "config.json").read_text())["model_type"] == "cae"
+    model = CAEForPreTraining.from_pretrained(run).eval()
+    with torch.no_grad():
+        logits = model(
+            fixture_tensors["inputs.pixel_values"], bool_masked_pos=fixture_tensors["inputs.bool_masked_pos"]
+        ).logits
+    assert (logits.reshape(-1, 8192) - fixture_tensors["outputs.logits"]).abs().max() < 1e-5
+
+
+def test_a_conversion_that_fails_while_writing_leaves_the_previous_result(tmp_path, monkeypatch):
+    run = finished_run(tmp_path / "mixedae-run")
+    before = fingerprint(run)
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(CAEImageProcessorPil, "save_pretrained", disk_full)  # after the weights were written
+    with pytest.raises(OSError, match="No space left on device"):
+        convert_cae_checkpoint(FIXTURE, run, overwrite=True, **HEADS)
+    assert fingerprint(run) == before
+    assert [path.name for path in tmp_path.iterdir()] == ["mixedae-run"]
+    with pytest.raises(OSError, match="No space left on device"):
+        convert_cae_checkpoint(FIXTURE, tmp_path / "new", **HEADS)
+    assert [path.name for path in tmp_path.iterdir()] == ["mixedae-run"]
+
+
+def test_a_bad_checkpoint_with_overwrite_leaves_the_previous_result(tmp_path, capsys):
+    run = finished_run(tmp_path / "mixedae-run")
+    before = fingerprint(run)
+    (tmp_path / "bad.pth").write_bytes(bytes(range(100)))
+    with pytest.raises(SystemExit):
+        main(convert_args(tmp_path / "bad.pth", run, "--overwrite_output_dir"))
+    assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
+    assert fingerprint(run) == before

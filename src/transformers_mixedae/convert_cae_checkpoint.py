@@ -12,14 +12,19 @@ width 1024; 12 regressor/decoder heads), which the report says. The conversion c
 (`alignment_encoder.*` / `teacher.*`) equals the encoder and that the stored sin-cos tables equal ours; unknown,
 missing or mis-shaped keys are an error that lists them.
 
+The output folder is written atomically (staged in a hidden sibling folder, moved in at the end). A folder that
+holds an earlier result is refused unless `--overwrite_output_dir` is given, which replaces that result's files.
+
 Usage:
     transformers-mixedae-convert-cae --checkpoint cae_base_800ep.pth --output_dir cae-base
 """
 
 import argparse
 import math
+import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +32,12 @@ from pathlib import Path
 import torch
 from transformers.utils import logging
 
+from .cli import run_cli
 from .configuration_cae import CAEConfig
 from .image_processing_cae import CAEImageProcessorPil
 from .image_processing_mixedae import evaluation_sizes
 from .modeling_cae import CAEForPreTraining, CAEModel
+from .output_folders import staged_output_dir
 from .vit_layers import sincos_2d_position_embedding
 
 logger = logging.get_logger(__name__)
@@ -125,6 +132,9 @@ OFFICIAL_MIN_BLOCK_FRACTION = 16 / 196
 class CAEConversionError(ValueError):
     """The checkpoint cannot be converted; the message says which keys or values are at fault."""
 
+    # On the command line: the input file is at fault, not the usage (see `cli.run_cli`).
+    exit_status = 1
+
 
 @dataclass
 class CAEConversion:
@@ -147,26 +157,79 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Unwraps `{"model": ...}` / `{"state_dict": ...}` / `{"module": ...}` containers, a `module.` (DDP) prefix, and
     the `state_dict.` prefix of flat safetensors fixtures (their other keys are ignored).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
-        loaded = load_file(str(path))
+    Raises:
+        FileNotFoundError: no such file.
+        IsADirectoryError: `path` is a folder.
+        CAEConversionError: the file is empty, truncated, corrupt, of another format, or holds pickled objects that
+            only code could rebuild (nothing in it is run).
+    """
+    given = os.fspath(path)  # named as the user wrote it
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {given!r} is a folder; pass the official .pth/.pt or .safetensors file.")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {given!r} does not exist; check the path (the converter reads a local .pth/.pt or "
+            ".safetensors file, it does not download)."
+        )
+    if path.stat().st_size == 0:
+        raise CAEConversionError(f"checkpoint {str(path)!r} is empty (0 bytes): an interrupted download or copy?")
+    if path.suffix == ".safetensors":
+        loaded = _load_safetensors(path)
     else:
-        # Official training checkpoints also store `args` (an argparse.Namespace), harmless to allow.
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise CAEConversionError(
-                f"{str(path)!r} holds pickled objects besides tensors and plain data, which only code from the file "
-                "could rebuild: it was not loaded and nothing in it was run. Convert an official checkpoint, or save "
-                "its state dict on its own (torch.save(checkpoint['model'], ...)) where you trust the file."
-            ) from error
+        loaded = _load_torch_checkpoint(path)
     return unwrap_state_dict(loaded)
+
+
+# How a file starts: `torch.save` writes a zip archive (or, before PyTorch 1.6, a protocol-2 pickle stream).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL_OPCODE = b"\x80"
+# Messages of torch's weights-only unpickler that mean "not a valid pickle stream", as opposed to a valid stream
+# that asks for a class or function it does not allow (the case of pickled code).
+_MALFORMED_PICKLE_MESSAGES = ("Unsupported operand", "String is too long", "persistent", "invalid load key")
+
+
+def _not_a_checkpoint(path: Path, reason: str) -> CAEConversionError:
+    return CAEConversionError(
+        f"{str(path)!r} is not a readable PyTorch checkpoint or safetensors file ({reason}): it is unreadable, "
+        "truncated, corrupt or of another format. Download or copy the official checkpoint again."
+    )
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise _not_a_checkpoint(path, f"safetensors: {error}") from error
+
+
+def _load_torch_checkpoint(path: Path):
+    with path.open("rb") as file:
+        head = file.read(4)
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            raise _not_a_checkpoint(path, "a zip archive whose end is missing")
+    elif not head.startswith(_PICKLE_PROTOCOL_OPCODE):
+        raise _not_a_checkpoint(path, f"it starts with bytes {head!r}, not a zip archive or a pickle stream")
+    try:
+        # Official training checkpoints also store `args` (an argparse.Namespace), harmless to allow.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if any(text in str(error) for text in _MALFORMED_PICKLE_MESSAGES):
+            raise _not_a_checkpoint(path, "its pickle stream is malformed") from error
+        raise CAEConversionError(
+            f"{str(path)!r} holds pickled objects besides tensors and plain data, which only code from the file "
+            "could rebuild: it was not loaded and nothing in it was run. Convert an official checkpoint, or save "
+            "its state dict on its own (torch.save(checkpoint['model'], ...)) where you trust the file."
+        ) from error
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise _not_a_checkpoint(path, first_line[:200]) from error
 
 
 def unwrap_state_dict(loaded: Mapping) -> dict[str, torch.Tensor]:
@@ -521,31 +584,54 @@ def build_model(conversion: CAEConversion) -> CAEModel | CAEForPreTraining:
 
 
 def convert_cae_checkpoint(
-    checkpoint: str | Path, output_dir: str | Path, **conversion_kwargs
+    checkpoint: str | Path, output_dir: str | Path, overwrite: bool = False, **conversion_kwargs
 ) -> tuple[CAEModel | CAEForPreTraining, CAEConversion]:
     """Convert an official checkpoint file and write a `save_pretrained` folder (config, safetensors weights,
-    image processor). Keyword arguments go to `convert_cae_state_dict`."""
-    conversion = convert_cae_state_dict(load_official_state_dict(checkpoint), **conversion_kwargs)
-    model = build_model(conversion)
-    output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
-    config = conversion.config
-    processor = CAEImageProcessorPil(
-        **evaluation_sizes(config.image_hw[0]),
-        patch_size=config.patch_size,
-        num_masking_patches=config.num_masking_patches,
-        mask_min_num_patches=config.mask_min_num_patches,
-    )
-    processor.save_pretrained(output_dir)
+    image processor). Keyword arguments go to `convert_cae_state_dict`.
+
+    The folder is written in a hidden sibling folder and moved in at the end: a failure leaves `output_dir` as it
+    was. An `output_dir` that holds an earlier result (a trained model, another conversion, a run's records) is
+    refused unless `overwrite`, which removes that result's files (see `output_folders.RUN_ARTIFACTS`) and keeps
+    any other file.
+
+    Raises:
+        OutputDirectoryError: `output_dir` holds an earlier result and `overwrite` is False; nothing was read.
+    """
+    with staged_output_dir(output_dir, overwrite=overwrite, what="conversion") as staging:
+        conversion = convert_cae_state_dict(load_official_state_dict(checkpoint), **conversion_kwargs)
+        model = build_model(conversion)
+        model.save_pretrained(staging)
+        config = conversion.config
+        processor = CAEImageProcessorPil(
+            **evaluation_sizes(config.image_hw[0]),
+            patch_size=config.patch_size,
+            num_masking_patches=config.num_masking_patches,
+            mask_min_num_patches=config.mask_min_num_patches,
+        )
+        processor.save_pretrained(staging)
     return model, conversion
 
 
+PROGRAM = "transformers-mixedae-convert-cae"
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Console script; errors are one line on stderr (exit 2: usage, 1: unreadable or unconvertible input)."""
+    run_cli(lambda: _main(argv), program=PROGRAM)
+
+
+def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(
-        description="Convert an official CAE v1 checkpoint (Atten4Vis/CAE or lxtGH/CAE) to a transformers folder."
+        prog=PROGRAM,
+        description="Convert an official CAE v1 checkpoint (Atten4Vis/CAE or lxtGH/CAE) to a transformers folder.",
     )
     parser.add_argument("--checkpoint", required=True, help="official .pth/.pt or .safetensors file")
     parser.add_argument("--output_dir", required=True, help="folder to write (config, weights, image processor)")
+    parser.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="replace an earlier result in --output_dir (its weights, config, card, results, logs; other files stay)",
+    )
     parser.add_argument("--num_attention_heads", type=int, help="encoder heads (default: official preset)")
     parser.add_argument("--decoder_num_attention_heads", type=int, help="regressor/decoder heads (default: 12)")
     parser.add_argument("--image_size", type=int, help="input size, when the patch grid is not square")
@@ -557,11 +643,15 @@ def main(argv: list[str] | None = None) -> None:
         help="keep going when the alignment/teacher copy differs from the encoder (lxtGH teacher lags one step)",
     )
     args = parser.parse_args(argv)
-    try:
-        options = {key: value for key, value in vars(args).items() if key not in ("checkpoint", "output_dir")}
-        model, conversion = convert_cae_checkpoint(args.checkpoint, args.output_dir, **options)
-    except (CAEConversionError, FileNotFoundError) as error:
-        parser.exit(status=1, message=f"error: {error}\n")
+    # The checkpoint is never a Hub id: `load_official_state_dict` names a missing file with that fix.
+    options = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("checkpoint", "output_dir", "overwrite_output_dir")
+    }
+    model, conversion = convert_cae_checkpoint(
+        args.checkpoint, args.output_dir, overwrite=args.overwrite_output_dir, **options
+    )
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
     print(f"wrote {type(model).__name__} ({num_parameters:,} parameters) to {args.output_dir}")
     for note in conversion.notes:
