@@ -3,12 +3,14 @@
 import pytest
 import torch
 from helpers import tiny_cae_config, tiny_mixedae_config
+from test_output_folders import USER_FILES, fingerprint, finished_run
 from tiny_checkpoints import random_image, randomise_, tiny_mixedae_processor, tiny_processor_kwargs
 from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
     BeitForImageClassification,
+    BeitImageProcessorPil,
     BeitModel,
     ViTForImageClassification,
     ViTModel,
@@ -24,6 +26,7 @@ from transformers_mixedae import (
     MixedAEModel,
 )
 from transformers_mixedae.export import convert_cae_to_beit, convert_mixedae_to_vit, export_to_transformers, main
+from transformers_mixedae.output_folders import OutputDirectoryError
 
 ATOL = 1e-5
 
@@ -201,3 +204,111 @@ def test_cae_classification_export_of_a_pretrained_encoder_pools_through_its_fin
 def test_cae_export_refuses_non_square_inputs():
     with pytest.raises(ValueError, match="square"):
         convert_cae_to_beit(CAEModel(tiny_cae_config(image_size=[32, 40])))
+
+
+# ---------------------------------------------------------------------------------------------- output folder, errors
+def tiny_cae_folder(folder):
+    CAEModel(tiny_cae_config()).save_pretrained(folder)
+    return folder
+
+
+def run_main(argv, capsys) -> tuple[int, str, str]:
+    capsys.readouterr()  # only what `main` prints, not the setup's progress bars and logs
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(argument) for argument in argv])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_cli_refuses_a_finished_run_as_output_and_changes_nothing(tmp_path, capsys):
+    source = tiny_cae_folder(tmp_path / "cae")
+    run = finished_run(tmp_path / "mixedae-run")
+    before = fingerprint(run)
+    assert run_main([source, run], capsys) == (
+        2,
+        "",
+        f"transformers-mixedae-export: error: '{run}' already holds a finished result (.tmp-final/, README.md, "
+        "all_results.json, checkpoints/, config.json, model-00001-of-00002.safetensors, "
+        "model-00002-of-00002.safetensors, model.safetensors.index.json, and 5 more): not starting the export, and "
+        "nothing was changed. Pass --overwrite_output_dir to replace it, or choose another output folder.\n",
+    )
+    assert fingerprint(run) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cae", "mixedae-run"]
+
+
+def test_cli_overwrite_leaves_only_the_export_and_the_user_files(tmp_path, capsys):
+    source = randomise_(CAEModel(tiny_cae_config()))
+    source.save_pretrained(tmp_path / "cae")
+    run = finished_run(tmp_path / "mixedae-run")
+    capsys.readouterr()
+    main([str(tmp_path / "cae"), str(run), "--overwrite_output_dir"])
+    assert capsys.readouterr().out == f"{run}\n"
+    names = {path.name for path in run.iterdir()}
+    assert names == {"config.json", "model.safetensors", "preprocessor_config.json", "notes.txt", "data", "config.yaml"}
+    for name, content in USER_FILES.items():
+        assert (run / name).read_bytes() == content
+    exported = load_cleanly(BeitModel, run)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            exported(pixel_values).last_hidden_state, source(pixel_values).last_hidden_state, atol=ATOL, rtol=0
+        )
+
+
+def test_an_export_that_fails_while_writing_leaves_the_previous_result(tmp_path, monkeypatch):
+    source = tiny_cae_folder(tmp_path / "cae")
+    run = finished_run(tmp_path / "mixedae-run")
+    before = fingerprint(run)
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(BeitImageProcessorPil, "save_pretrained", disk_full)  # after the weights were written
+    with pytest.raises(OSError, match="No space left on device"):
+        export_to_transformers(source, run, overwrite=True)
+    assert fingerprint(run) == before
+    with pytest.raises(OSError, match="No space left on device"):
+        export_to_transformers(source, tmp_path / "new")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cae", "mixedae-run"]
+
+
+def test_exporting_a_folder_into_itself_is_refused(tmp_path):
+    source = tiny_cae_folder(tmp_path / "cae")
+    before = fingerprint(source)
+    with pytest.raises(OutputDirectoryError, match=r"^the output folder '.*cae' is the model folder itself"):
+        export_to_transformers(source, source, overwrite=True)
+    assert fingerprint(source) == before
+
+
+@pytest.mark.parametrize("model", ["./does/not/exist", "does/not/exist", "/does/not/exist"])
+def test_cli_names_a_missing_local_model_in_one_line(tmp_path, capsys, monkeypatch, model):
+    monkeypatch.chdir(tmp_path)
+    assert run_main([model, "out"], capsys) == (
+        1,
+        "",
+        f"transformers-mixedae-export: error: model '{model}' is a local folder that does not exist; check the path, "
+        "or give a Hub id like owner/name.\n",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_names_a_folder_that_is_not_a_saved_model(tmp_path, capsys):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    code, out, err = run_main([tmp_path / "run", tmp_path / "out"], capsys)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"transformers-mixedae-export: error: model '{tmp_path / 'run'}' has no config.json: it is not a folder "
+        "written by save_pretrained (a training run writes it into its --output_dir when it finishes; a "
+        "checkpoints/step_* folder is not one).\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_names_an_unreachable_hub_id_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(["nobody-here/no-such-model", "out"], capsys)
+    assert (code, out) == (1, "")
+    assert err.startswith("transformers-mixedae-export: error: could not load the model 'nobody-here/no-such-model': ")
+    assert err.endswith("Give a local folder written by save_pretrained, or a Hub id you can reach.\n")
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()

@@ -174,7 +174,10 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             ".safetensors file, it does not download)."
         )
     if path.stat().st_size == 0:
-        raise CAEConversionError(f"checkpoint {str(path)!r} is empty (0 bytes): an interrupted download or copy?")
+        raise CAEConversionError(
+            f"checkpoint {given!r} is empty (0 bytes), as an interrupted download or copy leaves it; download or "
+            "copy the official checkpoint again."
+        )
     if path.suffix == ".safetensors":
         loaded = _load_safetensors(path)
     else:

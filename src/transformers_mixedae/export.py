@@ -21,6 +21,10 @@ mean of the *normalised* patch tokens) has no native equivalent and is refused. 
 Not carried over: MixedAE's drop path (ViT has none); at another input resolution, ViT/BEiT resample the position
 table bicubically (like MixedAE, unlike CAE, which builds a fresh sin-cos table). Weights are written by
 `save_pretrained` of the native class, which stores the names every transformers version reads.
+
+The output folder is written atomically (staged in a hidden sibling folder, moved in at the end). A folder that
+holds an earlier result is refused unless `--overwrite_output_dir` (`overwrite=True`) is given, which replaces that
+result's files.
 """
 
 from __future__ import annotations
@@ -47,12 +51,14 @@ from transformers import (
 )
 from transformers.utils import logging
 
+from .cli import run_cli
 from .configuration_cae import CAEConfig
 from .configuration_mixedae import MixedAEConfig
 from .image_processing_cae import CAEImageProcessorPil
 from .image_processing_mixedae import MixedAEImageProcessorPil, evaluation_sizes
 from .modeling_cae import CAEForImageClassification, CAEForPreTraining, CAEModel
 from .modeling_mixedae import MixedAEForImageClassification, MixedAEForPreTraining, MixedAEModel
+from .output_folders import OutputDirectoryError, check_model_path, staged_output_dir
 
 logger = logging.get_logger(__name__)
 
@@ -353,11 +359,36 @@ def convert_cae_to_beit(
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+class ExportSourceError(OSError):
+    """The model to export could not be loaded; the message names it and the fix."""
+
+    user_error = True  # printed as one line by `cli.run_cli`
+
+
 def load_model_for_export(model_or_path: PreTrainedModel | str | os.PathLike) -> PreTrainedModel:
-    """A model object as is, or the checkpoint at a local path / Hub id loaded with its saved architecture."""
+    """A model object as is, or the checkpoint at a local path / Hub id loaded with its saved architecture.
+
+    Raises:
+        FileNotFoundError: a local path that does not exist, or a folder without `config.json`.
+        ExportSourceError: a Hub id (or folder) that could not be loaded.
+    """
     if isinstance(model_or_path, PreTrainedModel):
         return model_or_path
-    config = AutoConfig.from_pretrained(model_or_path)
+    check_model_path(model_or_path, "model")
+    if Path(model_or_path).expanduser().is_dir() and not (Path(model_or_path).expanduser() / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model {str(model_or_path)!r} has no config.json: it is not a folder written by save_pretrained (a "
+            "training run writes it into its --output_dir when it finishes; a checkpoints/step_* folder is not one)."
+        )
+    try:
+        config = AutoConfig.from_pretrained(model_or_path)
+    except OSError as error:
+        # Hub ids end here when they do not exist, are private, or the Hub cannot be reached (or is offline).
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExportSourceError(
+            f"could not load the model {str(model_or_path)!r}: {first_line} Give a local folder written by "
+            "save_pretrained, or a Hub id you can reach."
+        ) from error
     architectures = ARCHITECTURES.get(config.model_type)
     if architectures is None:
         raise ValueError(
@@ -375,6 +406,7 @@ def export_to_transformers(
     task: str = "feature-extraction",
     image_processor=None,
     safe_serialization: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Save `model_or_path` as a native transformers checkpoint in `output_dir` and return the folder.
 
@@ -384,23 +416,38 @@ def export_to_transformers(
     given, else the one saved next to the checkpoint, else our evaluation transform. The folder loads with
     `AutoModel` / `AutoModelForImageClassification` / `AutoImageProcessor` / `pipeline(...)` wherever transformers
     is installed.
+
+    The folder is written in a hidden sibling folder and moved in at the end: a failure leaves `output_dir` as it
+    was. An `output_dir` that holds an earlier result (a trained model, another export, a run's records) is refused
+    unless `overwrite`, which removes that result's files (see `output_folders.RUN_ARTIFACTS`) and keeps any other
+    file.
+
+    Raises:
+        OutputDirectoryError: `output_dir` holds an earlier result and `overwrite` is False, or is the model folder.
     """
     _check_task(task)
-    model = load_model_for_export(model_or_path)
-    if image_processor is None and not isinstance(model_or_path, PreTrainedModel):
-        image_processor = _load_saved_image_processor(model_or_path)
-    if isinstance(model.config, MixedAEConfig):
-        native_model = convert_mixedae_to_vit(model, task)
-        native_processor = vit_image_processor_from_mixedae(image_processor, model.config)
-    elif isinstance(model.config, CAEConfig):
-        native_model = convert_cae_to_beit(model, task)
-        native_processor = beit_image_processor_from_cae(image_processor, model.config)
-    else:
-        raise ValueError(f"no native export for {type(model).__name__}; supported: {sorted(ARCHITECTURES)}")
-
     output_dir = Path(output_dir)
-    native_model.save_pretrained(output_dir, safe_serialization=safe_serialization)
-    native_processor.save_pretrained(output_dir)
+    if not isinstance(model_or_path, PreTrainedModel):
+        source = Path(model_or_path).expanduser()
+        if source.is_dir() and output_dir.exists() and source.resolve() == output_dir.resolve():
+            raise OutputDirectoryError(
+                f"the output folder {str(output_dir)!r} is the model folder itself: the export would replace the "
+                "model it reads. Choose another output folder."
+            )
+    with staged_output_dir(output_dir, overwrite=overwrite, what="export") as staging:
+        model = load_model_for_export(model_or_path)
+        if image_processor is None and not isinstance(model_or_path, PreTrainedModel):
+            image_processor = _load_saved_image_processor(model_or_path)
+        if isinstance(model.config, MixedAEConfig):
+            native_model = convert_mixedae_to_vit(model, task)
+            native_processor = vit_image_processor_from_mixedae(image_processor, model.config)
+        elif isinstance(model.config, CAEConfig):
+            native_model = convert_cae_to_beit(model, task)
+            native_processor = beit_image_processor_from_cae(image_processor, model.config)
+        else:
+            raise ValueError(f"no native export for {type(model).__name__}; supported: {sorted(ARCHITECTURES)}")
+        native_model.save_pretrained(staging, safe_serialization=safe_serialization)
+        native_processor.save_pretrained(staging)
     logger.info("exported %s as %s to %s", type(model).__name__, type(native_model).__name__, output_dir)
     return output_dir
 
@@ -412,17 +459,32 @@ def _load_saved_image_processor(path: str | os.PathLike):
         return None  # no preprocessor_config.json: the exporter uses the model's default transform
 
 
+PROGRAM = "transformers-mixedae-export"
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Console script; errors are one line on stderr (exit 2: usage, 1: missing or unloadable model)."""
+    run_cli(lambda: _main(argv), program=PROGRAM)
+
+
+def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(
+        prog=PROGRAM,
         description="Export a MixedAE (-> ViT) or CAE (-> BEiT) checkpoint as a native transformers checkpoint, "
-        "loadable without transformers_mixedae."
+        "loadable without transformers_mixedae.",
     )
     parser.add_argument("model", help="local folder or Hub id of a MixedAE or CAE checkpoint")
     parser.add_argument("output_dir")
     parser.add_argument("--task", choices=TASKS, default="feature-extraction")
+    parser.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="replace an earlier result in output_dir (its weights, config, card, results, logs; other files stay)",
+    )
     args = parser.parse_args(argv)
+    check_model_path(args.model, "model")
     logging.set_verbosity_info()
-    print(export_to_transformers(args.model, args.output_dir, task=args.task))
+    print(export_to_transformers(args.model, args.output_dir, task=args.task, overwrite=args.overwrite_output_dir))
 
 
 if __name__ == "__main__":
@@ -430,6 +492,7 @@ if __name__ == "__main__":
 
 
 __all__ = [
+    "ExportSourceError",
     "beit_config_from_cae",
     "beit_image_processor_from_cae",
     "beit_state_dict_from_cae",
