@@ -2,6 +2,7 @@
 errors. Tiny configurations (see helpers.tiny_cae_config)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -402,3 +403,70 @@ def test_labels_are_refused_with_the_pixel_target():
     model = CAEForPreTraining(tiny_cae_config(target="pixels"))
     with pytest.raises(ValueError, match="non-official target='pixels'"):
         model(pixels(), bool_masked_pos=fixed_mask(), labels=token_labels())
+
+
+# ---------------------------------------------------------------------------------------------- input dtypes
+@pytest.mark.parametrize("model_class", [CAEModel, CAEForPreTraining, CAEForImageClassification])
+def test_float64_and_half_pixel_values_are_cast_to_the_model_dtype(model_class):
+    model = model_class(tiny_cae_config(num_labels=3)).eval()
+    images, mask, labels = pixels(), fixed_mask(), token_labels()
+    kwargs = {"bool_masked_pos": mask, "labels": labels} if model_class is CAEForPreTraining else {}
+    with torch.no_grad():
+        results = {dtype: model(images.to(dtype), **kwargs) for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
+    first = (lambda out: out.last_hidden_state) if model_class is CAEModel else (lambda out: out.logits)
+    outputs = {dtype: first(out) for dtype, out in results.items()}
+    assert all(output.dtype == torch.float32 for output in outputs.values())
+    # float64 -> float32 is exact for float32-representable values: the same result as the float32 input.
+    assert torch.equal(outputs[torch.float64], outputs[torch.float32])
+    if model_class is CAEForPreTraining:
+        assert torch.equal(results[torch.float64].loss, results[torch.float32].loss)
+    torch.testing.assert_close(outputs[torch.float16], outputs[torch.float32], rtol=0.02, atol=0.02)
+    torch.testing.assert_close(outputs[torch.bfloat16], outputs[torch.float32], rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize("model_class", [CAEModel, CAEForPreTraining, CAEForImageClassification])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+def test_integer_pixel_values_raise_a_clear_error(model_class, dtype):
+    model = model_class(tiny_cae_config(num_labels=3)).eval()
+    message = (
+        f"`pixel_values` has dtype {dtype}, but the model takes rescaled and normalised float pixel values: pass the "
+        "output of the model's image processor (`processor(images, return_tensors='pt')`)."
+    )
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        model(torch.zeros(BATCH, 3, 32, 32, dtype=dtype))
+
+
+# ---------------------------------------------------------------------------------------------- loading mistakes
+def test_loading_a_mixedae_checkpoint_names_the_file_and_the_right_classes(tmp_path):
+    from helpers import tiny_mixedae_config
+
+    from transformers_mixedae import MixedAEForPreTraining
+
+    MixedAEForPreTraining(tiny_mixedae_config()).save_pretrained(tmp_path)
+    message = (
+        f"{tmp_path / 'config.json'} describes a model_type='mixedae' model, but CAEConfig loads model_type='cae' "
+        "only: load it with MixedAEConfig and its model classes, or with the Auto classes (AutoConfig, AutoModel, "
+        "AutoModelForPreTraining, AutoModelForImageClassification), which pick the class from model_type."
+    )
+    for load in (CAEForPreTraining.from_pretrained, CAEModel.from_pretrained,
+                 CAEForImageClassification.from_pretrained, CAEConfig.from_pretrained):
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            load(tmp_path)
+    with pytest.raises(ValueError, match="^" + re.escape("the config dict describes a model_type='mixedae' model")):
+        CAEConfig.from_dict(tiny_mixedae_config().to_dict())
+    assert type(AutoModelForPreTraining.from_pretrained(tmp_path)) is MixedAEForPreTraining
+
+
+def test_truncated_weights_name_the_file_and_the_fix(tmp_path):
+    CAEForPreTraining(tiny_cae_config()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5])
+    message = (
+        f"cannot load the weights of {tmp_path}: {weights} (Error while deserializing header: header too small) is "
+        "truncated or corrupt. Download it again (`from_pretrained(..., force_download=True)` for a Hub model) or "
+        "save the model again with `save_pretrained`."
+    )
+    for load in (CAEForPreTraining.from_pretrained, CAEModel.from_pretrained,
+                 CAEForImageClassification.from_pretrained, AutoModel.from_pretrained):
+        with pytest.raises(OSError, match="^" + re.escape(message) + "$"):
+            load(tmp_path)

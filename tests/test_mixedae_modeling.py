@@ -1,6 +1,7 @@
 """MixedAE: parity with ViTMAE, the invariants of MIXEDAE.md, attention backends, save/load, training, errors."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -499,3 +500,76 @@ def test_config_round_trips_through_json(tmp_path):
     loaded = MixedAEConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == config.to_dict()
     assert loaded.resolved_homologous_attention_layers() == [1] and loaded.group_size == 2
+
+
+# ---------------------------------------------------------------------------------------------- input dtypes
+def _outputs_for_dtypes(model_class):
+    model = randomise_(model_class(tiny_mixedae_config(num_labels=3))).eval()
+    images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
+    kwargs = {"noise": noise} if model_class is MixedAEForPreTraining else {}
+    first_output = (lambda out: out.logits) if model_class is not MixedAEModel else (lambda out: out.last_hidden_state)
+    with torch.no_grad():
+        results = {dtype: model(images.to(dtype), **kwargs) for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
+    return {dtype: first_output(out) for dtype, out in results.items()}, results, model, images
+
+
+@pytest.mark.parametrize("model_class", [MixedAEModel, MixedAEForPreTraining, MixedAEForImageClassification])
+def test_float64_and_half_pixel_values_are_cast_to_the_model_dtype(model_class):
+    outputs, results, model, images = _outputs_for_dtypes(model_class)
+    assert all(output.dtype == torch.float32 for output in outputs.values())
+    # float64 -> float32 is exact for float32-representable values: the same result as the float32 input.
+    assert torch.equal(outputs[torch.float64], outputs[torch.float32])
+    if model_class is MixedAEForPreTraining:
+        torch.testing.assert_close(results[torch.float64].loss, results[torch.float32].loss, rtol=1e-6, atol=1e-6)
+    # Half precision loses input precision only.
+    torch.testing.assert_close(outputs[torch.float16], outputs[torch.float32], rtol=0.02, atol=0.02)
+    torch.testing.assert_close(outputs[torch.bfloat16], outputs[torch.float32], rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize("model_class", [MixedAEModel, MixedAEForPreTraining, MixedAEForImageClassification])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+def test_integer_pixel_values_raise_a_clear_error(model_class, dtype):
+    model = model_class(tiny_mixedae_config(num_labels=3)).eval()
+    message = (
+        f"`pixel_values` has dtype {dtype}, but the model takes rescaled and normalised float pixel values: pass the "
+        "output of the model's image processor (`processor(images, return_tensors='pt')`)."
+    )
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        model(torch.zeros(8, 3, IMAGE, IMAGE, dtype=dtype))
+
+
+# ---------------------------------------------------------------------------------------------- loading mistakes
+def test_loading_a_cae_checkpoint_names_the_file_and_the_right_classes(tmp_path):
+    from helpers import tiny_cae_config
+
+    from transformers_mixedae import CAEForPreTraining
+
+    CAEForPreTraining(tiny_cae_config()).save_pretrained(tmp_path)
+    message = (
+        f"{tmp_path / 'config.json'} describes a model_type='cae' model, but MixedAEConfig loads "
+        "model_type='mixedae' only: load it with CAEConfig and its model classes, or with the Auto classes "
+        "(AutoConfig, AutoModel, AutoModelForPreTraining, AutoModelForImageClassification), which pick the class "
+        "from model_type."
+    )
+    for load in (MixedAEForPreTraining.from_pretrained, MixedAEModel.from_pretrained,
+                 MixedAEForImageClassification.from_pretrained, MixedAEConfig.from_pretrained):
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            load(tmp_path)
+    with pytest.raises(ValueError, match="^" + re.escape("the config dict describes a model_type='cae' model")):
+        MixedAEConfig.from_dict(tiny_cae_config().to_dict())
+    assert type(AutoModelForPreTraining.from_pretrained(tmp_path)) is CAEForPreTraining
+
+
+def test_truncated_weights_name_the_file_and_the_fix(tmp_path):
+    MixedAEForPreTraining(tiny_mixedae_config()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    message = (
+        f"cannot load the weights of {tmp_path}: {weights} (Error while deserializing header: incomplete metadata, "
+        "file not fully covered) is truncated or corrupt. Download it again (`from_pretrained(..., "
+        "force_download=True)` for a Hub model) or save the model again with `save_pretrained`."
+    )
+    for load in (MixedAEForPreTraining.from_pretrained, MixedAEModel.from_pretrained,
+                 MixedAEForImageClassification.from_pretrained, AutoModel.from_pretrained):
+        with pytest.raises(OSError, match="^" + re.escape(message) + "$"):
+            load(tmp_path)

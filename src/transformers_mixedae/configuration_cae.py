@@ -4,7 +4,7 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .vit_layers import check_config_values, check_vit_geometry, to_2tuple
+from .vit_layers import check_config_model_type, check_config_values, check_vit_geometry, config_source, to_2tuple
 
 MASK_TYPES = ("block", "random")
 TARGETS = ("tokens", "pixels")
@@ -197,6 +197,19 @@ class CAEConfig(PreTrainedConfig):
             raise ValueError(f"align_loss_weight={self.align_loss_weight} must be >= 0.")
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(f"classifier_pooling={self.classifier_pooling!r} must be one of {CLASSIFIER_POOLINGS}.")
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        source = config_source(pretrained_model_name_or_path, kwargs.get("subfolder"))
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        check_config_model_type(cls, config_dict, source)
+        return config_dict, kwargs
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        check_config_model_type(cls, config_dict, "the config dict")
+        return super().from_dict(config_dict, **kwargs)
 
 
 __all__ = ["CAEConfig"]

@@ -4,7 +4,7 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .vit_layers import check_config_values
+from .vit_layers import check_config_model_type, check_config_values, config_source
 
 # Fields a transformers ViTMAE checkpoint shares with MixedAE and that describe the network itself.
 # Training-objective fields (mask_ratio, norm_pix_loss) mean something else under mixing and keep
@@ -233,11 +233,19 @@ class MixedAEConfig(PreTrainedConfig):
                 f"homologous_contrastive_temperature={self.homologous_contrastive_temperature} must be > 0."
             )
 
-    # ------------------------------------------------------------------ starting from MAE weights
+    # ------------------------------------------------------------------ loading, and starting from MAE weights
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        source = config_source(pretrained_model_name_or_path, kwargs.get("subfolder"))
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        check_config_model_type(cls, config_dict, source, also_accepted=("vit_mae",))
+        return config_dict, kwargs
+
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
         """Also accepts a transformers ViTMAE config (`model_type` "vit_mae"): its architecture fields are kept,
         MixedAE's own fields take their defaults or the keyword overrides."""
+        check_config_model_type(cls, config_dict, "the config dict", also_accepted=("vit_mae",))
         if config_dict.get("model_type") == "vit_mae":
             config_dict = {key: config_dict[key] for key in VIT_MAE_ARCHITECTURE_FIELDS if key in config_dict}
             config_dict["model_type"] = cls.model_type

@@ -41,6 +41,7 @@ from .vit_layers import (
     classify_encoder_output,
     drop_path_rates,
     init_linear_and_layernorm,
+    naming_corrupt_checkpoints,
     patchify,
     sincos_2d_position_embedding,
     xavier_uniform_bound_for_fused_qkv,
@@ -280,6 +281,12 @@ class CAEPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
     _can_record_outputs = {"hidden_states": ViTLayer, "attentions": ViTAttention}
     _input_embed_layer = "patch_embeddings"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, naming a truncated or corrupt weight file and how to replace it."""
+        with naming_corrupt_checkpoints(pretrained_model_name_or_path, kwargs.get("subfolder")):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -35,6 +35,7 @@ from .vit_layers import (
     ViTLayer,
     build_classification_head,
     check_pixel_values,
+    naming_corrupt_checkpoints,
     classify_encoder_output,
     drop_path_rates,
     interpolate_position_embedding,
@@ -308,7 +309,8 @@ class MixedAEPreTrainedModel(PreTrainedModel):
                     "unless passed as keyword arguments.",
                     cls.__name__,
                 )
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        with naming_corrupt_checkpoints(pretrained_model_name_or_path, kwargs.get("subfolder")):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
 
 # ViTMAE checkpoints, as released (legacy names) or as saved by transformers 5.x (which writes the legacy names

@@ -13,16 +13,23 @@ flat remote code next to the modeling files.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import transformers.initialization as init
+from huggingface_hub import try_to_load_from_cache
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers.activations import ACT2FN
+from transformers.configuration_utils import CONFIG_NAME
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import SAFE_WEIGHTS_NAME
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 
 def to_2tuple(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
@@ -52,6 +59,75 @@ def check_config_values(config, positive_fields: tuple[str, ...], probability_fi
         raise ValueError(f"layer_norm_eps={config.layer_norm_eps} must be > 0.")
     if config.hidden_act not in ACT2FN:
         raise ValueError(f"hidden_act={config.hidden_act!r} is not an activation of transformers.activations.ACT2FN.")
+
+
+def config_source(pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None) -> str:
+    """The `config.json` a `from_pretrained` call reads, for error messages (the Hub id itself for the Hub)."""
+    path = os.fspath(pretrained_model_name_or_path)
+    if os.path.isdir(path):
+        return os.path.join(path, subfolder or "", CONFIG_NAME)
+    return path
+
+
+def check_config_model_type(
+    config_class: type, config_dict: dict, source: str, also_accepted: tuple[str, ...] = ()
+) -> None:
+    """Raise a `ValueError` when `config_dict` describes another model family than `config_class`.
+
+    Without it the fields of the other family are read as ours and fail on an unrelated field (e.g. "Field
+    'decoder_intermediate_size' expected int, got NoneType" for a CAE checkpoint loaded as MixedAE).
+    """
+    found = config_dict.get("model_type")
+    if found is None or found == config_class.model_type or found in also_accepted:
+        return
+    try:
+        right_class = f"{CONFIG_MAPPING[found].__name__} and its model classes"
+    except KeyError:
+        right_class = f"the classes of model_type {found!r}"
+    raise ValueError(
+        f"{source} describes a model_type={found!r} model, but {config_class.__name__} loads "
+        f"model_type={config_class.model_type!r} only: load it with {right_class}, or with the Auto classes "
+        "(AutoConfig, AutoModel, AutoModelForPreTraining, AutoModelForImageClassification), which pick the class "
+        "from model_type."
+    )
+
+
+def _unreadable_safetensors(pretrained_model_name_or_path: str, subfolder: str | None) -> list[str]:
+    """The weight files of a local folder (or their Hub cache copies) that safetensors cannot open."""
+    if os.path.isdir(pretrained_model_name_or_path):
+        folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        files = sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".safetensors"))
+    else:
+        cached = try_to_load_from_cache(
+            pretrained_model_name_or_path, os.path.join(subfolder or "", SAFE_WEIGHTS_NAME)
+        )
+        files = [cached] if isinstance(cached, str) else []
+    unreadable = []
+    for file in files:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            unreadable.append(f"{file} ({error})")
+    return unreadable
+
+
+@contextmanager
+def naming_corrupt_checkpoints(pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None):
+    """Turn safetensors' bare "Error while deserializing header" into an `OSError` naming the bad file and the fix.
+
+    A file cut short by an interrupted download or save fails inside transformers with the reader's message only.
+    """
+    try:
+        yield
+    except SafetensorError as error:
+        path = os.fspath(pretrained_model_name_or_path)
+        unreadable = _unreadable_safetensors(path, subfolder) or [f"a weight file of {path} ({error})"]
+        raise OSError(
+            f"cannot load the weights of {path}: {'; '.join(unreadable)} is truncated or corrupt. Download it again "
+            "(`from_pretrained(..., force_download=True)` for a Hub model) or save the model again with "
+            "`save_pretrained`."
+        ) from error
 
 
 def sincos_2d_position_embedding(
@@ -117,6 +193,9 @@ class PatchEmbeddings(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         check_pixel_values(pixel_values, self.num_channels, self.image_size, self.patch_size, interpolate_pos_encoding)
+        # As transformers' ViT models do: float64 images from NumPy, or float32 images for a half-precision model,
+        # would otherwise stop the convolution with a dtype mismatch.
+        pixel_values = pixel_values.to(self.projection.weight.dtype)
         return self.projection(pixel_values).flatten(2).transpose(1, 2)
 
     def check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> None:
@@ -140,6 +219,11 @@ def check_pixel_values(
         )
     if pixel_values.shape[0] == 0:
         raise ValueError("`pixel_values` holds no images (batch size 0): pass at least one image.")
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"`pixel_values` has dtype {pixel_values.dtype}, but the model takes rescaled and normalised float pixel "
+            "values: pass the output of the model's image processor (`processor(images, return_tensors='pt')`)."
+        )
     channels, height, width = pixel_values.shape[1:]
     if channels != num_channels:
         raise ValueError(
