@@ -289,7 +289,8 @@ def test_truncated_checkpoints_name_the_file(tmp_path, official):
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CAEConversionError, match=not_a_checkpoint(zipped, "a zip archive whose end is missing")):
         load_official_state_dict(zipped)
-    with pytest.raises(CAEConversionError, match=not_a_checkpoint(legacy, r"unexpected EOF, expected \d+ more bytes.*")):
+    legacy_reason = r"unexpected EOF, expected \d+ more bytes.*"
+    with pytest.raises(CAEConversionError, match=not_a_checkpoint(legacy, legacy_reason)):
         load_official_state_dict(legacy)
 
 

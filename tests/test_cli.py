@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -116,4 +115,4 @@ def test_a_console_script_prints_exactly_one_line(tmp_path):
         "transformers-mixedae-export: error: model './does/not/exist' is a local folder that does not exist; check "
         "the path, or give a Hub id like owner/name.\n",
     )
-    assert not Path(tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()

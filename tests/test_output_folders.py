@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import re
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,6 @@ def test_run_artifacts_cover_what_runs_conversions_and_exports_write():
         "run_mim",
         ".tmp-final",
     ]
-    from fnmatch import fnmatchcase
-
     assert [name for name in written if not any(fnmatchcase(name, pattern) for pattern in RUN_ARTIFACTS)] == []
     for user_name in ("notes.txt", "data", "config.yaml", "model.safetensors.bak", "train.py", "results.json"):
         assert not any(fnmatchcase(user_name, pattern) for pattern in RUN_ARTIFACTS), user_name

@@ -193,6 +193,7 @@ def prepare_output_dir(
     finished). If it holds checkpoints (`checkpoints/step_*`) or records of an unfinished run, it is refused unless
     `resuming` or `overwrite`. With `overwrite`, every `RUN_ARTIFACTS` entry found is removed (logged at WARNING), and
     nothing else. Files that are not artifacts are kept and never block. `flag` is the option named in messages.
+    In a distributed run, call it on the main process only, before the other processes use the folder.
 
     Raises:
         OutputDirectoryError: see `check_output_dir`; nothing was created or removed.
