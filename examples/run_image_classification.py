@@ -16,8 +16,10 @@ import json
 import logging
 
 import transformers_mixedae  # noqa: F401  (registers the models with the Auto classes)
+from transformers_mixedae.cli import run_cli
 from transformers_mixedae.finetuning import run_image_classification
 from transformers_mixedae.finetuning_args import parse_classification_arguments
+from transformers_mixedae.pretraining import exit_status
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,4 +32,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(exit_status(run_cli(main, program="run_image_classification.py")))

@@ -14,7 +14,8 @@ import json
 import logging
 
 import transformers_mixedae  # noqa: F401  (registers the models with the Auto classes)
-from transformers_mixedae.pretraining import run_pretraining
+from transformers_mixedae.cli import run_cli
+from transformers_mixedae.pretraining import exit_status, run_pretraining
 from transformers_mixedae.pretraining_args import parse_run_arguments
 
 
@@ -28,4 +29,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(exit_status(run_cli(main, program="run_mim.py")))

@@ -163,8 +163,10 @@ def test_batch_size_must_be_a_multiple_of_the_group_size(tmp_path):
 def test_unknown_config_override_is_named(tmp_path):
     model_args, data_args, training_args = arguments(tmp_path)
     model_args.config_overrides = "hidden_sise=32"
-    with pytest.raises(ValueError, match=r"does not have: \['hidden_sise'\]"):
+    with pytest.raises(ValueError, match=r"names 'hidden_sise', which is not a field of MixedAEConfig\. "
+                                         r"Did you mean 'hidden_size'\?"):
         run_pretraining(model_args, data_args, training_args)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_cae_tokens_without_tokenizer_says_how_to_fix(tmp_path):
@@ -243,15 +245,57 @@ def test_failed_final_save_leaves_the_previous_final_model_untouched(tmp_path, m
     for name, content in previous.items():
         (tmp_path / name).write_bytes(content)
 
-    def failing_card(*args, **kwargs):
-        raise OSError("disk full while writing the model card")
+    def failing_processor_save(*args, **kwargs):
+        raise OSError("disk full while writing the image processor")
 
-    monkeypatch.setattr(pretraining, "_write_model_card", failing_card)
+    monkeypatch.setattr(MixedAEImageProcessorPil, "save_pretrained", failing_processor_save)
     with pytest.raises(OSError, match="disk full"):
         pretraining.save_final_model(Accelerator(cpu=True), model, MixedAEImageProcessorPil(), tmp_path,
                                      {"eval_loss": 0.5}, model_args, training_args)
     assert {name: (tmp_path / name).read_bytes() for name in previous} == previous
     assert not (tmp_path / ".tmp-final").exists() and not (tmp_path / "config.json").exists()
+
+
+def test_a_failing_model_card_comes_after_the_model_is_saved_and_says_so(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    from transformers_mixedae import MixedAEForPreTraining, MixedAEImageProcessorPil
+    from transformers_mixedae import pretraining
+
+    model_args, _, training_args = arguments(tmp_path)
+    model = pretraining.build_pretraining_model(model_args)
+
+    def failing_card(*args, **kwargs):
+        raise OSError("disk full while writing the model card")
+
+    monkeypatch.setattr(pretraining, "_write_model_card", failing_card)
+    with pytest.raises(pretraining.FinalStepError, match=r"model card failed \(OSError: disk full.*The trained model, "
+                                                         r"its image processor and all_results.json are saved in "):
+        pretraining.save_final_model(Accelerator(cpu=True), model, MixedAEImageProcessorPil(), tmp_path,
+                                     {"train_loss": 0.5}, model_args, training_args)
+    reloaded = MixedAEForPreTraining.from_pretrained(tmp_path)
+    assert all(torch.equal(reloaded.state_dict()[name], value) for name, value in model.state_dict().items())
+    assert json.loads((tmp_path / "all_results.json").read_text()) == {"train_loss": 0.5}
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_failing_final_evaluation_keeps_the_trained_model_and_its_training_results(tmp_path, monkeypatch):
+    from transformers_mixedae import MixedAEForPreTraining
+    from transformers_mixedae.pretraining import FinalStepError
+    from transformers_mixedae.pretraining_data import PretrainingData
+
+    def failing_evaluation(self, model, step):
+        raise RuntimeError("out of memory in the kNN bank")
+
+    monkeypatch.setattr(PretrainingData, "evaluate", failing_evaluation)
+    with pytest.raises(FinalStepError, match=r"final evaluation failed \(RuntimeError: out of memory in the kNN "
+                                             r"bank\)\. The trained model, its image processor and the training "
+                                             r"results \(all_results.json\) were saved to "):
+        run_pretraining(*arguments(tmp_path, max_train_steps=2))
+    results = json.loads((tmp_path / "all_results.json").read_text())
+    assert results["train_steps"] == 2 and "eval_loss" not in results
+    MixedAEForPreTraining.from_pretrained(tmp_path)  # a complete, loadable model
+    assert (tmp_path / "preprocessor_config.json").exists() and (tmp_path / "README.md").exists()
 
 
 def test_report_to_tensorboard_writes_the_training_and_evaluation_scalars(tmp_path):

@@ -742,6 +742,12 @@ def test_resuming_from_a_tampered_checkpoint_runs_nothing(tmp_path):
     marker = tmp_path / "code_ran"
     tampered = tmp_path / "checkpoints" / "step_2" / "custom_checkpoint_1.pkl"
     torch.save({"completed_steps": PlantedCode(marker)}, tampered)
+    # The recorded file sizes already tell that the file changed since it was written.
+    with pytest.raises(ValueError, match=r"no checkpoint in .* is intact \(.*custom_checkpoint_1.pkl has \d+ bytes but "
+                                         r"was written with \d+ \(truncated or damaged\)\)"):
+        run_pretraining(*arguments(tmp_path, max_train_steps=4, resume_from_checkpoint="latest"))
+    # Without the record (a checkpoint of an earlier version), the pickle itself is refused unread.
+    (tmp_path / "checkpoints" / "step_2" / "run_state.json").unlink()
     with pytest.raises(ValueError, match="holds pickled objects other than tensors and plain data.*nothing in it "
                                          "was run"):
         run_pretraining(*arguments(tmp_path, max_train_steps=4, resume_from_checkpoint="latest"))

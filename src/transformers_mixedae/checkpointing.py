@@ -5,13 +5,20 @@ A checkpoint is written by `accelerator.save_state` into a hidden temporary fold
 `checkpoints/step_<N>` only once every rank has finished writing, so a folder named `step_<N>` is always
 complete: a job killed mid-write leaves a `.tmp-*` folder that is never picked as `latest` and is removed
 by the next save. Only the newest `keep_last` checkpoints are kept.
+
+Each checkpoint also holds `run_state.json`: the size of every file it was written with (so a file damaged
+later, e.g. truncated by a full disk or a partial copy, is found before loading, and `latest` falls back to
+the previous intact checkpoint) and the run's recipe (model, batch size, learning rate, schedule), so that a
+resume cannot silently continue another recipe.
 """
 
+import json
 import os
 import pickle
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -20,8 +27,13 @@ from accelerate.logging import get_logger
 logger = get_logger(__name__)
 
 CHECKPOINTS_DIRNAME = "checkpoints"
+RUN_STATE_NAME = "run_state.json"
 _STEP_PATTERN = re.compile(r"^step_(\d+)$")
 _TEMPORARY_PREFIX = ".tmp-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: damaged, tampered with, or of another recipe."""
 
 
 def checkpoint_root(output_dir: str | os.PathLike) -> Path:
@@ -38,13 +50,28 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str | os.PathLike) -> Path | None:
-    """`None` -> no resume; `"latest"` -> newest complete checkpoint in `output_dir` (or None if there is
-    none yet, so a restarted job can always pass `latest`); a path -> that checkpoint, which must exist."""
+    """`None` -> no resume; `"latest"` -> newest intact checkpoint in `output_dir` (or None if there is
+    none yet, so a restarted job can always pass `latest`; a damaged newer one is skipped with a warning that
+    names the damaged file); a path -> that checkpoint, which must exist and be intact."""
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
+        damages = []
+        for checkpoint in reversed(checkpoints):
+            damage = checkpoint_damage(checkpoint)
+            if damage is None:
+                return checkpoint
+            damages.append(damage)
+            logger.warning(
+                f"Not resuming from {checkpoint}: {damage}. Trying the previous checkpoint.", main_process_only=True
+            )
+        if damages:
+            raise CheckpointError(
+                f"no checkpoint in {checkpoint_root(output_dir)} is intact ({'; '.join(damages)}). Pass "
+                "--overwrite_output_dir to start the run over."
+            )
+        return None
     path = Path(resume_from_checkpoint)
     if not path.is_dir():
         raise FileNotFoundError(
@@ -53,7 +80,36 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str | os.
         )
     if path.name.startswith(_TEMPORARY_PREFIX):
         raise ValueError(f"{path} is an incomplete checkpoint (its write was interrupted); resume from another one.")
+    damage = checkpoint_damage(path)
+    if damage is not None:
+        raise CheckpointError(f"cannot resume from {path}: {damage}. Resume from another checkpoint (or 'latest').")
     return path
+
+
+def checkpoint_damage(checkpoint: Path) -> str | None:
+    """What is wrong with the files of `checkpoint` against the sizes it was written with, or None when intact
+    (also for checkpoints written before `run_state.json` existed, which carry no sizes)."""
+    state = read_run_state(checkpoint)
+    if state is None:
+        return None
+    for name, size in sorted(state.get("files", {}).items()):
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{path} is missing"
+        actual = path.stat().st_size
+        if actual != size:
+            return f"{path} has {actual} bytes but was written with {size} (truncated or damaged)"
+    return None
+
+
+def read_run_state(checkpoint: Path) -> dict[str, Any] | None:
+    path = Path(checkpoint) / RUN_STATE_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is damaged ({error}); resume from another checkpoint.") from None
 
 
 def check_checkpoint_is_safe(checkpoint: str | os.PathLike) -> None:
@@ -67,15 +123,76 @@ def check_checkpoint_is_safe(checkpoint: str | os.PathLike) -> None:
         try:
             torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path} holds pickled objects other than tensors and plain data, which only code from the file "
                 f"could rebuild: not resuming from {checkpoint}, and nothing in it was run. Checkpoints written by "
                 "run_mim.py never contain such objects; resume from one you wrote."
             ) from error
+    # accelerate reads the random states with the same safe loader but, when that fails, only logs it and goes
+    # on with other random numbers: the resumed run would silently differ from an uninterrupted one.
+    from accelerate.utils import load as accelerate_load
+
+    for path in sorted(Path(checkpoint).glob("random_states_*.pkl")):
+        try:
+            accelerate_load(path)
+        except Exception as error:  # noqa: BLE001 - any failure means the states cannot be restored
+            raise CheckpointError(
+                f"{path} cannot be read as plain random-number states ({type(error).__name__}); it is damaged or "
+                f"holds other objects, and nothing in it was run. Not resuming from {checkpoint}, since the run "
+                "would continue with different random numbers; resume from another checkpoint."
+            ) from error
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int, keep_last: int | None) -> Path:
-    """Write `checkpoints/step_<step>` atomically, then drop the oldest beyond `keep_last`.
+def check_resume_recipe(checkpoint: Path, recipe: dict[str, Any], allow_change: bool) -> None:
+    """Refuse to resume `checkpoint` with another recipe: another model always; another batch size, learning
+    rate, schedule or seed unless `allow_change` (then a warning lists what changed)."""
+    state = read_run_state(checkpoint)
+    saved = (state or {}).get("recipe")
+    if not saved:
+        return
+    changed = {key: (saved.get(key), value) for key, value in recipe.items() if key in saved and saved[key] != value}
+    if not changed:
+        return
+    listed = "; ".join(_describe_change(key, before, after) for key, (before, after) in changed.items())
+    if "parameter_shapes" in changed or "model_type" in changed:
+        if "model_type" in changed:
+            difference = f"model_type {saved['model_type']!r} in the checkpoint, {recipe['model_type']!r} now"
+        else:
+            difference = _dict_changes(saved["parameter_shapes"], recipe["parameter_shapes"])
+        raise CheckpointError(
+            f"{checkpoint} holds a different model ({difference}); a checkpoint only resumes the model it was written "
+            "for. Use the same --model_type, --model_name_or_path and --config_overrides, or start a new run in "
+            "another --output_dir."
+        )
+    if not allow_change:
+        raise CheckpointError(
+            f"resuming {checkpoint} would change the recipe ({listed}). Resume with the same values, or pass "
+            "--allow_recipe_change to continue with the new ones."
+        )
+    logger.warning(f"Resuming {checkpoint} with a changed recipe: {listed}.", main_process_only=True)
+
+
+def _describe_change(key: str, before: Any, after: Any) -> str:
+    if isinstance(before, dict) and isinstance(after, dict):
+        return f"{key}: {_dict_changes(before, after)}"
+    return f"{key}: {before!r} in the checkpoint, {after!r} now"
+
+
+def _dict_changes(before: dict, after: dict, most: int = 5) -> str:
+    keys = [key for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+    shown = ", ".join(f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in keys[:most])
+    return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: str | os.PathLike,
+    step: int,
+    keep_last: int | None,
+    recipe: dict[str, Any] | None = None,
+) -> Path:
+    """Write `checkpoints/step_<step>` atomically (with `run_state.json`: file sizes and `recipe`), then drop the
+    oldest beyond `keep_last`.
 
     Every rank must call this. If writing fails, the previous checkpoints are left untouched and the error is
     raised with a message that says so.
@@ -100,6 +217,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
         ) from error
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        files = {
+            str(path.relative_to(temporary)): path.stat().st_size for path in sorted(temporary.rglob("*")) if path.is_file()
+        }
+        (temporary / RUN_STATE_NAME).write_text(json.dumps({"step": step, "recipe": recipe, "files": files}, indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.replace(temporary, final)

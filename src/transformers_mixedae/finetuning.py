@@ -29,7 +29,6 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PreTrainedModel, get_scheduler
 
-from .checkpointing import ensure_writable_directory
 from .data import (
     CAE_CROP_SCALE,
     BatchNormalizer,
@@ -59,10 +58,13 @@ from .pretraining import (
     gradients_are_finite,
     log_evaluation,
     parameter_groups,
+    prepare_run_folders,
     resume_if_requested,
-    save_final_model,
+    run_recipe,
+    save_then_evaluate,
     training_results,
 )
+from .output_folders import check_model_path
 from .pretraining_args import MODEL_TYPES, parse_config_overrides
 from .pretraining_data import (
     MAX_LISTED_SKIPPED_SAMPLES,
@@ -94,6 +96,7 @@ def classification_class(model_type: str) -> type:
 def checkpoint_model_type(model_args: ClassificationModelArguments) -> str:
     """The model type of `--model_name_or_path` (read from its config), or `--model_type` for a fresh model."""
     if model_args.model_name_or_path:
+        check_model_path(model_args.model_name_or_path, "--model_name_or_path")
         model_type = AutoConfig.from_pretrained(model_args.model_name_or_path).model_type
         if model_args.model_type and model_args.model_type != model_type:
             raise ValueError(
@@ -111,16 +114,13 @@ def build_classification_model(
     """`...ForImageClassification` from a checkpoint (any of ours; a new head for these labels) or from scratch;
     for linear probing with the BatchNorm + Linear head and a frozen encoder."""
     model_class = classification_class(model_type)
-    overrides = parse_config_overrides(model_args.config_overrides)
+    overrides = parse_config_overrides(model_args.config_overrides, model_class.config_class)
     for name in ("image_size", "patch_size", "classifier_pooling"):
         if getattr(model_args, name) is not None:
             overrides[name] = getattr(model_args, name)
     overrides.setdefault("drop_path_rate", recipe_drop_path_rate(training_args))
     if training_args.mode == "linear_probe":
         overrides.update(classifier_pooling="cls", drop_path_rate=0.0)
-    unknown = sorted(set(overrides) - set(model_class.config_class.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"--config_overrides names fields that {model_class.config_class.__name__} does not have: {unknown}.")
     labels = dict(
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
@@ -338,10 +338,8 @@ def run_image_classification(
             log_with=_trackers(training_args.report_to),
             project_dir=training_args.output_dir,
         )
-    output_dir = Path(training_args.output_dir)
-    if accelerator.is_main_process:
-        ensure_writable_directory(output_dir)
-    accelerator.wait_for_everyone()
+    parse_config_overrides(model_args.config_overrides, classification_class(model_type).config_class)
+    output_dir, checkpoint = prepare_run_folders(accelerator, model_args, training_args)
 
     data = ClassificationData(data_args, training_args, accelerator)
     set_seed(training_args.seed, device_specific=True)
@@ -369,12 +367,13 @@ def run_image_classification(
     scheduler = get_scheduler(
         training_args.lr_scheduler_type, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_train_steps
     )
+    recipe = run_recipe(model, training_args, world_size, lr, max_train_steps, warmup_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     if model_args.torch_compile:
         model = torch.compile(model)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(scheduler, progress, data.state)
-    resume_if_requested(accelerator, training_args.resume_from_checkpoint, output_dir, progress)
+    resume_if_requested(accelerator, checkpoint, progress, recipe, training_args.allow_recipe_change)
     logger.info(
         f"{training_args.mode} ({training_args.recipe} recipe) of {model_type}: {max_train_steps} optimizer steps, "
         f"global batch {total_batch_size}, lr {lr:.3g}, layer decay {training_args.layer_decay}, warm-up {warmup_steps}",
@@ -444,7 +443,6 @@ def run_image_classification(
                                     step=progress.completed_steps)
                     window_loss.zero_()
                     window_batches = 0
-                    data.check_skipped_fraction()
                 if training_args.eval_steps and progress.completed_steps % training_args.eval_steps == 0:
                     eval_results = data.evaluate(model, step=progress.completed_steps)
                     accelerator.log(eval_results, step=progress.completed_steps)
@@ -452,7 +450,7 @@ def run_image_classification(
                     train_mode()
                 stopped_by_signal = termination.requested
                 checkpoint_if_due(accelerator, training_args, output_dir, progress, window_loss, window_batches,
-                                  stopping=stopped_by_signal)
+                                  stopping=stopped_by_signal, recipe=recipe)
                 if stopped_by_signal:
                     break
                 if progress.completed_steps >= max_train_steps:
@@ -467,13 +465,7 @@ def run_image_classification(
         results["stopped_by_signal"] = True
         accelerator.end_training()
         return results
-    if not eval_results or training_args.eval_steps is None or progress.completed_steps % training_args.eval_steps:
-        eval_results = data.evaluate(model, step=progress.completed_steps)
-        log_evaluation(progress.completed_steps, eval_results)
-    results.update(eval_results)
-    accelerator.log({key: value for key, value in results.items() if isinstance(value, (int, float))},
-                    step=progress.completed_steps)
-    if linear_probe:
+    if linear_probe:  # the saved (and finally evaluated) model is the plain classifier with the BatchNorm folded in
         fold_linear_probe_head(accelerator.unwrap_model(model))
     base_model = model_args.model_name_or_path
     card_kwargs = dict(
@@ -482,7 +474,7 @@ def run_image_classification(
         evaluation_protocol="linear probing" if linear_probe else "fine-tuning",
         base_model=base_model if base_model and not Path(base_model).exists() else None,
     )
-    save_final_model(accelerator, model, data.image_processor, output_dir, results, model_args, training_args,
-                     card_kwargs=card_kwargs)
+    results = save_then_evaluate(accelerator, model, data, output_dir, results, eval_results, progress.completed_steps,
+                                 model_args, training_args, card_kwargs=card_kwargs)
     accelerator.end_training()
     return results

@@ -5,7 +5,15 @@
 
 from dataclasses import dataclass, field
 
-from .pretraining_args import DataArguments, ModelArguments, PretrainingArguments, parse_run_arguments
+from .pretraining_args import (
+    DataArguments,
+    ModelArguments,
+    PretrainingArguments,
+    _check_optional,
+    _finite,
+    check_argument,
+    parse_run_arguments,
+)
 
 MODES = ("finetune", "linear_probe")
 RECIPES = ("mae", "cae")
@@ -54,6 +62,11 @@ class ClassificationDataArguments(DataArguments):
     label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels (required)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation samples."})
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_argument(self.label_column_name is not None, "label_column_name", "none",
+                       "image classification trains on labels; name the column that holds them")
+
 
 @dataclass
 class FinetuningArguments(PretrainingArguments):
@@ -72,6 +85,18 @@ class FinetuningArguments(PretrainingArguments):
     )
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum of the linear probe."})
     save_visualizations: bool = field(default=False, metadata={"help": "Unused by classification."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_argument(self.mode in MODES, "mode", self.mode, f"choose one of {MODES}")
+        if self.recipe is not None:
+            check_argument(self.recipe in RECIPES, "recipe", self.recipe, f"choose one of {RECIPES}")
+        _check_optional(self, ("layer_decay",), lambda value: _finite(value) and 0 < value <= 1, "a number in (0, 1]")
+        _check_optional(self, ("label_smoothing",), lambda value: _finite(value) and 0 <= value < 1,
+                        "a number in [0, 1)")
+        _check_optional(self, ("warmup_epochs",), lambda value: _finite(value) and value >= 0, "a number >= 0")
+        check_argument(_finite(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum,
+                       "a number in [0, 1)")
 
 
 def resolve_recipe(model_args: ClassificationModelArguments, training_args: FinetuningArguments, model_type: str):

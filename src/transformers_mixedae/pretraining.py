@@ -27,9 +27,16 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
-from .checkpointing import check_checkpoint_is_safe, ensure_writable_directory, resolve_checkpoint, save_checkpoint
+from .checkpointing import (
+    CheckpointError,
+    check_checkpoint_is_safe,
+    check_resume_recipe,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .configuration_mixedae import MixedAEConfig
 from .modeling_mixedae import MixedAEForPreTraining
+from .output_folders import check_model_path, prepare_output_dir
 from .pretraining_args import MODEL_TYPES, DataArguments, ModelArguments, PretrainingArguments, parse_config_overrides
 from .training_records import TRAIN_LOG_NAME, TrainLog, write_skipped_samples
 
@@ -54,7 +61,7 @@ def pretraining_classes(model_type: str) -> tuple[type, type]:
 def build_pretraining_model(model_args: ModelArguments) -> PreTrainedModel:
     """A fresh model from the config defaults + overrides, or a checkpoint (`model_name_or_path`) + overrides."""
     config_class, model_class = pretraining_classes(model_args.model_type)
-    overrides = parse_config_overrides(model_args.config_overrides)
+    overrides = parse_config_overrides(model_args.config_overrides, config_class)
     if model_args.image_size is not None:
         overrides["image_size"] = model_args.image_size
     if model_args.patch_size is not None:
@@ -65,11 +72,6 @@ def build_pretraining_model(model_args: ModelArguments) -> PreTrainedModel:
     if model_args.model_name_or_path:
         model = model_class.from_pretrained(model_args.model_name_or_path, **overrides, **load_kwargs)
     else:
-        unknown = sorted(set(overrides) - set(config_class.__dataclass_fields__))
-        if unknown:
-            raise ValueError(
-                f"--config_overrides names fields that {config_class.__name__} does not have: {unknown}."
-            )
         model = model_class(config_class(**overrides, **load_kwargs))
     if model_args.activation_checkpointing:
         model.activation_checkpointing_enable()
@@ -145,10 +147,14 @@ class TerminationRequest:
     def __enter__(self):
         if hasattr(signal, "SIGTERM") and _in_main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
+            _terminate_with_launcher()
         return self
 
     def _handle(self, signum, frame):
+        if self.requested:  # a second request: the step in progress is not waited for (no checkpoint)
+            raise TrainingInterrupted("a second SIGTERM arrived before the step ended; stopped without a checkpoint.")
         self.requested = True
+        logger.warning("SIGTERM received: stopping after this step with a checkpoint (send it again to stop now).")
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -162,8 +168,51 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _terminate_with_launcher() -> None:
+    """Under `accelerate launch`, ask Linux to send this process SIGTERM when its launcher dies.
+
+    `accelerate launch` on one process starts the script as a child and does not pass signals on: a launcher killed
+    by `timeout` or a job scheduler would leave the training process running on its own. With the parent-death
+    signal it checkpoints and stops like any SIGTERM'd run. A process started by hand is left alone (closing the
+    shell that started it must not stop a `nohup` run).
+    """
+    launched = "ACCELERATE_USE_CPU" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+    if not (launched and sys.platform.startswith("linux")):
+        return
+    import ctypes
+
+    set_parent_death_signal = 1  # PR_SET_PDEATHSIG from <sys/prctl.h>
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(set_parent_death_signal, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # not glibc-like: the launcher's death is simply not noticed, as before
+        return
+
+
+def exit_status(results: dict[str, Any]) -> int:
+    """The process exit status for a run's `results`: 143 (as a process ended by SIGTERM) when it stopped early at
+    a signal, after its checkpoint, so that a scheduler or retry loop sees it did not finish; else 0."""
+    return TrainingInterrupted.exit_status if results.get("stopped_by_signal") else 0
+
+
 class NonFiniteTrainingError(RuntimeError):
     pass
+
+
+class TrainingInterrupted(SystemExit):
+    """Leaves the process with status 143 (128 + SIGTERM), as a process ended by SIGTERM does, so a retry loop
+    or scheduler sees that the run did not finish."""
+
+    exit_status = 128 + signal.SIGTERM
+
+    def __init__(self, message: str):
+        logger.error(message)
+        super().__init__(self.exit_status)
+
+
+class FinalStepError(RuntimeError):
+    """A failure after training, raised once the trained model is saved; the message says what was saved."""
+
+    user_error = True
 
 
 # ---------------------------------------------------------------------------------------------- loop
@@ -191,10 +240,9 @@ def run_pretraining(
             log_with=_trackers(training_args.report_to),
             project_dir=training_args.output_dir,
         )
-    output_dir = Path(training_args.output_dir)
-    if accelerator.is_main_process:
-        ensure_writable_directory(output_dir)
-    accelerator.wait_for_everyone()
+    config_class, _ = pretraining_classes(model_args.model_type)
+    parse_config_overrides(model_args.config_overrides, config_class)  # field names checked before anything is built
+    output_dir, checkpoint = prepare_run_folders(accelerator, model_args, training_args)
     set_seed(training_args.seed, device_specific=True)
 
     model = build_pretraining_model(model_args)
@@ -224,6 +272,7 @@ def run_pretraining(
     scheduler = get_scheduler(
         training_args.lr_scheduler_type, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_train_steps
     )
+    recipe = run_recipe(model, training_args, world_size, lr, max_train_steps, warmup_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     if model_args.torch_compile:
         model = torch.compile(model)
@@ -231,7 +280,7 @@ def run_pretraining(
     # The scheduler is stepped by hand once per optimizer step (accelerate would step it once per process).
     accelerator.register_for_checkpointing(scheduler, progress, data.state)
 
-    resume_if_requested(accelerator, training_args.resume_from_checkpoint, output_dir, progress)
+    resume_if_requested(accelerator, checkpoint, progress, recipe, training_args.allow_recipe_change)
     train_log = TrainLog(output_dir / TRAIN_LOG_NAME, enabled=accelerator.is_main_process)
     train_log.keep_until(progress.completed_steps)
 
@@ -325,7 +374,6 @@ def run_pretraining(
                     )
                     window_loss.zero_()
                     window_batches, window_images, window_start = 0, 0, time.perf_counter()
-                    data.check_skipped_fraction()
 
                 if training_args.eval_steps and progress.completed_steps % training_args.eval_steps == 0:
                     eval_results = data.evaluate(model, step=progress.completed_steps)
@@ -335,7 +383,7 @@ def run_pretraining(
 
                 stopped_by_signal = termination.requested
                 checkpoint_if_due(accelerator, training_args, output_dir, progress, window_loss, window_batches,
-                                  stopping=stopped_by_signal)
+                                  stopping=stopped_by_signal, recipe=recipe)
                 if stopped_by_signal:
                     break
                 if progress.completed_steps >= max_train_steps:
@@ -353,26 +401,79 @@ def run_pretraining(
         results["stopped_by_signal"] = True
         accelerator.end_training()
         return results
-    if not eval_results or training_args.eval_steps is None or progress.completed_steps % training_args.eval_steps:
-        eval_results = data.evaluate(model, step=progress.completed_steps)
-        log_evaluation(progress.completed_steps, eval_results)
-    results.update(eval_results)
-    accelerator.log({key: value for key, value in results.items() if isinstance(value, (int, float))},
-                    step=progress.completed_steps)
-    save_final_model(accelerator, model, data.image_processor, output_dir, results, model_args, training_args)
+    results = save_then_evaluate(accelerator, model, data, output_dir, results, eval_results, progress.completed_steps,
+                                 model_args, training_args)
     accelerator.end_training()
     return results
 
 
-def resume_if_requested(
-    accelerator: Accelerator, resume_from_checkpoint: str | None, output_dir: Path, progress: "TrainingProgress"
-) -> None:
-    """`--resume_from_checkpoint` (a path or `latest`): check the folder is complete and load the whole state."""
-    checkpoint = resolve_checkpoint(resume_from_checkpoint, output_dir)
+def prepare_run_folders(
+    accelerator: Accelerator, model_args: ModelArguments, training_args: PretrainingArguments
+) -> tuple[Path, Path | None]:
+    """Check what the run reads and writes before anything is built: the model path, the checkpoint to resume
+    (intact, safe to load) and the output folder (never mixed with another run's results). Returns the output
+    folder and the checkpoint to resume, if any."""
+    output_dir = Path(training_args.output_dir)
+    if model_args.model_name_or_path:
+        check_model_path(model_args.model_name_or_path, "--model_name_or_path")
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
     if checkpoint is not None:
         check_checkpoint_is_safe(checkpoint)
+    if accelerator.is_main_process:
+        # A job restarted with `latest` before its first checkpoint was written still counts as resuming its own run.
+        resuming = training_args.resume_from_checkpoint is not None
+        prepare_output_dir(output_dir, overwrite=training_args.overwrite_output_dir, resuming=resuming)
+    accelerator.wait_for_everyone()
+    return output_dir, checkpoint
+
+
+# Training arguments whose change on resume changes the optimisation (a checkpoint records them).
+RECIPE_ARGUMENTS = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "weight_decay", "adam_beta1",
+    "adam_beta2", "max_grad_norm", "seed", "mode", "layer_decay", "label_smoothing", "momentum",
+)
+
+
+def run_recipe(
+    model: PreTrainedModel, training_args: PretrainingArguments, world_size: int, lr: float, max_train_steps: int,
+    warmup_steps: int,
+) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the model (type, parameter shapes, config) and the recipe."""
+    config = model.config
+    own_fields = vars(type(config)).get("__annotations__", {})
+    recipe = {
+        "model_type": config.model_type,
+        "parameter_shapes": {name: list(tensor.shape) for name, tensor in model.state_dict().items()},
+        "model_config": {name: getattr(config, name) for name in own_fields if hasattr(config, name)},
+        "num_processes": world_size,
+        "learning_rate": lr,
+        "max_train_steps": max_train_steps,
+        "warmup_steps": warmup_steps,
+        **{name: getattr(training_args, name) for name in RECIPE_ARGUMENTS if hasattr(training_args, name)},
+    }
+    return json.loads(json.dumps(recipe, default=str))  # as a checkpoint's run_state.json gives it back
+
+
+def resume_if_requested(
+    accelerator: Accelerator,
+    checkpoint: Path | None,
+    progress: "TrainingProgress",
+    recipe: dict[str, Any],
+    allow_recipe_change: bool,
+) -> None:
+    """Load the whole state of `checkpoint` (from `prepare_run_folders`) once it is known to hold this model and
+    recipe (see `check_resume_recipe`)."""
+    if checkpoint is None:
+        return
+    check_resume_recipe(checkpoint, recipe, allow_recipe_change)
+    try:
         accelerator.load_state(str(checkpoint))
-        logger.info(f"Resumed from {checkpoint} at step {progress.completed_steps}", main_process_only=True)
+    except Exception as error:  # noqa: BLE001 - whatever broke, the message must name the checkpoint
+        raise CheckpointError(
+            f"loading {checkpoint} failed ({type(error).__name__}: {error}). It is damaged or was written by another "
+            "model or version; resume from another checkpoint, or start over with --overwrite_output_dir."
+        ) from error
+    logger.info(f"Resumed from {checkpoint} at step {progress.completed_steps}", main_process_only=True)
 
 
 def checkpoint_if_due(
@@ -383,6 +484,7 @@ def checkpoint_if_due(
     window_loss: torch.Tensor,
     window_batches: int,
     stopping: bool,
+    recipe: dict[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint every `--checkpointing_steps` and when the run is stopping (SIGTERM). The loss window
     that is not logged yet goes into `progress`, so a resumed run logs the same numbers."""
@@ -390,9 +492,12 @@ def checkpoint_if_due(
     if due or stopping:
         progress.window_loss_sum = accelerator.reduce(window_loss, reduction="mean").item()
         progress.window_batches = window_batches
-        save_checkpoint(accelerator, output_dir, progress.completed_steps, training_args.checkpoints_total_limit)
+        save_checkpoint(accelerator, output_dir, progress.completed_steps, training_args.checkpoints_total_limit, recipe)
     if stopping:
-        logger.warning("SIGTERM received: checkpoint written, exiting cleanly.", main_process_only=True)
+        logger.warning(
+            f"SIGTERM received: checkpoint written at step {progress.completed_steps}; resume with "
+            "--resume_from_checkpoint latest.", main_process_only=True,
+        )
 
 
 def training_results(progress: "TrainingProgress", data, start_images: int, train_seconds: float) -> dict:
@@ -413,6 +518,43 @@ def log_evaluation(step: int, eval_results: dict[str, float]) -> None:
         logger.info(f"Evaluation at step {step}: {metrics}", main_process_only=True)
 
 
+def save_then_evaluate(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    data,
+    output_dir: Path,
+    results: dict[str, Any],
+    eval_results: dict[str, float],
+    step: int,
+    model_args: ModelArguments,
+    training_args: PretrainingArguments,
+    card_kwargs: dict | None = None,
+) -> dict[str, Any]:
+    """The end of a run: save the trained model with its training results first, so that nothing after it (the
+    final evaluation, its pictures, the model card, the upload) can lose it; then evaluate (unless the last periodic
+    evaluation was at this step) and write the results and the card again."""
+    save_final_model(accelerator, model, data.image_processor, output_dir, results, model_args, training_args,
+                     card_kwargs)
+    if not eval_results or training_args.eval_steps is None or step % training_args.eval_steps:
+        try:
+            eval_results = data.evaluate(model, step=step)
+        except Exception as error:
+            raise FinalStepError(
+                f"the final evaluation failed ({type(error).__name__}: {error}). The trained model, its image "
+                f"processor and the training results (all_results.json) were saved to {output_dir} before it; "
+                "evaluate that folder instead of training again."
+            ) from error
+        log_evaluation(step, eval_results)
+    results = {**results, **eval_results}
+    accelerator.log({key: value for key, value in results.items() if isinstance(value, (int, float))}, step=step)
+    if accelerator.is_main_process:
+        write_results_and_card(accelerator.unwrap_model(model), output_dir, results, card_kwargs)
+        if training_args.push_to_hub:
+            push_final_model(accelerator.unwrap_model(model), data.image_processor, output_dir, training_args)
+    accelerator.wait_for_everyone()
+    return results
+
+
 def save_final_model(
     accelerator: Accelerator,
     model: torch.nn.Module,
@@ -423,14 +565,14 @@ def save_final_model(
     training_args: PretrainingArguments,
     card_kwargs: dict | None = None,
 ) -> None:
-    """`save_pretrained` (safetensors) + image processor + model card + `all_results.json`, written into a
-    temporary folder and moved in, so `output_dir` never holds a half-written model. `card_kwargs` go to
-    `generate_model_card` (e.g. `eval_dataset`, `evaluation_protocol`)."""
+    """`save_pretrained` (safetensors) + image processor + `all_results.json`, written into a temporary folder and
+    moved in, so `output_dir` never holds a half-written model; then the model card. A failure while staging
+    leaves the previous final model untouched; a failure of the card comes after the model is saved, and says so.
+    `card_kwargs` go to `generate_model_card` (e.g. `eval_dataset`, `evaluation_protocol`)."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)
+    unwrapped = _unwrapped(accelerator, model)
     staging = output_dir / ".tmp-final"
     if staging.exists():
         shutil.rmtree(staging)
@@ -438,9 +580,7 @@ def save_final_model(
     try:
         unwrapped.save_pretrained(staging, safe_serialization=True)
         image_processor.save_pretrained(staging)
-        command = " ".join(shlex.quote(part) for part in sys.argv) if sys.argv and sys.argv[0] else None
         (staging / "all_results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
-        _write_model_card(staging, unwrapped, results, command, model_args, training_args, **(card_kwargs or {}))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # the previous final model, if any, stays untouched
         raise
@@ -448,21 +588,58 @@ def save_final_model(
         os.replace(item, output_dir / item.name)
     staging.rmdir()
     logger.info(f"Saved the final model and all_results.json to {output_dir}")
-    if training_args.push_to_hub:
-        repo_id = training_args.hub_model_id or output_dir.name
-        unwrapped.push_to_hub(repo_id, token=training_args.hub_token)
+    write_results_and_card(unwrapped, output_dir, results, card_kwargs)
+
+
+def write_results_and_card(model: PreTrainedModel, output_dir: Path, results: dict, card_kwargs: dict | None) -> None:
+    """Replace `all_results.json` and the model card (`README.md`) of a saved final model, each atomically."""
+    model = getattr(model, "_orig_mod", model)
+    results_path = output_dir / "all_results.json"
+    temporary = output_dir / ".tmp-all_results.json"
+    temporary.write_text(json.dumps(results, indent=2, sort_keys=True))
+    os.replace(temporary, results_path)
+    command = " ".join(shlex.quote(part) for part in sys.argv) if sys.argv and sys.argv[0] else None
+    staging = output_dir / ".tmp-card"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        _write_model_card(staging, model, results, command, **(card_kwargs or {}))
+        if (staging / "README.md").exists():
+            os.replace(staging / "README.md", output_dir / "README.md")
+    except Exception as error:
+        raise FinalStepError(
+            f"writing the model card failed ({type(error).__name__}: {error}). The trained model, its image processor "
+            f"and all_results.json are saved in {output_dir}; only README.md is missing or from the save before."
+        ) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def push_final_model(model: PreTrainedModel, image_processor, output_dir: Path, training_args) -> None:
+    repo_id = training_args.hub_model_id or output_dir.name
+    model = getattr(model, "_orig_mod", model)
+    try:
+        model.push_to_hub(repo_id, token=training_args.hub_token)
         image_processor.push_to_hub(repo_id, token=training_args.hub_token)
         from huggingface_hub import upload_file
 
         upload_file(path_or_fileobj=str(output_dir / "README.md"), path_in_repo="README.md", repo_id=repo_id,
                     token=training_args.hub_token)
+    except Exception as error:
+        raise FinalStepError(
+            f"uploading to the Hub repository {repo_id} failed ({type(error).__name__}: {error}). Everything is saved "
+            f"in {output_dir}; upload it later with `huggingface-cli upload {repo_id} {output_dir}`."
+        ) from error
 
 
-def _write_model_card(directory: Path, model, results, command, model_args, training_args, **card_kwargs) -> None:
-    try:
-        from .model_card import generate_model_card
-    except ImportError:  # the model-card module is optional for training itself
-        return
+def _unwrapped(accelerator: Accelerator, model: torch.nn.Module) -> PreTrainedModel:
+    unwrapped = accelerator.unwrap_model(model)
+    return getattr(unwrapped, "_orig_mod", unwrapped)
+
+
+def _write_model_card(directory: Path, model, results, command, **card_kwargs) -> None:
+    from .model_card import generate_model_card
+
     card = generate_model_card(model, results=results, training_command=command, **card_kwargs)
     card.save(str(directory / "README.md"))
 

@@ -2,14 +2,45 @@
 """Command-line arguments of `examples/run_mim.py`, as `HfArgumentParser` dataclasses (transformers examples style)."""
 
 import ast
+import difflib
 import json
+import math
 import re
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 MODEL_TYPES = ("mixedae", "cae")
+# How a user writes "no value" on the command line (`--label_column_name none`).
+NONE_SPELLINGS = ("none", "null", "")
+
+
+def check_argument(condition: bool, flag: str, value: Any, requirement: str) -> None:
+    """Raise a `ValueError` naming the flag, the value given and what it must be, before anything is built."""
+    if not condition:
+        raise ValueError(f"--{flag} {value!r} is not valid: {requirement}.")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_optional(arguments: Any, names: tuple[str, ...], condition, requirement: str) -> None:
+    for name in names:
+        value = getattr(arguments, name)
+        if value is not None:
+            check_argument(condition(value), name, value, requirement)
+
+
+def _none_if_spelled_none(value: str | None) -> str | None:
+    return None if value is None or value.strip().lower() in NONE_SPELLINGS else value
 
 
 @dataclass
@@ -53,6 +84,13 @@ class ModelArguments:
         default=False, metadata={"help": "Recompute block activations in the backward pass to save memory."}
     )
 
+    def __post_init__(self):
+        if self.model_type is not None:
+            check_argument(self.model_type in MODEL_TYPES, "model_type", self.model_type, f"choose one of {MODEL_TYPES}")
+        _check_optional(self, ("image_size", "patch_size"), _positive_int, "a whole number >= 1")
+        self.model_name_or_path = _none_if_spelled_none(self.model_name_or_path)
+        parse_config_overrides(self.config_overrides)  # syntax errors surface now, field names once the model is known
+
 
 @dataclass
 class DataArguments:
@@ -68,7 +106,13 @@ class DataArguments:
     validation_dir: str | None = field(default=None, metadata={"help": "Local imagefolder for validation."})
     streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it."})
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
-    label_column_name: str = field(default="label", metadata={"help": "Column holding labels (for evaluation)."})
+    label_column_name: str | None = field(
+        default="label",
+        metadata={
+            "help": "Column holding labels (for kNN / linear-probe evaluation). 'none' for unlabelled data: "
+            "pre-training needs no labels, and evaluation then reports the reconstruction loss only."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training samples."})
     max_eval_samples: int | None = field(
         default=2000, metadata={"help": "Validation samples used for kNN/linear-probe queries and eval loss."}
@@ -85,10 +129,33 @@ class DataArguments:
     )
     strict_decoding: bool = field(default=False, metadata={"help": "Fail on the first undecodable image."})
 
+    def __post_init__(self):
+        self.label_column_name = _none_if_spelled_none(self.label_column_name)
+        check_argument(bool(self.image_column_name), "image_column_name", self.image_column_name, "name a column")
+        for flag in ("train_dir", "validation_dir"):
+            path = getattr(self, flag)
+            if path is not None:
+                check_argument(Path(path).is_dir(), flag, path, "no such folder; give a folder of images or Parquet shards")
+        _check_optional(self, ("max_train_samples", "max_eval_samples", "max_eval_train_samples"), _positive_int,
+                        "a whole number >= 1 (leave it out for all samples)")
+        check_argument(_positive_int(self.shuffle_buffer_size), "shuffle_buffer_size", self.shuffle_buffer_size,
+                       "a whole number >= 1")
+        check_argument(isinstance(self.dataloader_num_workers, int) and self.dataloader_num_workers >= 0,
+                       "dataloader_num_workers", self.dataloader_num_workers, "0 (load in the training process) or more")
+        check_argument(_finite(self.max_skipped_fraction) and 0 <= self.max_skipped_fraction <= 1,
+                       "max_skipped_fraction", self.max_skipped_fraction, "a fraction between 0 and 1")
+
 
 @dataclass
 class PretrainingArguments:
     output_dir: str = field(default="outputs/run_mim", metadata={"help": "Where checkpoints and results go."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the finished run (or unfinished checkpoints) already in --output_dir. Without it, a run "
+            "refuses to write into a folder that holds another run's results."
+        },
+    )
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Images per device per micro-step."})
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Images per device for evaluation."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-steps per optimizer step."})
@@ -115,6 +182,13 @@ class PretrainingArguments:
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint folder, or 'latest' (newest complete one in output_dir)."}
     )
+    allow_recipe_change: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume although the batch size, learning rate, schedule or seed differ from the checkpoint's "
+            "(they are listed in a warning). Without it such a resume is refused. A different model never resumes."
+        },
+    )
     eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (and always at the end)."})
     knn_k: int = field(default=20, metadata={"help": "Neighbours of the weighted kNN classifier (DINO: 20)."})
     knn_temperature: float = field(default=0.07, metadata={"help": "Temperature of the kNN vote (DINO: 0.07)."})
@@ -128,14 +202,45 @@ class PretrainingArguments:
     hub_token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
     save_visualizations: bool = field(default=True, metadata={"help": "Write PNG grids at every evaluation."})
 
+    def __post_init__(self):
+        self.resume_from_checkpoint = _none_if_spelled_none(self.resume_from_checkpoint)
+        positive_counts = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                           "logging_steps", "knn_k", "linear_probe_epochs", "max_consecutive_nonfinite_steps")
+        for name in positive_counts:
+            check_argument(_positive_int(getattr(self, name)), name, getattr(self, name), "a whole number >= 1")
+        _check_optional(self, ("max_train_steps", "checkpointing_steps", "eval_steps", "checkpoints_total_limit"),
+                        _positive_int, "a whole number >= 1 (leave it out to turn it off)")
+        check_argument(_finite(self.num_train_epochs) and self.num_train_epochs > 0, "num_train_epochs",
+                       self.num_train_epochs, "a number of epochs > 0 (fractions allowed), or set --max_train_steps")
+        _check_optional(self, ("learning_rate", "base_learning_rate", "max_grad_norm", "knn_temperature"),
+                        lambda value: _finite(value) and value > 0, "a number > 0")
+        _check_optional(self, ("weight_decay",), lambda value: _finite(value) and value >= 0, "a number >= 0")
+        _check_optional(self, ("adam_beta1", "adam_beta2"), lambda value: _finite(value) and 0 <= value < 1,
+                        "a number in [0, 1)")
+        _check_optional(self, ("warmup_steps",), lambda value: isinstance(value, int) and value >= 0,
+                        "a whole number >= 0")
+        check_argument(_finite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio,
+                       "a fraction in [0, 1)")
+        from transformers import SchedulerType
+
+        schedulers = [scheduler.value for scheduler in SchedulerType]
+        check_argument(self.lr_scheduler_type in schedulers, "lr_scheduler_type", self.lr_scheduler_type,
+                       f"choose one of {schedulers}")
+
 
 _TOP_LEVEL_COMMA = re.compile(r",(?![^\[\]\(\)\{\}]*[\]\)\}])")
 
 
-def parse_config_overrides(overrides: str | None) -> dict[str, Any]:
-    """`"a=1,b=[1,2],c=pixels"` -> `{"a": 1, "b": [1, 2], "c": "pixels"}`."""
+def parse_config_overrides(overrides: str | None, config_class: type | None = None) -> dict[str, Any]:
+    """`"a=1,b=[1,2],c=pixels"` -> `{"a": 1, "b": [1, 2], "c": "pixels"}`.
+
+    With `config_class`, every key must be one of its fields, and a value is read as the field's type says: a
+    text field keeps the text as written (`segment_embedding=none` is the string "none", as documented), a field
+    that admits `None` reads `none`/`null` as `None`, and the other values are JSON or Python literals.
+    """
     if not overrides:
         return {}
+    field_types = _field_types(config_class) if config_class is not None else {}
     parsed = {}
     for item in _TOP_LEVEL_COMMA.split(overrides):
         item = item.strip()
@@ -147,11 +252,41 @@ def parse_config_overrides(overrides: str | None) -> dict[str, Any]:
                 "(example: 'hidden_size=192,num_hidden_layers=6')."
             )
         key, raw = (part.strip() for part in item.split("=", 1))
-        parsed[key] = _parse_value(raw)
+        if config_class is not None and key not in field_types:
+            close = difflib.get_close_matches(key, field_types, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"--config_overrides names {key!r}, which is not a field of {config_class.__name__}.{hint} "
+                f"Its model fields: {sorted(vars(config_class).get('__annotations__', {}))}."
+            )
+        parsed[key] = _parse_value(raw, field_types.get(key))
     return parsed
 
 
-def _parse_value(raw: str) -> Any:
+def _field_types(config_class: type) -> dict[str, Any]:
+    """Each config field's annotation (`Any` where it is only a string, so its values are read as literals)."""
+    return {
+        name: Any if isinstance(definition.type, str) else definition.type
+        for name, definition in config_class.__dataclass_fields__.items()
+    }
+
+
+def _type_options(annotation: Any) -> tuple:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _unquoted(raw: str) -> str:
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    return raw
+
+
+def _parse_value(raw: str, annotation: Any = None) -> Any:
+    options = _type_options(annotation) if annotation is not None else ()
+    if options and all(option is str for option in options):
+        return _unquoted(raw)  # a text field: what was written is the value, even "none" or "1"
     lowered = raw.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -165,21 +300,60 @@ def _parse_value(raw: str) -> Any:
     return raw
 
 
+def merge_config_overrides(*layers: str | None) -> str | None:
+    """Layer `--config_overrides` strings field by field: a later layer's value for a field wins, the other fields
+    of the earlier layers stay (a JSON config's overrides, then the command line's)."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        for item in _TOP_LEVEL_COMMA.split(layer or ""):
+            if item.strip():
+                key, _, raw = item.partition("=")
+                merged[key.strip()] = f"{key.strip()}={raw.strip()}" if _ else item.strip()
+    return ",".join(merged.values()) or None
+
+
 def parse_run_arguments(
     argv: list[str] | None = None, dataclass_types: tuple = (ModelArguments, DataArguments, PretrainingArguments)
 ) -> tuple[ModelArguments, DataArguments, PretrainingArguments]:
     """Parse `[config.json] [--flag value ...]` into `dataclass_types`: the JSON file (if first) gives defaults,
-    flags override them."""
+    flags override them field by field, also inside `--config_overrides`."""
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(dataclass_types)
     argv = list(sys.argv[1:] if argv is None else argv)
+    defaults: dict[str, Any] = {}
     if argv and argv[0].endswith(".json"):
-        defaults = json.loads(Path(argv[0]).read_text())
+        config_path = Path(argv[0])
+        if not config_path.is_file():
+            raise FileNotFoundError(f"the arguments file {argv[0]!r} does not exist.")
+        try:
+            defaults = json.loads(config_path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{argv[0]} is not valid JSON ({error}); fix the file or pass the flags instead.") from None
+        if not isinstance(defaults, dict):
+            raise ValueError(f"{argv[0]} must hold a JSON object of argument names and values.")
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(defaults) - known)
         if unknown:
             raise ValueError(f"{argv[0]} has unknown arguments {unknown}; see the script's --help.")
         parser.set_defaults(**defaults)
         argv = argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    if defaults.get("config_overrides"):
+        for arguments in parsed:
+            if hasattr(arguments, "config_overrides"):
+                arguments.config_overrides = merge_config_overrides(
+                    defaults["config_overrides"], _command_line_value(argv, "config_overrides")
+                )
+    return parsed
+
+
+def _command_line_value(argv: list[str], name: str) -> str | None:
+    """The last value of `--name` on the command line (`--name value` or `--name=value`), if given."""
+    value = None
+    for index, token in enumerate(argv):
+        if token == f"--{name}" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif token.startswith(f"--{name}="):
+            value = token.split("=", 1)[1]
+    return value

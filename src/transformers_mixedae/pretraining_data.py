@@ -9,6 +9,7 @@ batches and random numbers as an uninterrupted one.
 """
 
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,15 +217,26 @@ class PretrainingData:
         )
         batches = synchronized_batches(self.train_loader, self.accelerator)
         counted_before_replay = self.stats.to_dict()
+        read = 0
         for index, batch in enumerate(batches):
+            read = index + 1
             if index >= batches_per_epoch:
                 return
             if index < skip_batches:
                 if index == skip_batches - 1:  # the checkpoint's counters already include the replayed batches
                     self.state.restore(counted_before_replay)
                 continue
+            self.check_skipped_fraction()
             yield self.model_inputs(batch, derived_seed(self.training_args.seed, epoch, self.accelerator.process_index,
                                                         index))
+        if read == 0:
+            # Without this, a loop over epochs would read the data again and again without ever taking a step.
+            self.check_skipped_fraction()
+            raise RuntimeError(
+                f"epoch {epoch} of {self.source} gave no training batch of {self.training_args.per_device_train_batch_size} "
+                f"images: {self.stats.summary()}. Check --image_column_name {self.datasets.image_column_name!r} and the "
+                "files, or lower --per_device_train_batch_size."
+            )
 
     def model_inputs(self, batch: dict, batch_seed: int) -> dict[str, torch.Tensor]:
         device = self.accelerator.device
@@ -283,11 +295,15 @@ class PretrainingData:
         return _merged_skipped_report(ranks)
 
     def check_skipped_fraction(self) -> None:
-        """Stop when this rank skipped more than `--max_skipped_fraction` of its images. Called by every rank at the
-        same step: the decision is agreed across ranks, so a rank over the limit never leaves the others waiting in
-        the next collective."""
+        """Stop when this rank skipped more than `--max_skipped_fraction` of its images. Called by every rank before
+        every training batch, from the first one on: the decision is agreed across ranks, so a rank over the limit
+        never leaves the others waiting in the next collective."""
         seen = self.stats.num_skipped + self.stats.num_loaded
-        over_limit = bool(seen) and self.stats.num_skipped / seen > self.data_args.max_skipped_fraction
+        limit = self.data_args.max_skipped_fraction
+        # Before 1/limit images were read, one bad image alone would be over the limit: wait for that many, or for
+        # the end of a pass that gave no batch at all.
+        enough_read = seen >= (math.ceil(1 / limit) if limit > 0 else 1) or self.stats.num_loaded == 0
+        over_limit = bool(seen) and enough_read and self.stats.num_skipped / seen > limit
         if self.accelerator.num_processes > 1:
             flag = torch.tensor([float(over_limit)], device=self.accelerator.device)
             if self.accelerator.reduce(flag, reduction="sum").item() > 0 and not over_limit:

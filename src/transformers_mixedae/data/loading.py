@@ -96,8 +96,11 @@ def _load_from_directories(
     data_files = {split: str(directory / "**") for split, directory in directories.items()}
     try:
         loaded = datasets.load_dataset("imagefolder", data_files=data_files, streaming=streaming, cache_dir=cache_dir)
-    except (FileNotFoundError, datasets.exceptions.DataFilesNotFoundError) as error:
-        raise ValueError(f"no image files found in {', '.join(map(str, directories.values()))}: {error}") from error
+    except (FileNotFoundError, ValueError, datasets.exceptions.DataFilesNotFoundError) as error:
+        raise ValueError(
+            f"no image files found in {', '.join(map(str, directories.values()))} ({error}). Give folders that hold "
+            "images (in class sub-folders for labels) or Parquet shards."
+        ) from error
     return loaded, f"imagefolder {', '.join(map(str, directories.values()))}"
 
 
@@ -172,6 +175,43 @@ def check_image_dataset(
                 f"{role} column {column!r} not found in the {split} split of {source}; available columns: "
                 f"{columns}. Pass --{role}_column_name to choose another."
             )
+    feature = dataset.features.get(image_column_name) if dataset.features is not None else None
+    if feature is not None and not _can_hold_images(feature):
+        image_columns = [name for name, other in dataset.features.items() if isinstance(other, datasets.Image)]
+        raise ValueError(
+            f"image column {image_column_name!r} of the {split} split of {source} holds {_describe(feature)}, not "
+            f"images (encoded bytes or file paths). Pass --image_column_name with an image column"
+            f"{f' (here: {image_columns})' if image_columns else ''}."
+        )
+    if label_column_name is not None and dataset.features is not None:
+        label_feature = dataset.features.get(label_column_name)
+        if label_feature is not None and not _can_hold_labels(label_feature):
+            raise ValueError(
+                f"label column {label_column_name!r} of the {split} split of {source} holds {_describe(label_feature)}, "
+                "not integer class labels. Pass --label_column_name with a label column, or --label_column_name none "
+                "for unlabelled data (pre-training only)."
+            )
+
+
+def _describe(feature: Any) -> str:
+    if isinstance(feature, datasets.Value):
+        return f"{feature.dtype} values"
+    return type(feature).__name__
+
+
+def _can_hold_images(feature: Any) -> bool:
+    """Encoded images come as `Image`, raw bytes, file paths, or `{"bytes", "path"}` structs."""
+    if isinstance(feature, datasets.Image):
+        return True
+    if isinstance(feature, datasets.Value):
+        return feature.dtype in ("binary", "large_binary", "string", "large_string")
+    return isinstance(feature, dict) and bool({"bytes", "path"} & set(feature))
+
+
+def _can_hold_labels(feature: Any) -> bool:
+    return isinstance(feature, datasets.ClassLabel) or (
+        isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+    )
 
 
 def _label_names(dataset: AnyDataset, label_column_name: str | None) -> list[str] | None:
