@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -310,3 +311,23 @@ def test_report_to_tensorboard_writes_the_training_and_evaluation_scalars(tmp_pa
         accumulator.Reload()
         scalars.update(accumulator.Tags()["scalars"])
     assert {"train/loss", "train/learning_rate", "eval_knn_accuracy", "eval_linear_probe_accuracy"} <= scalars, scalars
+
+
+def test_the_saved_image_processor_is_derived_from_the_saved_model_config(tmp_path):
+    from transformers import AutoImageProcessor
+
+    model_args, data_args, training_args = arguments(tmp_path, "cae", max_train_steps=1)
+    model_args.config_overrides += ",mask_type=random,mask_max_num_patches=6"
+    run_pretraining(model_args, data_args, training_args)
+    model = AutoModelForPreTraining.from_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    config = model.config
+    settings = {name: getattr(processor, name) for name in (
+        "patch_size", "num_masking_patches", "mask_type", "mask_min_num_patches", "mask_max_num_patches")}
+    assert settings == {"patch_size": config.patch_size, "num_masking_patches": 8, "mask_type": "random",
+                        "mask_min_num_patches": 2, "mask_max_num_patches": 6}
+    assert processor.crop_size == {"height": config.image_size, "width": config.image_size}
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    inputs = processor(image, return_bool_masked_pos=True, return_tensors="pt")
+    assert inputs["bool_masked_pos"].shape == (1, config.num_patches) and int(inputs["bool_masked_pos"].sum()) == 8
+    assert torch.isfinite(model(**inputs).loss)

@@ -35,7 +35,6 @@ from transformers.utils import logging
 from .cli import run_cli
 from .configuration_cae import CAEConfig
 from .image_processing_cae import CAEImageProcessorPil
-from .image_processing_mixedae import evaluation_sizes
 from .modeling_cae import CAEForPreTraining, CAEModel
 from .output_folders import staged_output_dir
 from .vit_layers import sincos_2d_position_embedding
@@ -605,12 +604,7 @@ def convert_cae_checkpoint(
         model = build_model(conversion)
         model.save_pretrained(staging)
         config = conversion.config
-        processor = CAEImageProcessorPil(
-            **evaluation_sizes(config.image_hw[0]),
-            patch_size=config.patch_size,
-            num_masking_patches=config.num_masking_patches,
-            mask_min_num_patches=config.mask_min_num_patches,
-        )
+        processor = CAEImageProcessorPil.from_model_config(config)
         processor.save_pretrained(staging)
     return model, conversion
 

@@ -45,7 +45,6 @@ from .finetuning_args import (
     recipe_drop_path_rate,
     resolve_recipe,
 )
-from .image_processing_mixedae import MixedAEImageProcessorPil, evaluation_sizes
 from .pretraining import (
     NonFiniteTrainingError,
     TerminationRequest,
@@ -71,6 +70,7 @@ from .pretraining_data import (
     DataState,
     PretrainingData,
     SeededTransform,
+    image_processor_for,
     load_run_datasets,
 )
 
@@ -271,11 +271,7 @@ class ClassificationData(PretrainingData):
         )
         self.train_loader.stats = self.stats
         self.evaluation_transform = EvaluationTransform(self.image_size)
-        self.image_processor = MixedAEImageProcessorPil(**evaluation_sizes(self.image_size))
-        if self.model_type == "cae":
-            from .image_processing_cae import CAEImageProcessorPil
-
-            self.image_processor = CAEImageProcessorPil(**evaluation_sizes(self.image_size), patch_size=config.patch_size)
+        self.image_processor = image_processor_for(config)
 
     def model_inputs(self, batch: dict, batch_seed: int) -> dict[str, torch.Tensor]:
         device = self.accelerator.device

@@ -10,6 +10,8 @@ only); without torchvision, `CAEImageProcessor(...)` warns and returns a `CAEIma
 belongs to the data pipeline; `tokenizer_dalle.dalle_tokenizer_view` makes the tokenizer view.
 """
 
+from typing import Any
+
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ImagesKwargs
@@ -75,6 +77,15 @@ class _CAEImageProcessorMixin(_MixedAEImageProcessorDefaults):
                 settings, grid, num_masking_patches, seed=settings["mask_seed"]
             )
         return generators[key]
+
+    @classmethod
+    def from_model_config(cls, config: Any, **kwargs: Any):
+        """The evaluation processor of a CAE model built from `config`: its image size (see the MixedAE processor),
+        its patch size and its masking settings, so that `return_bool_masked_pos=True` draws the masks the model was
+        trained with. `kwargs` override."""
+        mask_settings = {name: getattr(config, name) for name in MASK_SETTING_NAMES if name != "mask_seed"}
+        settings = {"patch_size": config.patch_size, "num_masking_patches": config.num_masking_patches, **mask_settings}
+        return super().from_model_config(config, **{**settings, **kwargs})
 
     def to_dict(self) -> dict:
         output = super().to_dict()

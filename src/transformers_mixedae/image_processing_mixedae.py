@@ -15,6 +15,7 @@ model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,12 @@ class _MixedAEImageProcessorDefaults:
     do_convert_rgb = True
     model_input_names = ["pixel_values"]
 
+    @classmethod
+    def from_model_config(cls, config: Any, **kwargs: Any):
+        """The evaluation processor of a model built from `config`: a centre crop of the model's image size from the
+        short side at MAE's 224/256 ratio, so the processor saved with a model always fits it. `kwargs` override."""
+        return cls(**{**evaluation_sizes(config.image_size), **kwargs})
+
     def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list:
         try:
             return super()._prepare_images_structure(images, expected_ndims=expected_ndims)
@@ -191,12 +198,13 @@ class MixedAEImageProcessorPil(_MixedAEImageProcessorDefaults, PilBackend):
 MixedAEImageProcessor._pil_class = MixedAEImageProcessorPil
 
 
-def evaluation_sizes(image_size: int, crop_fraction: float = 224 / 256) -> dict:
-    """Processor keyword arguments for a model trained at `image_size`: short side `image_size / crop_fraction`,
-    then a centre crop of `image_size` (MAE's 224/256 ratio by default)."""
+def evaluation_sizes(image_size: int | Sequence[int], crop_fraction: float = 224 / 256) -> dict:
+    """Processor keyword arguments for a model trained at `image_size` (an int, or `(height, width)`): short side
+    `min(height, width) / crop_fraction`, then a centre crop of `image_size` (MAE's 224/256 ratio by default)."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     return {
-        "size": {"shortest_edge": round(image_size / crop_fraction)},
-        "crop_size": {"height": image_size, "width": image_size},
+        "size": {"shortest_edge": round(min(height, width) / crop_fraction)},
+        "crop_size": {"height": height, "width": width},
     }
 
 

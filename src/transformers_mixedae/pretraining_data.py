@@ -31,7 +31,6 @@ from .data import (
     synchronized_batches,
 )
 from .evaluation import evaluate_frozen_features, extract_features
-from .image_processing_mixedae import MixedAEImageProcessorPil, evaluation_sizes
 from .modeling_mixedae import mixing_assignment
 from .pretraining_args import DataArguments, ModelArguments, PretrainingArguments
 from .training_records import SKIPPED_SAMPLES_NAME, write_skipped_samples
@@ -172,13 +171,7 @@ class PretrainingData:
         )
         self.train_loader.stats = self.stats
         self.evaluation_transform = EvaluationTransform(self.image_size)
-        self.image_processor = MixedAEImageProcessorPil(**evaluation_sizes(self.image_size))
-        if self.model_type == "cae":
-            from .image_processing_cae import CAEImageProcessorPil
-
-            self.image_processor = CAEImageProcessorPil(
-                **evaluation_sizes(self.image_size), patch_size=self.config.patch_size
-            )
+        self.image_processor = image_processor_for(self.config)
 
     # ------------------------------------------------------------------ sizes
     def num_train_examples(self) -> int | None:
@@ -482,6 +475,14 @@ class PretrainingData:
             owner,
             grid,
         )
+
+
+def image_processor_for(config):
+    """The image processor saved with a model: every setting derived from the model's own config (image size; for
+    CAE also the patch grid and the mask settings), so the saved folder's processor always fits its model."""
+    from .registration import pil_image_processor_class
+
+    return pil_image_processor_class(config).from_model_config(config)
 
 
 class RawPixelFeatures(torch.nn.Module):

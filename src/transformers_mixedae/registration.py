@@ -25,6 +25,17 @@ def _register_model_family(config_class, base_model, pretraining_model, classifi
     AutoImageProcessor.register(config_class, image_processor_classes=processors, exist_ok=True)
 
 
+# The PIL backend of each model type's image processor: what training saves, as it needs no torchvision.
+PIL_IMAGE_PROCESSORS = {MixedAEConfig.model_type: MixedAEImageProcessorPil, CAEConfig.model_type: CAEImageProcessorPil}
+
+
+def pil_image_processor_class(config) -> type:
+    """The PIL-backend image processor class of `config`'s model type."""
+    if config.model_type not in PIL_IMAGE_PROCESSORS:
+        raise ValueError(f"no image processor for model_type {config.model_type!r}; one of {sorted(PIL_IMAGE_PROCESSORS)}")
+    return PIL_IMAGE_PROCESSORS[config.model_type]
+
+
 def register_auto_classes() -> None:
     """Make `Auto*.from_pretrained` resolve our `model_type`s. Idempotent."""
     _register_model_family(
