@@ -173,7 +173,10 @@ class PretrainingArguments:
     warmup_steps: int | None = field(default=None, metadata={"help": "Warm-up optimizer steps."})
     warmup_ratio: float = field(default=0.05, metadata={"help": "Warm-up fraction when warmup_steps is not set."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs (ignored when max_train_steps is set)."})
-    max_train_steps: int | None = field(default=None, metadata={"help": "Optimizer steps in total."})
+    max_train_steps: int | None = field(
+        default=None,
+        metadata={"help": "Optimizer steps in total; 0 evaluates and saves the model as built (a random-init baseline)."},
+    )
     max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients to this norm (CAE: 3.0)."})
     seed: int = field(default=0, metadata={"help": "Seed for weights, data order, augmentation and masks."})
     logging_steps: int = field(default=10, metadata={"help": "Log every this many optimizer steps."})
@@ -208,8 +211,10 @@ class PretrainingArguments:
                            "logging_steps", "knn_k", "linear_probe_epochs", "max_consecutive_nonfinite_steps")
         for name in positive_counts:
             check_argument(_positive_int(getattr(self, name)), name, getattr(self, name), "a whole number >= 1")
-        _check_optional(self, ("max_train_steps", "checkpointing_steps", "eval_steps", "checkpoints_total_limit"),
-                        _positive_int, "a whole number >= 1 (leave it out to turn it off)")
+        _check_optional(self, ("checkpointing_steps", "eval_steps", "checkpoints_total_limit"), _positive_int,
+                        "a whole number >= 1 (leave it out to turn it off)")
+        _check_optional(self, ("max_train_steps",), lambda value: isinstance(value, int) and value >= 0,
+                        "a whole number of optimizer steps >= 0 (0 evaluates the model as built, without training)")
         check_argument(_finite(self.num_train_epochs) and self.num_train_epochs > 0, "num_train_epochs",
                        self.num_train_epochs, "a number of epochs > 0 (fractions allowed), or set --max_train_steps")
         _check_optional(self, ("learning_rate", "base_learning_rate", "max_grad_norm", "knn_temperature"),
