@@ -12,5 +12,6 @@ device_flags=()
 if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   device_flags=(--cpu)
 fi
-exec accelerate launch "${device_flags[@]}" --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+# -q: an error is the script's one line, without the launcher's own traceback after it.
+exec accelerate launch -q "${device_flags[@]}" --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
   examples/run_mim.py examples/configs/mixedae_fashion_mnist.json "$@"
