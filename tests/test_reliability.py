@@ -157,6 +157,42 @@ def test_sigkill_at_a_checkpoint_write_then_latest_resumes_with_the_same_loss_cu
     assert not [path.name for path in killed.iterdir() if path.suffix in (".bin", ".pt", ".pth", ".pkl")]
 
 
+def test_sigterm_to_the_whole_job_checkpoints_exits_143_and_resumes_to_the_same_weights(tmp_path):
+    # A scheduler (or `timeout`) signals every process of the job, DataLoader workers included: the run must still
+    # finish its step, write a checkpoint and exit with 143; the resumed run ends as an uninterrupted one.
+    settings = dict(max_train_steps=150, checkpointing_steps=1000, dataloader_num_workers=1, logging_steps=1)
+    stopped = tmp_path / "stopped"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join([str(REPOSITORY / "src"), os.environ.get("PYTHONPATH", "")])}
+    with open(tmp_path / "stopped.log", "w") as log:
+        process = subprocess.Popen([sys.executable, str(RUN_MIM), *command_line(stopped, **settings)], env=environment,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (stopped / "train_log.jsonl").exists() or not (stopped / "train_log.jsonl").read_text():
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "stopped.log").read_text()[-3000:]
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    log_text = (tmp_path / "stopped.log").read_text()
+    assert process.returncode == 143, log_text[-3000:]
+    assert "killed by signal" not in log_text
+    [checkpoint] = list_checkpoints(stopped)
+    step = int(checkpoint.name.split("_")[1])
+    assert 1 <= step < 150 and not (stopped / "model.safetensors").exists()
+
+    run_mim = load_run_mim()
+    run_mim.main(command_line(stopped, resume_from_checkpoint="latest", **settings))
+    run_mim.main(command_line(tmp_path / "uninterrupted", **settings))
+    resumed, reference = load_file(stopped / "model.safetensors"), load_file(
+        tmp_path / "uninterrupted" / "model.safetensors")
+    assert resumed.keys() == reference.keys() and all(torch.equal(resumed[name], reference[name]) for name in reference)
+
+
 def test_a_checkpoint_between_logging_steps_keeps_the_logged_loss_identical(tmp_path):
     settings = dict(max_train_steps=6, logging_steps=3, checkpointing_steps=2, checkpoints_total_limit=None)
     run_pretraining(*arguments(tmp_path / "uninterrupted", **settings))

@@ -43,6 +43,7 @@ from .training_records import TRAIN_LOG_NAME, TrainLog, write_skipped_samples
 logger = get_logger(__name__)
 
 DEFAULT_BASE_LEARNING_RATE = 1.5e-4
+STOPPED_BY_SIGNAL_STATUS = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 DEFAULT_BETA2 = {"mixedae": 0.95, "cae": 0.999}
 
 
@@ -151,10 +152,11 @@ class TerminationRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:  # a second request: the step in progress is not waited for (no checkpoint)
-            raise TrainingInterrupted("a second SIGTERM arrived before the step ended; stopped without a checkpoint.")
+        # Repeated signals are one request: a scheduler may signal every process of the job while the launcher's
+        # death signals this one again, and the checkpoint must still be written.
+        if not self.requested:
+            logger.warning("SIGTERM received: stopping after this step with a checkpoint.")
         self.requested = True
-        logger.warning("SIGTERM received: stopping after this step with a checkpoint (send it again to stop now).")
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -191,22 +193,11 @@ def _terminate_with_launcher() -> None:
 def exit_status(results: dict[str, Any]) -> int:
     """The process exit status for a run's `results`: 143 (as a process ended by SIGTERM) when it stopped early at
     a signal, after its checkpoint, so that a scheduler or retry loop sees it did not finish; else 0."""
-    return TrainingInterrupted.exit_status if results.get("stopped_by_signal") else 0
+    return STOPPED_BY_SIGNAL_STATUS if results.get("stopped_by_signal") else 0
 
 
 class NonFiniteTrainingError(RuntimeError):
     pass
-
-
-class TrainingInterrupted(SystemExit):
-    """Leaves the process with status 143 (128 + SIGTERM), as a process ended by SIGTERM does, so a retry loop
-    or scheduler sees that the run did not finish."""
-
-    exit_status = 128 + signal.SIGTERM
-
-    def __init__(self, message: str):
-        logger.error(message)
-        super().__init__(self.exit_status)
 
 
 class FinalStepError(RuntimeError):

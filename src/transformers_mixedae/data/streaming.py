@@ -30,6 +30,7 @@ multiple of g, or dropped with `drop_last=True`.
 from __future__ import annotations
 
 import logging
+import signal
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -303,8 +304,17 @@ def _build_loader(
         drop_last=False,  # applied after the in-band skip reports are read, so none is lost
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
+        worker_init_fn=ignore_termination_signal,
     )
     return ImageStreamLoader(dataloader, decoded, batch_size, drop_last)
+
+
+def ignore_termination_signal(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM to the training process. A scheduler (or `timeout`) signals every process of
+    the job; a worker that died of it would make the training process fail at once ("DataLoader worker is killed
+    by signal") instead of finishing its step and writing its checkpoint. The workers still end with the training
+    process, which shuts them down (and they exit when it dies)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def build_pretraining_dataloader(
