@@ -19,7 +19,7 @@ import transformers_mixedae  # noqa: F401  (registers the models with the Auto c
 from transformers_mixedae.cli import run_cli
 from transformers_mixedae.finetuning import run_image_classification
 from transformers_mixedae.finetuning_args import parse_classification_arguments
-from transformers_mixedae.pretraining import exit_status
+from transformers_mixedae.training.loop import exit_status
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -15,7 +15,8 @@ import logging
 
 import transformers_mixedae  # noqa: F401  (registers the models with the Auto classes)
 from transformers_mixedae.cli import run_cli
-from transformers_mixedae.pretraining import exit_status, run_pretraining
+from transformers_mixedae.pretraining import run_pretraining
+from transformers_mixedae.training.loop import exit_status
 from transformers_mixedae.pretraining_args import parse_run_arguments
 
 

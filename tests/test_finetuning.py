@@ -159,3 +159,26 @@ def test_resumed_fine_tuning_ends_with_the_same_weights(tmp_path, pretrained):
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
+
+
+def test_finetuning_keeps_the_records_pretraining_keeps_and_logs_a_skipped_window_as_null(pretrained, tmp_path,
+                                                                                           monkeypatch):
+    from transformers_mixedae.finetuning import ImageClassificationTask
+    from transformers_mixedae.training_records import read_train_log
+
+    calls = []
+    original_loss = ImageClassificationTask.loss
+
+    def loss_with_a_nonfinite_first_step(self, model, batch):
+        calls.append(1)
+        loss = original_loss(self, model, batch)
+        return loss * float("inf") if len(calls) == 1 else loss
+
+    monkeypatch.setattr(ImageClassificationTask, "loss", loss_with_a_nonfinite_first_step)
+    results = run_image_classification(*arguments(pretrained / "mixedae", tmp_path, max_train_steps=3))
+    assert results["train_skipped_nonfinite_steps"] == 1
+    log = read_train_log(tmp_path / "train_log.jsonl")
+    assert [record["step"] for record in log] == [1, 2, 3]
+    assert log[0]["loss"] is None and all(isinstance(record["loss"], float) for record in log[1:])
+    report = json.loads((tmp_path / "skipped_samples.json").read_text())
+    assert report["num_skipped"] == 0 and report["num_loaded"] == results["train_loaded_samples"] == 24

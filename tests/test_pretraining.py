@@ -238,10 +238,11 @@ def test_failed_final_save_leaves_the_previous_final_model_untouched(tmp_path, m
     from accelerate import Accelerator
 
     from transformers_mixedae import MixedAEImageProcessorPil
-    from transformers_mixedae import pretraining
+    from transformers_mixedae.pretraining import build_pretraining_model
+    from transformers_mixedae.training import final_save
 
     model_args, _, training_args = arguments(tmp_path)
-    model = pretraining.build_pretraining_model(model_args)
+    model = build_pretraining_model(model_args)
     previous = {"model.safetensors": b"previous weights", "all_results.json": b'{"eval_loss": 1.0}'}
     for name, content in previous.items():
         (tmp_path / name).write_bytes(content)
@@ -251,8 +252,8 @@ def test_failed_final_save_leaves_the_previous_final_model_untouched(tmp_path, m
 
     monkeypatch.setattr(MixedAEImageProcessorPil, "save_pretrained", failing_processor_save)
     with pytest.raises(OSError, match="disk full"):
-        pretraining.save_final_model(Accelerator(cpu=True), model, MixedAEImageProcessorPil(), tmp_path,
-                                     {"eval_loss": 0.5}, model_args, training_args)
+        final_save.save_final_model(Accelerator(cpu=True), model, MixedAEImageProcessorPil(), tmp_path,
+                                    {"eval_loss": 0.5})
     assert {name: (tmp_path / name).read_bytes() for name in previous} == previous
     assert not (tmp_path / ".tmp-final").exists() and not (tmp_path / "config.json").exists()
 
@@ -261,19 +262,20 @@ def test_a_failing_model_card_comes_after_the_model_is_saved_and_says_so(tmp_pat
     from accelerate import Accelerator
 
     from transformers_mixedae import MixedAEForPreTraining, MixedAEImageProcessorPil
-    from transformers_mixedae import pretraining
+    from transformers_mixedae.pretraining import build_pretraining_model
+    from transformers_mixedae.training import final_save
 
     model_args, _, training_args = arguments(tmp_path)
-    model = pretraining.build_pretraining_model(model_args)
+    model = build_pretraining_model(model_args)
 
     def failing_card(*args, **kwargs):
         raise OSError("disk full while writing the model card")
 
-    monkeypatch.setattr(pretraining, "_write_model_card", failing_card)
-    with pytest.raises(pretraining.FinalStepError, match=r"model card failed \(OSError: disk full.*The trained model, "
+    monkeypatch.setattr(final_save, "_write_model_card", failing_card)
+    with pytest.raises(final_save.FinalStepError, match=r"model card failed \(OSError: disk full.*The trained model, "
                                                          r"its image processor and all_results.json are saved in "):
-        pretraining.save_final_model(Accelerator(cpu=True), model, MixedAEImageProcessorPil(), tmp_path,
-                                     {"train_loss": 0.5}, model_args, training_args)
+        final_save.save_final_model(Accelerator(cpu=True), model, MixedAEImageProcessorPil(), tmp_path,
+                                    {"train_loss": 0.5})
     reloaded = MixedAEForPreTraining.from_pretrained(tmp_path)
     assert all(torch.equal(reloaded.state_dict()[name], value) for name, value in model.state_dict().items())
     assert json.loads((tmp_path / "all_results.json").read_text()) == {"train_loss": 0.5}
@@ -282,7 +284,7 @@ def test_a_failing_model_card_comes_after_the_model_is_saved_and_says_so(tmp_pat
 
 def test_a_failing_final_evaluation_keeps_the_trained_model_and_its_training_results(tmp_path, monkeypatch):
     from transformers_mixedae import MixedAEForPreTraining
-    from transformers_mixedae.pretraining import FinalStepError
+    from transformers_mixedae.training.final_save import FinalStepError
     from transformers_mixedae.pretraining_data import PretrainingData
 
     def failing_evaluation(self, model, step):

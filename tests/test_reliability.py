@@ -36,7 +36,8 @@ from transformers_mixedae import CAEConfig, CAEForPreTraining, MixedAEConfig, Mi
 from transformers_mixedae.checkpointing import list_checkpoints
 from transformers_mixedae.convert_cae_checkpoint import load_official_state_dict
 from transformers_mixedae.data import load_rgb_image
-from transformers_mixedae.pretraining import NonFiniteTrainingError, run_pretraining
+from transformers_mixedae.pretraining import run_pretraining
+from transformers_mixedae.training.loop import NonFiniteTrainingError
 from transformers_mixedae.pretraining_args import DataArguments, ModelArguments, PretrainingArguments
 from transformers_mixedae.tokenizer_dalle import load_dalle_encoder
 from transformers_mixedae.training_records import read_train_log
@@ -142,7 +143,7 @@ def test_sigkill_at_a_checkpoint_write_then_latest_resumes_with_the_same_loss_cu
     assert int(last.name.split("_")[1]) >= step - 2, (step, seen)
     assert read_train_log(killed / "train_log.jsonl")[-1]["step"] >= int(last.name.split("_")[1])
 
-    caplog.set_level("INFO", logger="transformers_mixedae.pretraining")
+    caplog.set_level("INFO", logger="transformers_mixedae.training.resume")
     run_mim.main(command_line(killed, resume_from_checkpoint="latest", **settings))
     assert f"Resumed from {last} at step" in caplog.text
 

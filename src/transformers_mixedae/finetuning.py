@@ -9,13 +9,11 @@
   trained with SGD. At the end the BatchNorm (running statistics) is folded into the Linear, so the saved model is
   a plain `...ForImageClassification` with `classifier_pooling="cls"` giving the same logits.
 
-The training loop reuses the pre-training machinery (`pretraining`, `pretraining_data`, `checkpointing`): per-rank
-streamed loaders with seeded augmentation, atomic checkpoints that restore weights, optimizer, schedule, RNG and
-data position (a resumed run ends with the same weights), SIGTERM handling and non-finite step skipping.
+Both are one task of the training engine (`training.loop`), which owns the loop, checkpoints, resume, logging and
+the final save; the task states the model, its data (`ClassificationData`), the optimizer, the cross-entropy loss,
+the frozen encoder of the probe, and the BatchNorm folding before the save.
 """
 
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 from torch import nn
-from tqdm.auto import tqdm
-from transformers import AutoConfig, PreTrainedModel, get_scheduler
+from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
 from .data import (
     CAE_CROP_SCALE,
@@ -45,24 +42,6 @@ from .finetuning_args import (
     recipe_drop_path_rate,
     resolve_recipe,
 )
-from .pretraining import (
-    NonFiniteTrainingError,
-    TerminationRequest,
-    TrainingProgress,
-    _trackers,
-    base_encoder,
-    build_optimizer,
-    checkpoint_if_due,
-    effective_learning_rate,
-    gradients_are_finite,
-    log_evaluation,
-    parameter_groups,
-    prepare_run_folders,
-    resume_if_requested,
-    run_recipe,
-    save_then_evaluate,
-    training_results,
-)
 from .output_folders import check_model_path
 from .pretraining_args import MODEL_TYPES, parse_config_overrides
 from .pretraining_data import (
@@ -73,24 +52,20 @@ from .pretraining_data import (
     image_processor_for,
     load_run_datasets,
 )
+from .training.loop import TrainingCallback, TrainingTask, _flat_config, train
+from .training.optim import build_adamw, layer_decay_parameter_groups, layer_id, parameter_groups
 
 logger = get_logger(__name__)
 
-NO_DECAY_TOKENS = ("cls_token", "position_embeddings")
 DEFAULT_EVAL_DATASET = "zalando-datasets/fashion_mnist"  # Hub id of the data the embedded default is drawn from
 
 
 # ---------------------------------------------------------------------------------------------- model
 def classification_class(model_type: str) -> type:
-    if model_type == "mixedae":
-        from .modeling_mixedae import MixedAEForImageClassification
-
-        return MixedAEForImageClassification
-    if model_type == "cae":
-        from .modeling_cae import CAEForImageClassification
-
-        return CAEForImageClassification
-    raise ValueError(f"model type {model_type!r} is not supported; choose one of {MODEL_TYPES}.")
+    """The `...ForImageClassification` class registered for `model_type`."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model type {model_type!r} is not supported; choose one of {MODEL_TYPES}.")
+    return MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[CONFIG_MAPPING[model_type]]
 
 
 def checkpoint_model_type(model_args: ClassificationModelArguments) -> str:
@@ -167,52 +142,6 @@ def fold_linear_probe_head(model: PreTrainedModel) -> None:
     folded.weight.copy_(linear.weight * scale)
     folded.bias.copy_(linear.bias - folded.weight @ norm.running_mean)
     model.classifier = folded
-
-
-def layer_id(name: str, base_prefix: str, num_layers: int) -> int:
-    """Layer index of a parameter for layer-wise lr decay: embeddings 0, block i -> i + 1, everything after the
-    blocks (final norm, fc_norm, classifier) L + 1."""
-    parts = name.split(".")
-    if parts[0] == base_prefix:
-        parts = parts[1:]
-    if parts[0] == "embeddings":
-        return 0
-    if parts[0] == "layers":
-        return int(parts[1]) + 1
-    return num_layers + 1
-
-
-def layer_decay_parameter_groups(
-    model: nn.Module, weight_decay: float, learning_rate: float, layer_decay: float
-) -> list[dict]:
-    """`parameter_groups` (no decay on biases / 1-D parameters) split per layer, each with
-    `lr = learning_rate * layer_decay ** (L + 1 - layer_id)` (MAE/BEiT layer-wise decay)."""
-    unwrapped = getattr(model, "module", model)
-    num_layers = unwrapped.config.num_hidden_layers
-    prefix = unwrapped.base_model_prefix
-    layer_of = {id(p): layer_id(name, prefix, num_layers) for name, p in unwrapped.named_parameters()}
-    # MAE's fine-tuning also exempts the [CLS] token and position embeddings from weight decay.
-    exempt = {id(p) for name, p in unwrapped.named_parameters() if name.endswith(NO_DECAY_TOKENS)}
-    groups: dict[tuple[int, float], dict] = {}
-    for base_group in parameter_groups(unwrapped, weight_decay):
-        for parameter in base_group["params"]:
-            layer = layer_of[id(parameter)]
-            decay = 0.0 if id(parameter) in exempt else base_group["weight_decay"]
-            key = (layer, decay)
-            if key not in groups:
-                scale = layer_decay ** (num_layers + 1 - layer)
-                groups[key] = {"params": [], "weight_decay": decay, "lr": learning_rate * scale, "lr_scale": scale,
-                               "layer_id": layer}
-            groups[key]["params"].append(parameter)
-    return [groups[key] for key in sorted(groups)]
-
-
-def build_classification_optimizer(model, training_args: FinetuningArguments, model_type: str, lr: float):
-    if training_args.mode == "linear_probe":
-        groups = parameter_groups(model, training_args.weight_decay)
-        return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=training_args.momentum)
-    groups = layer_decay_parameter_groups(model, training_args.weight_decay, lr, training_args.layer_decay)
-    return build_optimizer(model, training_args, model_type, lr, groups=groups)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -317,160 +246,92 @@ class ClassificationData(PretrainingData):
         return "imagefolder" if self.data_args.train_dir else DEFAULT_EVAL_DATASET
 
 
-# ---------------------------------------------------------------------------------------------- loop
+# ---------------------------------------------------------------------------------------------- task
+def base_encoder(model: PreTrainedModel) -> PreTrainedModel:
+    """The encoder inside one of our task models (what a linear probe freezes)."""
+    return getattr(model, model.base_model_prefix)
+
+
+class ImageClassificationTask(TrainingTask):
+    """Fine-tuning or linear probing of a MixedAE / CAE encoder with cross-entropy (label smoothing)."""
+
+    tracker_project = "run_image_classification"
+
+    def __init__(
+        self,
+        model_args: ClassificationModelArguments,
+        data_args: ClassificationDataArguments,
+        training_args: FinetuningArguments,
+    ):
+        super().__init__(training_args, model_args.model_name_or_path)
+        self.model_args = model_args
+        self.data_args = data_args
+        self.torch_compile = model_args.torch_compile
+        self.model_type = checkpoint_model_type(model_args)
+        resolve_recipe(model_args, training_args, self.model_type)
+        self.name = training_args.mode
+        self.linear_probe = training_args.mode == "linear_probe"
+        self.data: ClassificationData | None = None
+
+    def check_arguments(self) -> None:
+        parse_config_overrides(self.model_args.config_overrides, classification_class(self.model_type).config_class)
+
+    def build(self):
+        self.data = ClassificationData(self.data_args, self.training_args, self.accelerator)
+        model = build_classification_model(self.model_args, self.training_args, self.model_type, self.data.label_names)
+        self.data.build_loaders(model.config)
+        return model, self.data
+
+    def warmup_steps(self, steps_per_epoch: int, max_train_steps: int) -> int:
+        args = self.training_args
+        if args.warmup_steps is not None:
+            return args.warmup_steps
+        return min(round(args.warmup_epochs * steps_per_epoch), max_train_steps // 2)
+
+    def build_optimizer(self, model: PreTrainedModel, lr: float):
+        args = self.training_args
+        if self.linear_probe:  # MAE's probe: SGD with momentum on the head alone
+            groups = parameter_groups(model, args.weight_decay)
+            return torch.optim.SGD([group for group in groups if group["params"]], lr=lr, momentum=args.momentum)
+        groups = layer_decay_parameter_groups(model, args.weight_decay, lr, args.layer_decay)
+        return build_adamw(groups, lr, (args.adam_beta1, args.adam_beta2))
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(pixel_values=batch["pixel_values"]).logits
+        return F.cross_entropy(logits.float(), batch["labels"], label_smoothing=self.training_args.label_smoothing)
+
+    def train_mode(self, model: torch.nn.Module) -> None:
+        model.train()
+        if self.linear_probe:  # the frozen encoder stays in eval mode; only the probe's BatchNorm trains
+            base_encoder(self.accelerator.unwrap_model(model)).eval()
+
+    def before_save(self, model: PreTrainedModel) -> None:
+        if self.linear_probe:  # the saved (and finally evaluated) model is the plain classifier with the BN folded in
+            fold_linear_probe_head(model)
+
+    def card_kwargs(self) -> dict[str, Any]:
+        base_model = self.model_args.model_name_or_path
+        return dict(
+            eval_dataset=self.data.eval_dataset_id(),
+            eval_dataset_name=self.data.source,
+            evaluation_protocol="linear probing" if self.linear_probe else "fine-tuning",
+            base_model=base_model if base_model and not Path(base_model).exists() else None,
+        )
+
+    def description(self) -> str:
+        args = self.training_args
+        return f"{args.mode} ({args.recipe} recipe) of {self.model_type}, layer decay {args.layer_decay}"
+
+    def tracker_config(self) -> dict[str, Any]:
+        return _flat_config(self.model_args, self.data_args, self.training_args)
+
+
 def run_image_classification(
     model_args: ClassificationModelArguments,
     data_args: ClassificationDataArguments,
     training_args: FinetuningArguments,
     accelerator: Accelerator | None = None,
+    callbacks: tuple[TrainingCallback, ...] | list[TrainingCallback] = (),
 ) -> dict[str, Any]:
     """Fine-tune or linear-probe, evaluate, save. Returns the final metrics (also in `output_dir/all_results.json`)."""
-    model_type = checkpoint_model_type(model_args)
-    resolve_recipe(model_args, training_args, model_type)
-    if accelerator is None:
-        accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(),
-            gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-            log_with=_trackers(training_args.report_to),
-            project_dir=training_args.output_dir,
-        )
-    parse_config_overrides(model_args.config_overrides, classification_class(model_type).config_class)
-    output_dir, checkpoint = prepare_run_folders(accelerator, model_args, training_args)
-
-    data = ClassificationData(data_args, training_args, accelerator)
-    set_seed(training_args.seed, device_specific=True)
-    model = build_classification_model(model_args, training_args, model_type, data.label_names)
-    data.build_loaders(model.config)
-    linear_probe = training_args.mode == "linear_probe"
-
-    world_size = accelerator.num_processes
-    total_batch_size = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
-    lr = effective_learning_rate(training_args, total_batch_size)
-    steps_per_epoch = data.optimizer_steps_per_epoch(total_batch_size)
-    if training_args.max_train_steps is not None:
-        max_train_steps = training_args.max_train_steps
-    elif steps_per_epoch is not None:
-        max_train_steps = max(1, math.ceil(training_args.num_train_epochs * steps_per_epoch))
-    else:
-        raise ValueError("The number of training examples is unknown (streaming without split sizes): pass --max_train_steps.")
-    steps_per_epoch = steps_per_epoch or max_train_steps
-    if training_args.warmup_steps is not None:
-        warmup_steps = training_args.warmup_steps
-    else:
-        warmup_steps = min(round(training_args.warmup_epochs * steps_per_epoch), max_train_steps // 2)
-
-    optimizer = build_classification_optimizer(model, training_args, model_type, lr)
-    scheduler = get_scheduler(
-        training_args.lr_scheduler_type, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_train_steps
-    )
-    recipe = run_recipe(model, training_args, world_size, lr, max_train_steps, warmup_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if model_args.torch_compile:
-        model = torch.compile(model)
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(scheduler, progress, data.state)
-    resume_if_requested(accelerator, checkpoint, progress, recipe, training_args.allow_recipe_change)
-    logger.info(
-        f"{training_args.mode} ({training_args.recipe} recipe) of {model_type}: {max_train_steps} optimizer steps, "
-        f"global batch {total_batch_size}, lr {lr:.3g}, layer decay {training_args.layer_decay}, warm-up {warmup_steps}",
-        main_process_only=True,
-    )
-
-    bar = tqdm(total=max_train_steps, initial=progress.completed_steps, disable=not accelerator.is_local_main_process,
-               desc=training_args.mode, dynamic_ncols=True)
-    eval_results: dict[str, float] = {}
-    start_time, start_images = time.perf_counter(), progress.images_seen
-    window_loss = torch.full((), progress.window_loss_sum, device=accelerator.device)
-    window_batches = progress.window_batches
-    step_loss = torch.zeros((), device=accelerator.device)
-    step_batches = 0
-    stopped_by_signal = False
-
-    def train_mode():
-        model.train()
-        if linear_probe:  # the frozen encoder stays in eval mode; only the probe's BatchNorm trains
-            base_encoder(accelerator.unwrap_model(model)).eval()
-
-    with TerminationRequest() as termination:
-        while progress.completed_steps < max_train_steps and not stopped_by_signal:
-            train_mode()
-            batches = data.train_batches(progress.epoch, steps_per_epoch * training_args.gradient_accumulation_steps,
-                                         skip_batches=progress.batches_in_epoch)
-            for batch in batches:
-                with accelerator.accumulate(model):
-                    logits = model(pixel_values=batch["pixel_values"]).logits
-                    loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=training_args.label_smoothing)
-                    accelerator.backward(loss)
-                    progress.batches_in_epoch += 1
-                    progress.images_seen += batch["pixel_values"].shape[0] * world_size
-                    step_loss += loss.detach().float()
-                    step_batches += 1
-                    if accelerator.sync_gradients:
-                        if gradients_are_finite(accelerator, model, training_args.max_grad_norm):
-                            optimizer.step()
-                            progress.consecutive_nonfinite_steps = 0
-                            window_loss += step_loss
-                            window_batches += step_batches
-                        else:
-                            progress.skipped_nonfinite_steps += 1
-                            progress.consecutive_nonfinite_steps += 1
-                        optimizer.zero_grad(set_to_none=True)
-                        step_loss.zero_()
-                        step_batches = 0
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                progress.completed_steps += 1
-                bar.update(1)
-                if progress.consecutive_nonfinite_steps >= training_args.max_consecutive_nonfinite_steps:
-                    raise NonFiniteTrainingError(
-                        f"{progress.consecutive_nonfinite_steps} optimizer steps in a row had a non-finite loss or "
-                        f"gradient (step {progress.completed_steps}); stopping. Lower the learning rate or set "
-                        "--max_grad_norm."
-                    )
-                if progress.completed_steps % training_args.logging_steps == 0 or progress.completed_steps == max_train_steps:
-                    mean_loss = accelerator.reduce(window_loss / max(window_batches, 1), reduction="mean").item()
-                    if window_batches:
-                        progress.train_loss_sum += mean_loss * window_batches
-                        progress.train_loss_count += window_batches
-                    current_lr = max(scheduler.get_last_lr())
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{current_lr:.2e}")
-                    accelerator.log({"train/loss": mean_loss, "train/learning_rate": current_lr},
-                                    step=progress.completed_steps)
-                    window_loss.zero_()
-                    window_batches = 0
-                if training_args.eval_steps and progress.completed_steps % training_args.eval_steps == 0:
-                    eval_results = data.evaluate(model, step=progress.completed_steps)
-                    accelerator.log(eval_results, step=progress.completed_steps)
-                    log_evaluation(progress.completed_steps, eval_results)
-                    train_mode()
-                stopped_by_signal = termination.requested
-                checkpoint_if_due(accelerator, training_args, output_dir, progress, window_loss, window_batches,
-                                  stopping=stopped_by_signal, recipe=recipe)
-                if stopped_by_signal:
-                    break
-                if progress.completed_steps >= max_train_steps:
-                    break
-            else:  # the epoch's batches are exhausted
-                progress.epoch += 1
-                progress.batches_in_epoch = 0
-    bar.close()
-
-    results = training_results(progress, data, start_images, time.perf_counter() - start_time)
-    if stopped_by_signal:
-        results["stopped_by_signal"] = True
-        accelerator.end_training()
-        return results
-    if linear_probe:  # the saved (and finally evaluated) model is the plain classifier with the BatchNorm folded in
-        fold_linear_probe_head(accelerator.unwrap_model(model))
-    base_model = model_args.model_name_or_path
-    card_kwargs = dict(
-        eval_dataset=data.eval_dataset_id(),
-        eval_dataset_name=data.source,
-        evaluation_protocol="linear probing" if linear_probe else "fine-tuning",
-        base_model=base_model if base_model and not Path(base_model).exists() else None,
-    )
-    results = save_then_evaluate(accelerator, model, data, output_dir, results, eval_results, progress.completed_steps,
-                                 model_args, training_args, card_kwargs=card_kwargs)
-    accelerator.end_training()
-    return results
+    return train(ImageClassificationTask(model_args, data_args, training_args), accelerator, callbacks)

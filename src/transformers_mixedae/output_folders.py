@@ -49,7 +49,8 @@ RUN_RECORD_ARTIFACTS = (
     TRAIN_LOG_NAME,
     SKIPPED_SAMPLES_NAME.replace(".json", "*.json"),  # skipped_samples.json and skipped_samples_rank<N>.json
     "visualizations",
-    "run_mim",  # the tensorboard tracker's folder (`init_trackers("run_mim")` with `project_dir=output_dir`)
+    "run_mim",  # the tensorboard trackers' folders (`init_trackers(<task's project>)` with `project_dir=output_dir`)
+    "run_image_classification",
 )
 # Also ours, but not proof of an earlier result: a README.md may be the user's own, `.tmp-*` are the leftovers of an
 # interrupted write (never read), and a `checkpoints/` folder without `step_*` holds no checkpoint.

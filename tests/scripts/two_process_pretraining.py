@@ -11,6 +11,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 import transformers_mixedae.pretraining as pretraining
+from transformers_mixedae.training import final_save
 from transformers_mixedae.pretraining_data import SeededTransform
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -19,7 +20,7 @@ from test_pretraining import arguments  # noqa: E402
 
 def main(output_dir: str) -> None:
     seen: list[int] = []
-    original_call, original_save = SeededTransform.__call__, pretraining.save_final_model
+    original_call, original_save = SeededTransform.__call__, final_save.save_final_model
 
     def recording_call(self, image):
         seen.append(hash(image.tobytes()))
@@ -33,7 +34,7 @@ def main(output_dir: str) -> None:
         Path(output_dir, f"weights_{accelerator.process_index}.json").write_text(json.dumps(weights))
         return original_save(accelerator, model, *args, **kwargs)
 
-    SeededTransform.__call__, pretraining.save_final_model = recording_call, recording_save
+    SeededTransform.__call__, final_save.save_final_model = recording_call, recording_save
     accelerator = Accelerator(cpu=True)
     assert accelerator.num_processes == 2, accelerator.state
     pretraining.run_pretraining(*arguments(output_dir, max_train_steps=2), accelerator=accelerator)

@@ -1,0 +1,158 @@
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""The end of a run: the trained model is saved first, then evaluated, then its results and card are written.
+
+Nothing after the save (the final evaluation, its pictures, the model card, the upload) can lose the trained model:
+a failure there raises `FinalStepError`, whose message says what was saved and where.
+"""
+
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from transformers import PreTrainedModel
+
+logger = get_logger(__name__)
+
+
+class FinalStepError(RuntimeError):
+    """A failure after training, raised once the trained model is saved; the message says what was saved."""
+
+    user_error = True
+
+
+def log_evaluation(step: int, eval_results: dict[str, float]) -> None:
+    """Evaluation results on the console (main process), with or without a `--report_to` tracker."""
+    if eval_results:
+        metrics = ", ".join(f"{key} {value:.4f}" for key, value in sorted(eval_results.items()))
+        logger.info(f"Evaluation at step {step}: {metrics}", main_process_only=True)
+
+
+def save_then_evaluate(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    data,
+    output_dir: Path,
+    results: dict[str, Any],
+    eval_results: dict[str, float],
+    step: int,
+    training_args: Any,
+    card_kwargs: dict | None = None,
+) -> dict[str, Any]:
+    """The end of a run: save the trained model with its training results first, so that nothing after it (the
+    final evaluation, its pictures, the model card, the upload) can lose it; then evaluate (unless the last periodic
+    evaluation was at this step) and write the results and the card again."""
+    save_final_model(accelerator, model, data.image_processor, output_dir, results, card_kwargs)
+    if not eval_results or training_args.eval_steps is None or step % training_args.eval_steps:
+        try:
+            eval_results = data.evaluate(model, step=step)
+        except Exception as error:
+            raise FinalStepError(
+                f"the final evaluation failed ({type(error).__name__}: {error}). The trained model, its image "
+                f"processor and the training results (all_results.json) were saved to {output_dir} before it; "
+                "evaluate that folder instead of training again."
+            ) from error
+        log_evaluation(step, eval_results)
+    results = {**results, **eval_results}
+    accelerator.log({key: value for key, value in results.items() if isinstance(value, (int, float))}, step=step)
+    if accelerator.is_main_process:
+        write_results_and_card(accelerator.unwrap_model(model), output_dir, results, card_kwargs)
+        if training_args.push_to_hub:
+            push_final_model(accelerator.unwrap_model(model), data.image_processor, output_dir, training_args)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def save_final_model(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    image_processor,
+    output_dir: Path,
+    results: dict,
+    card_kwargs: dict | None = None,
+) -> None:
+    """`save_pretrained` (safetensors) + image processor + `all_results.json`, written into a temporary folder and
+    moved in, so `output_dir` never holds a half-written model; then the model card. A failure while staging
+    leaves the previous final model untouched; a failure of the card comes after the model is saved, and says so.
+    `card_kwargs` go to `generate_model_card` (e.g. `eval_dataset`, `evaluation_protocol`)."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    unwrapped = _unwrapped(accelerator, model)
+    staging = output_dir / ".tmp-final"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        unwrapped.save_pretrained(staging, safe_serialization=True)
+        image_processor.save_pretrained(staging)
+        (staging / "all_results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # the previous final model, if any, stays untouched
+        raise
+    for item in staging.iterdir():
+        os.replace(item, output_dir / item.name)
+    staging.rmdir()
+    logger.info(f"Saved the final model and all_results.json to {output_dir}")
+    write_results_and_card(unwrapped, output_dir, results, card_kwargs)
+
+
+def write_results_and_card(model: PreTrainedModel, output_dir: Path, results: dict, card_kwargs: dict | None) -> None:
+    """Replace `all_results.json` and the model card (`README.md`) of a saved final model, each atomically."""
+    model = getattr(model, "_orig_mod", model)
+    results_path = output_dir / "all_results.json"
+    temporary = output_dir / ".tmp-all_results.json"
+    temporary.write_text(json.dumps(results, indent=2, sort_keys=True))
+    os.replace(temporary, results_path)
+    command = " ".join(shlex.quote(part) for part in sys.argv) if sys.argv and sys.argv[0] else None
+    staging = output_dir / ".tmp-card"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        _write_model_card(staging, model, results, command, **(card_kwargs or {}))
+        if (staging / "README.md").exists():
+            os.replace(staging / "README.md", output_dir / "README.md")
+    except Exception as error:
+        raise FinalStepError(
+            f"writing the model card failed ({type(error).__name__}: {error}). The trained model, its image processor "
+            f"and all_results.json are saved in {output_dir}; only README.md is missing or from the save before."
+        ) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def push_final_model(model: PreTrainedModel, image_processor, output_dir: Path, training_args) -> None:
+    repo_id = training_args.hub_model_id or output_dir.name
+    model = getattr(model, "_orig_mod", model)
+    try:
+        model.push_to_hub(repo_id, token=training_args.hub_token)
+        image_processor.push_to_hub(repo_id, token=training_args.hub_token)
+        from huggingface_hub import upload_file
+
+        upload_file(path_or_fileobj=str(output_dir / "README.md"), path_in_repo="README.md", repo_id=repo_id,
+                    token=training_args.hub_token)
+    except Exception as error:
+        raise FinalStepError(
+            f"uploading to the Hub repository {repo_id} failed ({type(error).__name__}: {error}). Everything is saved "
+            f"in {output_dir}; upload it later with `huggingface-cli upload {repo_id} {output_dir}`."
+        ) from error
+
+
+def _unwrapped(accelerator: Accelerator, model: torch.nn.Module) -> PreTrainedModel:
+    unwrapped = accelerator.unwrap_model(model)
+    return getattr(unwrapped, "_orig_mod", unwrapped)
+
+
+def _write_model_card(directory: Path, model, results, command, **card_kwargs) -> None:
+    from ..model_card import generate_model_card
+
+    card = generate_model_card(model, results=results, training_command=command, **card_kwargs)
+    card.save(str(directory / "README.md"))
+
+

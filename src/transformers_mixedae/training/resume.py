@@ -1,0 +1,119 @@
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""What a run checks before it starts, and how it checkpoints and resumes.
+
+Before anything is built: the model path exists (if local), the checkpoint to resume is intact and safe to load,
+and the output folder holds no other run's result. Each checkpoint records the run's recipe (model, batch size,
+learning rate, schedule, seed); resuming with another recipe is refused unless asked for.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from transformers import PreTrainedModel
+
+from ..checkpointing import CheckpointError, check_checkpoint_is_safe, check_resume_recipe, resolve_checkpoint, save_checkpoint
+from ..output_folders import check_model_path, prepare_output_dir
+
+logger = get_logger(__name__)
+
+
+def prepare_run_folders(
+    accelerator: Accelerator, model_name_or_path: str | None, training_args: Any
+) -> tuple[Path, Path | None]:
+    """Check what the run reads and writes before anything is built: the model path, the checkpoint to resume
+    (intact, safe to load) and the output folder (never mixed with another run's results). Returns the output
+    folder and the checkpoint to resume, if any."""
+    output_dir = Path(training_args.output_dir)
+    if model_name_or_path:
+        check_model_path(model_name_or_path, "--model_name_or_path")
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
+    if checkpoint is not None:
+        check_checkpoint_is_safe(checkpoint)
+    if accelerator.is_main_process:
+        # A job restarted with `latest` before its first checkpoint was written still counts as resuming its own run.
+        resuming = training_args.resume_from_checkpoint is not None
+        prepare_output_dir(output_dir, overwrite=training_args.overwrite_output_dir, resuming=resuming)
+    accelerator.wait_for_everyone()
+    return output_dir, checkpoint
+
+
+# Training arguments whose change on resume changes the optimisation (a checkpoint records them).
+RECIPE_ARGUMENTS = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "weight_decay", "adam_beta1",
+    "adam_beta2", "max_grad_norm", "seed", "mode", "layer_decay", "label_smoothing", "momentum",
+)
+
+
+def run_recipe(
+    model: PreTrainedModel, training_args: Any, world_size: int, lr: float, max_train_steps: int,
+    warmup_steps: int,
+) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the model (type, parameter shapes, config) and the recipe."""
+    config = model.config
+    own_fields = vars(type(config)).get("__annotations__", {})
+    recipe = {
+        "model_type": config.model_type,
+        "parameter_shapes": {name: list(tensor.shape) for name, tensor in model.state_dict().items()},
+        "model_config": {name: getattr(config, name) for name in own_fields if hasattr(config, name)},
+        "num_processes": world_size,
+        "learning_rate": lr,
+        "max_train_steps": max_train_steps,
+        "warmup_steps": warmup_steps,
+        **{name: getattr(training_args, name) for name in RECIPE_ARGUMENTS if hasattr(training_args, name)},
+    }
+    return json.loads(json.dumps(recipe, default=str))  # as a checkpoint's run_state.json gives it back
+
+
+def resume_if_requested(
+    accelerator: Accelerator,
+    checkpoint: Path | None,
+    progress: Any,
+    recipe: dict[str, Any],
+    allow_recipe_change: bool,
+) -> None:
+    """Load the whole state of `checkpoint` (from `prepare_run_folders`) once it is known to hold this model and
+    recipe (see `check_resume_recipe`)."""
+    if checkpoint is None:
+        return
+    check_resume_recipe(checkpoint, recipe, allow_recipe_change)
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as error:  # noqa: BLE001 - whatever broke, the message must name the checkpoint
+        raise CheckpointError(
+            f"loading {checkpoint} failed ({type(error).__name__}: {error}). It is damaged or was written by another "
+            "model or version; resume from another checkpoint, or start over with --overwrite_output_dir."
+        ) from error
+    logger.info(f"Resumed from {checkpoint} at step {progress.completed_steps}", main_process_only=True)
+
+
+def checkpoint_if_due(
+    accelerator: Accelerator,
+    training_args: Any,
+    output_dir: Path,
+    progress: Any,
+    window_loss: torch.Tensor,
+    window_batches: int,
+    stopping: bool,
+    recipe: dict[str, Any] | None = None,
+) -> Path | None:
+    """Write a checkpoint every `--checkpointing_steps` and when the run is stopping (SIGTERM). The loss window
+    that is not logged yet goes into `progress`, so a resumed run logs the same numbers."""
+    due = training_args.checkpointing_steps and progress.completed_steps % training_args.checkpointing_steps == 0
+    if not (due or stopping):
+        return None
+    progress.window_loss_sum = accelerator.reduce(window_loss, reduction="mean").item()
+    progress.window_batches = window_batches
+    saved = save_checkpoint(accelerator, output_dir, progress.completed_steps, training_args.checkpoints_total_limit,
+                            recipe)
+    if stopping:
+        logger.warning(
+            f"SIGTERM received: checkpoint written at step {progress.completed_steps}; resume with "
+            "--resume_from_checkpoint latest.", main_process_only=True,
+        )
+    return saved
+
+
