@@ -1,0 +1,172 @@
+"""Output folders and resuming: a finished run is never overwritten by accident, `--overwrite_output_dir` leaves
+nothing stale, a damaged `latest` falls back to the previous intact checkpoint, and a checkpoint only resumes its own
+model and recipe (another batch size only with `--allow_recipe_change`); tampered random states refuse the resume."""
+
+import json
+import logging
+import re
+import shutil
+import signal
+
+import datasets
+import pytest
+import torch
+from helpers import single_torch_thread  # noqa: F401 (fixture)
+from safetensors.torch import load_file
+from tiny_runs import TINY_MIXEDAE, arguments, folder_fingerprint
+
+from transformers_mixedae.pretraining import run_pretraining
+
+datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+CHECKPOINTED = dict(max_train_steps=2, checkpointing_steps=1, checkpoints_total_limit=None)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-step run with checkpoints step_1 and step_2."""
+    root = tmp_path_factory.mktemp("finished")
+    run_pretraining(*arguments(root, **CHECKPOINTED))
+    return root
+
+
+def interrupted_copy(finished, destination, steps=(1, 2)):
+    """An output folder holding only the checkpoints `steps` of `finished`: a run stopped after its last one."""
+    for step in steps:
+        shutil.copytree(finished / "checkpoints" / f"step_{step}", destination / "checkpoints" / f"step_{step}")
+    return destination
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------- output folder
+def test_rerunning_into_a_finished_run_is_refused_and_overwrite_leaves_no_stale_pictures(tmp_path):
+    run_pretraining(*arguments(tmp_path, max_train_steps=4, eval_steps=4, save_visualizations=True))
+    before = folder_fingerprint(tmp_path)
+    assert {"visualizations/step_4_reconstruction.png", "model.safetensors"} <= set(before)
+    with pytest.raises(ValueError, match=rf"^'{re.escape(str(tmp_path))}' already holds a finished result \(.*\): not "
+                                         r"starting the run, and nothing was changed\. Pass --overwrite_output_dir to "
+                                         r"replace it, or choose another output folder\.$"):
+        run_pretraining(*arguments(tmp_path, max_train_steps=2, save_visualizations=True))
+    assert folder_fingerprint(tmp_path) == before
+
+    (tmp_path / "notes.txt").write_text("mine")
+    results = run_pretraining(*arguments(tmp_path, max_train_steps=2, save_visualizations=True,
+                                         overwrite_output_dir=True))
+    assert results["train_steps"] == 2
+    assert sorted(path.name for path in (tmp_path / "visualizations").iterdir()) == [
+        "step_2_homologous_attention.png", "step_2_reconstruction.png"]
+    assert json.loads((tmp_path / "all_results.json").read_text())["train_steps"] == 2
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------------- damaged checkpoints
+def test_a_truncated_latest_names_the_file_and_resumes_from_the_previous_checkpoint(tmp_path, finished, caplog):
+    run = interrupted_copy(finished, tmp_path / "run")
+    damaged = run / "checkpoints" / "step_2" / "model.safetensors"
+    size = damaged.stat().st_size
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    caplog.set_level(logging.WARNING)
+    results = run_pretraining(*arguments(run, resume_from_checkpoint="latest", **CHECKPOINTED))
+    assert f"{damaged} has 100 bytes but was written with {size} (truncated or damaged)" in caplog.text
+    assert f"Not resuming from {run / 'checkpoints' / 'step_2'}" in caplog.text
+    assert results["train_steps"] == 2
+    expected, actual = weights(finished), weights(run)  # step 2 redone from step 1: the same weights
+    assert expected.keys() == actual.keys() and all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+def test_when_every_checkpoint_is_damaged_the_resume_is_refused_naming_them(tmp_path, finished):
+    run = interrupted_copy(finished, tmp_path / "run")
+    for step in (1, 2):
+        (run / "checkpoints" / f"step_{step}" / "optimizer.bin").write_bytes(b"")
+    before = folder_fingerprint(run)
+    with pytest.raises(ValueError, match=rf"^no checkpoint in {re.escape(str(run / 'checkpoints'))} is intact \(.*"
+                                         r"step_2/optimizer\.bin has 0 bytes but was written with \d+ .*step_1/"
+                                         r"optimizer\.bin has 0 bytes.*\)\. Pass --overwrite_output_dir"):
+        run_pretraining(*arguments(run, resume_from_checkpoint="latest", **CHECKPOINTED))
+    assert folder_fingerprint(run) == before
+
+
+def test_an_explicit_damaged_checkpoint_is_refused(tmp_path, finished):
+    run = interrupted_copy(finished, tmp_path / "run", steps=(1,))
+    checkpoint = run / "checkpoints" / "step_1"
+    (checkpoint / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=rf"^cannot resume from {re.escape(str(checkpoint))}: "
+                                         rf"{re.escape(str(checkpoint / 'model.safetensors'))} is missing\. Resume from "
+                                         r"another checkpoint"):
+        run_pretraining(*arguments(run, resume_from_checkpoint=str(checkpoint), **CHECKPOINTED))
+
+
+def test_a_garbled_run_state_is_named(tmp_path, finished):
+    run = interrupted_copy(finished, tmp_path / "run", steps=(1,))
+    state = run / "checkpoints" / "step_1" / "run_state.json"
+    state.write_text('{"files": {"model.safe')
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(state))} is damaged \(.*\); resume from another checkpoint"):
+        run_pretraining(*arguments(run, resume_from_checkpoint="latest", **CHECKPOINTED))
+
+
+def test_garbage_random_states_of_the_recorded_size_refuse_the_resume(tmp_path, finished):
+    run = interrupted_copy(finished, tmp_path / "run", steps=(1,))
+    states = run / "checkpoints" / "step_1" / "random_states_0.pkl"
+    size = states.stat().st_size
+    states.write_bytes((b"\x80\x04garbage, not random states" * size)[:size])  # the size check cannot tell
+    before = folder_fingerprint(run)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(states))} cannot be read as plain random-number states "
+                                         r"\(UnpicklingError\); it is damaged or holds other objects, and nothing in "
+                                         r"it was run\. Not resuming"):
+        run_pretraining(*arguments(run, resume_from_checkpoint="latest", **CHECKPOINTED))
+    assert folder_fingerprint(run) == before
+
+
+# ---------------------------------------------------------------------------------------------- another model or recipe
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(config_overrides=TINY_MIXEDAE.replace("hidden_size=32", "hidden_size=64", 1)),
+         r"holds a different model \(.*vit\.embeddings\.cls_token: \[1, 1, 32\] -> \[1, 1, 64\]"),
+        (dict(model_type="cae"), r"holds a different model \(model_type 'mixedae' in the checkpoint, 'cae' now\)"),
+    ],
+    ids=["another_size", "another_family"],
+)
+def test_resuming_into_another_model_says_so(tmp_path, finished, changes, message):
+    run = interrupted_copy(finished, tmp_path / "run", steps=(1,))
+    before = folder_fingerprint(run)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(run / 'checkpoints' / 'step_1'))} {message}.*; a checkpoint "
+                                         r"only resumes the model it was written for\."):
+        run_pretraining(*arguments(run, resume_from_checkpoint="latest", **CHECKPOINTED, **changes))
+    assert folder_fingerprint(run) == before
+
+
+def test_another_batch_size_is_refused_unless_allow_recipe_change(tmp_path, finished, caplog):
+    run = interrupted_copy(finished, tmp_path / "run", steps=(1,))
+    checkpoint = run / "checkpoints" / "step_1"
+    before = folder_fingerprint(run)
+    with pytest.raises(ValueError, match=rf"^resuming {re.escape(str(checkpoint))} would change the recipe \(.*"
+                                         r"per_device_train_batch_size: 8 in the checkpoint, 4 now\)\. Resume with the "
+                                         r"same values, or pass --allow_recipe_change"):
+        run_pretraining(*arguments(run, resume_from_checkpoint="latest", per_device_train_batch_size=4, **CHECKPOINTED))
+    assert folder_fingerprint(run) == before
+
+    caplog.set_level(logging.WARNING)
+    results = run_pretraining(*arguments(run, resume_from_checkpoint="latest", per_device_train_batch_size=4,
+                                         allow_recipe_change=True, **CHECKPOINTED))
+    assert results["train_steps"] == 2
+    assert re.search(rf"Resuming {re.escape(str(checkpoint))} with a changed recipe: .*per_device_train_batch_size: 8 "
+                     r"in the checkpoint, 4 now", caplog.text)
+
+
+def test_the_same_recipe_resumes_without_allow_recipe_change(tmp_path, finished):
+    run = interrupted_copy(finished, tmp_path / "run", steps=(1,))
+    assert run_pretraining(*arguments(run, resume_from_checkpoint="latest", **CHECKPOINTED))["train_steps"] == 2
+    expected, actual = weights(finished), weights(run)
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+# ---------------------------------------------------------------------------------------------- exit status
+def test_a_run_stopped_by_sigterm_exits_143_and_a_finished_one_0():
+    from transformers_mixedae.pretraining import exit_status
+
+    assert exit_status({"stopped_by_signal": True, "train_steps": 3}) == 128 + signal.SIGTERM == 143
+    assert exit_status({"train_steps": 4}) == 0
