@@ -51,19 +51,23 @@ _SOURCE_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 if importlib.util.find_spec("transformers_mixedae") is None and os.path.isdir(_SOURCE_FOLDER):
     sys.path.insert(0, _SOURCE_FOLDER)
 
-# Encoder sizes (ViT-Ti/S/B at 224 px, patch 16) and MAE's decoder (512 wide, 8 layers, 16 heads) for
-# ViTMAE and MixedAE. "micro" is a 32 px toy for the unit test and quick smoke runs; it is not in the default list.
+from transformers_mixedae.presets import VIT_PRESETS, ViTSize, vit_config_kwargs  # noqa: E402
+
+# Encoder sizes (ViT-Ti/S/B at 224 px, patch 16, from `transformers_mixedae.presets`) and MAE's decoder (512 wide,
+# 8 layers, 16 heads) for ViTMAE and MixedAE. "micro" is a 32 px toy for the unit test and quick smoke runs; it is
+# not in the default list.
 MAE_DECODER = dict(
     decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16, decoder_intermediate_size=2048
 )
 SIZES = {
     "micro": dict(
-        encoder=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
+        encoder=ViTSize(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, patch_size=4,
+            image_size=32,
+        ),
         decoder=dict(
             decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=128
         ),
-        image_size=32,
-        patch_size=4,
         cae=dict(
             decoder_hidden_size=32,
             regressor_num_layers=1,
@@ -73,24 +77,7 @@ SIZES = {
             mask_min_num_patches=4,
         ),
     ),
-    "tiny": dict(
-        encoder=dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768),
-        decoder=MAE_DECODER,
-        image_size=224,
-        patch_size=16,
-    ),
-    "small": dict(
-        encoder=dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
-        decoder=MAE_DECODER,
-        image_size=224,
-        patch_size=16,
-    ),
-    "base": dict(
-        encoder=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-        decoder=MAE_DECODER,
-        image_size=224,
-        patch_size=16,
-    ),
+    **{name: dict(encoder=VIT_PRESETS[name], decoder=MAE_DECODER) for name in ("tiny", "small", "base")},
 }
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 ATTENTION = ("eager", "sdpa")
@@ -126,16 +113,16 @@ class ModelUnavailable(RuntimeError):
     """The model cannot be built in this checkout (e.g. CAE not written yet)."""
 
 
-def _size_fields(size: str) -> dict:
-    spec = SIZES[size]
-    return dict(**spec["encoder"], image_size=spec["image_size"], patch_size=spec["patch_size"])
+def _size_fields(size: str, model_type: str) -> dict:
+    return vit_config_kwargs(SIZES[size]["encoder"], model_type)
 
 
 def build_vitmae(size: str, attn: str):
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
     config = ViTMAEConfig(
-        **_size_fields(size), **SIZES[size]["decoder"], mask_ratio=0.75, norm_pix_loss=True, attn_implementation=attn
+        **_size_fields(size, "vit_mae"), **SIZES[size]["decoder"], mask_ratio=0.75, norm_pix_loss=True,
+        attn_implementation=attn,
     )
     return ViTMAEForPreTraining(config)
 
@@ -144,7 +131,8 @@ def _mixedae_config(size: str, attn: str, **objective):
     from transformers_mixedae import MixedAEConfig
 
     return MixedAEConfig(
-        **_size_fields(size), **SIZES[size]["decoder"], norm_pix_loss=True, attn_implementation=attn, **objective
+        **_size_fields(size, "mixedae"), **SIZES[size]["decoder"], norm_pix_loss=True, attn_implementation=attn,
+        **objective,
     )
 
 
@@ -186,8 +174,8 @@ def build_cae(size: str, attn: str):
         raise ModelUnavailable(f"CAE is not in this checkout ({error})") from error
     # The encoder geometry is the benchmark's; regressor, decoder, LayerScale and drop path keep the package's CAE
     # defaults (official recipe); half of the patches are masked (official: 98 of 196).
-    fields = _size_fields(size)
-    num_patches = (fields["image_size"] // fields["patch_size"]) ** 2
+    fields = _size_fields(size, "cae")
+    num_patches = SIZES[size]["encoder"].num_patches
     overrides = dict(num_masking_patches=num_patches // 2, **SIZES[size].get("cae", {}))
     return model_class(config_class(**fields, **overrides, attn_implementation=attn))
 
@@ -476,11 +464,9 @@ def build_entries(args, size, precision, attn, device, pixel_values) -> list[Ent
 
 
 def run_configuration(args, size, precision, attn, device) -> list[Entry]:
-    spec = SIZES[size]
+    image_size = SIZES[size]["encoder"].image_size
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    pixel_values = torch.randn(
-        args.batch_size, 3, spec["image_size"], spec["image_size"], generator=generator
-    ).to(device)
+    pixel_values = torch.randn(args.batch_size, 3, image_size, image_size, generator=generator).to(device)
     entries = build_entries(args, size, precision, attn, device, pixel_values)
     active = [entry for entry in entries if entry.status == "ok"]
 

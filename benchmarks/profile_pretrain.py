@@ -214,9 +214,9 @@ def main(argv=None) -> list[dict]:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     models = bench_pretrain.parse_list(args.models, bench_pretrain.MODELS, "models")
-    spec = bench_pretrain.SIZES[args.size]
+    image_size = bench_pretrain.SIZES[args.size]["encoder"].image_size
     generator = torch.Generator(device="cpu").manual_seed(0)
-    pixel_values = torch.randn(args.batch_size, 3, spec["image_size"], spec["image_size"], generator=generator)
+    pixel_values = torch.randn(args.batch_size, 3, image_size, image_size, generator=generator)
     pixel_values = pixel_values.to(device)
     results = profile_models(models, args, device, pixel_values)
     print(
