@@ -1,4 +1,4 @@
-"""benchmarks/ablate.py: a two-arm, one-seed, two-step grid at the tiny size; structure of its CSV/Markdown output,
+"""experiments/ablate.py: a two-arm, one-seed, two-step grid at the tiny size; structure of its CSV/Markdown output,
 the top-k curve, resuming, and the arms' configurations (never a timing or an accuracy)."""
 
 import csv
@@ -12,7 +12,7 @@ from transformers_mixedae import CAEConfig, MixedAEConfig
 from transformers_mixedae.pretraining_args import parse_config_overrides
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
-ABLATE_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "ablate.py"
+ABLATE_PATH = Path(__file__).resolve().parents[1] / "experiments" / "ablate.py"
 
 
 @pytest.fixture(scope="module")

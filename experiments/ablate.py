@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 # Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
-"""Ablation grid for MixedAE (issue 8): short pre-training runs, kNN and linear probe, mean and std over seeds.
+"""Ablation grid for MixedAE's components: short pre-training runs, kNN and linear probe, mean and std over seeds.
 
 Every run goes through `transformers_mixedae.pretraining.run_pretraining` (the code behind
 `examples/run_mim.py`), with arguments parsed by the same `HfArgumentParser` from a command line that is
@@ -19,20 +19,20 @@ The script writes `runs.csv` (one row per run), `summary.csv` and `summary.md` (
 per arm) and the two plots at the end; with `--jobs 1` the tables are also rewritten after every run, and
 `--report_only` rebuilds everything from the results so far at any time (e.g. while a grid runs).
 
-    PYTHONPATH=src python3 benchmarks/ablate.py --size tiny --arms mae,full --seeds 1      # smoke test
-    PYTHONPATH=src python3 benchmarks/ablate.py --size doc --seeds 3 --jobs 2 \
-        --output_dir outputs/ablations/doc --plot_dir docs                                  # docs/ablations.md
+    PYTHONPATH=src python3 experiments/ablate.py --size tiny --arms mae,full --seeds 1      # smoke test
+    PYTHONPATH=src python3 experiments/ablate.py --size doc --seeds 3 --jobs 2 \
+        --output_dir outputs/ablations/doc --plot_dir docs                                   # docs/ablations.md
 
-Homologous top-k accuracy curve: `run_pretraining` logs through `accelerator.log` at every `logging_steps`;
-the runs here get an `Accelerator` subclass (`TopkProbeAccelerator`) whose `log` first measures
-`homologous_topk_accuracy` of the model on a fixed validation batch with fixed mixing noise (no gradient,
-forked RNG, eval mode restored), and whose `prepare` measures it once before the first step. The training
-trajectory is unchanged by the probe.
+Homologous top-k accuracy curve: every run gets a training callback (`TopkProbe`, a
+`transformers_mixedae.training.TrainingCallback`) that measures `homologous_topk_accuracy` of the model on a
+fixed validation batch with fixed mixing noise (no gradient, forked RNG, eval mode restored) at every logging step
+(`on_log`), and once before the first step. The training trajectory is unchanged by the probe.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib.util
 import json
@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 
 # Run from a checkout without installing: fall back to the repository's src/ folder.
 _SOURCE_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
@@ -60,8 +59,10 @@ if importlib.util.find_spec("transformers_mixedae") is None and os.path.isdir(_S
 import transformers_mixedae  # noqa: F401  (registers the models)
 from transformers import HfArgumentParser
 
+from transformers_mixedae.presets import ViTSize
 from transformers_mixedae.pretraining import run_pretraining
 from transformers_mixedae.pretraining_args import DataArguments, ModelArguments, PretrainingArguments
+from transformers_mixedae.training import LoopState, TrainingCallback
 
 RESULT_FILENAME = "ablate_result.json"
 ACCURACY_PLOT = "ablations_accuracy.png"
@@ -73,9 +74,7 @@ TOPK_CURVE_PLOT = "ablations_topk_curve.png"
 class SizePreset:
     """Model geometry and run length of one grid size (every arm of the size uses all of it)."""
 
-    image_size: int
-    patch_size: int
-    encoder: dict
+    encoder: ViTSize  # the encoder, with image and patch size
     mixedae_decoder: dict
     cae_parts: dict  # CAE regressor/decoder and block masking at this geometry
     steps: int
@@ -89,13 +88,22 @@ class SizePreset:
     probe_images: int
     eval_batch_size: int = 256
 
+    @property
+    def image_size(self) -> int:
+        return self.encoder.image_size
+
+    @property
+    def patch_size(self) -> int:
+        return self.encoder.patch_size
+
 
 SIZES = {
     # CI: a 16-pixel, two-layer toy; seconds per run.
     "tiny": SizePreset(
-        image_size=16,
-        patch_size=4,
-        encoder=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+        encoder=ViTSize(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=4,
+            image_size=16,
+        ),
         mixedae_decoder=dict(
             decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
             decoder_intermediate_size=32,
@@ -120,9 +128,10 @@ SIZES = {
     # from a measured run: about 110 s of CPU per run, so 13 arms x 3 seeds take about 40 min with --jobs 2 on an
     # idle 2-core machine.
     "doc": SizePreset(
-        image_size=32,
-        patch_size=4,
-        encoder=dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512),
+        encoder=ViTSize(
+            hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, patch_size=4,
+            image_size=32,
+        ),
         mixedae_decoder=dict(
             decoder_hidden_size=64, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
             decoder_intermediate_size=256,
@@ -192,14 +201,14 @@ ARMS = {
 def arm_config_overrides(arm: Arm, size: SizePreset) -> dict:
     """The config fields of `arm` at `size` (architecture + objective), as `--config_overrides` takes them."""
     if arm.model_type == "cae":
-        return {**size.encoder, **size.cae_parts, "target": "pixels"}
-    num_layers = size.encoder["num_hidden_layers"]
-    num_patches = (size.image_size // size.patch_size) ** 2
+        return {**size.encoder.encoder_kwargs(), **size.cae_parts, "target": "pixels"}
+    num_layers = size.encoder.num_hidden_layers
+    num_patches = size.encoder.num_patches
     homologous_share = round(num_patches * (1 - arm.mask_ratio) * arm.mixing_ratio)
     layers = {"all": None, "none": [], "last_half": list(range(num_layers // 2, num_layers))}[arm.homologous_attention]
     topk = {"share": None, "twice_share": 2 * homologous_share + 1}[arm.topk]
     return {
-        **size.encoder,
+        **size.encoder.encoder_kwargs(),
         **size.mixedae_decoder,
         "mixing_ratio": arm.mixing_ratio,
         "mask_ratio": arm.mask_ratio,
@@ -258,42 +267,51 @@ def _without_output_dir(argv: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- top-k probe
-class TopkProbeAccelerator(Accelerator):
-    """An `Accelerator` that measures MixedAE's `homologous_topk_accuracy` on a fixed batch whenever the training
-    loop logs its loss (`accelerator.log(..., step)`), and once when the model is prepared (step 0).
+class TopkProbe(TrainingCallback):
+    """Measures MixedAE's `homologous_topk_accuracy` on a fixed batch whenever the training loop logs its loss
+    (`on_log`), and once before the first optimizer step (step 0).
 
     The measurement runs without gradient, in eval mode (restored after), with fixed mixing noise and on a forked
     RNG, so the run trains exactly as it would without the probe. Models without mixing or without homologous
-    layers are not probed.
+    layers are not probed. The loop has no event before its first step, so `before_first_forward()` (a context
+    around `run_pretraining`) takes the step-0 measurement just before the model's first forward pass.
     """
 
-    def __init__(self, probe_pixel_values: torch.Tensor, probe_seed: int, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, probe_pixel_values: torch.Tensor, probe_seed: int):
         self.probe_pixel_values = probe_pixel_values
         self.probe_seed = probe_seed
         self.curve: list[dict] = []
 
-    def prepare(self, *args, **kwargs):
-        prepared = super().prepare(*args, **kwargs)
-        if any(isinstance(obj, torch.nn.Module) for obj in args):
-            self._probe(step=0, values={})
-        return prepared
+    def on_log(self, state: LoopState, logs: dict[str, float]) -> None:
+        if "train/loss" in logs:
+            self.measure(state.accelerator.unwrap_model(state.model), state.progress.completed_steps, logs)
 
-    def log(self, values: dict, step: int | None = None, log_kwargs: dict | None = None):
-        if step is not None and "train/loss" in values:
-            self._probe(step, values)
-        return super().log(values, step=step, log_kwargs=log_kwargs)
+    @contextlib.contextmanager
+    def before_first_forward(self):
+        """Within the context, the first forward pass of a pre-training model is preceded by the step-0 probe."""
+        handle = None
+
+        def probe_once(module, args):
+            if getattr(getattr(module, "config", None), "model_type", None) not in ("mixedae", "cae"):
+                return None
+            handle.remove()
+            self.measure(module, step=0, logs={})
+            return None
+
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(probe_once)
+        try:
+            yield self
+        finally:
+            handle.remove()
 
     @torch.no_grad()
-    def _probe(self, step: int, values: dict) -> None:
-        if not self._models:
-            return
-        model = self.unwrap_model(self._models[-1])
+    def measure(self, model: torch.nn.Module, step: int, logs: dict) -> None:
         model = getattr(model, "_orig_mod", model)
         config = model.config
         if getattr(config, "group_size", 1) < 2 or not config.resolved_homologous_attention_layers():
             return
-        pixel_values = self.probe_pixel_values.to(self.device)
+        device = next(model.parameters()).device
+        pixel_values = self.probe_pixel_values.to(device)
         usable = pixel_values.shape[0] - pixel_values.shape[0] % config.group_size
         num_patches = model.vit.embeddings.patch_embeddings.num_patches
         noise = torch.rand(
@@ -303,15 +321,15 @@ class TopkProbeAccelerator(Accelerator):
         model.eval()
         try:
             with torch.random.fork_rng(devices=[]):
-                outputs = model(pixel_values=pixel_values[:usable], noise=noise.to(self.device))
+                outputs = model(pixel_values=pixel_values[:usable], noise=noise.to(device))
         finally:
             model.train(was_training)
         point = {"step": int(step), "homologous_topk_accuracy": float(outputs.homologous_topk_accuracy)}
         if outputs.homologous_contrastive_loss is not None:
             point["homologous_contrastive_loss"] = float(outputs.homologous_contrastive_loss)
         point["reconstruction_loss"] = float(outputs.reconstruction_loss)
-        if "train/loss" in values:
-            point["train_loss"] = float(values["train/loss"])
+        if "train/loss" in logs:
+            point["train_loss"] = float(logs["train/loss"])
         self.curve.append(point)
 
 
@@ -339,19 +357,14 @@ def run_one(arm: Arm, size: SizePreset, steps: int, seed: int, run_dir: Path, pr
     argv = run_arguments(arm, size, steps, seed, run_dir)
     parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    accelerator = TopkProbeAccelerator(
-        probe_pixels,
-        probe_seed=seed,
-        cpu=not torch.cuda.is_available(),
-        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-        project_dir=training_args.output_dir,
-    )
+    probe = TopkProbe(probe_pixels, probe_seed=seed)
     start = time.perf_counter()
-    results = run_pretraining(model_args, data_args, training_args, accelerator=accelerator)
+    with probe.before_first_forward():
+        results = run_pretraining(model_args, data_args, training_args, callbacks=[probe])
     wall_seconds = time.perf_counter() - start
     if results.get("stopped_by_signal"):
         raise RunInterrupted(f"{arm.name} seed {seed} was stopped by SIGTERM at step {results.get('train_steps')}")
-    curve = accelerator.curve
+    curve = probe.curve
     return {
         "arm": arm.name,
         "label": arm.label,
@@ -462,7 +475,7 @@ def write_reports(records: list[dict], arm_order: list[str], output_dir: Path, p
     _write_csv(output_dir / "summary.csv", SUMMARY_COLUMNS, summary)
     header = (
         f"Size `{size_name}`: {size.image_size} px, patch {size.patch_size}, encoder "
-        f"{size.encoder['hidden_size']} wide x {size.encoder['num_hidden_layers']} layers; {steps} steps x batch "
+        f"{size.encoder.hidden_size} wide x {size.encoder.num_hidden_layers} layers; {steps} steps x batch "
         f"{size.batch_size} = {steps * size.batch_size} images per run; mean ± sample std over seeds.\n\n"
     )
     (output_dir / "summary.md").write_text(header + markdown_table(summary))
