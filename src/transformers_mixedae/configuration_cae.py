@@ -2,9 +2,8 @@
 """CAE (Context Autoencoder, v1) model configuration."""
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
 
-from .vit_layers import check_config_model_type, check_config_values, check_vit_geometry, config_source, to_2tuple
+from .configuration_masked_vit import MaskedViTConfig
 
 MASK_TYPES = ("block", "random")
 TARGETS = ("tokens", "pixels")
@@ -12,7 +11,7 @@ CLASSIFIER_POOLINGS = ("mean", "cls")
 
 
 @strict
-class CAEConfig(PreTrainedConfig):
+class CAEConfig(MaskedViTConfig):
     r"""
     Configuration of a CAE model (Chen et al., "Context Autoencoder for Self-Supervised Representation Learning",
     IJCV 2023, arXiv:2202.03026). Defaults give the official ViT-B/16 pre-training model: a 12-layer encoder with
@@ -76,21 +75,14 @@ class CAEConfig(PreTrainedConfig):
     """
 
     model_type = "cae"
+    size_fields = MaskedViTConfig.size_fields + (
+        "decoder_hidden_size", "decoder_num_attention_heads", "decoder_intermediate_size", "regressor_num_layers",
+        "decoder_num_layers",
+    )
+    width_head_fields = MaskedViTConfig.width_head_fields + (("decoder_hidden_size", "decoder_num_attention_heads"),)
 
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float | int = 0.0
-    attention_probs_dropout_prob: float | int = 0.0
+    # The encoder fields (hidden_size ... qkv_bias) are MaskedViTConfig's; only the stochastic depth differs.
     drop_path_rate: float | int = 0.1
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-6
-    image_size: int | list[int] | tuple[int, int] = 224
-    patch_size: int = 16
-    num_channels: int = 3
-    qkv_bias: bool = True
     layer_scale_init_value: float | int | None = 0.1
     decoder_hidden_size: int = 768
     regressor_num_layers: int = 4
@@ -112,20 +104,6 @@ class CAEConfig(PreTrainedConfig):
 
     # ------------------------------------------------------------------ derived quantities
     @property
-    def image_hw(self) -> tuple[int, int]:
-        return to_2tuple(self.image_size)
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        height, width = self.image_hw
-        return height // self.patch_size, width // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        grid_height, grid_width = self.grid_size
-        return grid_height * grid_width
-
-    @property
     def resolved_decoder_intermediate_size(self) -> int:
         if self.decoder_intermediate_size is None:
             return 4 * self.decoder_hidden_size
@@ -137,28 +115,6 @@ class CAEConfig(PreTrainedConfig):
         return self.decoder_hidden_size != self.hidden_size
 
     # ------------------------------------------------------------------ validation
-    def validate_architecture(self):
-        super().validate_architecture()
-        check_config_values(
-            self,
-            positive_fields=(
-                "hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers", "patch_size",
-                "num_channels", "decoder_hidden_size", "decoder_num_attention_heads", "decoder_intermediate_size",
-                "regressor_num_layers", "decoder_num_layers",
-            ),
-            probability_fields=("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"),
-        )
-        check_vit_geometry(
-            self, (("hidden_size", "num_attention_heads"), ("decoder_hidden_size", "decoder_num_attention_heads"))
-        )
-        for depth_name in ("num_hidden_layers", "regressor_num_layers", "decoder_num_layers"):
-            if getattr(self, depth_name) < 1:
-                raise ValueError(f"{depth_name}={getattr(self, depth_name)} must be at least 1.")
-        if self.decoder_intermediate_size is not None and self.decoder_intermediate_size < 1:
-            raise ValueError(f"decoder_intermediate_size={self.decoder_intermediate_size} must be >= 1 or None.")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1).")
-
     def validate_masking(self):
         if self.mask_type not in MASK_TYPES:
             raise ValueError(f"mask_type={self.mask_type!r} must be one of {MASK_TYPES}.")
@@ -197,19 +153,6 @@ class CAEConfig(PreTrainedConfig):
             raise ValueError(f"align_loss_weight={self.align_loss_weight} must be >= 0.")
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(f"classifier_pooling={self.classifier_pooling!r} must be one of {CLASSIFIER_POOLINGS}.")
-
-    # ------------------------------------------------------------------ loading
-    @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
-        source = config_source(pretrained_model_name_or_path, kwargs.get("subfolder"))
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        check_config_model_type(cls, config_dict, source)
-        return config_dict, kwargs
-
-    @classmethod
-    def from_dict(cls, config_dict: dict, **kwargs):
-        check_config_model_type(cls, config_dict, "the config dict")
-        return super().from_dict(config_dict, **kwargs)
 
 
 __all__ = ["CAEConfig"]

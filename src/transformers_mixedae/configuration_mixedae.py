@@ -2,9 +2,8 @@
 """MixedAE model configuration."""
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
 
-from .vit_layers import check_config_model_type, check_config_values, config_source
+from .configuration_masked_vit import MaskedViTConfig
 
 # Fields a transformers ViTMAE checkpoint shares with MixedAE and that describe the network itself.
 # Training-objective fields (mask_ratio, norm_pix_loss) mean something else under mixing and keep
@@ -31,7 +30,7 @@ VIT_MAE_ARCHITECTURE_FIELDS = (
 
 
 @strict
-class MixedAEConfig(PreTrainedConfig):
+class MixedAEConfig(MaskedViTConfig):
     r"""
     Configuration of a MixedAE model (Chen et al., "Mixed Autoencoder for Self-supervised Visual Representation
     Learning", CVPR 2023). Defaults give the ViT-B/16 encoder with MAE's 8-layer, 512-wide decoder. The defaults of
@@ -82,21 +81,13 @@ class MixedAEConfig(PreTrainedConfig):
     """
 
     model_type = "mixedae"
+    also_accepted_model_types = ("vit_mae",)
+    size_fields = MaskedViTConfig.size_fields + (
+        "decoder_hidden_size", "decoder_num_attention_heads", "decoder_intermediate_size", "decoder_num_hidden_layers"
+    )
+    width_head_fields = MaskedViTConfig.width_head_fields + (("decoder_hidden_size", "decoder_num_attention_heads"),)
 
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float | int = 0.0
-    attention_probs_dropout_prob: float | int = 0.0
-    drop_path_rate: float | int = 0.0
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-6
-    image_size: int | list[int] | tuple[int, int] = 224
-    patch_size: int = 16
-    num_channels: int = 3
-    qkv_bias: bool = True
+    # The encoder fields (hidden_size ... qkv_bias) are MaskedViTConfig's.
     decoder_hidden_size: int = 512
     decoder_num_hidden_layers: int = 8
     decoder_num_attention_heads: int = 16
@@ -112,16 +103,6 @@ class MixedAEConfig(PreTrainedConfig):
     classifier_pooling: str = "mean"
 
     # ------------------------------------------------------------------ derived quantities
-    @property
-    def image_hw(self) -> tuple[int, int]:
-        size = self.image_size
-        return (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
-
-    @property
-    def num_patches(self) -> int:
-        height, width = self.image_hw
-        return (height // self.patch_size) * (width // self.patch_size)
-
     @property
     def group_size(self) -> int:
         """g = 1 / mixing_ratio: images mixed into one sequence."""
@@ -143,43 +124,6 @@ class MixedAEConfig(PreTrainedConfig):
         return self.num_kept(num_patches) // self.group_size + 1
 
     # ------------------------------------------------------------------ validation
-    def validate_architecture(self):
-        super().validate_architecture()
-        check_config_values(
-            self,
-            positive_fields=(
-                "hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers", "patch_size",
-                "num_channels", "decoder_hidden_size", "decoder_num_attention_heads", "decoder_intermediate_size",
-                "decoder_num_hidden_layers",
-            ),
-            probability_fields=("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"),
-        )
-        height, width = self.image_hw
-        if self.patch_size <= 0 or height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}: "
-                "choose an image size that is a multiple of the patch size."
-            )
-        for width_name, heads_name in (
-            ("hidden_size", "num_attention_heads"),
-            ("decoder_hidden_size", "decoder_num_attention_heads"),
-        ):
-            width_value, heads_value = getattr(self, width_name), getattr(self, heads_name)
-            if heads_value <= 0 or width_value % heads_value:
-                raise ValueError(
-                    f"{width_name}={width_value} is not divisible by {heads_name}={heads_value}."
-                )
-            if width_value % 4:
-                raise ValueError(
-                    f"{width_name}={width_value} is not divisible by 4, which the 2-D sin-cos position "
-                    "embeddings need."
-                )
-        if self.num_hidden_layers < 1 or self.decoder_num_hidden_layers < 1:
-            raise ValueError(
-                f"num_hidden_layers={self.num_hidden_layers} and decoder_num_hidden_layers="
-                f"{self.decoder_num_hidden_layers} must both be at least 1."
-            )
-
     def validate_mixing(self):
         if not 0.0 < self.mixing_ratio <= 1.0:
             raise ValueError(f"mixing_ratio={self.mixing_ratio} must be in (0, 1]; use 1.0 for plain MAE.")
@@ -235,17 +179,9 @@ class MixedAEConfig(PreTrainedConfig):
 
     # ------------------------------------------------------------------ loading, and starting from MAE weights
     @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
-        source = config_source(pretrained_model_name_or_path, kwargs.get("subfolder"))
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        check_config_model_type(cls, config_dict, source, also_accepted=("vit_mae",))
-        return config_dict, kwargs
-
-    @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
         """Also accepts a transformers ViTMAE config (`model_type` "vit_mae"): its architecture fields are kept,
         MixedAE's own fields take their defaults or the keyword overrides."""
-        check_config_model_type(cls, config_dict, "the config dict", also_accepted=("vit_mae",))
         if config_dict.get("model_type") == "vit_mae":
             config_dict = {key: config_dict[key] for key in VIT_MAE_ARCHITECTURE_FIELDS if key in config_dict}
             config_dict["model_type"] = cls.model_type

@@ -24,72 +24,12 @@ from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers.activations import ACT2FN
-from transformers.configuration_utils import CONFIG_NAME
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import SAFE_WEIGHTS_NAME
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-
-def to_2tuple(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ValueError(f"expected an int or a pair of ints, got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
-
-
-def check_config_values(config, positive_fields: tuple[str, ...], probability_fields: tuple[str, ...]) -> None:
-    """Raise a `ValueError` naming the config field and its value when `image_size` is not a positive int or pair
-    of positive ints, a size in `positive_fields` is below 1 (`None` is skipped), a rate in `probability_fields` is
-    outside [0, 1), `layer_norm_eps` is not positive or `hidden_act` is not a transformers activation."""
-    size = config.image_size
-    is_pair = isinstance(size, (list, tuple))
-    if (is_pair and len(size) != 2) or min(size if is_pair else [size]) < 1:
-        raise ValueError(f"image_size={size} must be a positive int or a pair of positive ints (height, width).")
-    for name in positive_fields:
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise ValueError(f"{name}={value} must be at least 1.")
-    for name in probability_fields:
-        if not 0 <= getattr(config, name) < 1:
-            raise ValueError(f"{name}={getattr(config, name)} must be in [0, 1).")
-    if not config.layer_norm_eps > 0:
-        raise ValueError(f"layer_norm_eps={config.layer_norm_eps} must be > 0.")
-    if config.hidden_act not in ACT2FN:
-        raise ValueError(f"hidden_act={config.hidden_act!r} is not an activation of transformers.activations.ACT2FN.")
-
-
-def config_source(pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None) -> str:
-    """The `config.json` a `from_pretrained` call reads, for error messages (the Hub id itself for the Hub)."""
-    path = os.fspath(pretrained_model_name_or_path)
-    if os.path.isdir(path):
-        return os.path.join(path, subfolder or "", CONFIG_NAME)
-    return path
-
-
-def check_config_model_type(
-    config_class: type, config_dict: dict, source: str, also_accepted: tuple[str, ...] = ()
-) -> None:
-    """Raise a `ValueError` when `config_dict` describes another model family than `config_class`.
-
-    Without it the fields of the other family are read as ours and fail on an unrelated field (e.g. "Field
-    'decoder_intermediate_size' expected int, got NoneType" for a CAE checkpoint loaded as MixedAE).
-    """
-    found = config_dict.get("model_type")
-    if found is None or found == config_class.model_type or found in also_accepted:
-        return
-    try:
-        right_class = f"{CONFIG_MAPPING[found].__name__} and its model classes"
-    except KeyError:
-        right_class = f"the classes of model_type {found!r}"
-    raise ValueError(
-        f"{source} describes a model_type={found!r} model, but {config_class.__name__} loads "
-        f"model_type={config_class.model_type!r} only: load it with {right_class}, or with the Auto classes "
-        "(AutoConfig, AutoModel, AutoModelForPreTraining, AutoModelForImageClassification), which pick the class "
-        "from model_type."
-    )
+from .configuration_masked_vit import to_2tuple
 
 
 def _unreadable_safetensors(pretrained_model_name_or_path: str, subfolder: str | None) -> list[str]:
@@ -543,28 +483,6 @@ def init_linear_and_layernorm(module: nn.Module) -> bool:
         init.zeros_(module.bias)
         return True
     return False
-
-
-def check_vit_geometry(config, width_head_fields: tuple[tuple[str, str], ...]) -> None:
-    """Raise a `ValueError` naming the config fields when the image does not split into patches, or a width does
-    not split into its heads or into the four quarters of a 2-D sin-cos position table.
-
-    `width_head_fields` pairs width and head-count field names, e.g. `(("hidden_size", "num_attention_heads"),)`.
-    """
-    height, width = to_2tuple(config.image_size)
-    if config.patch_size <= 0 or height % config.patch_size or width % config.patch_size:
-        raise ValueError(
-            f"image_size={config.image_size} is not divisible by patch_size={config.patch_size}: "
-            "choose an image size that is a multiple of the patch size."
-        )
-    for width_name, heads_name in width_head_fields:
-        width_value, heads_value = getattr(config, width_name), getattr(config, heads_name)
-        if heads_value <= 0 or width_value % heads_value:
-            raise ValueError(f"{width_name}={width_value} is not divisible by {heads_name}={heads_value}.")
-        if width_value % 4:
-            raise ValueError(
-                f"{width_name}={width_value} is not divisible by 4, which the 2-D sin-cos position embeddings need."
-            )
 
 
 def build_classification_head(config, pooling: str) -> tuple[nn.LayerNorm | None, nn.Module]:
