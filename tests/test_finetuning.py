@@ -51,7 +51,7 @@ def arguments(checkpoint, output_dir, mode="finetune", **training):
     model_args = ClassificationModelArguments(model_name_or_path=str(checkpoint), attn_implementation="eager")
     data_args = ClassificationDataArguments(max_train_samples=64, max_eval_samples=32)
     values = dict(output_dir=str(output_dir), mode=mode, per_device_train_batch_size=8, per_device_eval_batch_size=16,
-                  max_train_steps=2, logging_steps=1, seed=3)
+                  max_steps=2, logging_steps=1, seed=3)
     values.update(training)
     return model_args, data_args, FinetuningArguments(**values)
 
@@ -62,7 +62,7 @@ def test_run_ends_with_loadable_classifier_and_accuracy(tmp_path, pretrained, mo
     checkpoint = pretrained / model_type
     probe = mode == "linear_probe"
     results = run_image_classification(
-        *arguments(checkpoint, tmp_path, mode, checkpointing_steps=1 if probe else None, checkpoints_total_limit=None)
+        *arguments(checkpoint, tmp_path, mode, save_steps=1 if probe else None, save_total_limit=None)
     )
     saved = json.loads((tmp_path / "all_results.json").read_text())
     for key in ("eval_accuracy", "eval_top5_accuracy", "train_loss", "train_samples_per_second"):
@@ -147,7 +147,7 @@ def test_recipe_defaults_and_explicit_flags(tmp_path):
 def test_resumed_fine_tuning_ends_with_the_same_weights(tmp_path, pretrained):
     # 64 samples / batch 16 / 2 accumulation = 2 steps per epoch: the checkpoint at step 1 lies inside the first
     # epoch, step 3 is in the second; drop path (0.1) draws from the checkpointed RNG.
-    settings = dict(max_train_steps=3, checkpointing_steps=1, gradient_accumulation_steps=2, checkpoints_total_limit=None,
+    settings = dict(max_steps=3, save_steps=1, gradient_accumulation_steps=2, save_total_limit=None,
                     per_device_train_batch_size=16)
     uninterrupted = tmp_path / "uninterrupted"
     run_image_classification(*arguments(pretrained / "mixedae", uninterrupted, **settings))
@@ -175,7 +175,7 @@ def test_finetuning_keeps_the_records_pretraining_keeps_and_logs_a_skipped_windo
         return loss * float("inf") if len(calls) == 1 else loss
 
     monkeypatch.setattr(ImageClassificationTask, "loss", loss_with_a_nonfinite_first_step)
-    results = run_image_classification(*arguments(pretrained / "mixedae", tmp_path, max_train_steps=3))
+    results = run_image_classification(*arguments(pretrained / "mixedae", tmp_path, max_steps=3))
     assert results["train_skipped_nonfinite_steps"] == 1
     log = read_train_log(tmp_path / "train_log.jsonl")
     assert [record["step"] for record in log] == [1, 2, 3]

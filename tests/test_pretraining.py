@@ -54,7 +54,7 @@ def arguments(output_dir, model_type="mixedae", **training):
         output_dir=str(output_dir),
         per_device_train_batch_size=8,
         per_device_eval_batch_size=16,
-        max_train_steps=4,
+        max_steps=4,
         logging_steps=1,
         linear_probe_epochs=2,
         seed=3,
@@ -66,7 +66,7 @@ def arguments(output_dir, model_type="mixedae", **training):
 @pytest.mark.parametrize("model_type", ["mixedae", "cae"])
 def test_end_to_end_produces_loadable_model_pictures_and_results(tmp_path, model_type, caplog):
     caplog.set_level(logging.INFO, logger="transformers_mixedae")
-    results = run_pretraining(*arguments(tmp_path, model_type, checkpointing_steps=2, eval_steps=4))
+    results = run_pretraining(*arguments(tmp_path, model_type, save_steps=2, eval_steps=4))
     evaluation_lines = [record.getMessage() for record in caplog.records if "Evaluation at step" in record.getMessage()]
     assert len(evaluation_lines) == 1 and "Evaluation at step 4: eval_knn_accuracy " in evaluation_lines[0]
     for key in ("eval_knn_accuracy", "eval_linear_probe_accuracy", "eval_loss", "train_loss",
@@ -100,8 +100,8 @@ def final_weights(directory: Path) -> dict[str, torch.Tensor]:
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path, model_type):
     # 64 samples / batch 8 = 8 batches per epoch, 2 accumulation steps: 4 optimizer steps per epoch; 6 steps
     # cross an epoch boundary, and the checkpoint at step 3 lies in the middle of the first epoch.
-    settings = dict(max_train_steps=6, checkpointing_steps=3, gradient_accumulation_steps=2,
-                    checkpoints_total_limit=None)
+    settings = dict(max_steps=6, save_steps=3, gradient_accumulation_steps=2,
+                    save_total_limit=None)
     uninterrupted = tmp_path / "uninterrupted"
     run_pretraining(*arguments(uninterrupted, model_type, **settings))
 
@@ -126,18 +126,18 @@ def test_sigterm_writes_a_checkpoint_and_exits_then_latest_resumes(tmp_path, mon
         return original_call(self, image)
 
     monkeypatch.setattr(SeededTransform, "__call__", call_then_signal)
-    results = run_pretraining(*arguments(tmp_path, max_train_steps=6))
+    results = run_pretraining(*arguments(tmp_path, max_steps=6))
     assert results["stopped_by_signal"] is True and results["train_steps"] == 3
     assert (tmp_path / "checkpoints" / "step_3").is_dir()
     assert not (tmp_path / "model.safetensors").exists()
 
     monkeypatch.setattr(SeededTransform, "__call__", original_call)
-    results = run_pretraining(*arguments(tmp_path, max_train_steps=6, resume_from_checkpoint="latest"))
+    results = run_pretraining(*arguments(tmp_path, max_steps=6, resume_from_checkpoint="latest"))
     assert results["train_steps"] == 6 and (tmp_path / "model.safetensors").exists()
 
 
 def test_incomplete_checkpoint_is_never_picked_as_latest(tmp_path):
-    run_pretraining(*arguments(tmp_path, max_train_steps=2, checkpointing_steps=2))
+    run_pretraining(*arguments(tmp_path, max_steps=2, save_steps=2))
     half_written = tmp_path / "checkpoints" / ".tmp-step_9"
     half_written.mkdir()
     from transformers_mixedae.checkpointing import resolve_checkpoint
@@ -294,7 +294,7 @@ def test_a_failing_final_evaluation_keeps_the_trained_model_and_its_training_res
     with pytest.raises(FinalStepError, match=r"final evaluation failed \(RuntimeError: out of memory in the kNN "
                                              r"bank\)\. The trained model, its image processor and the training "
                                              r"results \(all_results.json\) were saved to "):
-        run_pretraining(*arguments(tmp_path, max_train_steps=2))
+        run_pretraining(*arguments(tmp_path, max_steps=2))
     results = json.loads((tmp_path / "all_results.json").read_text())
     assert results["train_steps"] == 2 and "eval_loss" not in results
     MixedAEForPreTraining.from_pretrained(tmp_path)  # a complete, loadable model
@@ -304,7 +304,7 @@ def test_a_failing_final_evaluation_keeps_the_trained_model_and_its_training_res
 def test_report_to_tensorboard_writes_the_training_and_evaluation_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_pretraining(*arguments(tmp_path, max_train_steps=2, eval_steps=2, report_to="tensorboard"))
+    run_pretraining(*arguments(tmp_path, max_steps=2, eval_steps=2, report_to="tensorboard"))
     event_files = list(tmp_path.rglob("events.out.tfevents.*"))
     assert event_files, f"no TensorBoard event file under {tmp_path}"
     scalars = set()
@@ -318,7 +318,7 @@ def test_report_to_tensorboard_writes_the_training_and_evaluation_scalars(tmp_pa
 def test_the_saved_image_processor_is_derived_from_the_saved_model_config(tmp_path):
     from transformers import AutoImageProcessor
 
-    model_args, data_args, training_args = arguments(tmp_path, "cae", max_train_steps=1)
+    model_args, data_args, training_args = arguments(tmp_path, "cae", max_steps=1)
     model_args.config_overrides += ",mask_type=random,mask_max_num_patches=6"
     run_pretraining(model_args, data_args, training_args)
     model = AutoModelForPreTraining.from_pretrained(tmp_path)
@@ -333,3 +333,16 @@ def test_the_saved_image_processor_is_derived_from_the_saved_model_config(tmp_pa
     inputs = processor(image, return_bool_masked_pos=True, return_tensors="pt")
     assert inputs["bool_masked_pos"].shape == (1, config.num_patches) and int(inputs["bool_masked_pos"].sum()) == 8
     assert torch.isfinite(model(**inputs).loss)
+
+
+def test_former_flag_names_still_work_with_a_warning_and_name_the_new_one(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"checkpointing_steps": 5, "checkpoints_total_limit": None}))
+    with pytest.warns(FutureWarning, match=r"--max_train_steps is deprecated; use --max_steps"):
+        model_args, _, training_args = parse_run_arguments(
+            [str(config), "--max_train_steps", "7", "--activation_checkpointing"])
+    assert (training_args.max_steps, training_args.save_steps, training_args.save_total_limit) == (7, 5, None)
+    assert model_args.gradient_checkpointing is True
+    with pytest.raises(ValueError, match=r"--max_train_steps 7 and --max_steps 8 set the same thing; pass only "
+                                         r"--max_steps\."):
+        parse_run_arguments(["--max_train_steps", "7", "--max_steps", "8"])

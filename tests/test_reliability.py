@@ -59,7 +59,7 @@ TINY_CAE = (
 SETTINGS = dict(
     model_type="mixedae", config_overrides=TINY_MIXEDAE, image_size=16, patch_size=4, attn_implementation="eager",
     max_train_samples=64, max_eval_samples=8, max_eval_train_samples=16, per_device_train_batch_size=8,
-    per_device_eval_batch_size=16, max_train_steps=4, logging_steps=1, linear_probe_epochs=1, seed=3,
+    per_device_eval_batch_size=16, max_steps=4, logging_steps=1, linear_probe_epochs=1, seed=3,
     save_visualizations=False,
 )
 MODEL_FIELDS = set(ModelArguments.__dataclass_fields__)
@@ -113,7 +113,7 @@ def kill_when_checkpoint_appears(process: subprocess.Popen, root: Path, step: in
 
 
 def test_sigkill_at_a_checkpoint_write_then_latest_resumes_with_the_same_loss_curve(tmp_path, caplog):
-    settings = dict(max_train_steps=10, checkpointing_steps=2, checkpoints_total_limit=3)
+    settings = dict(max_steps=10, save_steps=2, save_total_limit=3)
     killed = tmp_path / "killed"
     step = random.choice([4, 6, 8])  # the checkpoint during whose write the run is killed
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -161,7 +161,7 @@ def test_sigkill_at_a_checkpoint_write_then_latest_resumes_with_the_same_loss_cu
 def test_sigterm_to_the_whole_job_checkpoints_exits_143_and_resumes_to_the_same_weights(tmp_path):
     # A scheduler (or `timeout`) signals every process of the job, DataLoader workers included: the run must still
     # finish its step, write a checkpoint and exit with 143; the resumed run ends as an uninterrupted one.
-    settings = dict(max_train_steps=150, checkpointing_steps=1000, dataloader_num_workers=1, logging_steps=1)
+    settings = dict(max_steps=150, save_steps=1000, dataloader_num_workers=1, logging_steps=1)
     stopped = tmp_path / "stopped"
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                    "PYTHONPATH": os.pathsep.join([str(REPOSITORY / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -195,7 +195,7 @@ def test_sigterm_to_the_whole_job_checkpoints_exits_143_and_resumes_to_the_same_
 
 
 def test_a_checkpoint_between_logging_steps_keeps_the_logged_loss_identical(tmp_path):
-    settings = dict(max_train_steps=6, logging_steps=3, checkpointing_steps=2, checkpoints_total_limit=None)
+    settings = dict(max_steps=6, logging_steps=3, save_steps=2, save_total_limit=None)
     run_pretraining(*arguments(tmp_path / "uninterrupted", **settings))
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
@@ -296,7 +296,7 @@ def test_bad_images_are_skipped_counted_and_listed_by_identifier_also_across_a_r
     # 30 examples -> 3 steps an epoch as far as the loop knows; only 24 decode, so epoch 0 is read to its end
     # (every bad image met) and step 4 comes from epoch 1.
     settings = dict(train_dir=str(root / "train"), validation_dir=str(root / "validation"), max_train_samples=None,
-                    max_skipped_fraction=0.5, checkpointing_steps=2, checkpoints_total_limit=None)
+                    max_skipped_fraction=0.5, save_steps=2, save_total_limit=None)
     results = run_pretraining(*arguments(tmp_path / "uninterrupted", **settings))
     assert results["train_steps"] == 4 and np.isfinite(results["train_loss"]) and np.isfinite(results["eval_loss"])
     report = json.loads((tmp_path / "uninterrupted" / "skipped_samples.json").read_text())
@@ -682,7 +682,7 @@ def same_weights(first: dict, second: dict) -> bool:
 
 def test_a_non_finite_loss_or_gradient_skips_the_step_counts_it_and_leaves_the_weights(tmp_path, monkeypatch):
     weights_seen = inject_faults(monkeypatch, {2: "loss", 4: "gradient"})  # steps 3 and 5
-    results = run_pretraining(*arguments(tmp_path, max_train_steps=6))
+    results = run_pretraining(*arguments(tmp_path, max_steps=6))
     assert results["train_skipped_nonfinite_steps"] == 2 and results["train_steps"] == 6
     assert np.isfinite(results["train_loss"])
     assert same_weights(weights_seen[2], weights_seen[3])  # step 3 changed nothing
@@ -705,7 +705,7 @@ def test_consecutive_non_finite_steps_stop_the_job_and_leave_the_last_checkpoint
 
     monkeypatch.setattr(MixedAEForPreTraining, "forward", forward)
     with pytest.raises(NonFiniteTrainingError) as error:
-        run_pretraining(*arguments(tmp_path, max_train_steps=10, checkpointing_steps=4,
+        run_pretraining(*arguments(tmp_path, max_steps=10, save_steps=4,
                                    max_consecutive_nonfinite_steps=3))
     last = tmp_path / "checkpoints" / "step_4"
     assert str(error.value).startswith(
@@ -775,19 +775,19 @@ def test_pickles_with_code_are_refused_and_nothing_runs(tmp_path, monkeypatch):
 
 
 def test_resuming_from_a_tampered_checkpoint_runs_nothing(tmp_path):
-    run_pretraining(*arguments(tmp_path, max_train_steps=2, checkpointing_steps=2))
+    run_pretraining(*arguments(tmp_path, max_steps=2, save_steps=2))
     marker = tmp_path / "code_ran"
     tampered = tmp_path / "checkpoints" / "step_2" / "custom_checkpoint_1.pkl"
     torch.save({"completed_steps": PlantedCode(marker)}, tampered)
     # The recorded file sizes already tell that the file changed since it was written.
     with pytest.raises(ValueError, match=r"no checkpoint in .* is intact \(.*custom_checkpoint_1.pkl has \d+ bytes but "
                                          r"was written with \d+ \(truncated or damaged\)\)"):
-        run_pretraining(*arguments(tmp_path, max_train_steps=4, resume_from_checkpoint="latest"))
+        run_pretraining(*arguments(tmp_path, max_steps=4, resume_from_checkpoint="latest"))
     # Without the record (a checkpoint of an earlier version), the pickle itself is refused unread.
     (tmp_path / "checkpoints" / "step_2" / "run_state.json").unlink()
     with pytest.raises(ValueError, match="holds pickled objects other than tensors and plain data.*nothing in it "
                                          "was run"):
-        run_pretraining(*arguments(tmp_path, max_train_steps=4, resume_from_checkpoint="latest"))
+        run_pretraining(*arguments(tmp_path, max_steps=4, resume_from_checkpoint="latest"))
     assert not marker.exists()
 
 
@@ -806,7 +806,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_intact_and_say
 
     monkeypatch.setattr(Accelerator, "save_state", save_state)
     with pytest.raises(RuntimeError) as error:
-        run_pretraining(*arguments(tmp_path, max_train_steps=6, checkpointing_steps=2))
+        run_pretraining(*arguments(tmp_path, max_steps=6, save_steps=2))
     previous = tmp_path / "checkpoints" / "step_2"
     assert str(error.value) == (
         f"Writing checkpoint {tmp_path / 'checkpoints' / 'step_4'} failed ([Errno 28] No space left on device); the "
@@ -816,7 +816,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_intact_and_say
     assert folder_fingerprint(previous) == fingerprints[0]
 
     monkeypatch.setattr(Accelerator, "save_state", original_save_state)  # space freed: the job resumes from step 2
-    results = run_pretraining(*arguments(tmp_path, max_train_steps=6, checkpointing_steps=2,
+    results = run_pretraining(*arguments(tmp_path, max_steps=6, save_steps=2,
                                          resume_from_checkpoint="latest"))
     assert results["train_steps"] == 6 and [path.name for path in list_checkpoints(tmp_path)] == ["step_4", "step_6"]
 

@@ -111,7 +111,7 @@ def build_classification_model(
         model = model_class(model_class.config_class(**overrides, **labels))
     if training_args.mode == "linear_probe":
         add_linear_probe_head(model)
-    if model_args.activation_checkpointing:
+    if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     return model
 

@@ -44,7 +44,7 @@ def build_pretraining_model(model_args: ModelArguments) -> PreTrainedModel:
         model = model_class.from_pretrained(model_args.model_name_or_path, **overrides, **load_kwargs)
     else:
         model = model_class(config_class(**overrides, **load_kwargs))
-    if model_args.activation_checkpointing:
+    if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     return model
 

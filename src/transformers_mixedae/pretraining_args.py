@@ -9,6 +9,7 @@ import re
 import sys
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,50 @@ def _check_optional(arguments: Any, names: tuple[str, ...], condition, requireme
         value = getattr(arguments, name)
         if value is not None:
             check_argument(condition(value), name, value, requirement)
+
+
+# Flags of the first releases that transformers' `TrainingArguments` spells otherwise: still accepted (command line,
+# JSON configs, keyword arguments), with a FutureWarning, and copied into the new name.
+DEPRECATED_ALIASES = {
+    "max_train_steps": "max_steps",
+    "checkpointing_steps": "save_steps",
+    "checkpoints_total_limit": "save_total_limit",
+    "activation_checkpointing": "gradient_checkpointing",
+}
+
+
+class _NotGiven:
+    """The default of a deprecated flag: tells "not given" apart from an explicit `None` (e.g. keep every checkpoint)."""
+
+    def __repr__(self) -> str:
+        return "not given"
+
+
+NOT_GIVEN = _NotGiven()
+
+
+def _deprecated_alias(new_name: str):
+    return field(default=NOT_GIVEN, metadata={"help": f"Deprecated: the former name of --{new_name}."})
+
+
+def _apply_deprecated_aliases(arguments: Any) -> None:
+    """Copy each deprecated flag that was given into its new name (see `DEPRECATED_ALIASES`), warning once."""
+    for old_name, new_name in DEPRECATED_ALIASES.items():
+        value = getattr(arguments, old_name, NOT_GIVEN)
+        if value is NOT_GIVEN:
+            continue
+        current = getattr(arguments, new_name)
+        if current != arguments.__dataclass_fields__[new_name].default and current != value:
+            raise ValueError(
+                f"--{old_name} {value!r} and --{new_name} {current!r} set the same thing; pass only --{new_name}."
+            )
+        warnings.warn(
+            f"--{old_name} is deprecated; use --{new_name} (the name transformers' TrainingArguments uses).",
+            FutureWarning,
+            stacklevel=4,
+        )
+        setattr(arguments, new_name, value)
+        setattr(arguments, old_name, NOT_GIVEN)
 
 
 def _none_if_spelled_none(value: str | None) -> str | None:
@@ -80,11 +125,13 @@ class ModelArguments:
         },
     )
     torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile."})
-    activation_checkpointing: bool = field(
+    gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute block activations in the backward pass to save memory."}
     )
+    activation_checkpointing: bool = _deprecated_alias("gradient_checkpointing")
 
     def __post_init__(self):
+        _apply_deprecated_aliases(self)
         if self.model_type is not None:
             check_argument(self.model_type in MODEL_TYPES, "model_type", self.model_type, f"choose one of {MODEL_TYPES}")
         _check_optional(self, ("image_size", "patch_size"), _positive_int, "a whole number >= 1")
@@ -172,16 +219,19 @@ class PretrainingArguments:
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers get_scheduler name."})
     warmup_steps: int | None = field(default=None, metadata={"help": "Warm-up optimizer steps."})
     warmup_ratio: float = field(default=0.05, metadata={"help": "Warm-up fraction when warmup_steps is not set."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs (ignored when max_train_steps is set)."})
-    max_train_steps: int | None = field(
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs (ignored when max_steps is set)."})
+    max_steps: int | None = field(
         default=None,
         metadata={"help": "Optimizer steps in total; 0 evaluates and saves the model as built (a random-init baseline)."},
     )
+    max_train_steps: int | None = _deprecated_alias("max_steps")
     max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients to this norm (CAE: 3.0)."})
     seed: int = field(default=0, metadata={"help": "Seed for weights, data order, augmentation and masks."})
     logging_steps: int = field(default=10, metadata={"help": "Log every this many optimizer steps."})
-    checkpointing_steps: int | None = field(default=None, metadata={"help": "Save a checkpoint every N steps."})
-    checkpoints_total_limit: int | None = field(default=2, metadata={"help": "Keep only the newest K checkpoints."})
+    save_steps: int | None = field(default=None, metadata={"help": "Save a checkpoint every N optimizer steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep only the newest K checkpoints."})
+    checkpointing_steps: int | None = _deprecated_alias("save_steps")
+    checkpoints_total_limit: int | None = _deprecated_alias("save_total_limit")
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint folder, or 'latest' (newest complete one in output_dir)."}
     )
@@ -206,17 +256,18 @@ class PretrainingArguments:
     save_visualizations: bool = field(default=True, metadata={"help": "Write PNG grids at every evaluation."})
 
     def __post_init__(self):
+        _apply_deprecated_aliases(self)
         self.resume_from_checkpoint = _none_if_spelled_none(self.resume_from_checkpoint)
         positive_counts = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                            "logging_steps", "knn_k", "linear_probe_epochs", "max_consecutive_nonfinite_steps")
         for name in positive_counts:
             check_argument(_positive_int(getattr(self, name)), name, getattr(self, name), "a whole number >= 1")
-        _check_optional(self, ("checkpointing_steps", "eval_steps", "checkpoints_total_limit"), _positive_int,
+        _check_optional(self, ("save_steps", "eval_steps", "save_total_limit"), _positive_int,
                         "a whole number >= 1 (leave it out to turn it off)")
-        _check_optional(self, ("max_train_steps",), lambda value: isinstance(value, int) and value >= 0,
+        _check_optional(self, ("max_steps",), lambda value: isinstance(value, int) and value >= 0,
                         "a whole number of optimizer steps >= 0 (0 evaluates the model as built, without training)")
         check_argument(_finite(self.num_train_epochs) and self.num_train_epochs > 0, "num_train_epochs",
-                       self.num_train_epochs, "a number of epochs > 0 (fractions allowed), or set --max_train_steps")
+                       self.num_train_epochs, "a number of epochs > 0 (fractions allowed), or set --max_steps")
         _check_optional(self, ("learning_rate", "base_learning_rate", "max_grad_norm", "knn_temperature"),
                         lambda value: _finite(value) and value > 0, "a number > 0")
         _check_optional(self, ("weight_decay",), lambda value: _finite(value) and value >= 0, "a number >= 0")

@@ -37,7 +37,7 @@ def main(output_dir: str) -> None:
     SeededTransform.__call__, final_save.save_final_model = recording_call, recording_save
     accelerator = Accelerator(cpu=True)
     assert accelerator.num_processes == 2, accelerator.state
-    pretraining.run_pretraining(*arguments(output_dir, max_train_steps=2), accelerator=accelerator)
+    pretraining.run_pretraining(*arguments(output_dir, max_steps=2), accelerator=accelerator)
     Path(output_dir, f"seen_{accelerator.process_index}.json").write_text(json.dumps(seen))
 
 

@@ -243,13 +243,13 @@ def train(
     total_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
     lr = effective_learning_rate(args.learning_rate, args.base_learning_rate, total_batch_size)
     steps_per_epoch = data.optimizer_steps_per_epoch(total_batch_size)
-    if args.max_train_steps is not None:
-        max_train_steps = args.max_train_steps
+    if args.max_steps is not None:
+        max_train_steps = args.max_steps
     elif steps_per_epoch is not None:
         max_train_steps = max(1, math.ceil(args.num_train_epochs * steps_per_epoch))
     else:
         raise ValueError(
-            "The number of training examples is unknown (streaming without split sizes): pass --max_train_steps."
+            "The number of training examples is unknown (streaming without split sizes): pass --max_steps."
         )
     if steps_per_epoch is None:
         steps_per_epoch = max_train_steps

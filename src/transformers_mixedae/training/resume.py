@@ -100,14 +100,14 @@ def checkpoint_if_due(
     stopping: bool,
     recipe: dict[str, Any] | None = None,
 ) -> Path | None:
-    """Write a checkpoint every `--checkpointing_steps` and when the run is stopping (SIGTERM). The loss window
+    """Write a checkpoint every `--save_steps` and when the run is stopping (SIGTERM). The loss window
     that is not logged yet goes into `progress`, so a resumed run logs the same numbers."""
-    due = training_args.checkpointing_steps and progress.completed_steps % training_args.checkpointing_steps == 0
+    due = training_args.save_steps and progress.completed_steps % training_args.save_steps == 0
     if not (due or stopping):
         return None
     progress.window_loss_sum = accelerator.reduce(window_loss, reduction="mean").item()
     progress.window_batches = window_batches
-    saved = save_checkpoint(accelerator, output_dir, progress.completed_steps, training_args.checkpoints_total_limit,
+    saved = save_checkpoint(accelerator, output_dir, progress.completed_steps, training_args.save_total_limit,
                             recipe)
     if stopping:
         logger.warning(
