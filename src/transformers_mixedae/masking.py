@@ -271,10 +271,43 @@ class MaskingDataCollator:
         return batch
 
 
+class PretrainingDataCollator:
+    """Batches of `pixel_values` for a MixedAE or CAE pre-training model, e.g. as `transformers.Trainer`'s
+    `data_collator`.
+
+    Stacks the examples' `pixel_values`, keeps a multiple of the model's group size (MixedAE mixes groups of
+    g = 1/mixing_ratio images; a short last batch loses its remainder, as `drop_last` would) and, for a model whose
+    config describes a mask generator (CAE: `mask_type`, `num_masking_patches`, ...), adds one fresh
+    `bool_masked_pos` per image drawn as in pre-training.
+
+    Args:
+        config: The model's config (`MixedAEConfig` or `CAEConfig`).
+        seed: Seed of the mask generator (`None`: a fresh one each run).
+    """
+
+    def __init__(self, config: Any, seed: int | None = None):
+        self.group_size = getattr(config, "group_size", 1)
+        self.mask_generator = mask_generator_from_config(config, seed=seed) if hasattr(config, "mask_type") else None
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        kept = len(examples) - len(examples) % self.group_size
+        if kept == 0:
+            raise ValueError(
+                f"a batch of {len(examples)} images has no full group of {self.group_size} for MixedAE's mixing: use a "
+                f"batch size that is a multiple of {self.group_size}."
+            )
+        pixel_values = [torch.as_tensor(example["pixel_values"]) for example in examples[:kept]]
+        batch = {"pixel_values": torch.stack(pixel_values)}
+        if self.mask_generator is not None:
+            batch["bool_masked_pos"] = stack_masks([self.mask_generator() for _ in range(kept)])
+        return batch
+
+
 __all__ = [
     "BlockMaskGenerator",
     "MaskBlock",
     "MaskingDataCollator",
+    "PretrainingDataCollator",
     "RandomMaskGenerator",
     "build_mask_generator",
     "mask_generator_from_config",
