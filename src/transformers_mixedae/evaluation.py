@@ -6,7 +6,7 @@ directly (`Accuracy()`), never `evaluate.load`, which needs the Hub. Each metric
 tensor function (`weighted_knn_scores`, `linear_probe_scores`, `top_k_accuracy`); call those directly for
 large feature sets, since the `evaluate` route stores every feature vector as an Arrow list.
 
-Protocols (DATA_AND_EVAL §6):
+Protocols (those of MAE, DINO and CAE):
 
 * weighted kNN (DINO, after Wu et al. 2018): L2-normalised features; the k most cosine-similar training
   features vote for their label with weight exp(similarity / T); k = 20, T = 0.07.

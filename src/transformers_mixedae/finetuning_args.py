@@ -18,7 +18,7 @@ from .pretraining_args import (
 MODES = ("finetune", "linear_probe")
 RECIPES = ("mae", "cae")
 
-# Defaults per (mode, recipe), applied to every field still None (DATA_AND_EVAL §6). Learning rates are base
+# Defaults per (mode, recipe) from the MAE and CAE papers, applied to every field still None. Learning rates are base
 # rates: lr = base_learning_rate * global batch / 256 (CAE: 8e-3 at batch 4096 -> 5e-4).
 RECIPE_DEFAULTS = {
     ("finetune", "mae"): dict(

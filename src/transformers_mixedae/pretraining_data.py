@@ -131,7 +131,11 @@ class PretrainingData:
         training_args: PretrainingArguments,
         accelerator: Accelerator,
     ):
-        self.model_type = model_args.model_type
+        self.model_type = model.config.model_type  # selects the augmentation preset
+        # What the model's config says the pipeline must add to `pixel_values` (no branch on the model's name):
+        # masks drawn per image when the config describes a mask generator (CAE), DALL-E token targets when
+        # the config's target is "tokens" (CAE's official setting).
+        self.draws_masks = hasattr(model.config, "mask_type")
         self.config = model.config
         self.data_args = data_args
         self.training_args = training_args
@@ -234,21 +238,21 @@ class PretrainingData:
     def model_inputs(self, batch: dict, batch_seed: int) -> dict[str, torch.Tensor]:
         device = self.accelerator.device
         inputs = {"pixel_values": self.normalize_batch(batch["pixel_values"].to(device, non_blocking=True))}
-        if self.model_type == "cae":
-            inputs["bool_masked_pos"] = self._cae_masks(len(batch["pixel_values"]), batch_seed).to(device)
-            if self.tokenizer is not None:
-                tokenizer_views = batch["tokenizer_pixel_values"].to(device, non_blocking=True)
-                inputs["labels"] = self.tokenizer(tokenizer_views)
+        if self.draws_masks:
+            inputs["bool_masked_pos"] = self._masks(len(batch["pixel_values"]), batch_seed).to(device)
+        if self.tokenizer is not None:
+            tokenizer_views = batch["tokenizer_pixel_values"].to(device, non_blocking=True)
+            inputs["labels"] = self.tokenizer(tokenizer_views)
         return inputs
 
-    def _cae_masks(self, batch_size: int, batch_seed: int) -> torch.Tensor:
+    def _masks(self, batch_size: int, batch_seed: int) -> torch.Tensor:
         from .masking import mask_generator_from_config, stack_masks
 
         generator = mask_generator_from_config(self.config, seed=batch_seed)
         return stack_masks([generator() for _ in range(batch_size)])
 
     def _load_tokenizer(self, model_args: ModelArguments):
-        if self.model_type != "cae" or getattr(self.config, "target", None) != "tokens":
+        if getattr(self.config, "target", None) != "tokens":
             return None
         if not model_args.cae_tokenizer_path:
             raise ValueError(
@@ -264,9 +268,8 @@ class PretrainingData:
         ).to(self.accelerator.device)
 
     def _tokenizer_view_settings(self) -> dict:
-        if self.model_type == "cae" and self.tokenizer is None:
-            return {"tokenizer_image_size": None}
-        return {}
+        # Without a tokenizer, no 112-px tokenizer view is cut (the CAE preset cuts one by default).
+        return {"tokenizer_image_size": None} if self.tokenizer is None else {}
 
     def _augmentation(self):
         """The model type's preset, returning uint8 images: `model_inputs` normalises them on the device."""
@@ -418,7 +421,7 @@ class PretrainingData:
         pixel_values = inputs["pixel_values"][:NUM_VISUALIZED_IMAGES].float().cpu()
         mean, std = self.evaluation_transform.mean, self.evaluation_transform.std
         patch_size = self.config.patch_size
-        if self.model_type == "mixedae":
+        if getattr(outputs, "ids_restore", None) is not None:  # a mixing model (MixedAE): show the mixed inputs
             group_size = self.group_size
             num_groups = pixel_values.shape[0] // group_size
             num_kept = self.config.num_kept(outputs.mask.shape[1])

@@ -1,7 +1,7 @@
 # Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
 """Distributed, skip-aware data loaders for pre-training and feature extraction.
 
-How to use them with Accelerate (the rules behind the code, see DATA_AND_EVAL §2.2 and §4):
+How to use them with Accelerate (the rules behind the code):
 
 1. Build the loader with this process's `rank = accelerator.process_index` and
    `world_size = accelerator.num_processes`. The stream is shuffled with the **same seed on every rank,

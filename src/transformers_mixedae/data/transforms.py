@@ -1,7 +1,7 @@
 # Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
 """Pre-training and evaluation augmentation in PIL + torch (torchvision optional, never required).
 
-The fast path (see DATA_AND_EVAL §3): decode (`images.decode_rgb`) -> uint8 tensor of the crop box only (a
+The fast path: decode (`images.decode_rgb`) -> uint8 tensor of the crop box only (a
 view of a decoded array, or a copy of the box out of a PIL image) -> one `F.interpolate(..., antialias=True)`
 on uint8 -> flip -> normalise (here, or per batch on the device with `BatchNormalizer`). The random crop follows the logic of
 torchvision's `RandomResizedCrop.get_params`: up to 10 draws of an area fraction in `scale` and a
