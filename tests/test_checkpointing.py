@@ -19,7 +19,7 @@ from transformers_mixedae.pretraining import run_pretraining
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-CHECKPOINTED = dict(max_train_steps=2, checkpointing_steps=1, checkpoints_total_limit=None)
+CHECKPOINTED = dict(max_steps=2, save_steps=1, save_total_limit=None)
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +43,17 @@ def weights(folder):
 
 # ---------------------------------------------------------------------------------------------- output folder
 def test_rerunning_into_a_finished_run_is_refused_and_overwrite_leaves_no_stale_pictures(tmp_path):
-    run_pretraining(*arguments(tmp_path, max_train_steps=4, eval_steps=4, save_visualizations=True))
+    run_pretraining(*arguments(tmp_path, max_steps=4, eval_steps=4, save_visualizations=True))
     before = folder_fingerprint(tmp_path)
     assert {"visualizations/step_4_reconstruction.png", "model.safetensors"} <= set(before)
     with pytest.raises(ValueError, match=rf"^'{re.escape(str(tmp_path))}' already holds a finished result \(.*\): not "
                                          r"starting the run, and nothing was changed\. Pass --overwrite_output_dir to "
                                          r"replace it, or choose another output folder\.$"):
-        run_pretraining(*arguments(tmp_path, max_train_steps=2, save_visualizations=True))
+        run_pretraining(*arguments(tmp_path, max_steps=2, save_visualizations=True))
     assert folder_fingerprint(tmp_path) == before
 
     (tmp_path / "notes.txt").write_text("mine")
-    results = run_pretraining(*arguments(tmp_path, max_train_steps=2, save_visualizations=True,
+    results = run_pretraining(*arguments(tmp_path, max_steps=2, save_visualizations=True,
                                          overwrite_output_dir=True))
     assert results["train_steps"] == 2
     assert sorted(path.name for path in (tmp_path / "visualizations").iterdir()) == [

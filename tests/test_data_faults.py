@@ -124,7 +124,7 @@ def test_an_unlabelled_folder_pre_trains_with_label_column_name_none(tmp_path):
     folder, validation = unlabelled_folder(tmp_path / "images"), unlabelled_folder(tmp_path / "validation", 8)
     with deadline():
         results = run_pretraining(*arguments(tmp_path / "out", train_dir=str(folder), validation_dir=str(validation),
-                                             max_train_samples=None, label_column_name=None, max_train_steps=2))
+                                             max_train_samples=None, label_column_name=None, max_steps=2))
     assert results["train_steps"] == 2 and np.isfinite(results["train_loss"])
     assert np.isfinite(results["eval_loss"]) and not any("knn" in key or "linear_probe" in key for key in results)
     assert (tmp_path / "out" / "model.safetensors").exists()

@@ -25,7 +25,7 @@ def assert_one_error_line(process, status, line):
 def test_run_mim_refuses_zero_epochs_in_one_line(tmp_path):
     process = run_script(RUN_MIM, "--num_train_epochs", "0", "--output_dir", str(tmp_path / "out"), cwd=tmp_path)
     assert_one_error_line(process, 2, "run_mim.py: error: --num_train_epochs 0.0 is not valid: a number of epochs > 0 "
-                                      "(fractions allowed), or set --max_train_steps.")
+                                      "(fractions allowed), or set --max_steps.")
     assert not (tmp_path / "out").exists()
 
 
@@ -35,7 +35,7 @@ def test_run_mim_refuses_a_finished_output_folder_in_one_line_and_changes_nothin
     (finished / "config.json").write_text('{"model_type": "mixedae"}')
     (finished / "notes.txt").write_text("mine")
     before = folder_fingerprint(finished)
-    process = run_script(RUN_MIM, "--output_dir", str(finished), "--max_train_steps", "1", cwd=tmp_path)
+    process = run_script(RUN_MIM, "--output_dir", str(finished), "--max_steps", "1", cwd=tmp_path)
     assert_one_error_line(process, 2, f"run_mim.py: error: '{finished}' already holds a finished result (config.json): "
                                       "not starting the run, and nothing was changed. Pass --overwrite_output_dir to "
                                       "replace it, or choose another output folder.")

@@ -21,7 +21,7 @@ TINY_CAE = (
 SETTINGS = dict(
     model_type="mixedae", config_overrides=TINY_MIXEDAE, image_size=16, patch_size=4, attn_implementation="eager",
     max_train_samples=64, max_eval_samples=8, max_eval_train_samples=16, per_device_train_batch_size=8,
-    per_device_eval_batch_size=16, max_train_steps=4, logging_steps=1, linear_probe_epochs=1, seed=3,
+    per_device_eval_batch_size=16, max_steps=4, logging_steps=1, linear_probe_epochs=1, seed=3,
     save_visualizations=False,
 )
 MODEL_FIELDS = set(ModelArguments.__dataclass_fields__)

@@ -313,17 +313,27 @@ def parse_config_overrides(overrides: str | None, config_class: type | None = No
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(
                 f"--config_overrides names {key!r}, which is not a field of {config_class.__name__}.{hint} "
-                f"Its model fields: {sorted(vars(config_class).get('__annotations__', {}))}."
+                f"The fields it may set: {sorted(field_types)}."
             )
         parsed[key] = _parse_value(raw, field_types.get(key))
     return parsed
 
 
+# Fields every transformers config has that a user may set; the others (model_type, transformers_version,
+# architectures, parallelism plans, ...) describe the class or the file, and changing them would build another model.
+SETTABLE_BASE_CONFIG_FIELDS = ("id2label", "label2id", "problem_type", "output_hidden_states", "return_dict", "dtype")
+
+
 def _field_types(config_class: type) -> dict[str, Any]:
-    """Each config field's annotation (`Any` where it is only a string, so its values are read as literals)."""
+    """The annotation of each field `--config_overrides` may set (`Any` where it is only a string, so its values
+    are read as literals): the model's own fields and the settable ones of every config."""
+    from transformers import PreTrainedConfig
+
+    base_fields = set(PreTrainedConfig.__dataclass_fields__) - set(SETTABLE_BASE_CONFIG_FIELDS)
     return {
         name: Any if isinstance(definition.type, str) else definition.type
         for name, definition in config_class.__dataclass_fields__.items()
+        if name not in base_fields
     }
 
 
@@ -398,18 +408,9 @@ def parse_run_arguments(
     if defaults.get("config_overrides"):
         for arguments in parsed:
             if hasattr(arguments, "config_overrides"):
+                # The parsed value is the command line's (however spelled) or, without one, the file's own, which
+                # merged over itself stays the same.
                 arguments.config_overrides = merge_config_overrides(
-                    defaults["config_overrides"], _command_line_value(argv, "config_overrides")
+                    defaults["config_overrides"], arguments.config_overrides
                 )
     return parsed
-
-
-def _command_line_value(argv: list[str], name: str) -> str | None:
-    """The last value of `--name` on the command line (`--name value` or `--name=value`), if given."""
-    value = None
-    for index, token in enumerate(argv):
-        if token == f"--{name}" and index + 1 < len(argv):
-            value = argv[index + 1]
-        elif token.startswith(f"--{name}="):
-            value = token.split("=", 1)[1]
-    return value
