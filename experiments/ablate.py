@@ -32,7 +32,6 @@ fixed validation batch with fixed mixing noise (no gradient, forked RNG, eval mo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import importlib.util
 import json
@@ -273,8 +272,7 @@ class TopkProbe(TrainingCallback):
 
     The measurement runs without gradient, in eval mode (restored after), with fixed mixing noise and on a forked
     RNG, so the run trains exactly as it would without the probe. Models without mixing or without homologous
-    layers are not probed. The loop has no event before its first step, so `before_first_forward()` (a context
-    around `run_pretraining`) takes the step-0 measurement just before the model's first forward pass.
+    layers are not probed. The step-0 measurement is taken when the loop begins (`on_train_begin`).
     """
 
     def __init__(self, probe_pixel_values: torch.Tensor, probe_seed: int):
@@ -286,23 +284,9 @@ class TopkProbe(TrainingCallback):
         if "train/loss" in logs:
             self.measure(state.accelerator.unwrap_model(state.model), state.progress.completed_steps, logs)
 
-    @contextlib.contextmanager
-    def before_first_forward(self):
-        """Within the context, the first forward pass of a pre-training model is preceded by the step-0 probe."""
-        handle = None
-
-        def probe_once(module, args):
-            if getattr(getattr(module, "config", None), "model_type", None) not in ("mixedae", "cae"):
-                return None
-            handle.remove()
-            self.measure(module, step=0, logs={})
-            return None
-
-        handle = torch.nn.modules.module.register_module_forward_pre_hook(probe_once)
-        try:
-            yield self
-        finally:
-            handle.remove()
+    def on_train_begin(self, state: LoopState) -> None:
+        if state.progress.completed_steps == 0:
+            self.measure(state.accelerator.unwrap_model(state.model), step=0, logs={})
 
     @torch.no_grad()
     def measure(self, model: torch.nn.Module, step: int, logs: dict) -> None:
@@ -359,8 +343,7 @@ def run_one(arm: Arm, size: SizePreset, steps: int, seed: int, run_dir: Path, pr
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     probe = TopkProbe(probe_pixels, probe_seed=seed)
     start = time.perf_counter()
-    with probe.before_first_forward():
-        results = run_pretraining(model_args, data_args, training_args, callbacks=[probe])
+    results = run_pretraining(model_args, data_args, training_args, callbacks=[probe])
     wall_seconds = time.perf_counter() - start
     if results.get("stopped_by_signal"):
         raise RunInterrupted(f"{arm.name} seed {seed} was stopped by SIGTERM at step {results.get('train_steps')}")

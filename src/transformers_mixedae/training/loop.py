@@ -102,6 +102,9 @@ class TrainingTask:
 class TrainingCallback:
     """Hooks called on the main loop's events, on every process. Subclass and override what you need."""
 
+    def on_train_begin(self, state: "LoopState") -> None:
+        """Once before the first step of this process's loop (after a resume, `state.progress` says where)."""
+
     def on_log(self, state: "LoopState", logs: dict[str, float]) -> None:
         """After each logging step, with the logged values (`train/loss`, `train/learning_rate`, ...)."""
 
@@ -281,6 +284,8 @@ def train(
         main_process_only=True,
     )
 
+    for callback in callbacks:
+        callback.on_train_begin(state)
     bar = tqdm(
         total=max_train_steps, initial=progress.completed_steps, disable=not accelerator.is_local_main_process,
         desc=task.name, dynamic_ncols=True,
