@@ -18,6 +18,8 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 
+from .presets import vit_size_name
+
 DEFAULT_TAGS = ("vision", "image-feature-extraction", "masked-image-modeling", "self-supervised-learning")
 
 
@@ -149,7 +151,6 @@ CAE = ModelFamily(
 MODEL_FAMILIES = {family.model_type: family for family in (MIXEDAE, CAE)}
 
 # (hidden_size, num_hidden_layers) -> the usual ViT size name.
-VIT_SIZE_NAMES = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large", (1280, 32): "huge"}
 
 # Result keys as written by transformers scripts and `evaluate`: "<split>_<metric>", e.g. "eval_accuracy".
 _SPLIT_PREFIXES = {"eval": "validation", "validation": "validation", "test": "test", "predict": "test"}
@@ -216,7 +217,7 @@ def classification_eval_results(
 
 def default_model_name(config: PreTrainedConfig) -> str:
     """E.g. `mixedae-vit-base-patch16`, or `cae-vit-h512-l8-patch16` for a non-standard size."""
-    size = VIT_SIZE_NAMES.get((config.hidden_size, config.num_hidden_layers))
+    size = vit_size_name(config.hidden_size, config.num_hidden_layers)
     size = size or f"h{config.hidden_size}-l{config.num_hidden_layers}"
     return f"{config.model_type}-vit-{size}-patch{config.patch_size}"
 
