@@ -325,7 +325,8 @@ def test_eager_and_sdpa_agree(model_class):
 
 
 def test_official_parameter_counts():
-    """CAE.md section 4: ViT-B with Dd 768 and ViT-S with a projection (built on the meta device)."""
+    """The official model sizes: ViT-B with a 768-wide regressor and decoder, and ViT-S with a projection from 384
+    to 768 (built on the meta device)."""
 
     def count(module) -> int:
         return sum(parameter.numel() for parameter in module.parameters())
@@ -470,3 +471,54 @@ def test_truncated_weights_name_the_file_and_the_fix(tmp_path):
                  CAEForImageClassification.from_pretrained, AutoModel.from_pretrained):
         with pytest.raises(OSError, match="^" + re.escape(message) + "$"):
             load(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint keys
+# The weight names of every class for a one-layer tiny config (with projection and LayerScale), frozen: a change here
+# breaks every saved and converted checkpoint.
+CAE_MLP_KEYS = ["layernorm_after.weight", "layernorm_after.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
+                "mlp.fc2.bias"]
+CAE_ATTENTION_KEYS = ["q_proj.weight", "q_proj.bias", "k_proj.weight", "v_proj.weight", "v_proj.bias", "o_proj.weight",
+                      "o_proj.bias"]
+CAE_LAYER_KEYS = [
+    "lambda_1", "lambda_2", "layernorm_before.weight", "layernorm_before.bias",
+    *(f"attention.{key}" for key in CAE_ATTENTION_KEYS), *CAE_MLP_KEYS,
+]
+CAE_ENCODER_KEYS = [
+    "embeddings.cls_token", "embeddings.position_embeddings", "embeddings.patch_embeddings.projection.weight",
+    "embeddings.patch_embeddings.projection.bias", *(f"layers.0.{key}" for key in CAE_LAYER_KEYS),
+]
+CAE_REGRESSOR_LAYER_KEYS = [
+    "lambda_1", "lambda_2", "layernorm_query.weight", "layernorm_query.bias", "layernorm_key.weight",
+    "layernorm_key.bias", "layernorm_value.weight", "layernorm_value.bias",
+    *(f"cross_attention.{key}" for key in CAE_ATTENTION_KEYS), *CAE_MLP_KEYS,
+]
+CAE_KEYS = {
+    CAEModel: CAE_ENCODER_KEYS + ["layernorm.weight", "layernorm.bias"],
+    CAEForPreTraining: [f"cae.{key}" for key in CAE_ENCODER_KEYS]
+    + ["cae.layernorm.weight", "cae.layernorm.bias"]
+    + ["encoder_to_regressor.weight", "encoder_to_regressor.bias", "encoder_to_regressor_norm.weight",
+       "encoder_to_regressor_norm.bias"]
+    + ["regressor.mask_token", "regressor.position_embeddings"]
+    + [f"regressor.layers.0.{key}" for key in CAE_REGRESSOR_LAYER_KEYS]
+    + ["regressor.layernorm.weight", "regressor.layernorm.bias"]
+    + [f"decoder.layers.0.{key}" for key in CAE_LAYER_KEYS]
+    + ["decoder.layernorm.weight", "decoder.layernorm.bias", "decoder.head.weight", "decoder.head.bias"],
+    # Mean pooling: the final encoder LayerNorm is `fc_norm`.
+    CAEForImageClassification: [f"cae.{key}" for key in CAE_ENCODER_KEYS]
+    + ["fc_norm.weight", "fc_norm.bias", "classifier.weight", "classifier.bias"],
+}
+
+
+@pytest.mark.parametrize("model_class", list(CAE_KEYS))
+def test_weight_names_are_those_of_saved_checkpoints(model_class):
+    config = tiny_cae_config(num_hidden_layers=1, regressor_num_layers=1, decoder_num_layers=1, num_labels=3)
+    assert sorted(model_class(config).state_dict()) == sorted(CAE_KEYS[model_class])
+
+
+def test_classification_with_cls_pooling_keeps_the_final_layernorm():
+    config = tiny_cae_config(num_hidden_layers=1, num_labels=3, classifier_pooling="cls")
+    expected = [f"cae.{key}" for key in CAE_ENCODER_KEYS] + ["cae.layernorm.weight", "cae.layernorm.bias"]
+    assert sorted(CAEForImageClassification(config).state_dict()) == sorted(
+        expected + ["classifier.weight", "classifier.bias"]
+    )

@@ -1,4 +1,5 @@
-"""MixedAE: parity with ViTMAE, the invariants of MIXEDAE.md, attention backends, save/load, training, errors."""
+"""MixedAE: parity with ViTMAE, the invariants of mixing and homologous attention, attention backends, save/load,
+training, errors."""
 
 import math
 import re
@@ -23,9 +24,9 @@ from transformers_mixedae import (
     MixedAEModel,
     mixing_assignment,
 )
-from transformers_mixedae.modeling_mixedae import homologous_contrastive_loss
-from transformers_mixedae.vit_layers import (
+from transformers_mixedae.modeling_mixedae import (
     HomologousAttentionContext,
+    homologous_contrastive_loss,
     homologous_keep_mask,
     homologous_topk_attention_forward,
 )
@@ -573,3 +574,38 @@ def test_truncated_weights_name_the_file_and_the_fix(tmp_path):
                  MixedAEForImageClassification.from_pretrained, AutoModel.from_pretrained):
         with pytest.raises(OSError, match="^" + re.escape(message) + "$"):
             load(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint keys
+# The weight names of every class for a one-layer tiny config, frozen: a change here breaks every saved checkpoint.
+MIXEDAE_LAYER_KEYS = [
+    "layernorm_before.weight", "layernorm_before.bias",
+    "attention.q_proj.weight", "attention.q_proj.bias", "attention.k_proj.weight", "attention.k_proj.bias",
+    "attention.v_proj.weight", "attention.v_proj.bias", "attention.o_proj.weight", "attention.o_proj.bias",
+    "layernorm_after.weight", "layernorm_after.bias",
+    "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+]
+MIXEDAE_ENCODER_KEYS = [
+    "embeddings.cls_token", "embeddings.position_embeddings", "embeddings.patch_embeddings.projection.weight",
+    "embeddings.patch_embeddings.projection.bias", "embeddings.segment_embeddings.weight",
+    *(f"layers.0.{key}" for key in MIXEDAE_LAYER_KEYS),
+    "layernorm.weight", "layernorm.bias",
+]
+MIXEDAE_DECODER_KEYS = [
+    "decoder.mask_token", "decoder.decoder_pos_embed", "decoder.decoder_embed.weight", "decoder.decoder_embed.bias",
+    *(f"decoder.decoder_layers.0.{key}" for key in MIXEDAE_LAYER_KEYS),
+    "decoder.decoder_norm.weight", "decoder.decoder_norm.bias",
+    "decoder.decoder_pred.weight", "decoder.decoder_pred.bias",
+]
+MIXEDAE_KEYS = {
+    MixedAEModel: MIXEDAE_ENCODER_KEYS,
+    MixedAEForPreTraining: [f"vit.{key}" for key in MIXEDAE_ENCODER_KEYS] + MIXEDAE_DECODER_KEYS,
+    MixedAEForImageClassification: [f"vit.{key}" for key in MIXEDAE_ENCODER_KEYS]
+    + ["fc_norm.weight", "fc_norm.bias", "classifier.weight", "classifier.bias"],
+}
+
+
+@pytest.mark.parametrize("model_class", list(MIXEDAE_KEYS))
+def test_weight_names_are_those_of_saved_checkpoints(model_class):
+    config = tiny_mixedae_config(num_hidden_layers=1, decoder_num_hidden_layers=1, num_labels=3)
+    assert sorted(model_class(config).state_dict()) == sorted(MIXEDAE_KEYS[model_class])

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 import torch
 import transformers.initialization as init
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, auto_docstring, logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
@@ -31,17 +30,15 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_cae import CAEConfig
 from .masking import mask_generator_from_config, stack_masks
+from .modeling_masked_vit import ImageClassifierOnEncoder, MaskedViTPreTrainedModel, hub_kwargs
 from .vit_layers import (
     DropPath,
-    PatchEmbeddings,
     ViTAttention,
+    ViTEmbeddings,
     ViTLayer,
     ViTMLP,
-    build_classification_head,
-    classify_encoder_output,
     drop_path_rates,
     init_linear_and_layernorm,
-    naming_corrupt_checkpoints,
     patchify,
     sincos_2d_position_embedding,
     xavier_uniform_bound_for_fused_qkv,
@@ -57,9 +54,9 @@ FUSED_QKV_WIDTH_ATTRIBUTE = "fused_qkv_width"
 
 # ---------------------------------------------------------------------------------------------- outputs
 @dataclass
-class CAEModelOutput(ModelOutput):
+class CAEModelOutput(BaseModelOutputWithPooling):
     r"""
-    Output of `CAEModel`.
+    Output of `CAEModel`: the fields of transformers' `BaseModelOutputWithPooling`.
 
     last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_visible_patches, hidden_size)`):
         Encoder output after the final LayerNorm ([CLS] first). Without `bool_masked_pos` every patch is visible.
@@ -67,11 +64,6 @@ class CAEModelOutput(ModelOutput):
         The [CLS] token of `last_hidden_state` (the official linear-probe feature).
     hidden_states, attentions: as in every transformers model (`attentions` needs `attn_implementation="eager"`).
     """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    pooler_output: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -109,21 +101,9 @@ class CAEForPreTrainingOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-# ---------------------------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------------------------- 1. masking
 def grid_of(pixel_values: torch.Tensor, patch_size: int) -> tuple[int, int]:
     return pixel_values.shape[2] // patch_size, pixel_values.shape[3] // patch_size
-
-
-def position_table_for_grid(table: torch.Tensor, trained_grid: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
-    """The stored `(1, 1 + H*W, D)` sin-cos table, or a fresh one for another grid.
-
-    The official fine-tuning code builds a new sin-cos table at a new resolution rather than resampling the old one,
-    so the positions stay exact.
-    """
-    if tuple(trained_grid) == tuple(grid):
-        return table
-    fresh = sincos_2d_position_embedding(grid[0], grid[1], table.shape[-1], row_first=True)
-    return fresh.to(device=table.device, dtype=table.dtype)
 
 
 def select_tokens(tokens: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
@@ -162,43 +142,17 @@ def check_bool_masked_pos(bool_masked_pos: torch.Tensor, batch_size: int, grid: 
     return bool_masked_pos
 
 
-def select_masked_labels(labels: torch.Tensor, bool_masked_pos: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Token ids for the masked patches, `(batch_size * num_masked,)` in batch-major raster order.
+# ---------------------------------------------------------------------------------------------- 2. encoder
+def position_table_for_grid(table: torch.Tensor, trained_grid: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """The stored `(1, 1 + H*W, D)` sin-cos table, or a fresh one for another grid.
 
-    Accepts ids for every patch `(batch_size, num_patches)` (the masked ones are selected) or already-selected ids
-    `(batch_size, num_masked)` / `(batch_size * num_masked,)`.
+    The official fine-tuning code builds a new sin-cos table at a new resolution rather than resampling the old one,
+    so the positions stay exact.
     """
-    batch_size, num_patches = bool_masked_pos.shape
-    num_masked = int(bool_masked_pos[0].sum())
-    if labels.is_floating_point():
-        raise ValueError(f"`labels` must hold integer token ids, got dtype {labels.dtype}.")
-    if tuple(labels.shape) == (batch_size, num_patches):
-        selected = labels[bool_masked_pos]
-    elif tuple(labels.shape) in ((batch_size, num_masked), (batch_size * num_masked,)):
-        selected = labels.reshape(-1)
-    else:
-        raise ValueError(
-            f"`labels` must have shape (batch_size, num_patches) = ({batch_size}, {num_patches}), or hold only the "
-            f"masked ids as ({batch_size}, {num_masked}) or ({batch_size * num_masked},); got {tuple(labels.shape)}."
-        )
-    invalid = (selected != -100) & ((selected < 0) | (selected >= vocab_size))
-    if invalid.any():
-        raise ValueError(
-            f"`labels` contains token ids outside [0, {vocab_size}) (vocab_size), e.g. {selected[invalid][0].item()}."
-        )
-    return selected
-
-
-def normalized_pixel_targets(
-    pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor, patch_size: int, normalize: bool
-) -> torch.Tensor:
-    """`(B, num_masked, patch_size**2 * C)` pixels of the masked patches, each normalised by its own mean/std."""
-    patches = select_tokens(patchify(pixel_values, patch_size), bool_masked_pos).float()
-    if not normalize:
-        return patches
-    mean = patches.mean(dim=-1, keepdim=True)
-    variance = patches.var(dim=-1, keepdim=True)
-    return (patches - mean) / (variance + 1.0e-6) ** 0.5
+    if tuple(trained_grid) == tuple(grid):
+        return table
+    fresh = sincos_2d_position_embedding(grid[0], grid[1], table.shape[-1], row_first=True)
+    return fresh.to(device=table.device, dtype=table.dtype)
 
 
 def cae_vit_layer(
@@ -217,13 +171,7 @@ def cae_vit_layer(
         width,
         num_attention_heads,
         intermediate_size,
-        config.hidden_act,
-        config.layer_norm_eps,
-        query_bias=config.qkv_bias,
         key_bias=False,
-        value_bias=config.qkv_bias,
-        attention_dropout=config.attention_probs_dropout_prob,
-        hidden_dropout=config.hidden_dropout_prob,
         drop_path=drop_path,
         layer_scale_init_value=layer_scale_init_value if has_layer_scale else None,
     )
@@ -233,20 +181,11 @@ def cae_vit_layer(
     return layer
 
 
-# ---------------------------------------------------------------------------------------------- encoder
-class CAEEmbeddings(nn.Module):
+class CAEEmbeddings(ViTEmbeddings):
     """[CLS] token, patch embeddings and frozen sin-cos positions; a mask removes the masked patches."""
 
     def __init__(self, config: CAEConfig):
-        super().__init__()
-        self.config = config
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.patch_embeddings = PatchEmbeddings(
-            config.image_size, config.patch_size, config.num_channels, config.hidden_size
-        )
-        self.position_embeddings = nn.Parameter(
-            torch.zeros(1, self.patch_embeddings.num_patches + 1, config.hidden_size), requires_grad=False
-        )
+        super().__init__(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
@@ -255,144 +194,17 @@ class CAEEmbeddings(nn.Module):
         bool_masked_pos: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
     ) -> torch.Tensor:
-        patch_tokens = self.patch_embeddings(pixel_values, interpolate_pos_encoding)
+        patch_tokens = self.patch_embeddings(pixel_values, interpolate_pos_encoding)  # (B, N, D)
         position_embeddings = position_table_for_grid(
             self.position_embeddings, self.patch_embeddings.grid_size, grid_of(pixel_values, self.config.patch_size)
-        ).to(patch_tokens.dtype)
+        ).to(patch_tokens.dtype)  # (1, 1 + N, D)
         patch_tokens = patch_tokens + position_embeddings[:, 1:, :]
         if bool_masked_pos is not None:
-            patch_tokens = select_tokens(patch_tokens, ~bool_masked_pos)
-        # The [CLS] slot of the table is zero; adding it keeps the code uniform.
-        cls_token = (self.cls_token + position_embeddings[:, :1, :]).expand(patch_tokens.shape[0], -1, -1)
-        return self.dropout(torch.cat((cls_token, patch_tokens), dim=1))
+            patch_tokens = select_tokens(patch_tokens, ~bool_masked_pos)  # (B, num_visible, D)
+        return self.dropout(self.prepend_cls_token(patch_tokens, position_embeddings))
 
 
-class CAEPreTrainedModel(PreTrainedModel):
-    config: CAEConfig
-    base_model_prefix = "cae"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["CAEEmbeddings", "ViTLayer", "CAERegressorLayer"]
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    _can_compile_fullgraph = False
-    _can_record_outputs = {"hidden_states": ViTLayer, "attentions": ViTAttention}
-    _input_embed_layer = "patch_embeddings"
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, naming a truncated or corrupt weight file and how to replace it."""
-        with naming_corrupt_checkpoints(pretrained_model_name_or_path, kwargs.get("subfolder")):
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        """The official initialisation (`fix_init_weight=False`, the default of every official script).
-
-        Every Linear is xavier-uniform with zero bias, except the self-attention q/k/v of encoder and decoder blocks,
-        which the official code initialises as one fused `[3D, D]` matrix (bound sqrt(6 / 4D)); the patch projection,
-        [CLS] and mask token are normal(0, 0.02) truncated at one std; LayerScale starts at its init value; the
-        sin-cos tables are copied with `init.copy_`, so the meta-device load path gives the same tables. Loaded
-        tensors are never touched (`transformers.initialization` skips them).
-        """
-        super()._init_weights(module)
-        std = self.config.initializer_range
-        # For models outside the transformers package, `_init_weights` is only called on modules that own parameters
-        # (a module without direct parameters counts as initialised), so each tensor is handled at its owner.
-        init_linear_and_layernorm(module)
-        if isinstance(module, nn.Linear) and hasattr(module, FUSED_QKV_WIDTH_ATTRIBUTE):
-            bound = xavier_uniform_bound_for_fused_qkv(getattr(module, FUSED_QKV_WIDTH_ATTRIBUTE))
-            init.uniform_(module.weight, -bound, bound)
-        elif isinstance(self, CAEForImageClassification) and module is self.classifier:
-            scaled_std = std * CLASSIFIER_INIT_SCALE
-            init.trunc_normal_(module.weight, std=scaled_std, a=-scaled_std, b=scaled_std)
-        elif isinstance(module, nn.Conv2d):  # the patch projection
-            init.trunc_normal_(module.weight, std=std, a=-std, b=std)
-            init.zeros_(module.bias)
-        elif isinstance(module, CAEEmbeddings):
-            grid = module.patch_embeddings.grid_size
-            table = sincos_2d_position_embedding(grid[0], grid[1], self.config.hidden_size, row_first=True)
-            init.copy_(module.position_embeddings, table)
-            init.trunc_normal_(module.cls_token, std=std, a=-std, b=std)
-        elif isinstance(module, (ViTLayer, CAERegressorLayer)) and module.lambda_1 is not None:
-            init.constant_(module.lambda_1, module.layer_scale_init_value)
-            init.constant_(module.lambda_2, module.layer_scale_init_value)
-        elif isinstance(module, CAERegressor):
-            grid = self.config.grid_size
-            table = sincos_2d_position_embedding(grid[0], grid[1], self.config.decoder_hidden_size, row_first=True)
-            init.copy_(module.position_embeddings, table)
-            init.trunc_normal_(module.mask_token, std=std, a=-std, b=std)
-
-
-@auto_docstring(
-    custom_intro="The bare CAE encoder (ViT with LayerScale); a mask removes patches instead of replacing them."
-)
-class CAEModel(CAEPreTrainedModel):
-    def __init__(self, config: CAEConfig, add_final_layernorm: bool = True):
-        r"""
-        add_final_layernorm (`bool`, *optional*, defaults to `True`):
-            Whether the encoder ends with its LayerNorm. `CAEForImageClassification` with mean pooling drops it and
-            normalises the pooled feature instead (`fc_norm`), as the official fine-tuning.
-        """
-        super().__init__(config)
-        self.config = config
-        self.embeddings = CAEEmbeddings(config)
-        self.layers = nn.ModuleList(
-            [
-                cae_vit_layer(
-                    config,
-                    config.hidden_size,
-                    config.num_attention_heads,
-                    config.intermediate_size,
-                    drop_path=rate,
-                    layer_scale_init_value=config.layer_scale_init_value,
-                )
-                for rate in drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
-            ]
-        )
-        if add_final_layernorm:
-            self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        else:
-            self.layernorm = nn.Identity()
-        self.post_init()
-
-    def get_input_embeddings(self) -> PatchEmbeddings:
-        return self.embeddings.patch_embeddings
-
-    @merge_with_config_defaults
-    @capture_outputs(tie_last_hidden_states=False)
-    @auto_docstring
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        bool_masked_pos: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> CAEModelOutput:
-        r"""
-        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
-            True for the patches to leave out (the same number in every row); the encoder then sees [CLS] and the
-            visible patches only, in raster order. `None` encodes every patch (features, fine-tuning).
-        interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
-            Accept another input resolution; a sin-cos table for the new patch grid is used.
-        """
-        interpolate_pos_encoding = bool(interpolate_pos_encoding)
-        self.embeddings.patch_embeddings.check_pixel_values(pixel_values, interpolate_pos_encoding)
-        if bool_masked_pos is not None:
-            bool_masked_pos = check_bool_masked_pos(
-                bool_masked_pos, pixel_values.shape[0], grid_of(pixel_values, self.config.patch_size)
-            ).to(pixel_values.device)
-        hidden_states = self.embeddings(pixel_values, bool_masked_pos, interpolate_pos_encoding)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, None, **kwargs)
-        sequence_output = self.layernorm(hidden_states)
-        return CAEModelOutput(last_hidden_state=sequence_output, pooler_output=sequence_output[:, 0])
-
-
-# ---------------------------------------------------------------------------------------------- regressor
+# ---------------------------------------------------------------------------------------------- 3. regressor
 class CAERegressorLayer(GradientCheckpointingLayer):
     """Cross-attention block of the latent contextual regressor (official `RegressorBlock`).
 
@@ -482,6 +294,7 @@ class CAERegressor(nn.Module):
         return self.layernorm(queries)
 
 
+# ---------------------------------------------------------------------------------------------- 4. decoder
 class CAEDecoder(nn.Module):
     """Pre-norm blocks on the masked positions only, then the token head (or the non-official pixel head)."""
 
@@ -515,7 +328,153 @@ class CAEDecoder(nn.Module):
         return self.head(self.layernorm(hidden_states))
 
 
-# ---------------------------------------------------------------------------------------------- pre-training
+# ---------------------------------------------------------------------------------------------- 5. losses
+def select_masked_labels(labels: torch.Tensor, bool_masked_pos: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Token ids for the masked patches, `(batch_size * num_masked,)` in batch-major raster order.
+
+    Accepts ids for every patch `(batch_size, num_patches)` (the masked ones are selected) or already-selected ids
+    `(batch_size, num_masked)` / `(batch_size * num_masked,)`.
+    """
+    batch_size, num_patches = bool_masked_pos.shape
+    num_masked = int(bool_masked_pos[0].sum())
+    if labels.is_floating_point():
+        raise ValueError(f"`labels` must hold integer token ids, got dtype {labels.dtype}.")
+    if tuple(labels.shape) == (batch_size, num_patches):
+        selected = labels[bool_masked_pos]
+    elif tuple(labels.shape) in ((batch_size, num_masked), (batch_size * num_masked,)):
+        selected = labels.reshape(-1)
+    else:
+        raise ValueError(
+            f"`labels` must have shape (batch_size, num_patches) = ({batch_size}, {num_patches}), or hold only the "
+            f"masked ids as ({batch_size}, {num_masked}) or ({batch_size * num_masked},); got {tuple(labels.shape)}."
+        )
+    invalid = (selected != -100) & ((selected < 0) | (selected >= vocab_size))
+    if invalid.any():
+        raise ValueError(
+            f"`labels` contains token ids outside [0, {vocab_size}) (vocab_size), e.g. {selected[invalid][0].item()}."
+        )
+    return selected
+
+
+def normalized_pixel_targets(
+    pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor, patch_size: int, normalize: bool
+) -> torch.Tensor:
+    """`(B, num_masked, patch_size**2 * C)` pixels of the masked patches, each normalised by its own mean/std."""
+    patches = select_tokens(patchify(pixel_values, patch_size), bool_masked_pos).float()
+    if not normalize:
+        return patches
+    mean = patches.mean(dim=-1, keepdim=True)
+    variance = patches.var(dim=-1, keepdim=True)
+    return (patches - mean) / (variance + 1.0e-6) ** 0.5
+
+
+# ---------------------------------------------------------------------------------------------- models
+class CAEPreTrainedModel(MaskedViTPreTrainedModel):
+    config: CAEConfig
+    base_model_prefix = "cae"
+    _no_split_modules = ["CAEEmbeddings", "ViTLayer", "CAERegressorLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The official initialisation (`fix_init_weight=False`, the default of every official script).
+
+        Every Linear is xavier-uniform with zero bias, except the self-attention q/k/v of encoder and decoder blocks,
+        which the official code initialises as one fused `[3D, D]` matrix (bound sqrt(6 / 4D)); the patch projection,
+        [CLS] and mask token are normal(0, 0.02) truncated at one std; LayerScale starts at its init value; the
+        sin-cos tables are copied with `init.copy_`, so the meta-device load path gives the same tables. Loaded
+        tensors are never touched (`transformers.initialization` skips them).
+        """
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        # For models outside the transformers package, `_init_weights` is only called on modules that own parameters
+        # (a module without direct parameters counts as initialised), so each tensor is handled at its owner.
+        init_linear_and_layernorm(module)
+        if isinstance(module, nn.Linear) and hasattr(module, FUSED_QKV_WIDTH_ATTRIBUTE):
+            bound = xavier_uniform_bound_for_fused_qkv(getattr(module, FUSED_QKV_WIDTH_ATTRIBUTE))
+            init.uniform_(module.weight, -bound, bound)
+        elif isinstance(self, CAEForImageClassification) and module is self.classifier:
+            scaled_std = std * CLASSIFIER_INIT_SCALE
+            init.trunc_normal_(module.weight, std=scaled_std, a=-scaled_std, b=scaled_std)
+        elif isinstance(module, nn.Conv2d):  # the patch projection
+            init.trunc_normal_(module.weight, std=std, a=-std, b=std)
+            init.zeros_(module.bias)
+        elif isinstance(module, CAEEmbeddings):
+            grid = module.patch_embeddings.grid_size
+            table = sincos_2d_position_embedding(grid[0], grid[1], self.config.hidden_size, row_first=True)
+            init.copy_(module.position_embeddings, table)
+            init.trunc_normal_(module.cls_token, std=std, a=-std, b=std)
+        elif isinstance(module, (ViTLayer, CAERegressorLayer)) and module.lambda_1 is not None:
+            init.constant_(module.lambda_1, module.layer_scale_init_value)
+            init.constant_(module.lambda_2, module.layer_scale_init_value)
+        elif isinstance(module, CAERegressor):
+            grid = self.config.grid_size
+            table = sincos_2d_position_embedding(grid[0], grid[1], self.config.decoder_hidden_size, row_first=True)
+            init.copy_(module.position_embeddings, table)
+            init.trunc_normal_(module.mask_token, std=std, a=-std, b=std)
+
+
+@auto_docstring(
+    custom_intro="The bare CAE encoder (ViT with LayerScale); a mask removes patches instead of replacing them."
+)
+class CAEModel(CAEPreTrainedModel):
+    def __init__(self, config: CAEConfig, add_final_layernorm: bool = True):
+        r"""
+        add_final_layernorm (`bool`, *optional*, defaults to `True`):
+            Whether the encoder ends with its LayerNorm. `CAEForImageClassification` with mean pooling drops it and
+            normalises the pooled feature instead (`fc_norm`), as the official fine-tuning.
+        """
+        super().__init__(config)
+        self.config = config
+        self.embeddings = CAEEmbeddings(config)
+        self.layers = nn.ModuleList(
+            [
+                cae_vit_layer(
+                    config,
+                    config.hidden_size,
+                    config.num_attention_heads,
+                    config.intermediate_size,
+                    drop_path=rate,
+                    layer_scale_init_value=config.layer_scale_init_value,
+                )
+                for rate in drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
+            ]
+        )
+        if add_final_layernorm:
+            self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        else:
+            self.layernorm = nn.Identity()
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    @auto_docstring
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CAEModelOutput:
+        r"""
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+            True for the patches to leave out (the same number in every row); the encoder then sees [CLS] and the
+            visible patches only, in raster order. `None` encodes every patch (features, fine-tuning).
+        interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+            Accept another input resolution; a sin-cos table for the new patch grid is used.
+        """
+        interpolate_pos_encoding = bool(interpolate_pos_encoding)
+        self.embeddings.patch_embeddings.check_pixel_values(pixel_values, interpolate_pos_encoding)
+        if bool_masked_pos is not None:
+            bool_masked_pos = check_bool_masked_pos(
+                bool_masked_pos, pixel_values.shape[0], grid_of(pixel_values, self.config.patch_size)
+            ).to(pixel_values.device)
+        hidden_states = self.embeddings(pixel_values, bool_masked_pos, interpolate_pos_encoding)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, None, **kwargs)
+        sequence_output = self.layernorm(hidden_states)
+        return CAEModelOutput(last_hidden_state=sequence_output, pooler_output=sequence_output[:, 0])
+
+
 @auto_docstring(
     custom_intro="CAE with its alignment target, latent regressor and decoder, for self-supervised pre-training."
 )
@@ -534,9 +493,6 @@ class CAEForPreTraining(CAEPreTrainedModel):
         self.decoder = CAEDecoder(config)
         self.post_init()
 
-    def get_input_embeddings(self) -> PatchEmbeddings:
-        return self.cae.embeddings.patch_embeddings
-
     def project(self, latents: torch.Tensor) -> torch.Tensor:
         """Encoder width -> regressor width (identity when they are equal)."""
         if self.encoder_to_regressor is None:
@@ -549,6 +505,31 @@ class CAEForPreTraining(CAEPreTrainedModel):
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         generator = mask_generator_from_config(self.config, grid, seed=seed)
         return stack_masks([generator() for _ in range(batch_size)]).to(device)
+
+    def forward_loss(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None,
+        bool_masked_pos: torch.Tensor,
+        logits: torch.Tensor,
+        predicted_latents: torch.Tensor,
+        target_latents: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """`(loss, main_loss, align_loss)`: MSE between predicted and target latents (`(B, num_masked, Dd)`), and
+        cross-entropy on the masked token ids (or MSE on the normalised pixels of the masked patches for
+        `target="pixels"`) from the decoder `logits` (`(B, num_masked, vocab_size or patch_size**2 * C)`)."""
+        align_loss = nn.functional.mse_loss(predicted_latents.float(), target_latents.float())
+        main_loss = None
+        if self.config.target == "pixels":
+            targets = normalized_pixel_targets(
+                pixel_values, bool_masked_pos, self.config.patch_size, self.config.norm_pix_loss
+            )
+            main_loss = nn.functional.mse_loss(logits.float(), targets)
+        elif labels is not None:
+            masked_labels = select_masked_labels(labels.to(logits.device), bool_masked_pos, self.config.vocab_size)
+            main_loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), masked_labels)
+        loss = None if main_loss is None else main_loss + self.config.align_loss_weight * align_loss
+        return loss, main_loss, align_loss
 
     @can_return_tuple
     @auto_docstring
@@ -602,7 +583,7 @@ class CAEForPreTraining(CAEPreTrainedModel):
         encoder_outputs: CAEModelOutput = self.cae(
             pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
-        visible_latents = self.project(encoder_outputs.last_hidden_state)[:, 1:, :]
+        visible_latents = self.project(encoder_outputs.last_hidden_state)[:, 1:, :]  # (B, num_visible, Dd)
 
         # Alignment target: the same encoder on the masked patches, after the visible pass (stochastic depth draws
         # come in the official order), in the current mode, without gradient.
@@ -614,25 +595,17 @@ class CAEForPreTraining(CAEPreTrainedModel):
                 output_hidden_states=False,
                 output_attentions=False,
             )
-            target_latents = self.project(target_outputs.last_hidden_state[:, 1:, :])
+            target_latents = self.project(target_outputs.last_hidden_state[:, 1:, :])  # (B, num_masked, Dd)
 
         positions = self.regressor.patch_positions(grid, visible_latents.dtype).expand(batch_size, -1, -1)
         masked_positions = select_tokens(positions, bool_masked_pos)
         visible_positions = select_tokens(positions, ~bool_masked_pos)
-        predicted_latents = self.regressor(visible_latents, masked_positions, visible_positions)
-        logits = self.decoder(predicted_latents, masked_positions)
+        predicted_latents = self.regressor(visible_latents, masked_positions, visible_positions)  # (B, num_masked, Dd)
+        logits = self.decoder(predicted_latents, masked_positions)  # (B, num_masked, vocab_size or p**2 * C)
 
-        align_loss = nn.functional.mse_loss(predicted_latents.float(), target_latents.float())
-        main_loss = None
-        if self.config.target == "pixels":
-            targets = normalized_pixel_targets(
-                pixel_values, bool_masked_pos, self.config.patch_size, self.config.norm_pix_loss
-            )
-            main_loss = nn.functional.mse_loss(logits.float(), targets)
-        elif labels is not None:
-            masked_labels = select_masked_labels(labels.to(logits.device), bool_masked_pos, self.config.vocab_size)
-            main_loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), masked_labels)
-        loss = None if main_loss is None else main_loss + self.config.align_loss_weight * align_loss
+        loss, main_loss, align_loss = self.forward_loss(
+            pixel_values, labels, bool_masked_pos, logits, predicted_latents, target_latents
+        )
 
         return CAEForPreTrainingOutput(
             loss=loss,
@@ -651,21 +624,18 @@ class CAEForPreTraining(CAEPreTrainedModel):
 # Official fine-tuning loads the pre-trained final LayerNorm as `fc_norm` (mean pooling); the same renaming lets
 # `CAEForImageClassification.from_pretrained` start from a CAEModel / CAEForPreTraining checkpoint.
 MEAN_POOLING_KEY_MAPPING = {r"^(cae\.)?layernorm\.": "fc_norm."}
-HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
 @auto_docstring(
     custom_intro="CAE encoder with a linear classifier on the mean patch token + fc_norm (official fine-tuning) or "
     "on [CLS]."
 )
-class CAEForImageClassification(CAEPreTrainedModel):
+class CAEForImageClassification(ImageClassifierOnEncoder, CAEPreTrainedModel):
     def __init__(self, config: CAEConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        mean_pooling = config.classifier_pooling == "mean"
         # With mean pooling the per-token final norm is dropped and the pooled feature is normalised instead.
-        self.cae = CAEModel(config, add_final_layernorm=not mean_pooling)
-        self.fc_norm, self.classifier = build_classification_head(config, config.classifier_pooling)
+        self.cae = CAEModel(config, add_final_layernorm=config.classifier_pooling != "mean")
+        self.add_classification_head(config)
         self.post_init()
 
     @classmethod
@@ -674,8 +644,7 @@ class CAEForImageClassification(CAEPreTrainedModel):
         `fc_norm` (as the official fine-tuning); pass `key_mapping` to override."""
         config = kwargs.get("config")
         if config is None and pretrained_model_name_or_path is not None:
-            hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
-            config = CAEConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            config = CAEConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs(kwargs))
         pooling = kwargs.get("classifier_pooling", getattr(config, "classifier_pooling", "mean"))
         renamed = pooling == "mean" and "key_mapping" not in kwargs
         if renamed:
@@ -686,28 +655,6 @@ class CAEForImageClassification(CAEPreTrainedModel):
             loaded = model[0] if isinstance(model, tuple) else model
             loaded._weight_conversions = []
         return model
-
-    def get_input_embeddings(self) -> PatchEmbeddings:
-        return self.cae.embeddings.patch_embeddings
-
-    @can_return_tuple
-    @auto_docstring
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> ImageClassifierOutput:
-        r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Class indices for the cross-entropy loss (or float targets for regression / multi-label, following
-            `config.problem_type`).
-        interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
-            Accept another input resolution (sin-cos table for the new grid, as the official fine-tuning at 384 px).
-        """
-        outputs: CAEModelOutput = self.cae(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
-        return classify_encoder_output(self, outputs, labels, **kwargs)
 
 
 __all__ = [

@@ -1,43 +1,42 @@
 # Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
 """PyTorch MixedAE (Mixed Autoencoder, Chen et al., CVPR 2023, arXiv:2303.17152).
 
-MixedAE has no official code; this file implements the method as `MIXEDAE.md` specifies it:
+MixedAE has no official code. MAE with image mixing as its augmentation, in the order of the forward pass:
 
-1. embeddings: patches + frozen sin-cos positions (MAE layout) + [CLS];
-2. grouping and mixing: g = 1/r consecutive images share one noise draw; the kept positions are dealt to
-   the g images in turn, and one mixed sequence per group goes through the encoder (MAE's token count);
-   segment embeddings tell each token its slot;
-3. encoder: pre-norm ViT; in the homologous layers each patch query keeps its top-k logits;
-4. unmixing decoder: every image gets its own tokens back, mask tokens elsewhere, MAE's decoder;
-5. losses: MAE's masked-patch MSE on each image's own hidden patches + a homologous contrastive term.
+1. masking and mixing: g = 1/r consecutive images share one noise draw; the kept positions are dealt to the g images
+   in turn, and one mixed sequence per group goes through the encoder (MAE's token count); segment embeddings tell
+   each token its slot;
+2. encoder: pre-norm ViT with frozen sin-cos positions (MAE layout) and [CLS]; in the homologous layers each patch
+   query keeps only its top-k logits, which should select the keys of its own image;
+3. unmixing decoder: every image gets its own tokens back, mask tokens elsewhere, MAE's decoder;
+4. losses: MAE's masked-patch MSE on each image's own hidden patches + a homologous contrastive term (patch tokens
+   of the same image are positives).
 
 With `mixing_ratio=1.0, mask_ratio=0.75`, no homologous layers, contrastive weight 0 and no segment
 embedding, the model computes exactly what `transformers.ViTMAEForPreTraining` computes.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import transformers.initialization as init
 from torch import nn
-from transformers import PreTrainedModel
-from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, auto_docstring, logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_mixedae import MixedAEConfig
+from .modeling_masked_vit import ImageClassifierOnEncoder, MaskedViTPreTrainedModel, hub_kwargs
 from .vit_layers import (
-    HomologousAttentionContext,
-    PatchEmbeddings,
-    ViTAttention,
+    ViTEmbeddings,
     ViTLayer,
-    build_classification_head,
+    attention_from_logits,
+    attention_logits,
     check_pixel_values,
-    naming_corrupt_checkpoints,
-    classify_encoder_output,
     drop_path_rates,
+    init_linear_and_layernorm,
     interpolate_position_embedding,
     patchify,
     sincos_2d_position_embedding,
@@ -105,48 +104,7 @@ class MixedAEForPreTrainingOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-# ---------------------------------------------------------------------------------------------- 1. embeddings
-class MixedAEEmbeddings(nn.Module):
-    """[CLS] token, patch embeddings, frozen sin-cos positions and (for mixing) segment embeddings."""
-
-    def __init__(self, config: MixedAEConfig):
-        super().__init__()
-        self.config = config
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.patch_embeddings = PatchEmbeddings(
-            config.image_size, config.patch_size, config.num_channels, config.hidden_size
-        )
-        self.position_embeddings = nn.Parameter(
-            torch.zeros(1, self.patch_embeddings.num_patches + 1, config.hidden_size), requires_grad=False
-        )
-        if config.segment_embedding == "encoder":
-            self.segment_embeddings = nn.Embedding(config.group_size, config.hidden_size)
-        else:
-            self.segment_embeddings = None
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        mixing: "MixedAEMixing | None" = None,
-        interpolate_pos_encoding: bool = False,
-    ) -> torch.Tensor:
-        patch_tokens = self.patch_embeddings(pixel_values, interpolate_pos_encoding)
-        grid = (pixel_values.shape[2] // self.config.patch_size, pixel_values.shape[3] // self.config.patch_size)
-        position_embeddings = interpolate_position_embedding(
-            self.position_embeddings, self.patch_embeddings.grid_size, grid
-        )
-        patch_tokens = patch_tokens + position_embeddings[:, 1:, :]
-        if mixing is not None:
-            patch_tokens = mixing.mix(patch_tokens)
-            if self.segment_embeddings is not None:
-                # Adding the slot's embedding after the gather equals adding it to every patch of that image
-                # before mixing, and touches only the kept tokens.
-                patch_tokens = patch_tokens + self.segment_embeddings(mixing.slot_of_kept)
-        cls_token = (self.cls_token + position_embeddings[:, :1, :]).expand(patch_tokens.shape[0], -1, -1)
-        return torch.cat((cls_token, patch_tokens), dim=1)
-
-
-# ---------------------------------------------------------------------------------------------- 2. grouping and mixing
+# ---------------------------------------------------------------------------------------------- 1. masking and mixing
 @dataclass
 class MixedAEMixing:
     """How a batch of B images is grouped, masked and mixed into B/g sequences.
@@ -236,21 +194,191 @@ def mixing_assignment(ids_restore: torch.Tensor, num_kept: int, group_size: int)
     return torch.where(ids_restore < num_kept, ids_restore % group_size, torch.full_like(ids_restore, -1))
 
 
-# ---------------------------------------------------------------------------------------------- model base
-class MixedAEPreTrainedModel(PreTrainedModel):
+# ---------------------------------------------------------------------------------------------- 2. encoder
+class MixedAEEmbeddings(ViTEmbeddings):
+    """[CLS] token, patch embeddings, frozen sin-cos positions and (for mixing) segment embeddings."""
+
+    def __init__(self, config: MixedAEConfig):
+        super().__init__(config)
+        if config.segment_embedding == "encoder":
+            self.segment_embeddings = nn.Embedding(config.group_size, config.hidden_size)
+        else:
+            self.segment_embeddings = None
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        mixing: MixedAEMixing | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        patch_tokens = self.patch_embeddings(pixel_values, interpolate_pos_encoding)  # (B, N, D)
+        grid = (pixel_values.shape[2] // self.config.patch_size, pixel_values.shape[3] // self.config.patch_size)
+        position_embeddings = interpolate_position_embedding(
+            self.position_embeddings, self.patch_embeddings.grid_size, grid
+        )  # (1, 1 + N, D)
+        patch_tokens = patch_tokens + position_embeddings[:, 1:, :]
+        if mixing is not None:
+            patch_tokens = mixing.mix(patch_tokens)  # (B/g, num_kept, D)
+            if self.segment_embeddings is not None:
+                # Adding the slot's embedding after the gather equals adding it to every patch of that image
+                # before mixing, and touches only the kept tokens.
+                patch_tokens = patch_tokens + self.segment_embeddings(mixing.slot_of_kept)
+        return self.prepend_cls_token(patch_tokens, position_embeddings)
+
+
+@dataclass
+class HomologousAttentionContext:
+    """What homologous top-k attention needs to know about a batch of mixed sequences.
+
+    `segment_ids` is `(num_sequences, 1 + num_kept)`: the slot (source image in the group) of every
+    token, -1 for [CLS]. `need_weights` asks for the attention weights (`output_attentions`), which the
+    fused path does not produce. `topk_accuracies` collects, per homologous layer, the fraction of kept
+    patch keys that come from the query's own source image (a diagnostic, no gradient).
+    """
+
+    segment_ids: torch.Tensor
+    topk: int
+    need_weights: bool = False
+    topk_accuracies: list[torch.Tensor] = field(default_factory=list)
+
+
+@torch.no_grad()
+def homologous_keep_mask(logits: torch.Tensor, topk: int) -> torch.Tensor:
+    """`(B, heads, L, L)` boolean mask of the `topk` largest logits of every patch query row; [CLS] keeps all.
+
+    Selection is not differentiable, so it runs outside autograd; an unsorted top-k and its minimum give the
+    same k-th largest value as a sorted one, for less work.
+    """
+    kth_largest = logits.topk(min(topk, logits.shape[-1]), dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    keep = logits >= kth_largest
+    keep[:, :, 0, :] = True
+    return keep
+
+
+def homologous_topk_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float,
+    homologous: HomologousAttentionContext,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention in which each patch query keeps only its `topk` largest logits per head.
+
+    The [CLS] query (position 0) attends to every key. Fused kernels cannot select keys by value, so the keys
+    are selected on logits computed without gradient. With `attn_implementation="sdpa"` (and no attention
+    weights requested) the selection then becomes a boolean mask of a fused SDPA call, which keeps no
+    `(L, L)` probabilities for the backward pass; otherwise the same logits are masked and used directly,
+    the eager reference. Both keep exactly the same keys. Inputs `(B, heads, L, head_dim)`; returns
+    `(B, L, heads, head_dim)` and the weights (None on the fused path).
+    """
+    implementation = getattr(getattr(module, "config", None), "_attn_implementation", "eager")
+    fused = implementation == "sdpa" and not homologous.need_weights and attention_mask is None
+    if fused:
+        with torch.no_grad():
+            keep = homologous_keep_mask(attention_logits(query, key, None, scaling), homologous.topk)
+        attn_output = nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=keep, dropout_p=dropout, scale=scaling
+        ).transpose(1, 2).contiguous()
+        attn_weights = None
+    else:
+        logits = attention_logits(query, key, attention_mask, scaling)
+        keep = homologous_keep_mask(logits, homologous.topk)
+        attn_output, attn_weights = attention_from_logits(
+            module, logits.masked_fill(~keep, float("-inf")), value, dropout
+        )
+
+    with torch.no_grad():
+        segment_ids = homologous.segment_ids
+        same_source = segment_ids[:, None, 1:, None] == segment_ids[:, None, None, 1:]
+        kept_patch_keys = keep[:, :, 1:, 1:]
+        homologous.topk_accuracies.append(
+            (kept_patch_keys & same_source).sum().float() / kept_patch_keys.sum().clamp(min=1).float()
+        )
+    return attn_output, attn_weights
+
+
+# ---------------------------------------------------------------------------------------------- 3. unmixing decoder
+class MixedAEDecoder(nn.Module):
+    """MAE's decoder, fed per image: own kept tokens, mask tokens elsewhere, the group's [CLS] first."""
+
+    def __init__(self, config: MixedAEConfig, grid_size: tuple[int, int]):
+        super().__init__()
+        self.config = config
+        self.grid_size = grid_size
+        num_patches = grid_size[0] * grid_size[1]
+        self.decoder_embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
+        self.decoder_pos_embed = nn.Parameter(
+            torch.zeros(1, num_patches + 1, config.decoder_hidden_size), requires_grad=False
+        )
+        self.decoder_layers = nn.ModuleList(
+            ViTLayer(
+                config,
+                config.decoder_hidden_size,
+                config.decoder_num_attention_heads,
+                config.decoder_intermediate_size,
+                dropout=False,
+            )
+            for _ in range(config.decoder_num_hidden_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
+        self.decoder_pred = nn.Linear(config.decoder_hidden_size, config.patch_size**2 * config.num_channels)
+
+    def forward(self, latent: torch.Tensor, mixing: MixedAEMixing, grid: tuple[int, int]) -> torch.Tensor:
+        hidden_states = self.decoder_embed(latent)  # (B/g, 1 + num_kept, Dd)
+        patch_tokens = mixing.unmix(hidden_states[:, 1:, :], self.mask_token)  # (B, N, Dd)
+        cls_tokens = hidden_states[:, :1, :].repeat_interleave(mixing.group_size, dim=0)  # (B, 1, Dd)
+        hidden_states = torch.cat([cls_tokens, patch_tokens], dim=1)
+        hidden_states = hidden_states + interpolate_position_embedding(self.decoder_pos_embed, self.grid_size, grid)
+        for layer in self.decoder_layers:
+            hidden_states = layer(hidden_states, None)
+        logits = self.decoder_pred(self.decoder_norm(hidden_states))
+        return logits[:, 1:, :]  # (B, N, patch_size**2 * C)
+
+
+# ---------------------------------------------------------------------------------------------- 4. losses
+def masked_reconstruction_loss(
+    logits: torch.Tensor, pixel_values: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix_loss: bool
+) -> torch.Tensor:
+    """MAE's loss: per-patch MSE against (per-patch normalised) pixels, averaged over the masked patches."""
+    target = patchify(pixel_values, patch_size)
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1.0e-6) ** 0.5
+    loss = ((logits.float() - target.float()) ** 2).mean(dim=-1)
+    return (loss * mask).sum() / mask.sum()
+
+
+def homologous_contrastive_loss(
+    patch_tokens: torch.Tensor, segment_ids: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Supervised InfoNCE over the patch tokens of each mixed sequence.
+
+    `patch_tokens` `(B/g, L, D)`, `segment_ids` `(B/g, L)`. For every token, the other tokens of the same source
+    image are positives and the tokens of the other images of the group are negatives; cosine similarity divided
+    by `temperature`; each anchor averages the log-likelihood of its positives (Khosla et al., 2020).
+    """
+    features = nn.functional.normalize(patch_tokens.float(), dim=-1)
+    similarity = features @ features.transpose(1, 2) / temperature
+    num_tokens = similarity.shape[-1]
+    self_pairs = torch.eye(num_tokens, dtype=torch.bool, device=similarity.device)
+    similarity = similarity.masked_fill(self_pairs, float("-inf"))
+    log_prob = similarity - similarity.logsumexp(dim=-1, keepdim=True)
+    positives = (segment_ids[:, :, None] == segment_ids[:, None, :]) & ~self_pairs
+    positive_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=-1) / positives.sum(dim=-1)
+    return -positive_log_prob.mean()
+
+
+# ---------------------------------------------------------------------------------------------- models
+class MixedAEPreTrainedModel(MaskedViTPreTrainedModel):
     config: MixedAEConfig
     base_model_prefix = "vit"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["MixedAEEmbeddings", "ViTLayer"]
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    _can_compile_fullgraph = False
-    _can_record_outputs = {"hidden_states": ViTLayer, "attentions": ViTAttention}
-    _input_embed_layer = "patch_embeddings"
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -259,14 +387,9 @@ class MixedAEPreTrainedModel(PreTrainedModel):
         and the meta-device load path gives the same tables as `__init__`."""
         super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):
+        if init_linear_and_layernorm(module):
+            return
+        if isinstance(module, nn.Conv2d):
             # The patch projection, initialised as the Linear it is (MAE). Handled at the Conv2d itself: transformers
             # only calls `_init_weights` on modules that own parameters directly, never on `PatchEmbeddings`.
             fan_in, fan_out = module.weight[0].numel(), module.weight.shape[0]
@@ -309,8 +432,7 @@ class MixedAEPreTrainedModel(PreTrainedModel):
                     "unless passed as keyword arguments.",
                     cls.__name__,
                 )
-        with naming_corrupt_checkpoints(pretrained_model_name_or_path, kwargs.get("subfolder")):
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
 
 # ViTMAE checkpoints, as released (legacy names) or as saved by transformers 5.x (which writes the legacy names
@@ -327,50 +449,25 @@ VIT_MAE_KEY_MAPPING = {
 
 
 def _peek_model_type(pretrained_model_name_or_path, kwargs: dict) -> str | None:
-    hub_kwargs = {
-        key: kwargs[key]
-        for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-        if key in kwargs
-    }
     try:
-        config_dict, _ = MixedAEConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+        config_dict, _ = MixedAEConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs(kwargs))
     except OSError:
         return None  # let from_pretrained raise its usual, more detailed error
     return config_dict.get("model_type")
 
 
-# ---------------------------------------------------------------------------------------------- 3. encoder
 @auto_docstring(custom_intro="The bare MixedAE ViT encoder; on plain images it is a standard ViT with global attention.")
 class MixedAEModel(MixedAEPreTrainedModel):
     def __init__(self, config: MixedAEConfig):
         super().__init__(config)
         self.config = config
         self.embeddings = MixedAEEmbeddings(config)
-        rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         self.layers = nn.ModuleList(
-            [
-                ViTLayer(
-                    config,
-                    config.hidden_size,
-                    config.num_attention_heads,
-                    config.intermediate_size,
-                    config.hidden_act,
-                    config.layer_norm_eps,
-                    query_bias=config.qkv_bias,
-                    key_bias=config.qkv_bias,
-                    value_bias=config.qkv_bias,
-                    attention_dropout=config.attention_probs_dropout_prob,
-                    hidden_dropout=config.hidden_dropout_prob,
-                    drop_path=rate,
-                )
-                for rate in rates
-            ]
+            ViTLayer(config, config.hidden_size, config.num_attention_heads, config.intermediate_size, drop_path=rate)
+            for rate in drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         )
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
-
-    def get_input_embeddings(self) -> PatchEmbeddings:
-        return self.embeddings.patch_embeddings
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -390,21 +487,24 @@ class MixedAEModel(MixedAEPreTrainedModel):
             Resample the position embeddings to the input resolution.
         """
         interpolate_pos_encoding = bool(interpolate_pos_encoding)
+        # (B/g, 1 + num_kept, D) with mixing, (B, 1 + N, D) without
         hidden_states = self.embeddings(pixel_values, mixing=mixing, interpolate_pos_encoding=interpolate_pos_encoding)
 
         homologous = None
         homologous_layers: set[int] = set()
         if mixing is not None:
             homologous_layers = set(self.config.resolved_homologous_attention_layers())
-            num_patches = mixing.num_patches
             homologous = HomologousAttentionContext(
                 segment_ids=mixing.segment_ids(),
-                topk=self.config.resolved_homologous_topk(num_patches),
+                topk=self.config.resolved_homologous_topk(mixing.num_patches),
                 need_weights=bool(kwargs.get("output_attentions", self.config.output_attentions)),
             )
         for index, layer in enumerate(self.layers):
-            layer_homologous = homologous if index in homologous_layers else None
-            hidden_states = layer(hidden_states, None, homologous=layer_homologous, **kwargs)
+            if index in homologous_layers:
+                attention = partial(homologous_topk_attention_forward, homologous=homologous)
+                hidden_states = layer(hidden_states, None, attention_function=attention, **kwargs)
+            else:
+                hidden_states = layer(hidden_states, None, **kwargs)
         sequence_output = self.layernorm(hidden_states)
 
         topk_accuracy = None
@@ -417,85 +517,6 @@ class MixedAEModel(MixedAEPreTrainedModel):
         )
 
 
-# ---------------------------------------------------------------------------------------------- 4. unmixing decoder
-class MixedAEDecoder(nn.Module):
-    """MAE's decoder, fed per image: own kept tokens, mask tokens elsewhere, the group's [CLS] first."""
-
-    def __init__(self, config: MixedAEConfig, grid_size: tuple[int, int]):
-        super().__init__()
-        self.config = config
-        self.grid_size = grid_size
-        num_patches = grid_size[0] * grid_size[1]
-        self.decoder_embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
-        self.decoder_pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + 1, config.decoder_hidden_size), requires_grad=False
-        )
-        self.decoder_layers = nn.ModuleList(
-            [
-                ViTLayer(
-                    config,
-                    config.decoder_hidden_size,
-                    config.decoder_num_attention_heads,
-                    config.decoder_intermediate_size,
-                    config.hidden_act,
-                    config.layer_norm_eps,
-                    query_bias=config.qkv_bias,
-                    key_bias=config.qkv_bias,
-                    value_bias=config.qkv_bias,
-                )
-                for _ in range(config.decoder_num_hidden_layers)
-            ]
-        )
-        self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
-        self.decoder_pred = nn.Linear(config.decoder_hidden_size, config.patch_size**2 * config.num_channels)
-
-    def forward(self, latent: torch.Tensor, mixing: MixedAEMixing, grid: tuple[int, int]) -> torch.Tensor:
-        hidden_states = self.decoder_embed(latent)
-        patch_tokens = mixing.unmix(hidden_states[:, 1:, :], self.mask_token)
-        cls_tokens = hidden_states[:, :1, :].repeat_interleave(mixing.group_size, dim=0)
-        hidden_states = torch.cat([cls_tokens, patch_tokens], dim=1)
-        hidden_states = hidden_states + interpolate_position_embedding(self.decoder_pos_embed, self.grid_size, grid)
-        for layer in self.decoder_layers:
-            hidden_states = layer(hidden_states, None)
-        logits = self.decoder_pred(self.decoder_norm(hidden_states))
-        return logits[:, 1:, :]
-
-
-# ---------------------------------------------------------------------------------------------- 5. losses
-def masked_reconstruction_loss(
-    logits: torch.Tensor, pixel_values: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix_loss: bool
-) -> torch.Tensor:
-    """MAE's loss: per-patch MSE against (per-patch normalised) pixels, averaged over the masked patches."""
-    target = patchify(pixel_values, patch_size)
-    if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1.0e-6) ** 0.5
-    loss = ((logits.float() - target.float()) ** 2).mean(dim=-1)
-    return (loss * mask).sum() / mask.sum()
-
-
-def homologous_contrastive_loss(
-    patch_tokens: torch.Tensor, segment_ids: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Supervised InfoNCE over the patch tokens of each mixed sequence.
-
-    `patch_tokens` `(B/g, L, D)`, `segment_ids` `(B/g, L)`. For every token, the other tokens of the same source
-    image are positives and the tokens of the other images of the group are negatives; cosine similarity divided
-    by `temperature`; each anchor averages the log-likelihood of its positives (Khosla et al., 2020).
-    """
-    features = nn.functional.normalize(patch_tokens.float(), dim=-1)
-    similarity = features @ features.transpose(1, 2) / temperature
-    num_tokens = similarity.shape[-1]
-    self_pairs = torch.eye(num_tokens, dtype=torch.bool, device=similarity.device)
-    similarity = similarity.masked_fill(self_pairs, float("-inf"))
-    log_prob = similarity - similarity.logsumexp(dim=-1, keepdim=True)
-    positives = (segment_ids[:, :, None] == segment_ids[:, None, :]) & ~self_pairs
-    positive_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=-1) / positives.sum(dim=-1)
-    return -positive_log_prob.mean()
-
-
 @auto_docstring(custom_intro="MixedAE with its unmixing decoder, for self-supervised pre-training.")
 class MixedAEForPreTraining(MixedAEPreTrainedModel):
     def __init__(self, config: MixedAEConfig):
@@ -504,9 +525,6 @@ class MixedAEForPreTraining(MixedAEPreTrainedModel):
         self.vit = MixedAEModel(config)
         self.decoder = MixedAEDecoder(config, self.vit.embeddings.patch_embeddings.grid_size)
         self.post_init()
-
-    def get_input_embeddings(self) -> PatchEmbeddings:
-        return self.vit.embeddings.patch_embeddings
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return patchify(pixel_values, self.config.patch_size)
@@ -543,6 +561,34 @@ class MixedAEForPreTraining(MixedAEPreTrainedModel):
             )
         return MixedAEMixing.from_noise(noise.to(device), group_size, num_kept)
 
+    def forward_loss(
+        self,
+        pixel_values: torch.Tensor,
+        logits: torch.Tensor,
+        mask: torch.Tensor,
+        latent: torch.Tensor,
+        mixing: MixedAEMixing,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`(loss, reconstruction_loss, homologous_contrastive_loss)`: MSE on the patches each image did not show
+        (`mask`, `(B, N)`), plus the weighted contrastive loss between the patch tokens of each mixed sequence
+        (`latent`, `(B/g, 1 + num_kept, D)`) when every image owns at least two of them."""
+        reconstruction_loss = masked_reconstruction_loss(
+            logits, pixel_values, mask, self.config.patch_size, self.config.norm_pix_loss
+        )
+        loss = reconstruction_loss
+        contrastive_loss = None
+        if mixing.group_size > 1 and mixing.num_kept // mixing.group_size > 1:
+            weight = self.config.homologous_contrastive_weight
+            with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
+                contrastive_loss = homologous_contrastive_loss(
+                    latent[:, 1:, :],
+                    mixing.slot_of_kept.expand(mixing.num_groups, -1),
+                    self.config.homologous_contrastive_temperature,
+                )
+            if weight > 0:
+                loss = loss + weight * contrastive_loss
+        return loss, reconstruction_loss, contrastive_loss
+
     @can_return_tuple
     @auto_docstring
     def forward(
@@ -574,39 +620,17 @@ class MixedAEForPreTraining(MixedAEPreTrainedModel):
         ```
         """
         interpolate_pos_encoding = bool(interpolate_pos_encoding)
-        patch_embeddings = self.vit.embeddings.patch_embeddings
-        check_pixel_values(
-            pixel_values,
-            patch_embeddings.num_channels,
-            patch_embeddings.image_size,
-            patch_embeddings.patch_size,
-            interpolate_pos_encoding,
-        )
+        self.vit.embeddings.patch_embeddings.check_pixel_values(pixel_values, interpolate_pos_encoding)
         grid = (pixel_values.shape[2] // self.config.patch_size, pixel_values.shape[3] // self.config.patch_size)
         mixing = self.draw_mixing(pixel_values.shape[0], grid[0] * grid[1], noise, device=pixel_values.device)
 
         encoder_outputs: MixedAEModelOutput = self.vit(
             pixel_values, mixing=mixing, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
-        latent = encoder_outputs.last_hidden_state
-        logits = self.decoder(latent, mixing, grid)
-
-        mask = mixing.loss_mask()
-        reconstruction_loss = masked_reconstruction_loss(
-            logits, pixel_values, mask, self.config.patch_size, self.config.norm_pix_loss
-        )
-        loss = reconstruction_loss
-        contrastive_loss = None
-        if mixing.group_size > 1 and mixing.num_kept // mixing.group_size > 1:
-            weight = self.config.homologous_contrastive_weight
-            with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
-                contrastive_loss = homologous_contrastive_loss(
-                    latent[:, 1:, :],
-                    mixing.slot_of_kept.expand(mixing.num_groups, -1),
-                    self.config.homologous_contrastive_temperature,
-                )
-            if weight > 0:
-                loss = loss + weight * contrastive_loss
+        latent = encoder_outputs.last_hidden_state  # (B/g, 1 + num_kept, D)
+        logits = self.decoder(latent, mixing, grid)  # (B, N, patch_size**2 * C)
+        mask = mixing.loss_mask()  # (B, N)
+        loss, reconstruction_loss, contrastive_loss = self.forward_loss(pixel_values, logits, mask, latent, mixing)
 
         return MixedAEForPreTrainingOutput(
             loss=loss,
@@ -623,34 +647,12 @@ class MixedAEForPreTraining(MixedAEPreTrainedModel):
 
 # ---------------------------------------------------------------------------------------------- downstream
 @auto_docstring(custom_intro="MixedAE encoder with a linear classifier on the mean patch token (+ fc_norm) or [CLS].")
-class MixedAEForImageClassification(MixedAEPreTrainedModel):
+class MixedAEForImageClassification(ImageClassifierOnEncoder, MixedAEPreTrainedModel):
     def __init__(self, config: MixedAEConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.vit = MixedAEModel(config)
-        self.fc_norm, self.classifier = build_classification_head(config, config.classifier_pooling)
+        self.add_classification_head(config)
         self.post_init()
-
-    @can_return_tuple
-    @auto_docstring
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> ImageClassifierOutput:
-        r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Class indices for the cross-entropy loss (or float targets for regression / multi-label, following
-            `config.problem_type`).
-        interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
-            Resample the position embeddings to the input resolution.
-        """
-        outputs: MixedAEModelOutput = self.vit(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
-        )
-        return classify_encoder_output(self, outputs, labels, **kwargs)
 
 
 __all__ = [

@@ -1,73 +1,28 @@
 # Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
 """Vision Transformer building blocks shared by MixedAE and CAE.
 
-Everything both models need is written once here: patch embedding, frozen 2-D sin-cos tables, an
-attention module that dispatches through the transformers attention interface (eager, SDPA, flash,
-flex), the MLP, stochastic depth and the pre-norm block. Homologous top-k attention (MixedAE) is an
-option of the same attention module, so the same weights run with global attention downstream.
+Everything both models need is written once here: patch embedding, frozen 2-D sin-cos tables, the [CLS] + patches
+embedding frame, an attention module that dispatches through the transformers attention interface (eager, SDPA,
+flash, flex) or through an attention function the caller passes (MixedAE's homologous attention), the MLP,
+stochastic depth, the pre-norm block and the initialisation of plain layers.
 
-This module only imports from `transformers`, `torch` and sibling modules, so it can be shipped as
-flat remote code next to the modeling files.
+This module only imports from `transformers`, `torch` and sibling modules, so it can be shipped as flat remote code
+next to the modeling files.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 import transformers.initialization as init
-from huggingface_hub import try_to_load_from_cache
-from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .configuration_masked_vit import to_2tuple
-
-
-def _unreadable_safetensors(pretrained_model_name_or_path: str, subfolder: str | None) -> list[str]:
-    """The weight files of a local folder (or their Hub cache copies) that safetensors cannot open."""
-    if os.path.isdir(pretrained_model_name_or_path):
-        folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
-        files = sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".safetensors"))
-    else:
-        cached = try_to_load_from_cache(
-            pretrained_model_name_or_path, os.path.join(subfolder or "", SAFE_WEIGHTS_NAME)
-        )
-        files = [cached] if isinstance(cached, str) else []
-    unreadable = []
-    for file in files:
-        try:
-            with safe_open(file, framework="pt"):
-                pass
-        except (SafetensorError, OSError) as error:
-            unreadable.append(f"{file} ({error})")
-    return unreadable
-
-
-@contextmanager
-def naming_corrupt_checkpoints(pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None):
-    """Turn safetensors' bare "Error while deserializing header" into an `OSError` naming the bad file and the fix.
-
-    A file cut short by an interrupted download or save fails inside transformers with the reader's message only.
-    """
-    try:
-        yield
-    except SafetensorError as error:
-        path = os.fspath(pretrained_model_name_or_path)
-        unreadable = _unreadable_safetensors(path, subfolder) or [f"a weight file of {path} ({error})"]
-        raise OSError(
-            f"cannot load the weights of {path}: {'; '.join(unreadable)} is truncated or corrupt. Download it again "
-            "(`from_pretrained(..., force_download=True)` for a Hub model) or save the model again with "
-            "`save_pretrained`."
-        ) from error
 
 
 def sincos_2d_position_embedding(
@@ -143,6 +98,28 @@ class PatchEmbeddings(nn.Module):
         check_pixel_values(pixel_values, self.num_channels, self.image_size, self.patch_size, interpolate_pos_encoding)
 
 
+class ViTEmbeddings(nn.Module):
+    """[CLS] token, patch embeddings and a frozen `(1, 1 + num_patches, hidden_size)` position table, which the
+    model's `_init_weights` fills with a 2-D sin-cos table. Subclasses add positions and choose the tokens."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.patch_embeddings = PatchEmbeddings(
+            config.image_size, config.patch_size, config.num_channels, config.hidden_size
+        )
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, self.patch_embeddings.num_patches + 1, config.hidden_size), requires_grad=False
+        )
+
+    def prepend_cls_token(self, patch_tokens: torch.Tensor, position_embeddings: torch.Tensor) -> torch.Tensor:
+        """`(B, n, D)` patch tokens -> `(B, 1 + n, D)`: [CLS] plus its position (row 0 of the `(1, 1 + N, D)`
+        `position_embeddings`, zero in a sin-cos table) first."""
+        cls_token = (self.cls_token + position_embeddings[:, :1, :]).expand(patch_tokens.shape[0], -1, -1)
+        return torch.cat((cls_token, patch_tokens), dim=1)
+
+
 def check_pixel_values(
     pixel_values: torch.Tensor,
     num_channels: int,
@@ -213,6 +190,17 @@ def attention_from_logits(
     return attn_output, attn_weights
 
 
+def attention_logits(
+    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    """`(B, heads, Lq, Lk)` scaled dot products of `(B, heads, L, head_dim)` queries and keys, plus the additive
+    `attention_mask` when given."""
+    logits = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        logits = logits + attention_mask
+    return logits
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -224,85 +212,7 @@ def eager_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference attention. Inputs `(B, heads, L, head_dim)`; returns `(B, L, heads, head_dim)` and the weights."""
-    logits = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        logits = logits + attention_mask
-    return attention_from_logits(module, logits, value, dropout)
-
-
-@dataclass
-class HomologousAttentionContext:
-    """What homologous top-k attention needs to know about a batch of mixed sequences.
-
-    `segment_ids` is `(num_sequences, 1 + num_kept)`: the slot (source image in the group) of every
-    token, -1 for [CLS]. `need_weights` asks for the attention weights (`output_attentions`), which the
-    fused path does not produce. `topk_accuracies` collects, per homologous layer, the fraction of kept
-    patch keys that come from the query's own source image (a diagnostic, no gradient).
-    """
-
-    segment_ids: torch.Tensor
-    topk: int
-    need_weights: bool = False
-    topk_accuracies: list[torch.Tensor] = field(default_factory=list)
-
-
-@torch.no_grad()
-def homologous_keep_mask(logits: torch.Tensor, topk: int) -> torch.Tensor:
-    """`(B, heads, L, L)` boolean mask of the `topk` largest logits of every patch query row; [CLS] keeps all.
-
-    Selection is not differentiable, so it runs outside autograd; an unsorted top-k and its minimum give the
-    same k-th largest value as a sorted one, for less work.
-    """
-    kth_largest = logits.topk(min(topk, logits.shape[-1]), dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-    keep = logits >= kth_largest
-    keep[:, :, 0, :] = True
-    return keep
-
-
-def homologous_topk_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float,
-    homologous: HomologousAttentionContext,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Attention in which each patch query keeps only its `topk` largest logits per head.
-
-    The [CLS] query (position 0) attends to every key. Fused kernels cannot select keys by value, so the keys
-    are selected on logits computed without gradient. With `attn_implementation="sdpa"` (and no attention
-    weights requested) the selection then becomes a boolean mask of a fused SDPA call, which keeps no
-    `(L, L)` probabilities for the backward pass; otherwise the same logits are masked and used directly,
-    the eager reference. Both keep exactly the same keys.
-    """
-    implementation = getattr(getattr(module, "config", None), "_attn_implementation", "eager")
-    fused = implementation == "sdpa" and not homologous.need_weights and attention_mask is None
-    if fused:
-        with torch.no_grad():
-            keep = homologous_keep_mask(torch.matmul(query, key.transpose(2, 3)) * scaling, homologous.topk)
-        attn_output = nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=keep, dropout_p=dropout, scale=scaling
-        ).transpose(1, 2).contiguous()
-        attn_weights = None
-    else:
-        logits = torch.matmul(query, key.transpose(2, 3)) * scaling
-        if attention_mask is not None:
-            logits = logits + attention_mask
-        keep = homologous_keep_mask(logits, homologous.topk)
-        attn_output, attn_weights = attention_from_logits(
-            module, logits.masked_fill(~keep, float("-inf")), value, dropout
-        )
-
-    with torch.no_grad():
-        segment_ids = homologous.segment_ids
-        same_source = segment_ids[:, None, 1:, None] == segment_ids[:, None, None, 1:]
-        kept_patch_keys = keep[:, :, 1:, 1:]
-        homologous.topk_accuracies.append(
-            (kept_patch_keys & same_source).sum().float() / kept_patch_keys.sum().clamp(min=1).float()
-        )
-    return attn_output, attn_weights
+    return attention_from_logits(module, attention_logits(query, key, attention_mask, scaling), value, dropout)
 
 
 class ViTAttention(nn.Module):
@@ -310,7 +220,9 @@ class ViTAttention(nn.Module):
 
     Self-attention by default; `key_value_states` (and `value_states`, when values differ from keys
     as in CAE's regressor) turn it into cross-attention. Biases are per projection so that CAE's
-    "q and v bias, no k bias" and MAE's "qkv bias" are the same class.
+    "q and v bias, no k bias" and MAE's "qkv bias" are the same class. `attention_function`, a function with the
+    signature of `eager_attention_forward`, replaces the configured implementation for one call (MixedAE's
+    homologous attention), so the same weights run with global attention elsewhere.
     """
 
     def __init__(
@@ -343,7 +255,7 @@ class ViTAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         key_value_states: torch.Tensor | None = None,
         value_states: torch.Tensor | None = None,
-        homologous: HomologousAttentionContext | None = None,
+        attention_function: Callable | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         key_input = hidden_states if key_value_states is None else key_value_states
@@ -358,17 +270,13 @@ class ViTAttention(nn.Module):
         value = split_heads(self.v_proj(value_input))
         dropout = self.attention_dropout if self.training else 0.0
 
-        if homologous is not None:
-            attn_output, attn_weights = homologous_topk_attention_forward(
-                self, query, key, value, attention_mask, self.scaling, dropout, homologous
-            )
-        else:
-            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+        if attention_function is None:
+            attention_function = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
-            attn_output, attn_weights = attention_interface(
-                self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
-            )
+        attn_output, attn_weights = attention_function(
+            self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
+        )
         attn_output = attn_output.reshape(batch_size, query_length, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
 
@@ -413,8 +321,10 @@ def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
 class ViTLayer(GradientCheckpointingLayer):
     """Pre-norm Transformer block: `x + ls1 * attn(LN(x))`, then `x + ls2 * mlp(LN(x))`.
 
-    LayerScale (`lambda_1`, `lambda_2`) exists when `layer_scale_init_value` is not None (BEiT/CAE);
-    the block is plain ViT/MAE otherwise.
+    Activation, LayerNorm epsilon, q/k/v biases (`qkv_bias`) and dropout rates come from `config`;
+    `key_bias=False` leaves the key projection without bias (BEiT/CAE) and `dropout=False` turns dropout off.
+    LayerScale (`lambda_1`, `lambda_2`) exists when `layer_scale_init_value` is not None (BEiT/CAE); the block is
+    plain ViT/MAE otherwise.
     """
 
     def __init__(
@@ -423,24 +333,25 @@ class ViTLayer(GradientCheckpointingLayer):
         hidden_size: int,
         num_attention_heads: int,
         intermediate_size: int,
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-6,
-        query_bias: bool = True,
         key_bias: bool = True,
-        value_bias: bool = True,
-        attention_dropout: float = 0.0,
-        hidden_dropout: float = 0.0,
+        dropout: bool = True,
         drop_path: float = 0.0,
         layer_scale_init_value: float | None = None,
     ):
         super().__init__()
-        self.layernorm_before = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.layernorm_before = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.attention = ViTAttention(
-            config, hidden_size, num_attention_heads, query_bias, key_bias, value_bias, attention_dropout
+            config,
+            hidden_size,
+            num_attention_heads,
+            query_bias=config.qkv_bias,
+            key_bias=config.qkv_bias and key_bias,
+            value_bias=config.qkv_bias,
+            attention_dropout=config.attention_probs_dropout_prob if dropout else 0.0,
         )
-        self.layernorm_after = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.mlp = ViTMLP(hidden_size, intermediate_size, hidden_act)
-        self.dropout = nn.Dropout(hidden_dropout)
+        self.layernorm_after = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ViTMLP(hidden_size, intermediate_size, config.hidden_act)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout else 0.0)
         self.drop_path = DropPath(drop_path)
         self.layer_scale_init_value = layer_scale_init_value
         if layer_scale_init_value is not None:
@@ -483,25 +394,3 @@ def init_linear_and_layernorm(module: nn.Module) -> bool:
         init.zeros_(module.bias)
         return True
     return False
-
-
-def build_classification_head(config, pooling: str) -> tuple[nn.LayerNorm | None, nn.Module]:
-    """`(fc_norm, classifier)` of the `...ForImageClassification` models: `"mean"` pooling averages the patch tokens
-    and normalises them with `fc_norm` (MAE / CAE fine-tuning); `"cls"` takes the encoder's [CLS] token."""
-    fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if pooling == "mean" else None
-    classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-    return fc_norm, classifier
-
-
-def classify_encoder_output(model, outputs, labels: torch.Tensor | None, **kwargs) -> ImageClassifierOutput:
-    """Pool `outputs` (a base-model output with `last_hidden_state`, `pooler_output`) with `model.fc_norm` /
-    `model.classifier` and compute the loss with `model.loss_function`."""
-    if model.fc_norm is not None:
-        pooled = model.fc_norm(outputs.last_hidden_state[:, 1:, :].mean(dim=1))
-    else:
-        pooled = outputs.pooler_output
-    logits = model.classifier(pooled)
-    loss = model.loss_function(labels, logits, model.config, **kwargs) if labels is not None else None
-    return ImageClassifierOutput(
-        loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-    )

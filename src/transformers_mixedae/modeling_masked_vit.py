@@ -1,0 +1,136 @@
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""What the MixedAE and CAE model classes share around their layers.
+
+`MaskedViTPreTrainedModel` holds the class settings of both families (pixel inputs, the attention backends of
+`ViTAttention`, hidden states and attentions recorded from `ViTLayer` / `ViTAttention`) and turns a corrupt weight
+file into an error that names it. `ImageClassifierOnEncoder` is the `...ForImageClassification` part: a linear
+classifier on the mean patch token (+ `fc_norm`) or on [CLS].
+
+This module only imports from `transformers`, `torch`, `huggingface_hub`, `safetensors` and sibling modules, so it
+can be shipped as flat remote code next to the modeling files.
+"""
+
+import os
+from contextlib import contextmanager
+
+import torch
+from huggingface_hub import try_to_load_from_cache
+from safetensors import SafetensorError, safe_open
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import SAFE_WEIGHTS_NAME, TransformersKwargs, auto_docstring
+from transformers.utils.generic import can_return_tuple
+
+from .vit_layers import PatchEmbeddings, ViTAttention, ViTLayer
+
+
+def _unreadable_safetensors(pretrained_model_name_or_path: str, subfolder: str | None) -> list[str]:
+    """The weight files of a local folder (or their Hub cache copies) that safetensors cannot open."""
+    if os.path.isdir(pretrained_model_name_or_path):
+        folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        files = sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".safetensors"))
+    else:
+        cached = try_to_load_from_cache(
+            pretrained_model_name_or_path, os.path.join(subfolder or "", SAFE_WEIGHTS_NAME)
+        )
+        files = [cached] if isinstance(cached, str) else []
+    unreadable = []
+    for file in files:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            unreadable.append(f"{file} ({error})")
+    return unreadable
+
+
+@contextmanager
+def naming_corrupt_checkpoints(pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None):
+    """Turn safetensors' bare "Error while deserializing header" into an `OSError` naming the bad file and the fix.
+
+    A file cut short by an interrupted download or save fails inside transformers with the reader's message only.
+    """
+    try:
+        yield
+    except SafetensorError as error:
+        path = os.fspath(pretrained_model_name_or_path)
+        unreadable = _unreadable_safetensors(path, subfolder) or [f"a weight file of {path} ({error})"]
+        raise OSError(
+            f"cannot load the weights of {path}: {'; '.join(unreadable)} is truncated or corrupt. Download it again "
+            "(`from_pretrained(..., force_download=True)` for a Hub model) or save the model again with "
+            "`save_pretrained`."
+        ) from error
+
+class MaskedViTPreTrainedModel(PreTrainedModel):
+    """Base of `MixedAEPreTrainedModel` and `CAEPreTrainedModel`, which add the config class, the weight-name prefix
+    and the initialisation."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+    _can_record_outputs = {"hidden_states": ViTLayer, "attentions": ViTAttention}
+    _input_embed_layer = "patch_embeddings"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, naming a truncated or corrupt weight file and how to replace it."""
+        with naming_corrupt_checkpoints(pretrained_model_name_or_path, kwargs.get("subfolder")):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def get_input_embeddings(self) -> PatchEmbeddings:
+        return self.base_model.embeddings.patch_embeddings
+
+
+class ImageClassifierOnEncoder:
+    """The `...ForImageClassification` part of both families, mixed into a `MaskedViTPreTrainedModel` subclass whose
+    `__init__` builds the encoder (`base_model`) and then calls `add_classification_head`."""
+
+    def add_classification_head(self, config) -> None:
+        """`classifier_pooling="mean"` averages the patch tokens and normalises them with `fc_norm` (MAE / CAE
+        fine-tuning); `"cls"` takes the encoder's [CLS] token."""
+        self.num_labels = config.num_labels
+        mean_pooling = config.classifier_pooling == "mean"
+        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if mean_pooling else None
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+
+    @can_return_tuple
+    @auto_docstring
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices for the cross-entropy loss (or float targets for regression / multi-label, following
+            `config.problem_type`).
+        interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
+            Accept another input resolution; the position embeddings follow the new patch grid.
+        """
+        outputs = self.base_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
+        if self.fc_norm is not None:
+            pooled = self.fc_norm(outputs.last_hidden_state[:, 1:, :].mean(dim=1))  # (B, D): mean of patch tokens
+        else:
+            pooled = outputs.pooler_output  # (B, D): [CLS]
+        logits = self.classifier(pooled)  # (B, num_labels)
+        loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+# The keywords of `from_pretrained` that say where and how to fetch files, for reading the config first.
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+def hub_kwargs(from_pretrained_kwargs: dict) -> dict:
+    return {key: from_pretrained_kwargs[key] for key in HUB_KWARGS if key in from_pretrained_kwargs}
