@@ -35,8 +35,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "transformers-mixedae-convert-cae=transformers_mixedae.convert_cae_checkpoint:main",
-            "transformers-mixedae-export=transformers_mixedae.export:main",
+            "transformers-mixedae-convert-cae=transformers_mixedae.hub.convert_cae_checkpoint:main",
+            "transformers-mixedae-export=transformers_mixedae.hub.export:main",
         ]
     },
     classifiers=[

@@ -222,7 +222,7 @@ class OurPipeline:
 
     def __init__(self, image_size: int, seed: int):
         from transformers_mixedae.data import DecodedImageStream, pretraining_transform_for_model_type
-        from transformers_mixedae.pretraining_data import SeededTransform
+        from transformers_mixedae.tasks.masked_image_modeling_data import SeededTransform
 
         self.augmentation = pretraining_transform_for_model_type(MODEL_TYPE, image_size)
         self.transform = SeededTransform(self.augmentation, seed, rank=0)
@@ -257,7 +257,7 @@ class TransformersPipeline:
                  processor_defaults: bool = False):
         from transformers_mixedae.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, sample_random_resized_crop
         from transformers_mixedae.data.transforms import mixedae_pretraining_transform
-        from transformers_mixedae.pretraining_data import derived_seed
+        from transformers_mixedae.tasks.masked_image_modeling_data import derived_seed
 
         settings = dict(do_resize=True, size={"height": image_size, "width": image_size}, do_rescale=True,
                         do_normalize=True)
@@ -473,8 +473,8 @@ def _build_pretraining_data(args, mode: str, train_dir: Path, scratch: Path, num
     from accelerate import Accelerator
 
     from transformers_mixedae import MixedAEConfig
-    from transformers_mixedae.pretraining_args import DataArguments, ModelArguments, PretrainingArguments
-    from transformers_mixedae.pretraining_data import PretrainingData
+    from transformers_mixedae.training.arguments import DataArguments, ModelArguments, PretrainingArguments
+    from transformers_mixedae.tasks.masked_image_modeling_data import PretrainingData
 
     config = MixedAEConfig(image_size=args.image_size, patch_size=16 if args.image_size >= 64 else 4)
     cache = datasets_cache(scratch / "datasets_cache") if mode == "arrow" else contextlib.nullcontext()

@@ -5,7 +5,7 @@ Each section times forward + backward of the package's current function and of o
 candidates, interleaved (round-robin, median of `--repeats`), and checks that every candidate gives
 the current result (outputs and input gradients) before timing it:
 
-* homologous top-k attention (`vit_layers.homologous_topk_attention_forward`, eager and SDPA paths)
+* homologous top-k attention (`modeling_mixedae.homologous_topk_attention_forward`, eager and SDPA paths)
   against the path before the selection left autograd, `kthvalue` instead of `topk`, no top-k
   accuracy diagnostic; plain global attention (eager and SDPA) as the floor;
 * `MixedAEMixing.unmix` (+ the decoder's [CLS] concatenation): one row gather from the group's tokens
@@ -97,8 +97,8 @@ class _Training(nn.Module):
 
 
 def current_homologous(query, key, value, segment_ids, topk, scaling, implementation="eager"):
-    context = vit_layers.HomologousAttentionContext(segment_ids=segment_ids, topk=topk)
-    output, _ = vit_layers.homologous_topk_attention_forward(
+    context = modeling_mixedae.HomologousAttentionContext(segment_ids=segment_ids, topk=topk)
+    output, _ = modeling_mixedae.homologous_topk_attention_forward(
         _Training(implementation).train(), query, key, value, None, scaling, 0.0, context
     )
     return output

@@ -52,9 +52,9 @@ def instrument(model) -> list:
 
     # Module-level functions of the MixedAE modeling/layers modules, looked up where the callers find them.
     with contextlib.suppress(ImportError):
-        from transformers_mixedae import modeling_mixedae, vit_layers
+        from transformers_mixedae import modeling_mixedae
 
-        wrap_method(vit_layers, "homologous_topk_attention_forward", "homologous_attention")
+        wrap_method(modeling_mixedae, "homologous_topk_attention_forward", "homologous_attention")
         wrap_method(modeling_mixedae, "homologous_contrastive_loss", "homologous_contrastive_loss")
         wrap_method(modeling_mixedae, "masked_reconstruction_loss", "reconstruction_loss")
         wrap_method(modeling_mixedae.MixedAEMixing, "mix", "mixing.mix")

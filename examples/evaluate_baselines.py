@@ -13,9 +13,9 @@ import torch
 from accelerate import Accelerator
 
 import transformers_mixedae  # noqa: F401
-from transformers_mixedae.pretraining import build_pretraining_model
-from transformers_mixedae.pretraining_args import parse_run_arguments
-from transformers_mixedae.pretraining_data import PretrainingData, RawPixelFeatures
+from transformers_mixedae.tasks.masked_image_modeling import build_pretraining_model
+from transformers_mixedae.training.arguments import parse_run_arguments
+from transformers_mixedae.tasks.masked_image_modeling_data import PretrainingData, RawPixelFeatures
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -9,7 +9,7 @@
 
 `--mode finetune|linear_probe`, `--recipe mae|cae` (defaults that explicit flags override). Without
 --dataset_name/--train_dir it uses the Fashion-MNIST subset shipped with the package. The logic lives in
-`transformers_mixedae.finetuning`; this file only parses arguments.
+`transformers_mixedae.tasks.image_classification`; this file only parses arguments.
 """
 
 import json
@@ -17,8 +17,8 @@ import logging
 
 import transformers_mixedae  # noqa: F401  (registers the models with the Auto classes)
 from transformers_mixedae.cli import run_cli
-from transformers_mixedae.finetuning import run_image_classification
-from transformers_mixedae.finetuning_args import parse_classification_arguments
+from transformers_mixedae.tasks.image_classification import run_image_classification
+from transformers_mixedae.tasks.image_classification_args import parse_classification_arguments
 from transformers_mixedae.training.loop import exit_status
 
 

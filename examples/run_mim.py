@@ -7,7 +7,7 @@
         --dataset_name ILSVRC/imagenet-1k --streaming --per_device_train_batch_size 128 ...
 
 Without --dataset_name/--train_dir it trains on the Fashion-MNIST subset shipped with the package. The logic
-lives in `transformers_mixedae.pretraining` (importable and tested); this file only parses arguments.
+lives in `transformers_mixedae.tasks.masked_image_modeling` (importable and tested); this file only parses arguments.
 """
 
 import json
@@ -15,9 +15,9 @@ import logging
 
 import transformers_mixedae  # noqa: F401  (registers the models with the Auto classes)
 from transformers_mixedae.cli import run_cli
-from transformers_mixedae.pretraining import run_pretraining
+from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
 from transformers_mixedae.training.loop import exit_status
-from transformers_mixedae.pretraining_args import parse_run_arguments
+from transformers_mixedae.training.arguments import parse_run_arguments
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -2,7 +2,7 @@
 # Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
 """Ablation grid for MixedAE's components: short pre-training runs, kNN and linear probe, mean and std over seeds.
 
-Every run goes through `transformers_mixedae.pretraining.run_pretraining` (the code behind
+Every run goes through `transformers_mixedae.tasks.masked_image_modeling.run_pretraining` (the code behind
 `examples/run_mim.py`), with arguments parsed by the same `HfArgumentParser` from a command line that is
 recorded with the result, so each run can be repeated alone with `examples/run_mim.py`. Without dataset
 arguments the runs use the Fashion-MNIST subset shipped with the package.
@@ -59,8 +59,8 @@ import transformers_mixedae  # noqa: F401  (registers the models)
 from transformers import HfArgumentParser
 
 from transformers_mixedae.presets import ViTSize
-from transformers_mixedae.pretraining import run_pretraining
-from transformers_mixedae.pretraining_args import DataArguments, ModelArguments, PretrainingArguments
+from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
+from transformers_mixedae.training.arguments import DataArguments, ModelArguments, PretrainingArguments
 from transformers_mixedae.training import LoopState, TrainingCallback
 
 RESULT_FILENAME = "ablate_result.json"

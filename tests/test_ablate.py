@@ -9,7 +9,7 @@ import datasets
 import pytest
 
 from transformers_mixedae import CAEConfig, MixedAEConfig
-from transformers_mixedae.pretraining_args import parse_config_overrides
+from transformers_mixedae.training.arguments import parse_config_overrides
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 ABLATE_PATH = Path(__file__).resolve().parents[1] / "experiments" / "ablate.py"

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from test_output_folders import USER_FILES, fingerprint, finished_run
 
 from transformers_mixedae import CAEForPreTraining, CAEImageProcessorPil, CAEModel
-from transformers_mixedae.convert_cae_checkpoint import (
+from transformers_mixedae.hub.convert_cae_checkpoint import (
     CAEConversionError,
     build_model,
     convert_cae_checkpoint,

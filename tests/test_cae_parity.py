@@ -8,14 +8,14 @@ from helpers import single_torch_thread  # noqa: F401 (fixture)
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from transformers_mixedae.convert_cae_checkpoint import build_model, convert_cae_state_dict, unwrap_state_dict
+from transformers_mixedae.hub.convert_cae_checkpoint import build_model, convert_cae_state_dict, unwrap_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cae_official_A_tiny.safetensors"
 TOLERANCE = 1e-5
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-# A -> L renaming of CAE.md 5.2, to check that the earlier official release converts to the same model.
+# Atten4Vis/CAE ("A") key prefixes -> lxtGH/CAE ("L") ones, to check that a checkpoint in either official naming converts to the same model.
 A_TO_L_PREFIXES = (
     ("alignment_encoder.", "teacher."),
     ("regresser.regressor_blocks.", "pretext_neck.regressor_blocks."),

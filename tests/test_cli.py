@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from transformers_mixedae.cli import TRACEBACK_ENVIRONMENT_VARIABLE, run_cli
-from transformers_mixedae.output_folders import OutputDirectoryError
+from transformers_mixedae.training.output_folders import OutputDirectoryError
 
 
 class FlagNeeded(ValueError):
@@ -102,7 +102,7 @@ def test_a_console_script_prints_exactly_one_line(tmp_path):
     environment = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     environment.pop(TRACEBACK_ENVIRONMENT_VARIABLE, None)
     result = subprocess.run(
-        [sys.executable, "-m", "transformers_mixedae.export", "./does/not/exist", str(tmp_path / "out")],
+        [sys.executable, "-m", "transformers_mixedae.hub.export", "./does/not/exist", str(tmp_path / "out")],
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -38,7 +38,7 @@ from transformers_mixedae.data import (
     sample_random_resized_crop,
     synchronized_batches,
 )
-from transformers_mixedae.pretraining_data import SeededTransform
+from transformers_mixedae.tasks.masked_image_modeling_data import SeededTransform
 
 NUM_CLASSES = 5
 CLASS_NAMES = [f"class_{index}" for index in range(NUM_CLASSES)]

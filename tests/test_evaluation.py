@@ -12,8 +12,9 @@ import torch
 from accelerate import Accelerator
 from helpers import tiny_mixedae_config
 
-from transformers_mixedae import MixedAEForPreTraining, evaluation
-from transformers_mixedae.evaluation import (
+from transformers_mixedae import MixedAEForPreTraining
+from transformers_mixedae.evaluation import frozen_features as evaluation
+from transformers_mixedae.evaluation.frozen_features import (
     Accuracy,
     KNNAccuracy,
     LinearProbeAccuracy,

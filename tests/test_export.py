@@ -25,8 +25,8 @@ from transformers_mixedae import (
     MixedAEForPreTraining,
     MixedAEModel,
 )
-from transformers_mixedae.export import convert_cae_to_beit, convert_mixedae_to_vit, export_to_transformers, main
-from transformers_mixedae.output_folders import OutputDirectoryError
+from transformers_mixedae.hub.export import convert_cae_to_beit, convert_mixedae_to_vit, export_to_transformers, main
+from transformers_mixedae.training.output_folders import OutputDirectoryError
 
 ATOL = 1e-5
 

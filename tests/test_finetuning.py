@@ -13,13 +13,13 @@ from transformers import AutoModelForImageClassification
 import transformers_mixedae  # noqa: F401
 from transformers_mixedae.configuration_cae import CAEConfig
 from transformers_mixedae.configuration_mixedae import MixedAEConfig
-from transformers_mixedae.finetuning import (
+from transformers_mixedae.tasks.image_classification import (
     add_linear_probe_head,
     fold_linear_probe_head,
     layer_decay_parameter_groups,
     run_image_classification,
 )
-from transformers_mixedae.finetuning_args import (
+from transformers_mixedae.tasks.image_classification_args import (
     ClassificationDataArguments,
     ClassificationModelArguments,
     FinetuningArguments,
@@ -137,7 +137,7 @@ def test_missing_label_column_is_named(tmp_path, pretrained):
 
 def test_recipe_defaults_and_explicit_flags(tmp_path):
     _, _, args = parse_classification_arguments(["--recipe", "cae", "--layer_decay", "0.75", "--output_dir", "x"])
-    from transformers_mixedae.finetuning_args import resolve_recipe
+    from transformers_mixedae.tasks.image_classification_args import resolve_recipe
 
     resolve_recipe(None, args, "mixedae")
     assert args.layer_decay == 0.75 and args.base_learning_rate == pytest.approx(8e-3 * 256 / 4096)
@@ -163,8 +163,8 @@ def test_resumed_fine_tuning_ends_with_the_same_weights(tmp_path, pretrained):
 
 def test_finetuning_keeps_the_records_pretraining_keeps_and_logs_a_skipped_window_as_null(pretrained, tmp_path,
                                                                                            monkeypatch):
-    from transformers_mixedae.finetuning import ImageClassificationTask
-    from transformers_mixedae.training_records import read_train_log
+    from transformers_mixedae.tasks.image_classification import ImageClassificationTask
+    from transformers_mixedae.training.records import read_train_log
 
     calls = []
     original_loss = ImageClassificationTask.loss

@@ -22,8 +22,8 @@ from transformers_mixedae import (
     MixedAEForImageClassification,
     MixedAEForPreTraining,
 )
-from transformers_mixedae.model_card import generate_model_card
-from transformers_mixedae.remote_code import save_pretrained_with_remote_code
+from transformers_mixedae.hub.model_card import generate_model_card
+from transformers_mixedae.hub.remote_code import save_pretrained_with_remote_code
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 CARD_PATHS = sorted(CARDS_DIR.glob("*.md"))

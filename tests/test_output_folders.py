@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from transformers_mixedae.checkpointing import CHECKPOINTS_DIRNAME
-from transformers_mixedae.output_folders import (
+from transformers_mixedae.training.checkpointing import CHECKPOINTS_DIRNAME
+from transformers_mixedae.training.output_folders import (
     RUN_ARTIFACTS,
     OutputDirectoryError,
     check_model_path,
@@ -19,7 +19,7 @@ from transformers_mixedae.output_folders import (
     prepare_output_dir,
     staged_output_dir,
 )
-from transformers_mixedae.training_records import SKIPPED_SAMPLES_NAME, TRAIN_LOG_NAME
+from transformers_mixedae.training.records import SKIPPED_SAMPLES_NAME, TRAIN_LOG_NAME
 
 # What `pretraining.save_final_model` and a run leave (weights shards included), plus the user's own files.
 FINISHED_RUN_FILES = {
@@ -229,10 +229,10 @@ def test_files_that_prove_no_earlier_result_do_not_block(tmp_path, files):
 def test_overwrite_removes_every_artifact_and_keeps_user_files(tmp_path, make_run, caplog):
     make_run(tmp_path)
     removed = [path.name for path in find_run_artifacts(tmp_path)]
-    with caplog.at_level(logging.WARNING, logger="transformers_mixedae.output_folders"):
+    with caplog.at_level(logging.WARNING, logger="transformers_mixedae.training.output_folders"):
         assert prepare_output_dir(tmp_path, overwrite=True) == tmp_path
     assert fingerprint(tmp_path) == fingerprint(write_files(tmp_path.parent / "expected", USER_FILES))
-    [record] = [record for record in caplog.records if record.name == "transformers_mixedae.output_folders"]
+    [record] = [record for record in caplog.records if record.name == "transformers_mixedae.training.output_folders"]
     assert record.levelno == logging.WARNING
     message = record.getMessage()
     assert message.startswith(f"--overwrite_output_dir: removing the previous result from {tmp_path} (")
@@ -256,7 +256,7 @@ def test_overwrite_of_an_empty_or_missing_folder_logs_nothing(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         prepare_output_dir(tmp_path / "new", overwrite=True)
         prepare_output_dir(tmp_path / "new", overwrite=True)
-    assert not [record for record in caplog.records if record.name == "transformers_mixedae.output_folders"]
+    assert not [record for record in caplog.records if record.name == "transformers_mixedae.training.output_folders"]
 
 
 # ---------------------------------------------------------------------------------------------- staged writes

@@ -15,7 +15,7 @@ from transformers_mixedae import (
     MixedAEForPreTraining,
     MixedAEImageProcessorPil,
 )
-from transformers_mixedae.export import export_to_transformers
+from transformers_mixedae.hub.export import export_to_transformers
 
 ATOL = 1e-5
 LABELS = {0: "cat", 1: "dog", 2: "fish"}

@@ -18,15 +18,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForPreTraining
 
 import transformers_mixedae  # noqa: F401
-from transformers_mixedae.pretraining import run_pretraining
-from transformers_mixedae.pretraining_args import (
+from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
+from transformers_mixedae.training.arguments import (
     DataArguments,
     ModelArguments,
     PretrainingArguments,
     parse_config_overrides,
     parse_run_arguments,
 )
-from transformers_mixedae.pretraining_data import SeededTransform
+from transformers_mixedae.tasks.masked_image_modeling_data import SeededTransform
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 
@@ -140,7 +140,7 @@ def test_incomplete_checkpoint_is_never_picked_as_latest(tmp_path):
     run_pretraining(*arguments(tmp_path, max_steps=2, save_steps=2))
     half_written = tmp_path / "checkpoints" / ".tmp-step_9"
     half_written.mkdir()
-    from transformers_mixedae.checkpointing import resolve_checkpoint
+    from transformers_mixedae.training.checkpointing import resolve_checkpoint
 
     assert resolve_checkpoint("latest", tmp_path).name == "step_2"
     with pytest.raises(ValueError, match="incomplete checkpoint"):
@@ -191,8 +191,8 @@ def test_json_config_gives_defaults_and_flags_override_them(tmp_path):
 def test_raw_pixel_and_random_encoder_baselines(tmp_path):
     from accelerate import Accelerator
 
-    from transformers_mixedae.pretraining import build_pretraining_model
-    from transformers_mixedae.pretraining_data import PretrainingData, RawPixelFeatures
+    from transformers_mixedae.tasks.masked_image_modeling import build_pretraining_model
+    from transformers_mixedae.tasks.masked_image_modeling_data import PretrainingData, RawPixelFeatures
 
     model_args, data_args, training_args = arguments(tmp_path)
     model = build_pretraining_model(model_args)
@@ -238,7 +238,7 @@ def test_failed_final_save_leaves_the_previous_final_model_untouched(tmp_path, m
     from accelerate import Accelerator
 
     from transformers_mixedae import MixedAEImageProcessorPil
-    from transformers_mixedae.pretraining import build_pretraining_model
+    from transformers_mixedae.tasks.masked_image_modeling import build_pretraining_model
     from transformers_mixedae.training import final_save
 
     model_args, _, training_args = arguments(tmp_path)
@@ -262,7 +262,7 @@ def test_a_failing_model_card_comes_after_the_model_is_saved_and_says_so(tmp_pat
     from accelerate import Accelerator
 
     from transformers_mixedae import MixedAEForPreTraining, MixedAEImageProcessorPil
-    from transformers_mixedae.pretraining import build_pretraining_model
+    from transformers_mixedae.tasks.masked_image_modeling import build_pretraining_model
     from transformers_mixedae.training import final_save
 
     model_args, _, training_args = arguments(tmp_path)
@@ -285,7 +285,7 @@ def test_a_failing_model_card_comes_after_the_model_is_saved_and_says_so(tmp_pat
 def test_a_failing_final_evaluation_keeps_the_trained_model_and_its_training_results(tmp_path, monkeypatch):
     from transformers_mixedae import MixedAEForPreTraining
     from transformers_mixedae.training.final_save import FinalStepError
-    from transformers_mixedae.pretraining_data import PretrainingData
+    from transformers_mixedae.tasks.masked_image_modeling_data import PretrainingData
 
     def failing_evaluation(self, model, step):
         raise RuntimeError("out of memory in the kNN bank")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transformers_mixedae import CAEConfig, MixedAEConfig
-from transformers_mixedae.pretraining_args import parse_config_overrides, parse_run_arguments
+from transformers_mixedae.training.arguments import parse_config_overrides, parse_run_arguments
 
 
 def refused(argv: list[str], flag: str, value: str, requirement: str):
@@ -58,7 +58,7 @@ def test_resume_from_checkpoint_none_means_no_resume():
 
 
 def test_image_classification_needs_a_label_column():
-    from transformers_mixedae.finetuning_args import parse_classification_arguments
+    from transformers_mixedae.tasks.image_classification_args import parse_classification_arguments
 
     message = ("--label_column_name 'none' is not valid: image classification trains on labels; name the column that "
                "holds them.")
@@ -77,7 +77,7 @@ def test_image_classification_needs_a_label_column():
     ],
 )
 def test_image_classification_flags_are_refused_at_parse_time(argv, flag, value, requirement):
-    from transformers_mixedae.finetuning_args import parse_classification_arguments
+    from transformers_mixedae.tasks.image_classification_args import parse_classification_arguments
 
     message = f"--{flag} {value} is not valid: {requirement}."
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
@@ -174,8 +174,8 @@ def test_segment_embedding_none_is_the_string_none_and_optional_fields_read_none
 def test_segment_embedding_none_reaches_the_model_through_the_command_line(tmp_path):
     from tiny_runs import command_line
 
-    from transformers_mixedae.pretraining import run_pretraining
-    from transformers_mixedae.pretraining_args import ModelArguments
+    from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
+    from transformers_mixedae.training.arguments import ModelArguments
 
     argv = command_line(tmp_path, max_steps=1, max_train_samples=16)
     index = argv.index("--config_overrides") + 1
@@ -229,7 +229,7 @@ def test_a_bad_arguments_file_is_named(tmp_path, content, error, message):
 def test_config_overrides_cannot_change_the_model_type(tmp_path):
     from tiny_runs import TINY_MIXEDAE, arguments
 
-    from transformers_mixedae.pretraining import run_pretraining
+    from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
 
     with pytest.raises(ValueError, match=r"--config_overrides names 'model_type', which is not a field of "
                                          r"MixedAEConfig\."):
@@ -279,7 +279,7 @@ OVERRIDE_LAYER = st.lists(st.tuples(st.sampled_from(["hidden_size", "mask_ratio"
 @settings(max_examples=80, deadline=None)
 @given(OVERRIDE_LAYER, OVERRIDE_LAYER, OVERRIDE_LAYER)
 def test_merging_config_overrides_is_a_field_by_field_update(first, second, third):
-    from transformers_mixedae.pretraining_args import merge_config_overrides
+    from transformers_mixedae.training.arguments import merge_config_overrides
 
     def parsed(text):
         return parse_config_overrides(text, MixedAEConfig)

@@ -18,8 +18,8 @@ from transformers_mixedae import (
     MixedAEForPreTraining,
     MixedAEImageProcessorPil,
 )
-from transformers_mixedae.export import export_to_transformers
-from transformers_mixedae.remote_code import check_remote_code_folder, save_pretrained_with_remote_code
+from transformers_mixedae.hub.export import export_to_transformers
+from transformers_mixedae.hub.remote_code import check_remote_code_folder, save_pretrained_with_remote_code
 
 ATOL = 1e-5
 
@@ -237,7 +237,7 @@ def test_saving_with_remote_code_leaves_no_global_state(tmp_path):
 def test_check_remote_code_folder_reports_leaks(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "modeling_x.XModel"}}))
     (tmp_path / "modeling_x.py").write_text(
-        "from .vit_layers import ViTLayer\nfrom transformers_mixedae.registration import register_auto_classes\n"
+        "from .vit_layers import ViTLayer\nfrom transformers_mixedae.hub.registration import register_auto_classes\n"
     )
     with pytest.raises(RuntimeError) as error:
         check_remote_code_folder(tmp_path)

@@ -19,7 +19,7 @@ from .modeling_mixedae import (
     MixedAEPreTrainedModel,
     mixing_assignment,
 )
-from .registration import register_auto_classes
+from .hub.registration import register_auto_classes
 
 register_auto_classes()
 

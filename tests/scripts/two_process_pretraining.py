@@ -10,9 +10,9 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-import transformers_mixedae.pretraining as pretraining
+import transformers_mixedae.tasks.masked_image_modeling as pretraining
 from transformers_mixedae.training import final_save
-from transformers_mixedae.pretraining_data import SeededTransform
+from transformers_mixedae.tasks.masked_image_modeling_data import SeededTransform
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_pretraining import arguments  # noqa: E402

@@ -150,7 +150,7 @@ def _unwrapped(accelerator: Accelerator, model: torch.nn.Module) -> PreTrainedMo
 
 
 def _write_model_card(directory: Path, model, results, command, **card_kwargs) -> None:
-    from ..model_card import generate_model_card
+    from ..hub.model_card import generate_model_card
 
     card = generate_model_card(model, results=results, training_command=command, **card_kwargs)
     card.save(str(directory / "README.md"))

@@ -32,8 +32,8 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
-from ..checkpointing import resolve_checkpoint
-from ..training_records import TRAIN_LOG_NAME, TrainLog, write_skipped_samples
+from .checkpointing import resolve_checkpoint
+from .records import TRAIN_LOG_NAME, TrainLog, write_skipped_samples
 from .final_save import log_evaluation, save_then_evaluate
 from .optim import effective_learning_rate
 from .resume import checkpoint_if_due, prepare_run_folders, resume_if_requested, run_recipe

@@ -15,8 +15,8 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from transformers import PreTrainedModel
 
-from ..checkpointing import CheckpointError, check_checkpoint_is_safe, check_resume_recipe, resolve_checkpoint, save_checkpoint
-from ..output_folders import check_model_path, prepare_output_dir
+from .checkpointing import CheckpointError, check_checkpoint_is_safe, check_resume_recipe, resolve_checkpoint, save_checkpoint
+from .output_folders import check_model_path, prepare_output_dir
 
 logger = get_logger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 
-from .presets import vit_size_name
+from ..presets import vit_size_name
 
 DEFAULT_TAGS = ("vision", "image-feature-extraction", "masked-image-modeling", "self-supervised-learning")
 
@@ -389,7 +389,7 @@ def _details(
         rows.append(("Classes", str(len(config.id2label))))
     return _table(("", ""), rows) + (
         f"\n\nThe encoder can also be exported to a native `transformers.{family.native_class}` with the same "
-        "features (`transformers_mixedae.export.export_to_transformers`), for use without this package."
+        "features (`transformers_mixedae.hub.export.export_to_transformers`), for use without this package."
     )
 
 

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import gather_object
 
-from .data import (
+from ..data import (
     BatchNormalizer,
     EvaluationTransform,
     SkippedSampleStats,
@@ -30,11 +30,11 @@ from .data import (
     pretraining_transform_for_model_type,
     synchronized_batches,
 )
-from .evaluation import evaluate_frozen_features, extract_features
-from .modeling_mixedae import mixing_assignment
-from .pretraining_args import DataArguments, ModelArguments, PretrainingArguments
-from .training_records import SKIPPED_SAMPLES_NAME, write_skipped_samples
-from .visualization import mixed_samples, save_homologous_attention_figure, save_reconstruction_grid, to_display
+from ..evaluation.frozen_features import evaluate_frozen_features, extract_features
+from ..modeling_mixedae import mixing_assignment
+from ..training.arguments import DataArguments, ModelArguments, PretrainingArguments
+from ..training.records import SKIPPED_SAMPLES_NAME, write_skipped_samples
+from ..evaluation.visualization import mixed_samples, save_homologous_attention_figure, save_reconstruction_grid, to_display
 
 logger = get_logger(__name__)
 
@@ -246,7 +246,7 @@ class PretrainingData:
         return inputs
 
     def _masks(self, batch_size: int, batch_seed: int) -> torch.Tensor:
-        from .masking import mask_generator_from_config, stack_masks
+        from ..masking import mask_generator_from_config, stack_masks
 
         generator = mask_generator_from_config(self.config, seed=batch_seed)
         return stack_masks([generator() for _ in range(batch_size)])
@@ -261,7 +261,7 @@ class PretrainingData:
                 "if you trust the file), or train the labelled non-official pixel variant with "
                 "--config_overrides target=pixels."
             )
-        from .tokenizer_dalle import DallETokenizer
+        from ..tokenizer_dalle import DallETokenizer
 
         return DallETokenizer.from_file(
             model_args.cae_tokenizer_path, allow_unsafe_pickle=model_args.cae_tokenizer_allow_unsafe_pickle
@@ -483,7 +483,7 @@ class PretrainingData:
 def image_processor_for(config):
     """The image processor saved with a model: every setting derived from the model's own config (image size; for
     CAE also the patch grid and the mask settings), so the saved folder's processor always fits its model."""
-    from .registration import pil_image_processor_class
+    from ..hub.registration import pil_image_processor_class
 
     return pil_image_processor_class(config).from_model_config(config)
 

@@ -26,7 +26,7 @@ from torch import nn
 from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
-from .data import (
+from ..data import (
     CAE_CROP_SCALE,
     BatchNormalizer,
     EvaluationTransform,
@@ -34,17 +34,17 @@ from .data import (
     SkippedSampleStats,
     build_pretraining_dataloader,
 )
-from .evaluation import LINEAR_PROBE_BATCH_NORM_EPS, LINEAR_PROBE_INIT_STD, Accuracy, _gather_uneven
-from .finetuning_args import (
+from ..evaluation.frozen_features import LINEAR_PROBE_BATCH_NORM_EPS, LINEAR_PROBE_INIT_STD, Accuracy, _gather_uneven
+from .image_classification_args import (
     ClassificationDataArguments,
     ClassificationModelArguments,
     FinetuningArguments,
     recipe_drop_path_rate,
     resolve_recipe,
 )
-from .output_folders import check_model_path
-from .pretraining_args import MODEL_TYPES, parse_config_overrides
-from .pretraining_data import (
+from ..training.output_folders import check_model_path
+from ..training.arguments import MODEL_TYPES, parse_config_overrides
+from .masked_image_modeling_data import (
     MAX_LISTED_SKIPPED_SAMPLES,
     DataState,
     PretrainingData,
@@ -52,8 +52,8 @@ from .pretraining_data import (
     image_processor_for,
     load_run_datasets,
 )
-from .training.loop import TrainingCallback, TrainingTask, _flat_config, train
-from .training.optim import build_adamw, layer_decay_parameter_groups, layer_id, parameter_groups
+from ..training.loop import TrainingCallback, TrainingTask, _flat_config, train
+from ..training.optim import build_adamw, layer_decay_parameter_groups, layer_id, parameter_groups
 
 logger = get_logger(__name__)
 

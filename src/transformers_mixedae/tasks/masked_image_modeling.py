@@ -13,9 +13,9 @@ from accelerate import Accelerator
 from transformers import CONFIG_MAPPING, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_PRETRAINING_MAPPING
 
-from .pretraining_args import MODEL_TYPES, DataArguments, ModelArguments, PretrainingArguments, parse_config_overrides
-from .training.loop import TrainingCallback, TrainingTask, _flat_config, exit_status, train
-from .training.optim import build_adamw, parameter_groups
+from ..training.arguments import MODEL_TYPES, DataArguments, ModelArguments, PretrainingArguments, parse_config_overrides
+from ..training.loop import TrainingCallback, TrainingTask, _flat_config, exit_status, train
+from ..training.optim import build_adamw, parameter_groups
 
 # AdamW's beta2 of each method's pre-training recipe (MAE: 0.95; CAE: 0.999), when --adam_beta2 is not given.
 DEFAULT_ADAM_BETA2 = {"mixedae": 0.95, "cae": 0.999}
@@ -66,7 +66,7 @@ class MaskedImageModelingTask(TrainingTask):
         parse_config_overrides(self.model_args.config_overrides, config_class)
 
     def build(self):
-        from .pretraining_data import PretrainingData
+        from .masked_image_modeling_data import PretrainingData
 
         model = build_pretraining_model(self.model_args)
         data = PretrainingData(model, self.model_args, self.data_args, self.training_args, self.accelerator)

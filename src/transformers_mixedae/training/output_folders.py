@@ -26,7 +26,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.utils import logging
 
 from .checkpointing import CHECKPOINTS_DIRNAME, ensure_writable_directory, list_checkpoints
-from .training_records import SKIPPED_SAMPLES_NAME, TRAIN_LOG_NAME
+from .records import SKIPPED_SAMPLES_NAME, TRAIN_LOG_NAME
 
 logger = logging.get_logger(__name__)
 

@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 from transformers.utils import logging
 
-from .cli import run_cli
-from .configuration_cae import CAEConfig
-from .image_processing_cae import CAEImageProcessorPil
-from .modeling_cae import CAEForPreTraining, CAEModel
-from .output_folders import staged_output_dir
-from .vit_layers import sincos_2d_position_embedding
+from ..cli import run_cli
+from ..configuration_cae import CAEConfig
+from ..image_processing_cae import CAEImageProcessorPil
+from ..modeling_cae import CAEForPreTraining, CAEModel
+from ..training.output_folders import staged_output_dir
+from ..vit_layers import sincos_2d_position_embedding
 
 logger = logging.get_logger(__name__)
 

@@ -5,7 +5,7 @@
 
 from dataclasses import dataclass, field
 
-from .pretraining_args import (
+from ..training.arguments import (
     DataArguments,
     ModelArguments,
     PretrainingArguments,
