@@ -51,9 +51,9 @@ _SOURCE_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 if importlib.util.find_spec("transformers_mixedae") is None and os.path.isdir(_SOURCE_FOLDER):
     sys.path.insert(0, _SOURCE_FOLDER)
 
-from transformers_mixedae.presets import VIT_PRESETS, ViTSize, vit_config_kwargs  # noqa: E402
+from transformers_mixedae.models.presets import VIT_PRESETS, ViTSize, vit_config_kwargs  # noqa: E402
 
-# Encoder sizes (ViT-Ti/S/B at 224 px, patch 16, from `transformers_mixedae.presets`) and MAE's decoder (512 wide,
+# Encoder sizes (ViT-Ti/S/B at 224 px, patch 16, from `transformers_mixedae.models.presets`) and MAE's decoder (512 wide,
 # 8 layers, 16 heads) for ViTMAE and MixedAE. "micro" is a 32 px toy for the unit test and quick smoke runs; it is
 # not in the default list.
 MAE_DECODER = dict(

@@ -32,7 +32,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_pretrain  # noqa: E402,F401  (puts src/ on the path when the package is not installed)
 
-from transformers_mixedae import modeling_mixedae, vit_layers  # noqa: E402
+from transformers_mixedae.models import modeling_mixedae, vit_layers  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- timing

@@ -52,7 +52,7 @@ def instrument(model) -> list:
 
     # Module-level functions of the MixedAE modeling/layers modules, looked up where the callers find them.
     with contextlib.suppress(ImportError):
-        from transformers_mixedae import modeling_mixedae
+        from transformers_mixedae.models import modeling_mixedae
 
         wrap_method(modeling_mixedae, "homologous_topk_attention_forward", "homologous_attention")
         wrap_method(modeling_mixedae, "homologous_contrastive_loss", "homologous_contrastive_loss")

@@ -58,7 +58,7 @@ if importlib.util.find_spec("transformers_mixedae") is None and os.path.isdir(_S
 import transformers_mixedae  # noqa: F401  (registers the models)
 from transformers import HfArgumentParser
 
-from transformers_mixedae.presets import ViTSize
+from transformers_mixedae.models.presets import ViTSize
 from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
 from transformers_mixedae.training.arguments import DataArguments, ModelArguments, PretrainingArguments
 from transformers_mixedae.training import LoopState, TrainingCallback

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from transformers_mixedae import CAEForPreTraining, CAEImageProcessorPil
-from transformers_mixedae.masking import (
+from transformers_mixedae.models.masking import (
     BlockMaskGenerator,
     MaskingDataCollator,
     RandomMaskGenerator,

@@ -23,8 +23,8 @@ from transformers_mixedae import (
     CAEImageProcessorPil,
     CAEModel,
 )
-from transformers_mixedae.modeling_cae import CAERegressorLayer
-from transformers_mixedae.vit_layers import ViTLayer, sincos_2d_position_embedding
+from transformers_mixedae.models.modeling_cae import CAERegressorLayer
+from transformers_mixedae.models.vit_layers import ViTLayer, sincos_2d_position_embedding
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

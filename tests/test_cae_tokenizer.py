@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from transformers_mixedae import CAEForPreTraining
-from transformers_mixedae.tokenizer_dalle import DallETokenizer, dalle_tokenizer_view, load_dalle_encoder, map_pixels
+from transformers_mixedae.models.tokenizer_dalle import DallETokenizer, dalle_tokenizer_view, load_dalle_encoder, map_pixels
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

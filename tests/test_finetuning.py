@@ -11,8 +11,8 @@ from torch import nn
 from transformers import AutoModelForImageClassification
 
 import transformers_mixedae  # noqa: F401
-from transformers_mixedae.configuration_cae import CAEConfig
-from transformers_mixedae.configuration_mixedae import MixedAEConfig
+from transformers_mixedae.models.configuration_cae import CAEConfig
+from transformers_mixedae.models.configuration_mixedae import MixedAEConfig
 from transformers_mixedae.tasks.image_classification import (
     add_linear_probe_head,
     fold_linear_probe_head,
@@ -25,8 +25,8 @@ from transformers_mixedae.tasks.image_classification_args import (
     FinetuningArguments,
     parse_classification_arguments,
 )
-from transformers_mixedae.modeling_cae import CAEForPreTraining
-from transformers_mixedae.modeling_mixedae import MixedAEForImageClassification, MixedAEForPreTraining
+from transformers_mixedae.models.modeling_cae import CAEForPreTraining
+from transformers_mixedae.models.modeling_mixedae import MixedAEForImageClassification, MixedAEForPreTraining
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 

@@ -14,7 +14,7 @@ from transformers.utils import is_torchvision_available
 
 from transformers_mixedae import CAEImageProcessorPil, MixedAEConfig, MixedAEImageProcessor, MixedAEImageProcessorPil
 from transformers_mixedae.data import decode_rgb, to_rgb
-from transformers_mixedae.image_processing_mixedae import evaluation_sizes
+from transformers_mixedae.models.image_processing_mixedae import evaluation_sizes
 
 
 def photo(width=80, height=60, mode="RGB") -> Image.Image:

@@ -24,7 +24,7 @@ from transformers_mixedae import (
     MixedAEModel,
     mixing_assignment,
 )
-from transformers_mixedae.modeling_mixedae import (
+from transformers_mixedae.models.modeling_mixedae import (
     HomologousAttentionContext,
     homologous_contrastive_loss,
     homologous_keep_mask,

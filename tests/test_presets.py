@@ -1,10 +1,10 @@
-"""transformers_mixedae.presets: the registered ViT sizes and the config keyword arguments made from them."""
+"""transformers_mixedae.models.presets: the registered ViT sizes and the config keyword arguments made from them."""
 
 import pytest
 from transformers import ViTConfig, ViTMAEConfig
 
 from transformers_mixedae import CAEConfig, MixedAEConfig
-from transformers_mixedae.presets import VIT_PRESETS, ViTSize, vit_config_kwargs, vit_preset, vit_size_name
+from transformers_mixedae.models.presets import VIT_PRESETS, ViTSize, vit_config_kwargs, vit_preset, vit_size_name
 
 
 def test_presets_are_the_vit_paper_sizes():

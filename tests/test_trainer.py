@@ -9,7 +9,7 @@ from transformers import Trainer, TrainingArguments
 import transformers_mixedae  # noqa: F401
 from transformers_mixedae import CAEConfig, CAEForPreTraining, MixedAEConfig, MixedAEForPreTraining
 from transformers_mixedae.data import load_image_dataset
-from transformers_mixedae.masking import PretrainingDataCollator
+from transformers_mixedae.models.masking import PretrainingDataCollator
 from transformers_mixedae.hub.registration import pil_image_processor_class
 
 TINY = dict(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -5,13 +5,13 @@ Importing the package registers every model with the transformers Auto classes, 
 `AutoModel.from_pretrained(<a MixedAE or CAE checkpoint>)` works after `import transformers_mixedae`.
 """
 
-from .configuration_cae import CAEConfig
-from .configuration_mixedae import MixedAEConfig
-from .image_processing_cae import CAEImageProcessor, CAEImageProcessorPil
-from .image_processing_mixedae import MixedAEImageProcessor, MixedAEImageProcessorPil
-from .masking import BlockMaskGenerator, MaskingDataCollator, RandomMaskGenerator
-from .modeling_cae import CAEForImageClassification, CAEForPreTraining, CAEModel, CAEPreTrainedModel
-from .modeling_mixedae import (
+from .models.configuration_cae import CAEConfig
+from .models.configuration_mixedae import MixedAEConfig
+from .models.image_processing_cae import CAEImageProcessor, CAEImageProcessorPil
+from .models.image_processing_mixedae import MixedAEImageProcessor, MixedAEImageProcessorPil
+from .models.masking import BlockMaskGenerator, MaskingDataCollator, RandomMaskGenerator
+from .models.modeling_cae import CAEForImageClassification, CAEForPreTraining, CAEModel, CAEPreTrainedModel
+from .models.modeling_mixedae import (
     MixedAEForImageClassification,
     MixedAEForPreTraining,
     MixedAEMixing,

@@ -31,7 +31,7 @@ except ImportError:  # optional at run time: Pillow then decodes every image
     simplejpeg = None
 
 # Re-exported: the data pipeline's names for the conversion the image processors share.
-from ..rgb_conversion import (  # noqa: F401
+from ..models.rgb_conversion import (  # noqa: F401
     ALPHA_MODES,
     ORIENTATION_TAG,
     SIXTEEN_BIT_MODES,

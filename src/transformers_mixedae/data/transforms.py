@@ -379,7 +379,7 @@ def cae_pretraining_transform(
 ) -> PretrainingTransform:
     """CAE: RandomResizedCrop scale (0.08, 1), bicubic, flip, + the 112-px Lanczos tokenizer view and mask hook.
 
-    Pass `mask_generator` (e.g. CAE's block-wise mask generator from `transformers_mixedae.masking`) to get
+    Pass `mask_generator` (e.g. CAE's block-wise mask generator from `transformers_mixedae.models.masking`) to get
     `bool_masked_pos` per sample.
     """
     settings = {"scale": CAE_CROP_SCALE, "tokenizer_interpolation": "lanczos", **overrides}

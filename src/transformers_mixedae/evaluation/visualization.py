@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ..vit_layers import patchify, unpatchify  # noqa: E402
+from ..models.vit_layers import patchify, unpatchify  # noqa: E402
 
 HIDDEN_PATCH_GREY = 0.5
 

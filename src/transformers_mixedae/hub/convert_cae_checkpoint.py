@@ -33,11 +33,11 @@ import torch
 from transformers.utils import logging
 
 from ..cli import run_cli
-from ..configuration_cae import CAEConfig
-from ..image_processing_cae import CAEImageProcessorPil
-from ..modeling_cae import CAEForPreTraining, CAEModel
+from ..models.configuration_cae import CAEConfig
+from ..models.image_processing_cae import CAEImageProcessorPil
+from ..models.modeling_cae import CAEForPreTraining, CAEModel
 from ..training.output_folders import staged_output_dir
-from ..vit_layers import sincos_2d_position_embedding
+from ..models.vit_layers import sincos_2d_position_embedding
 
 logger = logging.get_logger(__name__)
 

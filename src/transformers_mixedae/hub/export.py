@@ -52,12 +52,12 @@ from transformers import (
 from transformers.utils import logging
 
 from ..cli import run_cli
-from ..configuration_cae import CAEConfig
-from ..configuration_mixedae import MixedAEConfig
-from ..image_processing_cae import CAEImageProcessorPil
-from ..image_processing_mixedae import MixedAEImageProcessorPil, evaluation_sizes
-from ..modeling_cae import CAEForImageClassification, CAEForPreTraining, CAEModel
-from ..modeling_mixedae import MixedAEForImageClassification, MixedAEForPreTraining, MixedAEModel
+from ..models.configuration_cae import CAEConfig
+from ..models.configuration_mixedae import MixedAEConfig
+from ..models.image_processing_cae import CAEImageProcessorPil
+from ..models.image_processing_mixedae import MixedAEImageProcessorPil, evaluation_sizes
+from ..models.modeling_cae import CAEForImageClassification, CAEForPreTraining, CAEModel
+from ..models.modeling_mixedae import MixedAEForImageClassification, MixedAEForPreTraining, MixedAEModel
 from ..training.output_folders import OutputDirectoryError, check_model_path, staged_output_dir
 
 logger = logging.get_logger(__name__)

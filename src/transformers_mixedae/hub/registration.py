@@ -9,12 +9,12 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
-from ..configuration_cae import CAEConfig
-from ..configuration_mixedae import MixedAEConfig
-from ..image_processing_cae import CAEImageProcessor, CAEImageProcessorPil
-from ..image_processing_mixedae import MixedAEImageProcessor, MixedAEImageProcessorPil
-from ..modeling_cae import CAEForImageClassification, CAEForPreTraining, CAEModel
-from ..modeling_mixedae import MixedAEForImageClassification, MixedAEForPreTraining, MixedAEModel
+from ..models.configuration_cae import CAEConfig
+from ..models.configuration_mixedae import MixedAEConfig
+from ..models.image_processing_cae import CAEImageProcessor, CAEImageProcessorPil
+from ..models.image_processing_mixedae import MixedAEImageProcessor, MixedAEImageProcessorPil
+from ..models.modeling_cae import CAEForImageClassification, CAEForPreTraining, CAEModel
+from ..models.modeling_mixedae import MixedAEForImageClassification, MixedAEForPreTraining, MixedAEModel
 
 
 def _register_model_family(config_class, base_model, pretraining_model, classification_model, processors) -> None:

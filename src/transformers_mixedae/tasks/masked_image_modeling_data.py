@@ -31,7 +31,7 @@ from ..data import (
     synchronized_batches,
 )
 from ..evaluation.frozen_features import evaluate_frozen_features, extract_features
-from ..modeling_mixedae import mixing_assignment
+from ..models.modeling_mixedae import mixing_assignment
 from ..training.arguments import DataArguments, ModelArguments, PretrainingArguments
 from ..training.records import SKIPPED_SAMPLES_NAME, write_skipped_samples
 from ..evaluation.visualization import mixed_samples, save_homologous_attention_figure, save_reconstruction_grid, to_display
@@ -246,7 +246,7 @@ class PretrainingData:
         return inputs
 
     def _masks(self, batch_size: int, batch_seed: int) -> torch.Tensor:
-        from ..masking import mask_generator_from_config, stack_masks
+        from ..models.masking import mask_generator_from_config, stack_masks
 
         generator = mask_generator_from_config(self.config, seed=batch_seed)
         return stack_masks([generator() for _ in range(batch_size)])
@@ -261,7 +261,7 @@ class PretrainingData:
                 "if you trust the file), or train the labelled non-official pixel variant with "
                 "--config_overrides target=pixels."
             )
-        from ..tokenizer_dalle import DallETokenizer
+        from ..models.tokenizer_dalle import DallETokenizer
 
         return DallETokenizer.from_file(
             model_args.cae_tokenizer_path, allow_unsafe_pickle=model_args.cae_tokenizer_allow_unsafe_pickle

@@ -6,7 +6,7 @@ of the ViT, DeiT and MAE papers; the MLP is 4x the width). `vit_config_kwargs` t
 arguments of a transformers config of the ViT family (`vit`, `vit_mae`, `mixedae`, `cae`, ...):
 
     >>> from transformers_mixedae import MixedAEConfig
-    >>> from transformers_mixedae.presets import vit_config_kwargs
+    >>> from transformers_mixedae.models.presets import vit_config_kwargs
     >>> config = MixedAEConfig(**vit_config_kwargs("small", "mixedae"))
     >>> config.hidden_size, config.num_hidden_layers, config.patch_size
     (384, 12, 16)

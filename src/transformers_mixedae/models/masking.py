@@ -251,7 +251,7 @@ class MaskingDataCollator:
 
     ```python
     >>> from torch.utils.data import DataLoader
-    >>> from transformers_mixedae.masking import BlockMaskGenerator, MaskingDataCollator
+    >>> from transformers_mixedae.models.masking import BlockMaskGenerator, MaskingDataCollator
     >>> collator = MaskingDataCollator(BlockMaskGenerator((14, 14), 98, seed=0))
     >>> loader = DataLoader(dataset, batch_size=64, collate_fn=collator)  # batches gain "bool_masked_pos"
     ```
