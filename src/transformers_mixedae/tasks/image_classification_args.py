@@ -102,11 +102,8 @@ class FinetuningArguments(PretrainingArguments):
 def resolve_recipe(model_args: ClassificationModelArguments, training_args: FinetuningArguments, model_type: str):
     """Fill the recipe defaults into every unset field (and the drop path into the config overrides); returns the
     recipe used."""
-    if training_args.mode not in MODES:
-        raise ValueError(f"--mode {training_args.mode!r} is not supported; choose one of {MODES}.")
+    # --mode and --recipe were checked when the arguments were made.
     recipe = training_args.recipe or ("cae" if model_type == "cae" else "mae")  # MixedAE fine-tunes as MAE
-    if recipe not in RECIPES:
-        raise ValueError(f"--recipe {recipe!r} is not supported; choose one of {RECIPES}.")
     for name, value in RECIPE_DEFAULTS[(training_args.mode, recipe)].items():
         if name == "drop_path_rate":
             continue
