@@ -1,9 +1,11 @@
 """Tiny configurations shared by the tests (<= 2 layers, < 1M parameters)."""
 
+import functools
+
 import pytest
 import torch
 
-from transformers_mixedae import CAEConfig, MixedAEConfig
+from transformers_mixedae import CAEConfig, CAEForPreTraining, MixedAEConfig, MixedAEForPreTraining
 
 
 def tiny_mixedae_config(**overrides) -> MixedAEConfig:
@@ -67,3 +69,16 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@functools.cache
+def tiny_models() -> tuple[MixedAEForPreTraining, CAEForPreTraining]:
+    """16 px images, 4 px patches (4x4 grid), 3 channels; MixedAE mixes groups of 4, CAE masks 6 of 16 patches."""
+    torch.manual_seed(0)
+    common = dict(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                  intermediate_size=64, decoder_hidden_size=16, decoder_num_attention_heads=2,
+                  attn_implementation="eager")
+    mixedae = MixedAEForPreTraining(MixedAEConfig(**common, decoder_num_hidden_layers=1, decoder_intermediate_size=32))
+    cae = CAEForPreTraining(CAEConfig(**common, regressor_num_layers=1, decoder_num_layers=1, num_masking_patches=6,
+                                      mask_min_num_patches=2, target="pixels", drop_path_rate=0.0))
+    return mixedae, cae

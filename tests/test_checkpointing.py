@@ -1,21 +1,33 @@
-"""Output folders and resuming: a finished run is never overwritten by accident, `--overwrite_output_dir` leaves
+"""Checkpoints and output folders: a finished run is never overwritten by accident, `--overwrite_output_dir` leaves
 nothing stale, a damaged `latest` falls back to the previous intact checkpoint, and a checkpoint only resumes its own
-model and recipe (another batch size only with `--allow_recipe_change`); tampered random states refuse the resume."""
+model and recipe (another batch size only with `--allow_recipe_change`); tampered random states refuse the resume.
+Safe loading: models save safetensors only, pickles holding code are refused unrun (converter, DALL-E tokenizer,
+tampered checkpoints), and a checkpoint write that fails (disk full) leaves the previous one intact."""
 
+import errno
 import json
 import logging
+import os
 import re
 import shutil
 import signal
+import sys
+import types
+from pathlib import Path
 
 import datasets
 import pytest
 import torch
-from helpers import single_torch_thread  # noqa: F401 (fixture)
+from accelerate import Accelerator
+from helpers import single_torch_thread, tiny_models  # noqa: F401 (fixture)
 from safetensors.torch import load_file
-from tiny_runs import TINY_MIXEDAE, arguments, folder_fingerprint
+from tiny_runs import TINY_CAE, TINY_MIXEDAE, arguments, folder_fingerprint
+from torch import nn
 
-from transformers_mixedae.pretraining import run_pretraining
+from transformers_mixedae.training.checkpointing import list_checkpoints
+from transformers_mixedae.hub.convert_cae_checkpoint import load_official_state_dict
+from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
+from transformers_mixedae.tokenizer_dalle import load_dalle_encoder
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -166,7 +178,100 @@ def test_the_same_recipe_resumes_without_allow_recipe_change(tmp_path, finished)
 
 # ---------------------------------------------------------------------------------------------- exit status
 def test_a_run_stopped_by_sigterm_exits_143_and_a_finished_one_0():
-    from transformers_mixedae.pretraining import exit_status
+    from transformers_mixedae.tasks.masked_image_modeling import exit_status
 
     assert exit_status({"stopped_by_signal": True, "train_steps": 3}) == 128 + signal.SIGTERM == 143
     assert exit_status({"train_steps": 4}) == 0
+
+
+# ---------------------------------------------------------------------------------------------- safe loading
+class PlantedCode:
+    """Unpickling this runs `open(marker, "w")`: the marker file appears only if code from the file ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_save_pretrained_writes_safetensors_only(tmp_path):
+    for model in tiny_models():
+        folder = tmp_path / model.config.model_type
+        model.save_pretrained(folder)
+        names = sorted(path.name for path in folder.iterdir())
+        assert "model.safetensors" in names, names
+        assert not [name for name in names if name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))], names
+
+
+def test_pickles_with_code_are_refused_and_nothing_runs(tmp_path, monkeypatch):
+    marker = tmp_path / "code_ran"
+    checkpoint = tmp_path / "cae_official.pth"
+    torch.save({"model": {"encoder.cls_token": torch.zeros(1, 1, 4)}, "args": PlantedCode(marker)}, checkpoint)
+    torch.load(checkpoint, weights_only=False)["args"].close()  # the file really runs code when unpickled ...
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(ValueError, match="not loaded and nothing in it was run"):  # ... but the converter refuses
+        load_official_state_dict(checkpoint)
+    assert not marker.exists()
+
+    # The DALL-E tokenizer loader (a stand-in for the optional `dall_e` package: only its Encoder is needed).
+    monkeypatch.setitem(sys.modules, "dall_e", types.SimpleNamespace(Encoder=lambda: nn.Conv2d(3, 8, 8, 8)))
+    encoder_file = tmp_path / "encoder.pkl"
+    torch.save(PlantedCode(marker), encoder_file)
+    with pytest.raises(ValueError, match="allow_unsafe_pickle=True if you trust it"):
+        load_dalle_encoder(encoder_file)
+    assert not marker.exists()
+    # ... and run_mim.py, unless --cae_tokenizer_allow_unsafe_pickle is given.
+    with pytest.raises(ValueError, match="allow_unsafe_pickle=True if you trust it"):
+        run_pretraining(*arguments(tmp_path / "run", model_type="cae", cae_tokenizer_path=str(encoder_file),
+                                   config_overrides=TINY_CAE.replace("target=pixels", "target=tokens")))
+    assert not marker.exists()
+
+
+def test_resuming_from_a_tampered_checkpoint_runs_nothing(tmp_path):
+    run_pretraining(*arguments(tmp_path, max_steps=2, save_steps=2))
+    marker = tmp_path / "code_ran"
+    tampered = tmp_path / "checkpoints" / "step_2" / "custom_checkpoint_1.pkl"
+    torch.save({"completed_steps": PlantedCode(marker)}, tampered)
+    # The recorded file sizes already tell that the file changed since it was written.
+    with pytest.raises(ValueError, match=r"no checkpoint in .* is intact \(.*custom_checkpoint_1.pkl has \d+ bytes but "
+                                         r"was written with \d+ \(truncated or damaged\)\)"):
+        run_pretraining(*arguments(tmp_path, max_steps=4, resume_from_checkpoint="latest"))
+    # Without the record (a checkpoint of an earlier version), the pickle itself is refused unread.
+    (tmp_path / "checkpoints" / "step_2" / "run_state.json").unlink()
+    with pytest.raises(ValueError, match="holds pickled objects other than tensors and plain data.*nothing in it "
+                                         "was run"):
+        run_pretraining(*arguments(tmp_path, max_steps=4, resume_from_checkpoint="latest"))
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------- disk full
+def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_intact_and_says_so(tmp_path, monkeypatch):
+    original_save_state = Accelerator.save_state
+    fingerprints = []
+
+    def save_state(self, output_dir=None, **kwargs):
+        if not list_checkpoints(tmp_path):
+            return original_save_state(self, output_dir, **kwargs)
+        fingerprints.append(folder_fingerprint(tmp_path / "checkpoints" / "step_2"))
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"half a file")  # the disk fills up mid-write
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    with pytest.raises(RuntimeError) as error:
+        run_pretraining(*arguments(tmp_path, max_steps=6, save_steps=2))
+    previous = tmp_path / "checkpoints" / "step_2"
+    assert str(error.value) == (
+        f"Writing checkpoint {tmp_path / 'checkpoints' / 'step_4'} failed ([Errno 28] No space left on device); the "
+        f"previous checkpoint {previous} is intact.")
+    assert isinstance(error.value.__cause__, OSError) and error.value.__cause__.errno == errno.ENOSPC
+    assert list_checkpoints(tmp_path) == [previous] and not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    assert folder_fingerprint(previous) == fingerprints[0]
+
+    monkeypatch.setattr(Accelerator, "save_state", original_save_state)  # space freed: the job resumes from step 2
+    results = run_pretraining(*arguments(tmp_path, max_steps=6, save_steps=2,
+                                         resume_from_checkpoint="latest"))
+    assert results["train_steps"] == 6 and [path.name for path in list_checkpoints(tmp_path)] == ["step_4", "step_6"]

@@ -1,10 +1,12 @@
 """Tiny pre-training runs on the bundled data (16 px images, 4 px patches, width 32, batches of 8), as argument groups
-(`arguments`) or run_mim.py command lines (`command_line`); shared by the misuse and fault tests."""
+(`arguments`) or run_mim.py command lines (`command_line`); shared by the misuse and fault tests. `load_run_mim` imports run_mim.py
+to call its `main` in this process."""
 
 import hashlib
+import importlib.util
 from pathlib import Path
 
-from transformers_mixedae.pretraining_args import DataArguments, ModelArguments, PretrainingArguments
+from transformers_mixedae.training.arguments import DataArguments, ModelArguments, PretrainingArguments
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 RUN_MIM = REPOSITORY / "examples" / "run_mim.py"
@@ -51,3 +53,11 @@ def folder_fingerprint(folder: Path) -> dict[str, tuple[str, int]]:
         str(path.relative_to(folder)): (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
         for path in sorted(Path(folder).rglob("*")) if path.is_file()
     }
+
+
+def load_run_mim():
+    """examples/run_mim.py as a module (its `main(argv)` runs a job in this process)."""
+    spec = importlib.util.spec_from_file_location("run_mim", RUN_MIM)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,31 @@
+"""Pre-training data across ranks: when one rank is over `--max_skipped_fraction`, every rank stops together."""
+
+import types
+
+import pytest
+import torch
+
+def test_every_rank_stops_together_when_one_rank_is_over_the_skip_limit(tmp_path):
+    from transformers_mixedae.tasks.masked_image_modeling_data import PretrainingData
+
+    class OtherRankOverLimit:
+        num_processes, process_index, device = 2, 1, torch.device("cpu")
+
+        def __init__(self, other_ranks_over_limit: int):
+            self.other_ranks_over_limit = other_ranks_over_limit
+
+        def reduce(self, tensor, reduction):
+            assert reduction == "sum"
+            return tensor + self.other_ranks_over_limit
+
+    def rank_state(other_ranks_over_limit):
+        return types.SimpleNamespace(
+            stats=types.SimpleNamespace(num_skipped=0, num_loaded=100),
+            data_args=types.SimpleNamespace(max_skipped_fraction=0.05),
+            training_args=types.SimpleNamespace(output_dir=str(tmp_path)),
+            accelerator=OtherRankOverLimit(other_ranks_over_limit),
+        )
+
+    PretrainingData.check_skipped_fraction(rank_state(0))  # nobody over the limit: training goes on
+    with pytest.raises(RuntimeError, match=r"Another rank could not decode more than --max_skipped_fraction 0\.05"):
+        PretrainingData.check_skipped_fraction(rank_state(1))
