@@ -29,7 +29,7 @@ CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 CARD_PATHS = sorted(CARDS_DIR.glob("*.md"))
 CARD_IDS = [path.stem for path in CARD_PATHS]
 
-# The results CAE.md §8 states: pre-training epochs -> (linear, attentive, fine-tuning, ADE20K, COCO box, COCO mask).
+# The results the CAE paper reports: pre-training epochs -> (linear, attentive, fine-tuning, ADE20K, COCO box, COCO mask).
 CAE_REPORTED = {
     "cae-vit-base-patch16": {
         300: (64.5, 74.0, 83.6, 48.1, 48.3, 42.7),
