@@ -27,7 +27,7 @@ from torch import nn
 from transformers_mixedae.training.checkpointing import list_checkpoints
 from transformers_mixedae.hub.convert_cae_checkpoint import load_official_state_dict
 from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
-from transformers_mixedae.tokenizer_dalle import load_dalle_encoder
+from transformers_mixedae.models.tokenizer_dalle import load_dalle_encoder
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
