@@ -32,6 +32,7 @@ from .loading import (
     check_image_dataset,
     default_dataset_files,
     load_image_dataset,
+    resolve_column_names,
 )
 from .streaming import (
     DecodedImageStream,
@@ -41,6 +42,7 @@ from .streaming import (
     build_evaluation_dataloader,
     build_pretraining_dataloader,
     set_loader_epoch,
+    shard_split_warning,
     synchronized_batches,
 )
 from .transforms import (
@@ -101,8 +103,10 @@ __all__ = [
     "pretraining_transform_for_model_type",
     "resize_uint8",
     "resized_crop",
+    "resolve_column_names",
     "sample_random_resized_crop",
     "set_loader_epoch",
+    "shard_split_warning",
     "synchronized_batches",
     "to_rgb",
 ]

@@ -9,7 +9,16 @@ Three sources, one result (`ImageDatasets`):
 * `dataset_name` -> `load_dataset(dataset_name, dataset_config_name, streaming=..., token=...)`, e.g.
   `ILSVRC/imagenet-1k` with `streaming=True` and a token that has accepted the dataset's terms;
 * `train_dir` / `validation_dir` (or `data_dir` with split sub-folders) -> Parquet shards when the folder
-  holds `*.parquet` files, otherwise `imagefolder` (class sub-folders give the labels).
+  holds `*.parquet` files, WebDataset shards (`webdataset` builder) when it holds `*.tar` files (each sample
+  a group of files with a common key, e.g. `000001.jpg` + `000001.cls`; the columns are the extensions),
+  otherwise `imagefolder` (class sub-folders give the labels).
+
+Column names: when the image (label) column keeps its default name `image` (`label`) and the data has no such
+column, the one image-like (label-like) column is used instead, e.g. `jpg`/`png`/`webp` and `cls` of
+WebDataset shards, local or on the Hub (`timm/imagenet-1k-wds`). Image-like: an `Image` feature, or encoded
+bytes / paths under an image name (`jpg`, `png`, ...); label-like: a `ClassLabel`, or integers (or text / bytes
+of an integer, as a `.label` file gives) under a label name (`cls`, `label`, `labels`, `class`, `target`).
+Names passed explicitly are used as given. None or several candidates: the missing-column error below.
 
 Both splits are checked at once: a missing image/label column or an empty split raises `ValueError` naming
 it (and the columns that do exist), before any training starts.
@@ -72,8 +81,30 @@ def default_dataset_files() -> dict[str, list[str]]:
     return files
 
 
+# Column names (lower-cased) that say "images" / "integer labels" when the feature alone does not: WebDataset
+# columns are the file extensions, and encoded images in Parquet may be plain binary columns.
+IMAGE_COLUMN_NAMES = frozenset({"image", "img", "jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"})
+LABEL_COLUMN_NAMES = frozenset({"label", "labels", "cls", "class", "target"})
+DEFAULT_IMAGE_COLUMN = "image"
+DEFAULT_LABEL_COLUMN = "label"
+# Per-sample bookkeeping the `webdataset` builder adds: never images or labels.
+WEBDATASET_METADATA_COLUMNS = frozenset({"__key__", "__url__"})
+
+
 def _parquet_files(directory: Path) -> list[str]:
     return sorted(str(path) for path in directory.rglob("*.parquet"))
+
+
+def _tar_files(directory: Path) -> list[str]:
+    return sorted(str(path) for path in directory.rglob("*.tar"))
+
+
+def _folder_kind(directory: Path) -> str:
+    if _parquet_files(directory):
+        return "parquet"
+    if _tar_files(directory):
+        return "webdataset"
+    return "imagefolder"
 
 
 def _load_from_directories(
@@ -84,14 +115,22 @@ def _load_from_directories(
     for split, directory in directories.items():
         if not directory.is_dir():
             raise ValueError(f"{split} directory {str(directory)!r} does not exist or is not a directory")
-    parquet = {split: _parquet_files(directory) for split, directory in directories.items()}
-    if all(parquet.values()):
-        return (
-            datasets.load_dataset("parquet", data_files=parquet, streaming=streaming, cache_dir=cache_dir),
-            f"parquet shards in {', '.join(map(str, directories.values()))}",
+    kinds = {split: _folder_kind(directory) for split, directory in directories.items()}
+    if len(set(kinds.values())) > 1:
+        described = {"parquet": "Parquet shards", "webdataset": "WebDataset .tar shards", "imagefolder": "image files"}
+        raise ValueError(
+            "train_dir and validation_dir must hold the same kind of data (Parquet shards, WebDataset .tar shards or "
+            f"image files); got {', '.join(f'{split}: {described[kind]}' for split, kind in kinds.items())}"
         )
-    if any(parquet.values()):
-        raise ValueError("train_dir and validation_dir must both hold Parquet shards or both hold image files")
+    kind = next(iter(kinds.values()))
+    if kind != "imagefolder":
+        # One file per shard: the stream's shards are these files, which is what ranks and workers split.
+        list_files = _parquet_files if kind == "parquet" else _tar_files
+        data_files = {split: list_files(directory) for split, directory in directories.items()}
+        return (
+            datasets.load_dataset(kind, data_files=data_files, streaming=streaming, cache_dir=cache_dir),
+            f"{kind} shards in {', '.join(map(str, directories.values()))}",
+        )
     # One builder call over both folders, so class names (folder names) map to the same label ids in both.
     data_files = {split: str(directory / "**") for split, directory in directories.items()}
     try:
@@ -157,6 +196,75 @@ def _first_example(dataset: AnyDataset) -> dict[str, Any] | None:
     return next(iter(dataset.decode(False).take(1)), None)
 
 
+def _columns_and_features(dataset: AnyDataset) -> tuple[list[str] | None, dict[str, Any]]:
+    """Column names and their features (`{}` when unknown, e.g. a stream without schema: then one example is read)."""
+    columns = _column_names(dataset)
+    features = dict(dataset.features) if dataset.features is not None else {}
+    if columns is None:
+        stream = dataset.decode(False) if isinstance(dataset, datasets.IterableDataset) else None
+        first = None if stream is None else next(iter(stream.take(1)), None)
+        columns = None if first is None else list(first)
+    return columns, features
+
+
+def _is_image_like(name: str, feature: Any) -> bool:
+    if name in WEBDATASET_METADATA_COLUMNS:
+        return False
+    if isinstance(feature, datasets.Image):
+        return True
+    named = name.lower() in IMAGE_COLUMN_NAMES
+    return named and (feature is None or _can_hold_images(feature))
+
+
+def _is_label_like(name: str, feature: Any) -> bool:
+    if name in WEBDATASET_METADATA_COLUMNS:
+        return False
+    if isinstance(feature, datasets.ClassLabel):
+        return True
+    named = name.lower() in LABEL_COLUMN_NAMES
+    return named and (feature is None or _can_hold_labels(feature) or _is_text_or_bytes(feature))
+
+
+def _detected_column(
+    role: str, given: str | None, default: str, columns: list[str], candidates: list[str], split: str, source: str
+) -> str | None:
+    """`given`, or the one candidate when `given` is the default name and absent; several candidates: an error."""
+    if given is None or given != default or given in columns or not candidates:
+        return given  # explicit, present, or nothing to offer: `check_image_dataset` names a missing column
+    if len(candidates) > 1:
+        raise ValueError(
+            f"{role} column {given!r} not found in the {split} split of {source}; available columns: {columns}, of "
+            f"which {candidates} could all be the {role}s. Pass --{role}_column_name to choose one."
+        )
+    logger.info("using column %r of %s as the %s column (no %r column)", candidates[0], source, role, given)
+    return candidates[0]
+
+
+def resolve_column_names(
+    dataset: AnyDataset, image_column_name: str, label_column_name: str | None, source: str, split: str = TRAIN_SPLIT
+) -> tuple[str, str | None]:
+    """The image and label columns to use for `dataset`.
+
+    A name that is not the default (`image` / `label`), or that exists, is kept. A default name that does not
+    exist is replaced by the one image-like (label-like) column, e.g. `jpg` / `cls` of WebDataset shards.
+
+    Raises:
+        ValueError: a default name is absent and several columns could replace it (all named).
+    """
+    columns, features = _columns_and_features(dataset)
+    if columns is None:
+        return image_column_name, label_column_name  # an empty stream: `check_image_dataset` says so
+    images = [name for name in columns if _is_image_like(name, features.get(name))]
+    image_column_name = _detected_column(
+        "image", image_column_name, DEFAULT_IMAGE_COLUMN, columns, images, split, source
+    )
+    labels = [name for name in columns if name != image_column_name and _is_label_like(name, features.get(name))]
+    label_column_name = _detected_column(
+        "label", label_column_name, DEFAULT_LABEL_COLUMN, columns, labels, split, source
+    )
+    return image_column_name, label_column_name
+
+
 def check_image_dataset(
     dataset: AnyDataset, split: str, image_column_name: str, label_column_name: str | None, source: str
 ) -> None:
@@ -185,7 +293,9 @@ def check_image_dataset(
         )
     if label_column_name is not None and dataset.features is not None:
         label_feature = dataset.features.get(label_column_name)
-        if label_feature is not None and not _can_hold_labels(label_feature):
+        if label_feature is not None and not _can_hold_labels(label_feature) and not _holds_integer_text(
+            dataset, label_column_name, label_feature
+        ):
             raise ValueError(
                 f"label column {label_column_name!r} of the {split} split of {source} holds {_describe(label_feature)}, "
                 "not integer class labels. Pass --label_column_name with a label column, or --label_column_name none "
@@ -212,6 +322,27 @@ def _can_hold_labels(feature: Any) -> bool:
     return isinstance(feature, datasets.ClassLabel) or (
         isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
     )
+
+
+def _is_text_or_bytes(feature: Any) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype in ("binary", "large_binary", "string", "large_string")
+
+
+def _holds_integer_text(dataset: AnyDataset, column: str, feature: Any) -> bool:
+    """Whether a text/bytes label column holds integers written out (a WebDataset `.label` file: `b"3"`), which the
+    loaders turn into `int`; judged on the first example (read for a stream only in this case)."""
+    if not _is_text_or_bytes(feature):
+        return False
+    if isinstance(dataset, datasets.Dataset):
+        value = dataset[0][column] if len(dataset) else None
+    else:
+        first = next(iter(dataset.decode(False).take(1)), None)
+        value = None if first is None else first.get(column)
+    try:
+        int(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _label_names(dataset: AnyDataset, label_column_name: str | None) -> list[str] | None:
@@ -250,17 +381,21 @@ def load_image_dataset(
         dataset_name: Hub dataset id (e.g. `ILSVRC/imagenet-1k`, gated: pass `token=True` after accepting its
             terms). `None` with no directories -> the embedded default dataset.
         dataset_config_name: Hub dataset configuration.
-        train_dir / validation_dir: local folders with Parquet shards or class sub-folders of images.
+        train_dir / validation_dir: local folders with Parquet shards, WebDataset `.tar` shards or class
+            sub-folders of images.
         data_dir: local root with split sub-folders (`train/`, `val/` or `validation/`) for `imagefolder`.
         streaming: return `IterableDataset`s that read lazily (no download / Arrow copy).
-        image_column_name / label_column_name: columns to use; `label_column_name=None` for unlabelled data.
+        image_column_name / label_column_name: columns to use; `label_column_name=None` for unlabelled data. A
+            default name (`image` / `label`) the data lacks is replaced by its one image-like (label-like) column
+            (`resolve_column_names`); the result holds the names used.
         token: Hub token (`True` = the stored login).
         cache_dir: `datasets` cache folder.
         max_train_samples / max_eval_samples: keep only the first N examples (`take` when streaming).
         validation_split_name: split used for validation (ImageNet: `validation`; its `test` has no labels).
 
     Raises:
-        ValueError: conflicting sources, a missing folder, an empty split or a missing column (named).
+        ValueError: conflicting sources, a missing folder, an empty split, a missing column or several columns
+            that could replace a default name (named).
     """
     loaded, source = _load_source(
         dataset_name, dataset_config_name, train_dir, validation_dir, data_dir, streaming, token, cache_dir
@@ -272,6 +407,7 @@ def load_image_dataset(
     if validation is None:
         logger.warning("%s has no %r split (splits: %s); validation is None", source, validation_split_name,
                        list(loaded))
+    image_column_name, label_column_name = resolve_column_names(train, image_column_name, label_column_name, source)
     for split_name, dataset in ((TRAIN_SPLIT, train), (validation_split_name, validation)):
         if dataset is not None:
             check_image_dataset(dataset, split_name, image_column_name, label_column_name, source)

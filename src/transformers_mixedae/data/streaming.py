@@ -8,7 +8,9 @@ How to use them with Accelerate (the rules behind the code):
    before** `datasets.distributed.split_dataset_by_node`, so every rank draws a disjoint part of one
    permutation. Shard-level splitting needs `num_shards % world_size == 0` (ImageNet's 294 shards: world
    sizes 2, 3, 6, 7, 14, ...); otherwise every rank reads all shards and keeps every world_size-th example
-   (still disjoint, more I/O).
+   (still disjoint, more I/O). Likewise each rank's shards are divided among its DataLoader workers, so a
+   per-rank count that is not a multiple of the workers leaves some of them idle at the end of an epoch.
+   Both are logged (rank 0, once per stream layout) with the fix: `shard_split_warning`.
 2. Do **not** pass the loader to `accelerator.prepare`: the data is already split, and a prepared loader
    with `dispatch_batches=False` would split it again and silently drop half of it. Move batches with
    `{k: v.to(accelerator.device) for k, v in batch.items()}` instead.
@@ -256,6 +258,65 @@ def _as_stream(dataset: datasets.Dataset | datasets.IterableDataset, world_size:
     return dataset.to_iterable_dataset(num_shards=num_shards)
 
 
+def _next_multiple(value: int, factor: int) -> int:
+    return -(-value // factor) * factor
+
+
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
+def shard_split_warning(
+    num_shards: int, world_size: int, num_workers: int, name: str = "the data stream"
+) -> str | None:
+    """What is wasted when `num_shards` shards are split over `world_size` processes x `num_workers` DataLoader
+    workers each, and how to avoid it; `None` when the shards divide evenly.
+
+    Shards not a multiple of `world_size`: `split_dataset_by_node` cannot give each process its own shards, so
+    every process reads every shard and keeps every world_size-th example (world_size times the reading).
+    A process's shards not a multiple of its workers (as many as it has shards at most, see `_build_loader`):
+    workers with fewer shards finish early and idle while the others read on.
+    """
+    problems = []
+    if num_shards % world_size:
+        shards_per_rank = num_shards
+        problems.append(
+            f"{num_shards} is not a multiple of the {world_size} processes, so every process reads all {num_shards} "
+            f"shards and keeps one example in {world_size} ({world_size}x the reading). Re-shard the data into a "
+            f"multiple of {world_size} shards (e.g. {_next_multiple(num_shards, world_size)}), or launch a number of "
+            f"processes that divides {num_shards}"
+        )
+    else:
+        shards_per_rank = num_shards // world_size
+    workers = min(max(1, num_workers), shards_per_rank)
+    if shards_per_rank % workers:
+        readers = world_size * workers
+        problems.append(
+            f"each process's {shards_per_rank} shards do not divide among its {workers} DataLoader workers, so some "
+            f"workers run out of shards early and idle. Re-shard the data into a multiple of {readers} shards "
+            f"({_processes(world_size)} x {workers} workers; e.g. {_next_multiple(num_shards, readers)}), or set "
+            f"--dataloader_num_workers to a divisor of {shards_per_rank}"
+        )
+    if not problems:
+        return None
+    readers = _processes(world_size) + (f" x {num_workers} DataLoader workers" if num_workers else "")
+    return f"{name} has {num_shards} shards for {readers}: " + "; ".join(problems) + "."
+
+
+# Stream layouts already warned about in this process: evaluation rebuilds its loaders at every evaluation.
+_WARNED_SHARD_SPLITS: set[tuple[str, int, int, int]] = set()
+
+
+def _warn_about_shard_split(stream: datasets.IterableDataset, rank: int, world_size: int, num_workers: int) -> None:
+    split = getattr(stream, "split", None)
+    name = f"the {split} stream" if split else "the data stream"
+    message = shard_split_warning(stream.num_shards, world_size, num_workers, name)
+    key = (name, stream.num_shards, world_size, num_workers)
+    if message is not None and rank == 0 and key not in _WARNED_SHARD_SPLITS:
+        _WARNED_SHARD_SPLITS.add(key)
+        logger.warning(message)
+
+
 def _rank_stream(
     dataset: datasets.Dataset | datasets.IterableDataset,
     image_column_name: str,
@@ -267,6 +328,9 @@ def _rank_stream(
 ) -> datasets.IterableDataset:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    if isinstance(dataset, datasets.IterableDataset):
+        # Only the user's own shards (files): a map-style Dataset is cut into as many shards as suit the readers.
+        _warn_about_shard_split(dataset, rank, world_size, num_workers)
     stream = _image_column_undecoded(_as_stream(dataset, world_size, num_workers), image_column_name)
     if shuffle_seed is not None:
         # Same seed on every rank and before the split: one permutation, cut into disjoint parts.
