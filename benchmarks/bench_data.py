@@ -473,7 +473,7 @@ def _build_pretraining_data(args, mode: str, train_dir: Path, scratch: Path, num
     from accelerate import Accelerator
 
     from transformers_mixedae import MixedAEConfig
-    from transformers_mixedae.training.arguments import DataArguments, ModelArguments, PretrainingArguments
+    from transformers_mixedae.training.arguments import DataArguments, ModelArguments, TrainingArguments
     from transformers_mixedae.tasks.masked_image_modeling_data import PretrainingData
 
     config = MixedAEConfig(image_size=args.image_size, patch_size=16 if args.image_size >= 64 else 4)
@@ -484,8 +484,8 @@ def _build_pretraining_data(args, mode: str, train_dir: Path, scratch: Path, num
             ModelArguments(model_type=MODEL_TYPE),
             DataArguments(train_dir=str(train_dir), streaming=mode == "streaming", dataloader_num_workers=num_workers,
                           shuffle_buffer_size=args.shuffle_buffer_size),
-            PretrainingArguments(output_dir=str(scratch / "run"), per_device_train_batch_size=args.batch_size,
-                                 seed=args.seed),
+            TrainingArguments(output_dir=str(scratch / "run"), per_device_train_batch_size=args.batch_size,
+                              seed=args.seed),
             Accelerator(cpu=True),
         )
     return data, config

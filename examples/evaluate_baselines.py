@@ -13,18 +13,19 @@ import torch
 from accelerate import Accelerator
 
 import transformers_mixedae  # noqa: F401
-from transformers_mixedae.tasks.masked_image_modeling import build_pretraining_model
+from transformers_mixedae.tasks.masked_image_modeling import MaskedImageModelingTask, build_pretraining_model
 from transformers_mixedae.training.arguments import parse_run_arguments
 from transformers_mixedae.tasks.masked_image_modeling_data import PretrainingData, RawPixelFeatures
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, training_args = parse_run_arguments(argv)
+    model_args, data_args, training_args, evaluation_args = parse_run_arguments(argv)
+    MaskedImageModelingTask(model_args, data_args, training_args, evaluation_args)  # fills pre-training's defaults
     logging.basicConfig(level=logging.INFO)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     torch.manual_seed(training_args.seed)
     model = build_pretraining_model(model_args).to(accelerator.device)
-    data = PretrainingData(model, model_args, data_args, training_args, accelerator)
+    data = PretrainingData(model, model_args, data_args, training_args, accelerator, evaluation_args)
     results = {
         "raw_pixels": data.frozen_feature_metrics(RawPixelFeatures()),
         "random_init_encoder": data.frozen_feature_metrics(model),

@@ -23,9 +23,9 @@ from transformers_mixedae.training.loop import exit_status
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, training_args = parse_classification_arguments(argv)
+    model_args, data_args, training_args, classification_args = parse_classification_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    results = run_image_classification(model_args, data_args, training_args)
+    results = run_image_classification(model_args, data_args, training_args, classification_args)
     if results:
         print(json.dumps(results, indent=2, sort_keys=True))
     return results

@@ -21,9 +21,9 @@ from transformers_mixedae.training.arguments import parse_run_arguments
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, training_args = parse_run_arguments(argv)
+    model_args, data_args, training_args, evaluation_args = parse_run_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    results = run_pretraining(model_args, data_args, training_args)
+    results = run_pretraining(model_args, data_args, training_args, evaluation_args)
     if results:
         print(json.dumps(results, indent=2, sort_keys=True))
     return results

@@ -60,7 +60,12 @@ from transformers import HfArgumentParser
 
 from transformers_mixedae.models.presets import ViTSize
 from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
-from transformers_mixedae.training.arguments import DataArguments, ModelArguments, PretrainingArguments
+from transformers_mixedae.training.arguments import (
+    DataArguments,
+    ModelArguments,
+    PretrainingEvaluationArguments,
+    TrainingArguments,
+)
 from transformers_mixedae.training import LoopState, TrainingCallback
 
 RESULT_FILENAME = "ablate_result.json"
@@ -339,11 +344,11 @@ RUN_METRICS = ("eval_knn_accuracy", "eval_linear_probe_accuracy", "eval_loss", "
 
 def run_one(arm: Arm, size: SizePreset, steps: int, seed: int, run_dir: Path, probe_pixels: torch.Tensor) -> dict:
     argv = run_arguments(arm, size, steps, seed, run_dir)
-    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, PretrainingEvaluationArguments))
+    model_args, data_args, training_args, evaluation_args = parser.parse_args_into_dataclasses(args=argv)
     probe = TopkProbe(probe_pixels, probe_seed=seed)
     start = time.perf_counter()
-    results = run_pretraining(model_args, data_args, training_args, callbacks=[probe])
+    results = run_pretraining(model_args, data_args, training_args, evaluation_args, callbacks=[probe])
     wall_seconds = time.perf_counter() - start
     if results.get("stopped_by_signal"):
         raise RunInterrupted(f"{arm.name} seed {seed} was stopped by SIGTERM at step {results.get('train_steps')}")

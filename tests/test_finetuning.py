@@ -19,10 +19,9 @@ from transformers_mixedae.tasks.image_classification import (
     layer_decay_parameter_groups,
     run_image_classification,
 )
+from transformers_mixedae.training.arguments import DataArguments, ModelArguments, TrainingArguments
 from transformers_mixedae.tasks.image_classification_args import (
-    ClassificationDataArguments,
-    ClassificationModelArguments,
-    FinetuningArguments,
+    ClassificationArguments,
     parse_classification_arguments,
 )
 from transformers_mixedae.models.modeling_cae import CAEForPreTraining
@@ -48,12 +47,13 @@ def pretrained(tmp_path_factory):
 
 
 def arguments(checkpoint, output_dir, mode="finetune", **training):
-    model_args = ClassificationModelArguments(model_name_or_path=str(checkpoint), attn_implementation="eager")
-    data_args = ClassificationDataArguments(max_train_samples=64, max_eval_samples=32)
-    values = dict(output_dir=str(output_dir), mode=mode, per_device_train_batch_size=8, per_device_eval_batch_size=16,
+    model_args = ModelArguments(model_name_or_path=str(checkpoint), attn_implementation="eager")
+    data_args = DataArguments(max_train_samples=64, max_eval_samples=32)
+    values = dict(output_dir=str(output_dir), per_device_train_batch_size=8, per_device_eval_batch_size=16,
                   max_steps=2, logging_steps=1, seed=3)
     values.update(training)
-    return model_args, data_args, FinetuningArguments(**values)
+    classification = {key: values.pop(key) for key in list(values) if key in ClassificationArguments.__dataclass_fields__}
+    return model_args, data_args, TrainingArguments(**values), ClassificationArguments(mode=mode, **classification)
 
 
 @pytest.mark.parametrize("model_type", ["mixedae", "cae"])
@@ -129,19 +129,20 @@ def test_layer_decay_groups_have_the_right_learning_rates():
 
 
 def test_missing_label_column_is_named(tmp_path, pretrained):
-    model_args, data_args, training_args = arguments(pretrained / "mixedae", tmp_path)
+    model_args, data_args, training_args, classification_args = arguments(pretrained / "mixedae", tmp_path)
     data_args.label_column_name = "category"
     with pytest.raises(ValueError, match="label column 'category' not found.*--label_column_name"):
-        run_image_classification(model_args, data_args, training_args)
+        run_image_classification(model_args, data_args, training_args, classification_args)
 
 
 def test_recipe_defaults_and_explicit_flags(tmp_path):
-    _, _, args = parse_classification_arguments(["--recipe", "cae", "--layer_decay", "0.75", "--output_dir", "x"])
+    _, _, training_args, args = parse_classification_arguments(
+        ["--recipe", "cae", "--layer_decay", "0.75", "--output_dir", "x"])
     from transformers_mixedae.tasks.image_classification_args import resolve_recipe
 
-    resolve_recipe(None, args, "mixedae")
-    assert args.layer_decay == 0.75 and args.base_learning_rate == pytest.approx(8e-3 * 256 / 4096)
-    assert args.label_smoothing == 0.1 and args.weight_decay == 0.05
+    resolve_recipe(training_args, args, "mixedae")
+    assert args.layer_decay == 0.75 and training_args.base_learning_rate == pytest.approx(8e-3 * 256 / 4096)
+    assert args.label_smoothing == 0.1 and training_args.weight_decay == 0.05
 
 
 def test_resumed_fine_tuning_ends_with_the_same_weights(tmp_path, pretrained):

@@ -22,7 +22,8 @@ from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
 from transformers_mixedae.training.arguments import (
     DataArguments,
     ModelArguments,
-    PretrainingArguments,
+    PretrainingEvaluationArguments,
+    TrainingArguments,
     parse_config_overrides,
     parse_run_arguments,
 )
@@ -56,11 +57,12 @@ def arguments(output_dir, model_type="mixedae", **training):
         per_device_eval_batch_size=16,
         max_steps=4,
         logging_steps=1,
-        linear_probe_epochs=2,
         seed=3,
     )
     values.update(training)
-    return model_args, data_args, PretrainingArguments(**values)
+    evaluation = {key: values.pop(key) for key in list(values) if key in PretrainingEvaluationArguments.__dataclass_fields__}
+    evaluation.setdefault("linear_probe_epochs", 2)
+    return model_args, data_args, TrainingArguments(**values), PretrainingEvaluationArguments(**evaluation)
 
 
 @pytest.mark.parametrize("model_type", ["mixedae", "cae"])
@@ -162,25 +164,25 @@ def test_batch_size_must_be_a_multiple_of_the_group_size(tmp_path):
 
 
 def test_unknown_config_override_is_named(tmp_path):
-    model_args, data_args, training_args = arguments(tmp_path)
+    model_args, data_args, training_args, evaluation_args = arguments(tmp_path)
     model_args.config_overrides = "hidden_sise=32"
     with pytest.raises(ValueError, match=r"names 'hidden_sise', which is not a field of MixedAEConfig\. "
                                          r"Did you mean 'hidden_size'\?"):
-        run_pretraining(model_args, data_args, training_args)
+        run_pretraining(model_args, data_args, training_args, evaluation_args)
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_cae_tokens_without_tokenizer_says_how_to_fix(tmp_path):
-    model_args, data_args, training_args = arguments(tmp_path, "cae")
+    model_args, data_args, training_args, evaluation_args = arguments(tmp_path, "cae")
     model_args.config_overrides = TINY_CAE.replace("target=pixels", "target=tokens")
     with pytest.raises(ValueError, match="--cae_tokenizer_path .* target=pixels"):
-        run_pretraining(model_args, data_args, training_args)
+        run_pretraining(model_args, data_args, training_args, evaluation_args)
 
 
 def test_json_config_gives_defaults_and_flags_override_them(tmp_path):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"model_type": "cae", "image_size": 32, "per_device_train_batch_size": 16}))
-    model_args, data_args, training_args = parse_run_arguments([str(config), "--image_size", "48", "--streaming"])
+    model_args, data_args, training_args, _ = parse_run_arguments([str(config), "--image_size", "48", "--streaming"])
     assert model_args.model_type == "cae" and model_args.image_size == 48
     assert training_args.per_device_train_batch_size == 16 and data_args.streaming is True
     config.write_text(json.dumps({"image_sise": 32}))
@@ -194,9 +196,9 @@ def test_raw_pixel_and_random_encoder_baselines(tmp_path):
     from transformers_mixedae.tasks.masked_image_modeling import build_pretraining_model
     from transformers_mixedae.tasks.masked_image_modeling_data import PretrainingData, RawPixelFeatures
 
-    model_args, data_args, training_args = arguments(tmp_path)
+    model_args, data_args, training_args, evaluation_args = arguments(tmp_path)
     model = build_pretraining_model(model_args)
-    data = PretrainingData(model, model_args, data_args, training_args, Accelerator(cpu=True))
+    data = PretrainingData(model, model_args, data_args, training_args, Accelerator(cpu=True), evaluation_args)
     pixels = data.frozen_feature_metrics(RawPixelFeatures())
     encoder = data.frozen_feature_metrics(model)
     for results in (pixels, encoder):
@@ -241,7 +243,7 @@ def test_failed_final_save_leaves_the_previous_final_model_untouched(tmp_path, m
     from transformers_mixedae.tasks.masked_image_modeling import build_pretraining_model
     from transformers_mixedae.training import final_save
 
-    model_args, _, training_args = arguments(tmp_path)
+    model_args, _, training_args, _ = arguments(tmp_path)
     model = build_pretraining_model(model_args)
     previous = {"model.safetensors": b"previous weights", "all_results.json": b'{"eval_loss": 1.0}'}
     for name, content in previous.items():
@@ -265,7 +267,7 @@ def test_a_failing_model_card_comes_after_the_model_is_saved_and_says_so(tmp_pat
     from transformers_mixedae.tasks.masked_image_modeling import build_pretraining_model
     from transformers_mixedae.training import final_save
 
-    model_args, _, training_args = arguments(tmp_path)
+    model_args, _, training_args, _ = arguments(tmp_path)
     model = build_pretraining_model(model_args)
 
     def failing_card(*args, **kwargs):
@@ -318,9 +320,9 @@ def test_report_to_tensorboard_writes_the_training_and_evaluation_scalars(tmp_pa
 def test_the_saved_image_processor_is_derived_from_the_saved_model_config(tmp_path):
     from transformers import AutoImageProcessor
 
-    model_args, data_args, training_args = arguments(tmp_path, "cae", max_steps=1)
+    model_args, data_args, training_args, evaluation_args = arguments(tmp_path, "cae", max_steps=1)
     model_args.config_overrides += ",mask_type=random,mask_max_num_patches=6"
-    run_pretraining(model_args, data_args, training_args)
+    run_pretraining(model_args, data_args, training_args, evaluation_args)
     model = AutoModelForPreTraining.from_pretrained(tmp_path)
     processor = AutoImageProcessor.from_pretrained(tmp_path)
     config = model.config
@@ -339,7 +341,7 @@ def test_former_flag_names_still_work_with_a_warning_and_name_the_new_one(tmp_pa
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"checkpointing_steps": 5, "checkpoints_total_limit": None}))
     with pytest.warns(FutureWarning, match=r"--max_train_steps is deprecated; use --max_steps"):
-        model_args, _, training_args = parse_run_arguments(
+        model_args, _, training_args, _ = parse_run_arguments(
             [str(config), "--max_train_steps", "7", "--activation_checkpointing"])
     assert (training_args.max_steps, training_args.save_steps, training_args.save_total_limit) == (7, 5, None)
     assert model_args.gradient_checkpointing is True

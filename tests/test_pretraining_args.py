@@ -48,7 +48,7 @@ def test_max_steps_zero_stays_valid_and_fractional_epochs_are_accepted():
 
 @pytest.mark.parametrize("spelling", ["none", "None", "NULL", ""])
 def test_label_column_name_none_means_unlabelled_data(spelling):
-    _, data_args, _ = parse_run_arguments(["--label_column_name", spelling])
+    _, data_args, _, _ = parse_run_arguments(["--label_column_name", spelling])
     assert data_args.label_column_name is None
     assert parse_run_arguments(["--label_column_name", "fine_label"])[1].label_column_name == "fine_label"
 
@@ -135,7 +135,7 @@ INT_FLAGS = {
     "eval_steps": ("a whole number >= 1 (leave it out to turn it off)", 1),
     "shuffle_buffer_size": ("a whole number >= 1", 1),
 }
-ARGUMENT_GROUP = {"max_skipped_fraction": 1, "shuffle_buffer_size": 1}
+ARGUMENT_GROUP = {"max_skipped_fraction": 1, "shuffle_buffer_size": 1, "knn_temperature": 3}
 
 
 @settings(max_examples=60, deadline=None)
@@ -180,9 +180,9 @@ def test_segment_embedding_none_reaches_the_model_through_the_command_line(tmp_p
     argv = command_line(tmp_path, max_steps=1, max_train_samples=16)
     index = argv.index("--config_overrides") + 1
     argv[index] += ",segment_embedding=none"
-    model_args, data_args, training_args = parse_run_arguments(argv)
+    model_args, data_args, training_args, evaluation_args = parse_run_arguments(argv)
     assert isinstance(model_args, ModelArguments) and model_args.config_overrides.endswith(",segment_embedding=none")
-    results = run_pretraining(model_args, data_args, training_args)
+    results = run_pretraining(model_args, data_args, training_args, evaluation_args)
     assert results["train_steps"] == 1
     assert json.loads((tmp_path / "config.json").read_text())["segment_embedding"] == "none"
 
@@ -192,11 +192,11 @@ def test_a_json_config_s_overrides_and_the_command_line_s_layer_field_by_field(t
     config.write_text(json.dumps({"config_overrides": "hidden_size=64,num_hidden_layers=2", "image_size": 32}))
     for argv in (["--config_overrides", "hidden_size=128,segment_embedding=none"],
                  ["--config_overrides=hidden_size=128,segment_embedding=none"]):
-        model_args, _, _ = parse_run_arguments([str(config), *argv])
+        model_args, _, _, _ = parse_run_arguments([str(config), *argv])
         assert parse_config_overrides(model_args.config_overrides, MixedAEConfig) == {
             "hidden_size": 128, "num_hidden_layers": 2, "segment_embedding": "none"}
         assert model_args.image_size == 32
-    model_args, _, _ = parse_run_arguments([str(config)])
+    model_args, _, _, _ = parse_run_arguments([str(config)])
     assert model_args.config_overrides == "hidden_size=64,num_hidden_layers=2"
 
 
@@ -204,7 +204,7 @@ def test_a_json_config_s_overrides_and_the_command_line_s_layer_field_by_field(t
 def test_the_dash_spelling_of_config_overrides_also_layers_over_a_json_config(tmp_path, spelling):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"config_overrides": "hidden_size=64,num_hidden_layers=2"}))
-    model_args, _, _ = parse_run_arguments([str(config), spelling, "hidden_size=128"])
+    model_args, _, _, _ = parse_run_arguments([str(config), spelling, "hidden_size=128"])
     assert parse_config_overrides(model_args.config_overrides, MixedAEConfig) == {
         "hidden_size": 128, "num_hidden_layers": 2}
 

@@ -6,7 +6,12 @@ import hashlib
 import importlib.util
 from pathlib import Path
 
-from transformers_mixedae.training.arguments import DataArguments, ModelArguments, PretrainingArguments
+from transformers_mixedae.training.arguments import (
+    DataArguments,
+    ModelArguments,
+    PretrainingEvaluationArguments,
+    TrainingArguments,
+)
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 RUN_MIM = REPOSITORY / "examples" / "run_mim.py"
@@ -28,17 +33,21 @@ SETTINGS = dict(
 )
 MODEL_FIELDS = set(ModelArguments.__dataclass_fields__)
 DATA_FIELDS = set(DataArguments.__dataclass_fields__)
+EVALUATION_FIELDS = set(PretrainingEvaluationArguments.__dataclass_fields__)
 
 
 def arguments(output_dir, **overrides):
-    """The three argument groups of a tiny run (`SETTINGS` + overrides)."""
+    """The four argument groups of a tiny run (`SETTINGS` + overrides)."""
     values = {**SETTINGS, "output_dir": str(output_dir), **overrides}
     if values["model_type"] == "cae" and "config_overrides" not in overrides:
         values["config_overrides"] = TINY_CAE
     model = {key: value for key, value in values.items() if key in MODEL_FIELDS}
     data = {key: value for key, value in values.items() if key in DATA_FIELDS}
-    training = {key: value for key, value in values.items() if key not in MODEL_FIELDS | DATA_FIELDS}
-    return ModelArguments(**model), DataArguments(**data), PretrainingArguments(**training)
+    evaluation = {key: value for key, value in values.items() if key in EVALUATION_FIELDS}
+    training = {key: value for key, value in values.items()
+                if key not in MODEL_FIELDS | DATA_FIELDS | EVALUATION_FIELDS}
+    return (ModelArguments(**model), DataArguments(**data), TrainingArguments(**training),
+            PretrainingEvaluationArguments(**evaluation))
 
 
 def command_line(output_dir, **overrides) -> list[str]:

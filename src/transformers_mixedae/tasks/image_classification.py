@@ -36,14 +36,13 @@ from ..data import (
 )
 from ..evaluation.frozen_features import LINEAR_PROBE_BATCH_NORM_EPS, LINEAR_PROBE_INIT_STD, Accuracy, _gather_uneven
 from .image_classification_args import (
-    ClassificationDataArguments,
-    ClassificationModelArguments,
-    FinetuningArguments,
+    ClassificationArguments,
+    check_classification_data,
     recipe_drop_path_rate,
     resolve_recipe,
 )
 from ..training.output_folders import check_model_path
-from ..training.arguments import MODEL_TYPES, parse_config_overrides
+from ..training.arguments import MODEL_TYPES, DataArguments, ModelArguments, TrainingArguments, parse_config_overrides
 from .masked_image_modeling_data import (
     MAX_LISTED_SKIPPED_SAMPLES,
     DataState,
@@ -57,6 +56,7 @@ from ..training.optim import build_adamw, layer_decay_parameter_groups, layer_id
 
 logger = get_logger(__name__)
 
+DEFAULT_OUTPUT_DIR = "outputs/run_image_classification"
 DEFAULT_EVAL_DATASET = "zalando-datasets/fashion_mnist"  # Hub id of the data the embedded default is drawn from
 
 
@@ -68,7 +68,7 @@ def classification_class(model_type: str) -> type:
     return MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[CONFIG_MAPPING[model_type]]
 
 
-def checkpoint_model_type(model_args: ClassificationModelArguments) -> str:
+def checkpoint_model_type(model_args: ModelArguments) -> str:
     """The model type of `--model_name_or_path` (read from its config), or `--model_type` for a fresh model."""
     if model_args.model_name_or_path:
         check_model_path(model_args.model_name_or_path, "--model_name_or_path")
@@ -84,17 +84,19 @@ def checkpoint_model_type(model_args: ClassificationModelArguments) -> str:
 
 
 def build_classification_model(
-    model_args: ClassificationModelArguments, training_args: FinetuningArguments, model_type: str, label_names: list[str]
+    model_args: ModelArguments, classification_args: ClassificationArguments, model_type: str, label_names: list[str]
 ) -> PreTrainedModel:
     """`...ForImageClassification` from a checkpoint (any of ours; a new head for these labels) or from scratch;
     for linear probing with the BatchNorm + Linear head and a frozen encoder."""
     model_class = classification_class(model_type)
     overrides = parse_config_overrides(model_args.config_overrides, model_class.config_class)
-    for name in ("image_size", "patch_size", "classifier_pooling"):
+    for name in ("image_size", "patch_size"):
         if getattr(model_args, name) is not None:
             overrides[name] = getattr(model_args, name)
-    overrides.setdefault("drop_path_rate", recipe_drop_path_rate(training_args))
-    if training_args.mode == "linear_probe":
+    if classification_args.classifier_pooling is not None:
+        overrides["classifier_pooling"] = classification_args.classifier_pooling
+    overrides.setdefault("drop_path_rate", recipe_drop_path_rate(classification_args))
+    if classification_args.mode == "linear_probe":
         overrides.update(classifier_pooling="cls", drop_path_rate=0.0)
     labels = dict(
         num_labels=len(label_names),
@@ -109,7 +111,7 @@ def build_classification_model(
         )
     else:
         model = model_class(model_class.config_class(**overrides, **labels))
-    if training_args.mode == "linear_probe":
+    if classification_args.mode == "linear_probe":
         add_linear_probe_head(model)
     if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable()
@@ -149,7 +151,7 @@ class ClassificationData(PretrainingData):
     """Labelled train/validation data: RandomResizedCrop (0.08, 1) + flip for training, resize + centre crop for
     evaluation; per-rank loaders, seeding and resume positions as in pre-training (`PretrainingData`)."""
 
-    def __init__(self, data_args: ClassificationDataArguments, training_args: FinetuningArguments, accelerator):
+    def __init__(self, data_args: DataArguments, training_args: TrainingArguments, accelerator):
         self.data_args = data_args
         self.training_args = training_args
         self.accelerator = accelerator
@@ -259,18 +261,22 @@ class ImageClassificationTask(TrainingTask):
 
     def __init__(
         self,
-        model_args: ClassificationModelArguments,
-        data_args: ClassificationDataArguments,
-        training_args: FinetuningArguments,
+        model_args: ModelArguments,
+        data_args: DataArguments,
+        training_args: TrainingArguments,
+        classification_args: ClassificationArguments | None = None,
     ):
         super().__init__(training_args, model_args.model_name_or_path)
         self.model_args = model_args
         self.data_args = data_args
+        self.classification_args = classification_args = classification_args or ClassificationArguments()
+        check_classification_data(data_args)
+        training_args.output_dir = training_args.output_dir or DEFAULT_OUTPUT_DIR
         self.torch_compile = model_args.torch_compile
         self.model_type = checkpoint_model_type(model_args)
-        resolve_recipe(model_args, training_args, self.model_type)
-        self.name = training_args.mode
-        self.linear_probe = training_args.mode == "linear_probe"
+        resolve_recipe(training_args, classification_args, self.model_type)
+        self.name = classification_args.mode
+        self.linear_probe = classification_args.mode == "linear_probe"
         self.data: ClassificationData | None = None
 
     def check_arguments(self) -> None:
@@ -278,27 +284,29 @@ class ImageClassificationTask(TrainingTask):
 
     def build(self):
         self.data = ClassificationData(self.data_args, self.training_args, self.accelerator)
-        model = build_classification_model(self.model_args, self.training_args, self.model_type, self.data.label_names)
+        model = build_classification_model(
+            self.model_args, self.classification_args, self.model_type, self.data.label_names
+        )
         self.data.build_loaders(model.config)
         return model, self.data
 
     def warmup_steps(self, steps_per_epoch: int, max_train_steps: int) -> int:
-        args = self.training_args
-        if args.warmup_steps is not None:
-            return args.warmup_steps
-        return min(round(args.warmup_epochs * steps_per_epoch), max_train_steps // 2)
+        if self.training_args.warmup_steps is not None:
+            return self.training_args.warmup_steps
+        return min(round(self.classification_args.warmup_epochs * steps_per_epoch), max_train_steps // 2)
 
     def build_optimizer(self, model: PreTrainedModel, lr: float):
-        args = self.training_args
+        args, classification = self.training_args, self.classification_args
         if self.linear_probe:  # MAE's probe: SGD with momentum on the head alone
             groups = parameter_groups(model, args.weight_decay)
-            return torch.optim.SGD([group for group in groups if group["params"]], lr=lr, momentum=args.momentum)
-        groups = layer_decay_parameter_groups(model, args.weight_decay, lr, args.layer_decay)
+            return torch.optim.SGD([group for group in groups if group["params"]], lr=lr,
+                                   momentum=classification.momentum)
+        groups = layer_decay_parameter_groups(model, args.weight_decay, lr, classification.layer_decay)
         return build_adamw(groups, lr, (args.adam_beta1, args.adam_beta2))
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = model(pixel_values=batch["pixel_values"]).logits
-        return F.cross_entropy(logits.float(), batch["labels"], label_smoothing=self.training_args.label_smoothing)
+        return F.cross_entropy(logits.float(), batch["labels"], label_smoothing=self.classification_args.label_smoothing)
 
     def train_mode(self, model: torch.nn.Module) -> None:
         model.train()
@@ -319,19 +327,26 @@ class ImageClassificationTask(TrainingTask):
         )
 
     def description(self) -> str:
-        args = self.training_args
+        args = self.classification_args
         return f"{args.mode} ({args.recipe} recipe) of {self.model_type}, layer decay {args.layer_decay}"
 
+    def recipe_arguments(self) -> dict[str, Any]:
+        args = self.classification_args
+        return {"mode": args.mode, "layer_decay": args.layer_decay, "label_smoothing": args.label_smoothing,
+                "momentum": args.momentum}
+
     def tracker_config(self) -> dict[str, Any]:
-        return _flat_config(self.model_args, self.data_args, self.training_args)
+        return _flat_config(self.model_args, self.data_args, self.training_args, self.classification_args)
 
 
 def run_image_classification(
-    model_args: ClassificationModelArguments,
-    data_args: ClassificationDataArguments,
-    training_args: FinetuningArguments,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    classification_args: ClassificationArguments | None = None,
     accelerator: Accelerator | None = None,
     callbacks: tuple[TrainingCallback, ...] | list[TrainingCallback] = (),
 ) -> dict[str, Any]:
     """Fine-tune or linear-probe, evaluate, save. Returns the final metrics (also in `output_dir/all_results.json`)."""
-    return train(ImageClassificationTask(model_args, data_args, training_args), accelerator, callbacks)
+    task = ImageClassificationTask(model_args, data_args, training_args, classification_args)
+    return train(task, accelerator, callbacks)

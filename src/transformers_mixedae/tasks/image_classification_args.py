@@ -1,14 +1,14 @@
 # Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
-"""Command-line arguments of `examples/run_image_classification.py`: the pre-training dataclasses
-(`pretraining_args`) with the fine-tuning / linear-probing fields added and recipe-dependent defaults left unset
-(`None`), so that `--recipe` fills them and explicit flags win."""
+"""Command-line arguments of `examples/run_image_classification.py`: the shared model, data and training arguments
+(`training.arguments`) composed with `ClassificationArguments`, the fields only fine-tuning and linear probing have.
+Recipe-dependent defaults are left unset (`None`), so that `--recipe` fills them and explicit flags win."""
 
 from dataclasses import dataclass, field
 
 from ..training.arguments import (
     DataArguments,
     ModelArguments,
-    PretrainingArguments,
+    TrainingArguments,
     _check_optional,
     _finite,
     check_argument,
@@ -39,43 +39,13 @@ RECIPE_DEFAULTS[("linear_probe", "cae")] = RECIPE_DEFAULTS[("linear_probe", "mae
 
 
 @dataclass
-class ClassificationModelArguments(ModelArguments):
-    model_type: str | None = field(
-        default=None,
-        metadata={
-            "help": "mixedae or cae: the model to build from scratch when no --model_name_or_path is given. With a "
-            "checkpoint the type is read from its config (and must match when given)."
-        },
-    )
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "A MixedAE/CAE checkpoint (pre-training, encoder or classifier; folder or Hub id)."},
-    )
-    classifier_pooling: str | None = field(
-        default=None,
-        metadata={"help": "mean (+ fc_norm, MAE/CAE fine-tuning; the config default) or cls. Linear probing uses cls."},
-    )
+class ClassificationArguments:
+    """What only image classification has: the protocol, its recipe, and the head."""
 
-
-@dataclass
-class ClassificationDataArguments(DataArguments):
-    label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels (required)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation samples."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_argument(self.label_column_name is not None, "label_column_name", "none",
-                       "image classification trains on labels; name the column that holds them")
-
-
-@dataclass
-class FinetuningArguments(PretrainingArguments):
-    output_dir: str = field(default="outputs/run_image_classification", metadata={"help": "Results and checkpoints."})
     mode: str = field(default="finetune", metadata={"help": f"One of {MODES}."})
     recipe: str | None = field(
         default=None, metadata={"help": f"Hyper-parameter preset, one of {RECIPES} (default: cae for CAE, mae for MixedAE)."}
     )
-    weight_decay: float | None = field(default=None, metadata={"help": "Weight decay (recipe: 0.05; probe 0)."})
     layer_decay: float | None = field(
         default=None, metadata={"help": "Layer-wise lr decay: layer i gets lr * decay**(L + 1 - i) (recipe 0.65)."}
     )
@@ -84,10 +54,12 @@ class FinetuningArguments(PretrainingArguments):
         default=None, metadata={"help": "Warm-up in epochs when --warmup_steps is not set (recipe 5; probe 10)."}
     )
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum of the linear probe."})
-    save_visualizations: bool = field(default=False, metadata={"help": "Unused by classification."})
+    classifier_pooling: str | None = field(
+        default=None,
+        metadata={"help": "mean (+ fc_norm, MAE/CAE fine-tuning; the config default) or cls. Linear probing uses cls."},
+    )
 
     def __post_init__(self):
-        super().__post_init__()
         check_argument(self.mode in MODES, "mode", self.mode, f"choose one of {MODES}")
         if self.recipe is not None:
             check_argument(self.recipe in RECIPES, "recipe", self.recipe, f"choose one of {RECIPES}")
@@ -99,27 +71,37 @@ class FinetuningArguments(PretrainingArguments):
                        "a number in [0, 1)")
 
 
-def resolve_recipe(model_args: ClassificationModelArguments, training_args: FinetuningArguments, model_type: str):
-    """Fill the recipe defaults into every unset field (and the drop path into the config overrides); returns the
-    recipe used."""
+def resolve_recipe(
+    training_args: TrainingArguments, classification_args: ClassificationArguments, model_type: str
+) -> str:
+    """Fill the recipe's defaults into every unset field of both argument groups (the drop path goes into the model
+    config, see `recipe_drop_path_rate`); returns the recipe used."""
     # --mode and --recipe were checked when the arguments were made.
-    recipe = training_args.recipe or ("cae" if model_type == "cae" else "mae")  # MixedAE fine-tunes as MAE
-    for name, value in RECIPE_DEFAULTS[(training_args.mode, recipe)].items():
+    recipe = classification_args.recipe or ("cae" if model_type == "cae" else "mae")  # MixedAE fine-tunes as MAE
+    for name, value in RECIPE_DEFAULTS[(classification_args.mode, recipe)].items():
         if name == "drop_path_rate":
             continue
-        if getattr(training_args, name) is None:
-            setattr(training_args, name, value)
-    training_args.recipe = recipe
+        arguments = classification_args if hasattr(classification_args, name) else training_args
+        if getattr(arguments, name) is None:
+            setattr(arguments, name, value)
+    classification_args.recipe = recipe
     return recipe
 
 
-def recipe_drop_path_rate(training_args: FinetuningArguments) -> float:
-    return RECIPE_DEFAULTS[(training_args.mode, training_args.recipe)]["drop_path_rate"]
+def recipe_drop_path_rate(classification_args: ClassificationArguments) -> float:
+    return RECIPE_DEFAULTS[(classification_args.mode, classification_args.recipe)]["drop_path_rate"]
 
 
-def parse_classification_arguments(argv: list[str] | None = None):
-    """`[config.json] [--flag value ...]` -> (ClassificationModelArguments, ClassificationDataArguments,
-    FinetuningArguments)."""
-    return parse_run_arguments(
-        argv, dataclass_types=(ClassificationModelArguments, ClassificationDataArguments, FinetuningArguments)
+def check_classification_data(data_args: DataArguments) -> None:
+    check_argument(data_args.label_column_name is not None, "label_column_name", "none",
+                   "image classification trains on labels; name the column that holds them")
+
+
+def parse_classification_arguments(argv: list[str] | None = None) -> tuple:
+    """`[config.json] [--flag value ...]` -> (ModelArguments, DataArguments, TrainingArguments,
+    ClassificationArguments)."""
+    parsed = parse_run_arguments(
+        argv, dataclass_types=(ModelArguments, DataArguments, TrainingArguments, ClassificationArguments)
     )
+    check_classification_data(parsed[1])
+    return parsed

@@ -13,10 +13,21 @@ from accelerate import Accelerator
 from transformers import CONFIG_MAPPING, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_PRETRAINING_MAPPING
 
-from ..training.arguments import MODEL_TYPES, DataArguments, ModelArguments, PretrainingArguments, parse_config_overrides
+from ..training.arguments import (
+    MODEL_TYPES,
+    DataArguments,
+    ModelArguments,
+    PretrainingEvaluationArguments,
+    TrainingArguments,
+    parse_config_overrides,
+)
 from ..training.loop import TrainingCallback, TrainingTask, _flat_config, exit_status, train
 from ..training.optim import build_adamw, parameter_groups
 
+DEFAULT_MODEL_TYPE = "mixedae"
+DEFAULT_OUTPUT_DIR = "outputs/run_mim"
+DEFAULT_WEIGHT_DECAY = 0.05  # MAE and CAE pre-training
+DEFAULT_MAX_EVAL_SAMPLES = 2000  # kNN / linear-probe queries and eval loss
 # AdamW's beta2 of each method's pre-training recipe (MAE: 0.95; CAE: 0.999), when --adam_beta2 is not given.
 DEFAULT_ADAM_BETA2 = {"mixedae": 0.95, "cae": 0.999}
 
@@ -55,10 +66,24 @@ class MaskedImageModelingTask(TrainingTask):
     name = "pre-training"
     tracker_project = "run_mim"
 
-    def __init__(self, model_args: ModelArguments, data_args: DataArguments, training_args: PretrainingArguments):
+    def __init__(
+        self,
+        model_args: ModelArguments,
+        data_args: DataArguments,
+        training_args: TrainingArguments,
+        evaluation_args: PretrainingEvaluationArguments | None = None,
+    ):
         super().__init__(training_args, model_args.model_name_or_path)
+        # The shared arguments' unset fields, with pre-training's defaults.
+        model_args.model_type = model_args.model_type or DEFAULT_MODEL_TYPE
+        training_args.output_dir = training_args.output_dir or DEFAULT_OUTPUT_DIR
+        if training_args.weight_decay is None:
+            training_args.weight_decay = DEFAULT_WEIGHT_DECAY
+        if data_args.max_eval_samples is None:
+            data_args.max_eval_samples = DEFAULT_MAX_EVAL_SAMPLES
         self.model_args = model_args
         self.data_args = data_args
+        self.evaluation_args = evaluation_args or PretrainingEvaluationArguments()
         self.torch_compile = model_args.torch_compile
 
     def check_arguments(self) -> None:
@@ -69,7 +94,8 @@ class MaskedImageModelingTask(TrainingTask):
         from .masked_image_modeling_data import PretrainingData
 
         model = build_pretraining_model(self.model_args)
-        data = PretrainingData(model, self.model_args, self.data_args, self.training_args, self.accelerator)
+        data = PretrainingData(model, self.model_args, self.data_args, self.training_args, self.accelerator,
+                               self.evaluation_args)
         return model, data
 
     def build_optimizer(self, model: PreTrainedModel, lr: float):
@@ -81,18 +107,20 @@ class MaskedImageModelingTask(TrainingTask):
         return f"Training {self.model_args.model_type}"
 
     def tracker_config(self) -> dict[str, Any]:
-        return _flat_config(self.model_args, self.data_args, self.training_args)
+        return _flat_config(self.model_args, self.data_args, self.training_args, self.evaluation_args)
 
 
 def run_pretraining(
     model_args: ModelArguments,
     data_args: DataArguments,
-    training_args: PretrainingArguments,
+    training_args: TrainingArguments,
+    evaluation_args: PretrainingEvaluationArguments | None = None,
     accelerator: Accelerator | None = None,
     callbacks: tuple[TrainingCallback, ...] | list[TrainingCallback] = (),
 ) -> dict[str, Any]:
     """Pre-train, evaluate, save. Returns the final metrics (also written to `output_dir/all_results.json`)."""
-    return train(MaskedImageModelingTask(model_args, data_args, training_args), accelerator, callbacks)
+    task = MaskedImageModelingTask(model_args, data_args, training_args, evaluation_args)
+    return train(task, accelerator, callbacks)
 
 
 __all__ = ["MaskedImageModelingTask", "build_pretraining_model", "exit_status", "pretraining_classes", "run_pretraining"]

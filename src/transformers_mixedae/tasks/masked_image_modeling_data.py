@@ -32,7 +32,7 @@ from ..data import (
 )
 from ..evaluation.frozen_features import evaluate_frozen_features, extract_features
 from ..models.modeling_mixedae import mixing_assignment
-from ..training.arguments import DataArguments, ModelArguments, PretrainingArguments
+from ..training.arguments import DataArguments, ModelArguments, PretrainingEvaluationArguments, TrainingArguments
 from ..training.records import SKIPPED_SAMPLES_NAME, write_skipped_samples
 from ..evaluation.visualization import mixed_samples, save_homologous_attention_figure, save_reconstruction_grid, to_display
 
@@ -104,7 +104,7 @@ class DataState:
         self.stats.reasons = Counter(own.get("reasons", {}))
 
 
-def load_run_datasets(data_args: DataArguments, training_args: PretrainingArguments):
+def load_run_datasets(data_args: DataArguments, training_args: TrainingArguments):
     """The train / validation splits the dataset arguments of `run_mim.py` and `run_image_classification.py` name."""
     return load_image_dataset(
         dataset_name=data_args.dataset_name,
@@ -128,8 +128,9 @@ class PretrainingData:
         model,
         model_args: ModelArguments,
         data_args: DataArguments,
-        training_args: PretrainingArguments,
+        training_args: TrainingArguments,
         accelerator: Accelerator,
+        evaluation_args: PretrainingEvaluationArguments | None = None,
     ):
         self.model_type = model.config.model_type  # selects the augmentation preset
         # What the model's config says the pipeline must add to `pixel_values` (no branch on the model's name):
@@ -137,6 +138,7 @@ class PretrainingData:
         # the config's target is "tokens" (CAE's official setting).
         self.draws_masks = hasattr(model.config, "mask_type")
         self.config = model.config
+        self.evaluation_args = evaluation_args or PretrainingEvaluationArguments()
         self.data_args = data_args
         self.training_args = training_args
         self.accelerator = accelerator
@@ -372,9 +374,9 @@ class PretrainingData:
             query_features,
             query_labels,
             num_classes=self.datasets.num_labels,
-            knn_k=self.training_args.knn_k,
-            knn_temperature=self.training_args.knn_temperature,
-            epochs=self.training_args.linear_probe_epochs,
+            knn_k=self.evaluation_args.knn_k,
+            knn_temperature=self.evaluation_args.knn_temperature,
+            epochs=self.evaluation_args.linear_probe_epochs,
             seed=self.training_args.seed,
         )
 
@@ -411,7 +413,7 @@ class PretrainingData:
                 count = inputs["pixel_values"].shape[0]
                 total[0] += outputs.loss.detach().double() * count
                 total[1] += count
-            if index == 0 and self.training_args.save_visualizations and self.accelerator.is_main_process:
+            if index == 0 and self.evaluation_args.save_visualizations and self.accelerator.is_main_process:
                 self._save_pictures(model, inputs, outputs, step)
         total = self.accelerator.reduce(total, reduction="sum")
         return {"eval_loss": float(total[0] / total[1])} if total[1] > 0 else {}

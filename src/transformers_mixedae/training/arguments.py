@@ -90,7 +90,13 @@ def _none_if_spelled_none(value: str | None) -> str | None:
 
 @dataclass
 class ModelArguments:
-    model_type: str = field(default="mixedae", metadata={"help": f"Which method to pre-train: one of {MODEL_TYPES}."})
+    model_type: str | None = field(
+        default=None,
+        metadata={
+            "help": f"One of {MODEL_TYPES}: the model to build from scratch (pre-training: mixedae when not given). With "
+            "--model_name_or_path, image classification reads it from the checkpoint (and checks it when given)."
+        },
+    )
     model_name_or_path: str | None = field(
         default=None,
         metadata={
@@ -149,8 +155,11 @@ class DataArguments:
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
-    train_dir: str | None = field(default=None, metadata={"help": "Local imagefolder with the training images."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Local imagefolder for validation."})
+    train_dir: str | None = field(
+        default=None,
+        metadata={"help": "Local folder of training images (class sub-folders), Parquet shards or WebDataset .tar shards."},
+    )
+    validation_dir: str | None = field(default=None, metadata={"help": "Local folder for validation (as --train_dir)."})
     streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it."})
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column_name: str | None = field(
@@ -162,7 +171,11 @@ class DataArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training samples."})
     max_eval_samples: int | None = field(
-        default=2000, metadata={"help": "Validation samples used for kNN/linear-probe queries and eval loss."}
+        default=None,
+        metadata={
+            "help": "Validation samples to evaluate on (pre-training: the kNN / linear-probe queries and eval loss, "
+            "2000 when not given; image classification: all when not given)."
+        },
     )
     max_eval_train_samples: int | None = field(
         default=5000,
@@ -194,8 +207,14 @@ class DataArguments:
 
 
 @dataclass
-class PretrainingArguments:
-    output_dir: str = field(default="outputs/run_mim", metadata={"help": "Where checkpoints and results go."})
+class TrainingArguments:
+    """What every task's run shares: the loop, its schedule, checkpoints, logging and the Hub. Names follow
+    transformers' `TrainingArguments` where a field means the same thing."""
+
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where checkpoints and results go (default: outputs/run_mim or outputs/run_image_classification)."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -213,7 +232,10 @@ class PretrainingArguments:
     learning_rate: float | None = field(
         default=None, metadata={"help": "Absolute learning rate (CAE's recipe uses 1.5e-3); overrides the base rate."}
     )
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases and norms)."})
+    weight_decay: float | None = field(
+        default=None,
+        metadata={"help": "Weight decay, not on biases and norms (default: pre-training 0.05; classification: recipe)."},
+    )
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float | None = field(default=None, metadata={"help": "AdamW beta2 (default 0.95 MAE, 0.999 CAE)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers get_scheduler name."})
@@ -243,9 +265,6 @@ class PretrainingArguments:
         },
     )
     eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (and always at the end)."})
-    knn_k: int = field(default=20, metadata={"help": "Neighbours of the weighted kNN classifier (DINO: 20)."})
-    knn_temperature: float = field(default=0.07, metadata={"help": "Temperature of the kNN vote (DINO: 0.07)."})
-    linear_probe_epochs: int = field(default=30, metadata={"help": "Epochs of the linear probe on cached features."})
     max_consecutive_nonfinite_steps: int = field(
         default=5, metadata={"help": "Stop after this many optimizer steps in a row with a non-finite loss/gradient."}
     )
@@ -253,13 +272,12 @@ class PretrainingArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model to the Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository for --push_to_hub."})
     hub_token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
-    save_visualizations: bool = field(default=True, metadata={"help": "Write PNG grids at every evaluation."})
 
     def __post_init__(self):
         _apply_deprecated_aliases(self)
         self.resume_from_checkpoint = _none_if_spelled_none(self.resume_from_checkpoint)
         positive_counts = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                           "logging_steps", "knn_k", "linear_probe_epochs", "max_consecutive_nonfinite_steps")
+                           "logging_steps", "max_consecutive_nonfinite_steps")
         for name in positive_counts:
             check_argument(_positive_int(getattr(self, name)), name, getattr(self, name), "a whole number >= 1")
         _check_optional(self, ("save_steps", "eval_steps", "save_total_limit"), _positive_int,
@@ -268,7 +286,7 @@ class PretrainingArguments:
                         "a whole number of optimizer steps >= 0 (0 evaluates the model as built, without training)")
         check_argument(_finite(self.num_train_epochs) and self.num_train_epochs > 0, "num_train_epochs",
                        self.num_train_epochs, "a number of epochs > 0 (fractions allowed), or set --max_steps")
-        _check_optional(self, ("learning_rate", "base_learning_rate", "max_grad_norm", "knn_temperature"),
+        _check_optional(self, ("learning_rate", "base_learning_rate", "max_grad_norm"),
                         lambda value: _finite(value) and value > 0, "a number > 0")
         _check_optional(self, ("weight_decay",), lambda value: _finite(value) and value >= 0, "a number >= 0")
         _check_optional(self, ("adam_beta1", "adam_beta2"), lambda value: _finite(value) and 0 <= value < 1,
@@ -282,6 +300,23 @@ class PretrainingArguments:
         schedulers = [scheduler.value for scheduler in SchedulerType]
         check_argument(self.lr_scheduler_type in schedulers, "lr_scheduler_type", self.lr_scheduler_type,
                        f"choose one of {schedulers}")
+
+
+@dataclass
+class PretrainingEvaluationArguments:
+    """How masked-image-modelling runs judge their encoder: weighted kNN and a linear probe on frozen features, and the
+    pictures drawn at each evaluation."""
+
+    knn_k: int = field(default=20, metadata={"help": "Neighbours of the weighted kNN classifier (DINO: 20)."})
+    knn_temperature: float = field(default=0.07, metadata={"help": "Temperature of the kNN vote (DINO: 0.07)."})
+    linear_probe_epochs: int = field(default=30, metadata={"help": "Epochs of the linear probe on cached features."})
+    save_visualizations: bool = field(default=True, metadata={"help": "Write PNG grids at every evaluation."})
+
+    def __post_init__(self):
+        for name in ("knn_k", "linear_probe_epochs"):
+            check_argument(_positive_int(getattr(self, name)), name, getattr(self, name), "a whole number >= 1")
+        check_argument(_finite(self.knn_temperature) and self.knn_temperature > 0, "knn_temperature",
+                       self.knn_temperature, "a number > 0")
 
 
 _TOP_LEVEL_COMMA = re.compile(r",(?![^\[\]\(\)\{\}]*[\]\)\}])")
@@ -379,8 +414,9 @@ def merge_config_overrides(*layers: str | None) -> str | None:
 
 
 def parse_run_arguments(
-    argv: list[str] | None = None, dataclass_types: tuple = (ModelArguments, DataArguments, PretrainingArguments)
-) -> tuple[ModelArguments, DataArguments, PretrainingArguments]:
+    argv: list[str] | None = None,
+    dataclass_types: tuple = (ModelArguments, DataArguments, TrainingArguments, PretrainingEvaluationArguments),
+) -> tuple:
     """Parse `[config.json] [--flag value ...]` into `dataclass_types`: the JSON file (if first) gives defaults,
     flags override them field by field, also inside `--config_overrides`."""
     from transformers import HfArgumentParser

@@ -94,6 +94,10 @@ class TrainingTask:
         """What is trained, for the start-of-run log line."""
         return self.name
 
+    def recipe_arguments(self) -> dict[str, Any]:
+        """The task's own arguments that a resumed run must keep (see `resume.check_resume_recipe`)."""
+        return {}
+
     def tracker_config(self) -> dict[str, Any]:
         """The hyper-parameters `--report_to` trackers record."""
         return _flat_config(self.training_args)
@@ -262,7 +266,7 @@ def train(
     scheduler = get_scheduler(
         args.lr_scheduler_type, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_train_steps
     )
-    recipe = run_recipe(model, args, world_size, lr, max_train_steps, warmup_steps)
+    recipe = run_recipe(model, args, world_size, lr, max_train_steps, warmup_steps, task.recipe_arguments())
     model, optimizer = accelerator.prepare(model, optimizer)
     if getattr(task, "torch_compile", False):
         model = torch.compile(model)

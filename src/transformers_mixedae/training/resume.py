@@ -44,17 +44,20 @@ def prepare_run_folders(
 # Training arguments whose change on resume changes the optimisation (a checkpoint records them).
 RECIPE_ARGUMENTS = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "weight_decay", "adam_beta1",
-    "adam_beta2", "max_grad_norm", "seed", "mode", "layer_decay", "label_smoothing", "momentum",
+    "adam_beta2", "max_grad_norm", "seed",
 )
 
 
 def run_recipe(
     model: PreTrainedModel, training_args: Any, world_size: int, lr: float, max_train_steps: int,
-    warmup_steps: int,
+    warmup_steps: int, task_arguments: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the model (type, parameter shapes, config) and the recipe."""
+    """What a checkpoint must match to be resumed: the model (type, parameter shapes, config) and the recipe (the
+    shared training arguments that shape the optimisation, and the task's own, `task_arguments`)."""
+    from transformers import PreTrainedConfig
+
     config = model.config
-    own_fields = vars(type(config)).get("__annotations__", {})
+    own_fields = sorted(set(type(config).__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__))
     recipe = {
         "model_type": config.model_type,
         "parameter_shapes": {name: list(tensor.shape) for name, tensor in model.state_dict().items()},
@@ -63,7 +66,8 @@ def run_recipe(
         "learning_rate": lr,
         "max_train_steps": max_train_steps,
         "warmup_steps": warmup_steps,
-        **{name: getattr(training_args, name) for name in RECIPE_ARGUMENTS if hasattr(training_args, name)},
+        **{name: getattr(training_args, name) for name in RECIPE_ARGUMENTS},
+        **(task_arguments or {}),
     }
     return json.loads(json.dumps(recipe, default=str))  # as a checkpoint's run_state.json gives it back
 
