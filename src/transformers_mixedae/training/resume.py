@@ -57,7 +57,10 @@ def run_recipe(
     from transformers import PreTrainedConfig
 
     config = model.config
-    own_fields = sorted(set(type(config).__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__))
+    own_fields = sorted(
+        name for name in set(type(config).__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+        if not name.startswith("_")  # bookkeeping of the config class, not a setting
+    )
     recipe = {
         "model_type": config.model_type,
         "parameter_shapes": {name: list(tensor.shape) for name, tensor in model.state_dict().items()},
