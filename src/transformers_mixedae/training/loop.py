@@ -13,7 +13,8 @@ same for every task:
 * logging (console, `train_log.jsonl`, `--report_to` trackers), periodic and final evaluation;
 * atomic checkpoints and exact resume (weights, optimizer, schedule, RNG, data position), SIGTERM (checkpoint and
   exit 143), the skipped-samples report, and the final save with image processor and model card;
-* callbacks (`TrainingCallback`) that see every log, evaluation and checkpoint, for experiments that record more.
+* callbacks (`TrainingCallback`) that see every log, evaluation and checkpoint, for experiments that record more;
+* an exponential moving average of the weights when the task sets `model_ema_decay` (`training.ema`).
 """
 
 import math
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
 from .checkpointing import resolve_checkpoint
+from .ema import ModelEma, evaluate_ema, finish_ema
 from .records import TRAIN_LOG_NAME, TrainLog, write_skipped_samples
 from .final_save import log_evaluation, save_then_evaluate
 from .optim import effective_learning_rate
@@ -57,6 +59,8 @@ class TrainingTask:
 
     name = "training"  # the progress bar's label
     tracker_project = "run"  # the `--report_to` project name
+    model_ema_decay: float | None = None  # keep an EMA of the weights (`training.ema`), saved as output_dir/ema/
+    model_ema_eval = False  # evaluate the EMA weights too (`eval_ema_*`)
 
     def __init__(self, training_args: Any, model_name_or_path: str | None = None):
         self.training_args = training_args
@@ -268,11 +272,13 @@ def train(
     )
     recipe = run_recipe(model, args, world_size, lr, max_train_steps, warmup_steps, task.recipe_arguments())
     model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    ema = ModelEma(unwrapped, task.model_ema_decay) if task.model_ema_decay is not None else None
     if getattr(task, "torch_compile", False):
         model = torch.compile(model)
     progress = TrainingProgress()
     # The scheduler is stepped by hand once per optimizer step (accelerate would step it once per process).
-    accelerator.register_for_checkpointing(scheduler, progress, data.state)
+    accelerator.register_for_checkpointing(scheduler, progress, data.state, *([ema] if ema is not None else []))
 
     resume_if_requested(accelerator, checkpoint, progress, recipe, args.allow_recipe_change)
     train_log = TrainLog(output_dir / TRAIN_LOG_NAME, enabled=accelerator.is_main_process)
@@ -322,6 +328,8 @@ def train(
                     if accelerator.sync_gradients:
                         if gradients_are_finite(accelerator, model, args.max_grad_norm):
                             optimizer.step()
+                            if ema is not None:
+                                ema.update(unwrapped)
                             progress.consecutive_nonfinite_steps = 0
                             window_loss += step_loss  # skipped steps stay out of the logged and final losses
                             window_batches += step_batches
@@ -373,6 +381,8 @@ def train(
 
                 if args.eval_steps and progress.completed_steps % args.eval_steps == 0:
                     eval_results = data.evaluate(model, step=progress.completed_steps)
+                    if ema is not None and task.model_ema_eval:
+                        eval_results.update(evaluate_ema(ema, data, progress.completed_steps))
                     accelerator.log(eval_results, step=progress.completed_steps)
                     log_evaluation(progress.completed_steps, eval_results)
                     for callback in callbacks:
@@ -405,6 +415,9 @@ def train(
     task.before_save(accelerator.unwrap_model(model))
     results = save_then_evaluate(accelerator, model, data, output_dir, results, eval_results, progress.completed_steps,
                                  args, card_kwargs=task.card_kwargs())
+    if ema is not None:
+        results = finish_ema(accelerator, ema, task, data, model, output_dir, results, progress.completed_steps,
+                             evaluate=task.model_ema_eval)
     accelerator.end_training()
     return results
 
