@@ -1,6 +1,7 @@
 # Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
 """Optimizers of the training tasks: AdamW groups as MAE and CAE (no decay on biases and norms), layer-wise
-learning-rate decay (BEiT/MAE fine-tuning), and the learning rate scaled by the global batch."""
+learning-rate decay (BEiT/MAE fine-tuning), LARS (MAE's linear probe), and the learning rate scaled by the global
+batch."""
 
 import torch
 from torch import nn
@@ -29,6 +30,56 @@ def build_adamw(
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al. 2017) as MAE's linear probe uses it: SGD with momentum whose update of each matrix is scaled
+    by a trust ratio.
+
+    For each parameter `p` with gradient `g`: when `p.ndim > 1`, `g = g + weight_decay * p` and
+    `g = g * trust_coefficient * ||p|| / ||g||` (the ratio is 1 when either norm is 0); biases and other 1-D
+    parameters (norms) get neither decay nor the ratio. Then `mu = momentum * mu + g` and `p -= lr * mu`. Groups
+    may set their own `lr`, `weight_decay`, `momentum` and `trust_coefficient`; the state (`mu`) is checkpointed like
+    any optimizer's.
+    """
+
+    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
+                 trust_coefficient: float = 0.001):
+        for name, value, low in (("lr", lr, 0.0), ("weight_decay", weight_decay, 0.0), ("momentum", momentum, 0.0),
+                                 ("trust_coefficient", trust_coefficient, 0.0)):
+            if not value >= low:
+                raise ValueError(f"LARS {name} {value!r} is not valid: a number >= {low}.")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                      trust_coefficient=trust_coefficient))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                gradient = parameter.grad
+                if gradient is None:
+                    continue
+                if parameter.ndim > 1:
+                    gradient = gradient.add(parameter, alpha=group["weight_decay"])
+                    parameter_norm = torch.linalg.vector_norm(parameter)
+                    gradient_norm = torch.linalg.vector_norm(gradient)
+                    ratio = torch.where(
+                        (parameter_norm > 0) & (gradient_norm > 0),
+                        group["trust_coefficient"] * parameter_norm / gradient_norm,
+                        torch.ones_like(parameter_norm),
+                    )
+                    gradient = gradient.mul(ratio)
+                state = self.state[parameter]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(parameter)
+                buffer = state["mu"]
+                buffer.mul_(group["momentum"]).add_(gradient)
+                parameter.add_(buffer, alpha=-group["lr"])
+        return loss
 
 
 def effective_learning_rate(learning_rate: float | None, base_learning_rate: float | None, total_batch_size: int) -> float:
