@@ -183,3 +183,31 @@ def test_finetuning_keeps_the_records_pretraining_keeps_and_logs_a_skipped_windo
     assert log[0]["loss"] is None and all(isinstance(record["loss"], float) for record in log[1:])
     report = json.loads((tmp_path / "skipped_samples.json").read_text())
     assert report["num_skipped"] == 0 and report["num_loaded"] == results["train_loaded_samples"] == 24
+
+
+def test_linear_probe_with_lars_finishes_and_each_optimizer_is_built(tmp_path, pretrained):
+    from transformers_mixedae.tasks.image_classification import ImageClassificationTask, build_classification_model
+    from transformers_mixedae.training.optim import LARS
+
+    results = run_image_classification(*arguments(pretrained / "mixedae", tmp_path, "linear_probe", optimizer="lars",
+                                                  max_steps=3))
+    assert results["train_steps"] == 3 and results["train_skipped_nonfinite_steps"] == 0
+    assert 0 <= results["eval_accuracy"] <= 1 and results["train_loss"] == results["train_loss"]
+    model = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert model.config.classifier_pooling == "cls" and isinstance(model.classifier, nn.Linear)
+
+    expected = {("linear_probe", None): torch.optim.SGD, ("finetune", None): torch.optim.AdamW,
+                ("linear_probe", "lars"): LARS, ("finetune", "sgd"): torch.optim.SGD,
+                ("linear_probe", "adamw"): torch.optim.AdamW}
+    for (mode, optimizer), optimizer_class in expected.items():
+        model_args, data_args, training_args, classification_args = arguments(
+            pretrained / "mixedae", tmp_path / "unused", mode, **({"optimizer": optimizer} if optimizer else {}))
+        task = ImageClassificationTask(model_args, data_args, training_args, classification_args)
+        model = build_classification_model(model_args, classification_args, "mixedae", ["a", "b"])
+        built = task.build_optimizer(model, 0.1)
+        assert type(built) is optimizer_class, (mode, optimizer)
+        trained = {id(p) for group in built.param_groups for p in group["params"]}
+        assert trained == {id(p) for p in model.parameters() if p.requires_grad}
+        if mode == "linear_probe":
+            assert {group["weight_decay"] for group in built.param_groups} == {0.0}
+            assert [len(group["params"]) for group in built.param_groups] == [1, 1]  # the Linear's weight, its bias

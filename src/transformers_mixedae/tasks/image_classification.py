@@ -6,12 +6,14 @@
   decay**(L + 1 - id)), drop path, warm-up + cosine and label smoothing.
 * `--mode linear_probe` (MAE protocol): the encoder is frozen (eval mode, no drop path, `requires_grad=False`), the
   head is `BatchNorm1d(D, affine=False, eps=1e-6)` + Linear (trunc-normal std 0.01) on the final-norm [CLS] token,
-  trained with SGD. At the end the BatchNorm (running statistics) is folded into the Linear, so the saved model is
-  a plain `...ForImageClassification` with `classifier_pooling="cls"` giving the same logits.
+  trained with SGD (or MAE's LARS, `--optimizer lars`). At the end the BatchNorm (running statistics) is folded into
+  the Linear, so the saved model is a plain `...ForImageClassification` with `classifier_pooling="cls"` giving the
+  same logits.
 
 Both are one task of the training engine (`training.loop`), which owns the loop, checkpoints, resume, logging and
 the final save; the task states the model, its data (`ClassificationData`), the optimizer, the cross-entropy loss,
-the frozen encoder of the probe, and the BatchNorm folding before the save.
+the frozen encoder of the probe, and the BatchNorm folding before the save. `--model_ema` turns on the engine's
+moving average of the weights (`training.ema`), saved as `output_dir/ema/`.
 """
 
 from pathlib import Path
@@ -52,7 +54,7 @@ from .masked_image_modeling_data import (
     load_run_datasets,
 )
 from ..training.loop import TrainingCallback, TrainingTask, _flat_config, train
-from ..training.optim import build_adamw, layer_decay_parameter_groups, layer_id, parameter_groups
+from ..training.optim import LARS, build_adamw, layer_decay_parameter_groups, layer_id, parameter_groups
 
 logger = get_logger(__name__)
 
@@ -277,6 +279,8 @@ class ImageClassificationTask(TrainingTask):
         resolve_recipe(training_args, classification_args, self.model_type)
         self.name = classification_args.mode
         self.linear_probe = classification_args.mode == "linear_probe"
+        self.model_ema_decay = classification_args.model_ema_decay if classification_args.model_ema else None
+        self.model_ema_eval = classification_args.model_ema_eval
         self.data: ClassificationData | None = None
 
     def check_arguments(self) -> None:
@@ -297,12 +301,15 @@ class ImageClassificationTask(TrainingTask):
 
     def build_optimizer(self, model: PreTrainedModel, lr: float):
         args, classification = self.training_args, self.classification_args
-        if self.linear_probe:  # MAE's probe: SGD with momentum on the head alone
-            groups = parameter_groups(model, args.weight_decay)
-            return torch.optim.SGD([group for group in groups if group["params"]], lr=lr,
-                                   momentum=classification.momentum)
-        groups = layer_decay_parameter_groups(model, args.weight_decay, lr, classification.layer_decay)
-        return build_adamw(groups, lr, (args.adam_beta1, args.adam_beta2))
+        if self.linear_probe:  # MAE's probe: the head alone (SGD with momentum by default, LARS in the paper)
+            groups = [group for group in parameter_groups(model, args.weight_decay) if group["params"]]
+        else:
+            groups = layer_decay_parameter_groups(model, args.weight_decay, lr, classification.layer_decay)
+        if classification.optimizer == "adamw":
+            return build_adamw(groups, lr, (args.adam_beta1, args.adam_beta2))
+        if classification.optimizer == "lars":  # no decay nor trust ratio on biases and 1-D parameters
+            return LARS(groups, lr=lr, momentum=classification.momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=classification.momentum)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = model(pixel_values=batch["pixel_values"]).logits
@@ -328,12 +335,15 @@ class ImageClassificationTask(TrainingTask):
 
     def description(self) -> str:
         args = self.classification_args
-        return f"{args.mode} ({args.recipe} recipe) of {self.model_type}, layer decay {args.layer_decay}"
+        ema = f", EMA decay {args.model_ema_decay}" if args.model_ema else ""
+        return (f"{args.mode} ({args.recipe} recipe) of {self.model_type}, {args.optimizer}, layer decay "
+                f"{args.layer_decay}{ema}")
 
     def recipe_arguments(self) -> dict[str, Any]:
         args = self.classification_args
         return {"mode": args.mode, "layer_decay": args.layer_decay, "label_smoothing": args.label_smoothing,
-                "momentum": args.momentum}
+                "momentum": args.momentum, "optimizer": args.optimizer,
+                "model_ema_decay": args.model_ema_decay if args.model_ema else None}
 
     def tracker_config(self) -> dict[str, Any]:
         return _flat_config(self.model_args, self.data_args, self.training_args, self.classification_args)

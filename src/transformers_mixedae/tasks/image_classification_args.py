@@ -17,22 +17,24 @@ from ..training.arguments import (
 
 MODES = ("finetune", "linear_probe")
 RECIPES = ("mae", "cae")
+OPTIMIZERS = ("sgd", "adamw", "lars")
 
 # Defaults per (mode, recipe) from the MAE and CAE papers, applied to every field still None. Learning rates are base
 # rates: lr = base_learning_rate * global batch / 256 (CAE: 8e-3 at batch 4096 -> 5e-4).
 RECIPE_DEFAULTS = {
     ("finetune", "mae"): dict(
         base_learning_rate=5e-4, layer_decay=0.65, weight_decay=0.05, drop_path_rate=0.1, label_smoothing=0.1,
-        warmup_epochs=5.0, adam_beta2=0.999,
+        warmup_epochs=5.0, adam_beta2=0.999, optimizer="adamw",
     ),
     ("finetune", "cae"): dict(
         base_learning_rate=8e-3 * 256 / 4096, layer_decay=0.65, weight_decay=0.05, drop_path_rate=0.1,
-        label_smoothing=0.1, warmup_epochs=5.0, adam_beta2=0.999,
+        label_smoothing=0.1, warmup_epochs=5.0, adam_beta2=0.999, optimizer="adamw",
     ),
-    # MAE linear probe: LARS in the paper; SGD with momentum 0.9 here (one linear layer), no decay, 10 warm-up epochs.
+    # MAE linear probe: LARS in the paper (--optimizer lars); SGD with momentum 0.9 by default (one linear layer), no
+    # decay, 10 warm-up epochs.
     ("linear_probe", "mae"): dict(
         base_learning_rate=0.1, layer_decay=1.0, weight_decay=0.0, drop_path_rate=0.0, label_smoothing=0.0,
-        warmup_epochs=10.0, adam_beta2=0.999,
+        warmup_epochs=10.0, adam_beta2=0.999, optimizer="sgd",
     ),
 }
 RECIPE_DEFAULTS[("linear_probe", "cae")] = RECIPE_DEFAULTS[("linear_probe", "mae")]
@@ -53,7 +55,20 @@ class ClassificationArguments:
     warmup_epochs: float | None = field(
         default=None, metadata={"help": "Warm-up in epochs when --warmup_steps is not set (recipe 5; probe 10)."}
     )
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum of the linear probe."})
+    momentum: float = field(default=0.9, metadata={"help": "Momentum of --optimizer sgd and lars."})
+    optimizer: str | None = field(
+        default=None,
+        metadata={"help": f"One of {OPTIMIZERS} (default: adamw for finetune, sgd for linear_probe). lars is MAE's "
+                          "linear-probe optimizer (trust coefficient 0.001; biases and 1-D parameters plain momentum SGD)."},
+    )
+    model_ema: bool = field(
+        default=False,
+        metadata={"help": "Keep an exponential moving average of the weights, saved at the end as output_dir/ema/."},
+    )
+    model_ema_decay: float = field(default=0.9999, metadata={"help": "Decay of --model_ema, in (0, 1)."})
+    model_ema_eval: bool = field(
+        default=False, metadata={"help": "Evaluate the --model_ema weights too (reported as eval_ema_accuracy ...)."}
+    )
     classifier_pooling: str | None = field(
         default=None,
         metadata={"help": "mean (+ fc_norm, MAE/CAE fine-tuning; the config default) or cls. Linear probing uses cls."},
@@ -69,6 +84,12 @@ class ClassificationArguments:
         _check_optional(self, ("warmup_epochs",), lambda value: _finite(value) and value >= 0, "a number >= 0")
         check_argument(_finite(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum,
                        "a number in [0, 1)")
+        if self.optimizer is not None:
+            check_argument(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"choose one of {OPTIMIZERS}")
+        check_argument(_finite(self.model_ema_decay) and 0 < self.model_ema_decay < 1, "model_ema_decay",
+                       self.model_ema_decay, "a number in (0, 1), e.g. 0.9999")
+        check_argument(self.model_ema or not self.model_ema_eval, "model_ema_eval", self.model_ema_eval,
+                       "it evaluates the EMA weights; pass --model_ema too")
 
 
 def resolve_recipe(
