@@ -51,6 +51,7 @@ RUN_RECORD_ARTIFACTS = (
     "visualizations",
     "run_mim",  # the tensorboard trackers' folders (`init_trackers(<task's project>)` with `project_dir=output_dir`)
     "run_image_classification",
+    "ema",  # the averaged model of a run with --model_ema
 )
 # Also ours, but not proof of an earlier result: a README.md may be the user's own, `.tmp-*` are the leftovers of an
 # interrupted write (never read), and a `checkpoints/` folder without `step_*` holds no checkpoint.
