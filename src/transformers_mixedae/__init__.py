@@ -10,8 +10,15 @@ from .models.configuration_mixedae import MixedAEConfig
 from .models.image_processing_cae import CAEImageProcessor, CAEImageProcessorPil
 from .models.image_processing_mixedae import MixedAEImageProcessor, MixedAEImageProcessorPil
 from .models.masking import BlockMaskGenerator, MaskingDataCollator, RandomMaskGenerator
-from .models.modeling_cae import CAEForImageClassification, CAEForPreTraining, CAEModel, CAEPreTrainedModel
+from .models.modeling_cae import (
+    CAEBackbone,
+    CAEForImageClassification,
+    CAEForPreTraining,
+    CAEModel,
+    CAEPreTrainedModel,
+)
 from .models.modeling_mixedae import (
+    MixedAEBackbone,
     MixedAEForImageClassification,
     MixedAEForPreTraining,
     MixedAEMixing,
@@ -27,6 +34,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "BlockMaskGenerator",
+    "CAEBackbone",
     "CAEConfig",
     "CAEForImageClassification",
     "CAEForPreTraining",
@@ -35,6 +43,7 @@ __all__ = [
     "CAEModel",
     "CAEPreTrainedModel",
     "MaskingDataCollator",
+    "MixedAEBackbone",
     "MixedAEConfig",
     "MixedAEForImageClassification",
     "MixedAEForPreTraining",

@@ -2,6 +2,7 @@
 """Registration of our models with the transformers Auto classes (per process, done at package import)."""
 
 from transformers import (
+    AutoBackbone,
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
@@ -13,15 +14,24 @@ from ..models.configuration_cae import CAEConfig
 from ..models.configuration_mixedae import MixedAEConfig
 from ..models.image_processing_cae import CAEImageProcessor, CAEImageProcessorPil
 from ..models.image_processing_mixedae import MixedAEImageProcessor, MixedAEImageProcessorPil
-from ..models.modeling_cae import CAEForImageClassification, CAEForPreTraining, CAEModel
-from ..models.modeling_mixedae import MixedAEForImageClassification, MixedAEForPreTraining, MixedAEModel
+from ..models.modeling_cae import CAEBackbone, CAEForImageClassification, CAEForPreTraining, CAEModel
+from ..models.modeling_mixedae import (
+    MixedAEBackbone,
+    MixedAEForImageClassification,
+    MixedAEForPreTraining,
+    MixedAEModel,
+)
 
 
-def _register_model_family(config_class, base_model, pretraining_model, classification_model, processors) -> None:
+def _register_model_family(
+    config_class, base_model, pretraining_model, classification_model, backbone, processors
+) -> None:
     AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
     AutoModel.register(config_class, base_model, exist_ok=True)
     AutoModelForPreTraining.register(config_class, pretraining_model, exist_ok=True)
     AutoModelForImageClassification.register(config_class, classification_model, exist_ok=True)
+    # `load_backbone` (UperNet, DPT, Mask2Former, ...) builds `backbone_config` through AutoBackbone.
+    AutoBackbone.register(config_class, backbone, exist_ok=True)
     AutoImageProcessor.register(config_class, image_processor_classes=processors, exist_ok=True)
 
 
@@ -43,6 +53,7 @@ def register_auto_classes() -> None:
         MixedAEModel,
         MixedAEForPreTraining,
         MixedAEForImageClassification,
+        MixedAEBackbone,
         {"torchvision": MixedAEImageProcessor, "pil": MixedAEImageProcessorPil},
     )
     _register_model_family(
@@ -50,5 +61,6 @@ def register_auto_classes() -> None:
         CAEModel,
         CAEForPreTraining,
         CAEForImageClassification,
+        CAEBackbone,
         {"torchvision": CAEImageProcessor, "pil": CAEImageProcessorPil},
     )

@@ -2,8 +2,9 @@
 """What the MixedAE and CAE configurations share.
 
 Both describe a ViT encoder with frozen 2-D sin-cos positions and a decoder of `decoder_hidden_size` width:
-`MaskedViTConfig` holds the encoder fields, the sizes derived from them, their checks, and the check that a loaded
-config describes the right model family. The check helpers raise a `ValueError` naming the field and its value.
+`MaskedViTConfig` holds the encoder fields, the sizes derived from them, the backbone fields (`out_features` /
+`out_indices` over the stages "stem", "stage1".."stageL", `backbone_multi_scale`), their checks, and the check that a
+loaded config describes the right model family. The check helpers raise a `ValueError` naming the field and its value.
 
 This module only imports from `transformers` and `huggingface_hub`, so it can be shipped as flat remote code next to
 the configuration files.
@@ -13,6 +14,7 @@ import os
 
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneConfigMixin
 from transformers.configuration_utils import CONFIG_NAME
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -99,10 +101,28 @@ def check_config_model_type(
     )
 
 
-class MaskedViTConfig(PreTrainedConfig):
+# The multi-scale adapter turns exactly this many encoder stages into strides patch_size / 4, / 2, x 1 and x 2
+# (4, 8, 16 and 32 for 16-pixel patches).
+MULTI_SCALE_NUM_STAGES = 4
+
+
+class MaskedViTConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     The encoder fields of `MixedAEConfig` and `CAEConfig` (documented there), with their checks. A subclass is a
     `@strict` config that adds its own fields and names its own sizes in `size_fields` and `width_head_fields`.
+
+    The backbone fields, used by `MixedAEBackbone` / `CAEBackbone` only (as `BeitConfig` / `ViTDetConfig`):
+
+    Args:
+        out_features (`list[str]`, *optional*):
+            Stages whose feature maps the backbone returns, among `stage_names`: "stem" (the patch embeddings with
+            positions) and "stage1".."stageL" (the output of encoder layer i). Defaults to the last stage.
+        out_indices (`list[int]`, *optional*):
+            The same stages by index in `stage_names` (0 is "stem"); aligned with `out_features` when both are given.
+        backbone_multi_scale (`bool`, defaults to `False`):
+            Turn the 4 chosen stages (all at stride `patch_size`) into strides 4, 8, 16 and 32 with the adapter
+            BEiT/MAE/CAE use for dense heads (for `patch_size=16`: 4x up, 2x up, identity, 2x down). Needs exactly
+            4 `out_indices`.
     """
 
     # Model types besides `model_type` whose config dicts this class reads.
@@ -127,6 +147,31 @@ class MaskedViTConfig(PreTrainedConfig):
     patch_size: int = 16
     num_channels: int = 3
     qkv_bias: bool = True
+    backbone_multi_scale: bool = False
+    # Set from the `out_features` / `out_indices` keywords by `set_output_features_output_indices` (BackboneConfigMixin),
+    # which aligns them with each other and with `stage_names`; `to_dict` writes them without the underscore.
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        # `stage_names` follows `num_hidden_layers` (a property): a saved copy in config.json is not read back.
+        kwargs.pop("stage_names", None)
+        try:
+            self.set_output_features_output_indices(
+                out_features=kwargs.pop("out_features", None), out_indices=kwargs.pop("out_indices", None)
+            )
+        except ValueError as error:
+            raise ValueError(
+                f"{error}: with num_hidden_layers={self.num_hidden_layers} the stages are 'stem' (index 0, the patch "
+                f"embeddings) and 'stage1'..'stage{self.num_hidden_layers}' (index i, the output of layer i); pass "
+                "distinct stages in increasing order."
+            ) from error
+        super().__post_init__(**kwargs)
+
+    @property
+    def stage_names(self) -> list[str]:
+        """The backbone stages: "stem" (patch embeddings) then "stage1".."stageL" (the encoder layers)."""
+        return ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
 
     # ------------------------------------------------------------------ derived quantities
     @property
@@ -152,6 +197,15 @@ class MaskedViTConfig(PreTrainedConfig):
             probability_fields=("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"),
         )
         check_vit_geometry(self, self.width_head_fields)
+
+    def validate_backbone(self):
+        if self.backbone_multi_scale and len(self._out_indices) != MULTI_SCALE_NUM_STAGES:
+            raise ValueError(
+                f"backbone_multi_scale=True turns exactly {MULTI_SCALE_NUM_STAGES} stages into 4x up-sampled, 2x "
+                f"up-sampled, unchanged and 2x down-sampled maps, got out_indices={self._out_indices}: pass 4 indices "
+                f"(e.g. [3, 5, 7, 11] for 12 layers; num_hidden_layers={self.num_hidden_layers}) or "
+                "backbone_multi_scale=False."
+            )
 
     # ------------------------------------------------------------------ loading
     @classmethod

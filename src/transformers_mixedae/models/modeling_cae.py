@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import transformers.initialization as init
 from torch import nn
+from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.processing_utils import Unpack
@@ -30,7 +31,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_cae import CAEConfig
 from .masking import mask_generator_from_config, stack_masks
-from .modeling_masked_vit import ImageClassifierOnEncoder, MaskedViTPreTrainedModel, hub_kwargs
+from .modeling_masked_vit import BackboneOnEncoder, ImageClassifierOnEncoder, MaskedViTPreTrainedModel, hub_kwargs
 from .vit_layers import (
     DropPath,
     ViTAttention,
@@ -657,7 +658,21 @@ class CAEForImageClassification(ImageClassifierOnEncoder, CAEPreTrainedModel):
         return model
 
 
+@auto_docstring(
+    custom_intro="CAE encoder as a transformers backbone: feature maps of chosen layers on every patch (no masking), "
+    "for dense heads such as UperNet; optionally the multi-scale adapter (strides 4-32). Same features as "
+    "`BeitBackbone` on the BEiT export (`hub.export.convert_cae_to_beit`)."
+)
+class CAEBackbone(BackboneOnEncoder, BackboneMixin, CAEPreTrainedModel):
+    def __init__(self, config: CAEConfig):
+        super().__init__(config)
+        self.cae = CAEModel(config, add_final_layernorm=False)
+        self.add_backbone_neck(config)
+        self.post_init()
+
+
 __all__ = [
+    "CAEBackbone",
     "CAEForImageClassification",
     "CAEForPreTraining",
     "CAEModel",

@@ -4,7 +4,8 @@
 `MaskedViTPreTrainedModel` holds the class settings of both families (pixel inputs, the attention backends of
 `ViTAttention`, hidden states and attentions recorded from `ViTLayer` / `ViTAttention`) and turns a corrupt weight
 file into an error that names it. `ImageClassifierOnEncoder` is the `...ForImageClassification` part: a linear
-classifier on the mean patch token (+ `fc_norm`) or on [CLS].
+classifier on the mean patch token (+ `fc_norm`) or on [CLS]. `BackboneOnEncoder` is the `...Backbone` part:
+`(B, D, H/p, W/p)` feature maps from chosen encoder layers, optionally through `MultiScaleNeck` (strides p/4 .. 2p).
 
 This module only imports from `transformers`, `torch`, `huggingface_hub`, `safetensors` and sibling modules, so it
 can be shipped as flat remote code next to the modeling files.
@@ -18,7 +19,8 @@ from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.backbone_utils import filter_output_hidden_states
+from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
 from transformers.processing_utils import Unpack
 from transformers.utils import SAFE_WEIGHTS_NAME, TransformersKwargs, auto_docstring
 from transformers.utils.generic import can_return_tuple
@@ -125,6 +127,90 @@ class ImageClassifierOnEncoder:
         loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
         return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class MultiScaleNeck(nn.Module):
+    """The adapter BEiT, MAE and CAE put between a plain ViT and a dense head (UperNet, Mask R-CNN): four maps at the
+    patch stride p become strides p/4, p/2, p and 2p (4, 8, 16, 32 for 16-pixel patches).
+
+    p/4: two stride-2 transposed convolutions with BatchNorm and GELU between them; p/2: one transposed convolution;
+    p: identity; 2p: 2x2 max-pooling. Widths stay `hidden_size`; the head's own lateral convolutions adapt them.
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.upsample_4x = nn.Sequential(
+            nn.ConvTranspose2d(hidden_size, hidden_size, kernel_size=2, stride=2),
+            nn.BatchNorm2d(hidden_size),
+            nn.GELU(),
+            nn.ConvTranspose2d(hidden_size, hidden_size, kernel_size=2, stride=2),
+        )
+        self.upsample_2x = nn.ConvTranspose2d(hidden_size, hidden_size, kernel_size=2, stride=2)
+        self.downsample_2x = nn.MaxPool2d(kernel_size=2, stride=2)
+
+    def forward(self, feature_maps: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        # (B, D, h, w) each -> (B, D, 4h, 4w), (B, D, 2h, 2w), (B, D, h, w), (B, D, h // 2, w // 2)
+        first, second, third, fourth = feature_maps
+        return self.upsample_4x(first), self.upsample_2x(second), third, self.downsample_2x(fourth)
+
+
+def tokens_to_feature_map(hidden_state: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """`(B, 1 + h*w, D)` encoder tokens ([CLS] first, patches in raster order) -> `(B, D, h, w)`."""
+    batch_size, _, hidden_size = hidden_state.shape
+    return hidden_state[:, 1:, :].transpose(1, 2).reshape(batch_size, hidden_size, grid[0], grid[1])
+
+
+class BackboneOnEncoder:
+    """The `...Backbone` part of both families, mixed into `BackboneMixin` and a `MaskedViTPreTrainedModel` subclass
+    whose `__init__` builds the encoder (`base_model`, without its final LayerNorm: BEiT/ViTDet backbones and the
+    official dense fine-tuning take the block outputs) and then calls `add_backbone_neck`.
+
+    Stage 0 ("stem") is the patch embeddings with positions, stage i the output of encoder layer i; every stage has
+    `hidden_size` channels at stride `patch_size`, unless `config.backbone_multi_scale` turns the 4 chosen ones into
+    strides p/4, p/2, p and 2p.
+    """
+
+    def add_backbone_neck(self, config) -> None:
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.multi_scale = MultiScaleNeck(config.hidden_size) if config.backbone_multi_scale else None
+
+    @can_return_tuple
+    @filter_output_hidden_states
+    @auto_docstring
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput:
+        r"""
+        Any input size works whose height and width are multiples of `patch_size`: the encoder's position
+        embeddings follow the patch grid. Returns `feature_maps`, one `(batch_size, hidden_size, height / p, width / p)`
+        map per stage of `config.out_features` (or the 4 multi-scale maps).
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from transformers import AutoBackbone
+        >>> from transformers_mixedae import MixedAEConfig
+        >>> config = MixedAEConfig(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=4,
+        ...     num_attention_heads=4, intermediate_size=128, out_indices=[2, 4])
+        >>> backbone = AutoBackbone.from_config(config)
+        >>> [tuple(feature_map.shape) for feature_map in backbone(torch.randn(1, 3, 48, 32)).feature_maps]
+        [(1, 64, 12, 8), (1, 64, 12, 8)]
+        ```
+        """
+        grid = (pixel_values.shape[2] // self.config.patch_size, pixel_values.shape[3] // self.config.patch_size)
+        # Dense tasks train and infer at sizes other than the pre-training one, so positions always follow the grid.
+        kwargs.pop("interpolate_pos_encoding", None)
+        outputs = self.base_model(pixel_values, interpolate_pos_encoding=True, **kwargs)
+        # hidden_states: the embeddings output, then every layer's output, as `stage_names`.
+        feature_maps = tuple(
+            tokens_to_feature_map(hidden_state, grid)
+            for stage, hidden_state in zip(self.stage_names, outputs.hidden_states)
+            if stage in self.out_features
+        )
+        if self.multi_scale is not None:
+            feature_maps = self.multi_scale(feature_maps)
+        return BackboneOutput(
+            feature_maps=feature_maps, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
 

@@ -22,13 +22,14 @@ from functools import partial
 import torch
 import transformers.initialization as init
 from torch import nn
+from transformers.backbone_utils import BackboneMixin
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, auto_docstring, logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_mixedae import MixedAEConfig
-from .modeling_masked_vit import ImageClassifierOnEncoder, MaskedViTPreTrainedModel, hub_kwargs
+from .modeling_masked_vit import BackboneOnEncoder, ImageClassifierOnEncoder, MaskedViTPreTrainedModel, hub_kwargs
 from .vit_layers import (
     ViTEmbeddings,
     ViTLayer,
@@ -458,7 +459,12 @@ def _peek_model_type(pretrained_model_name_or_path, kwargs: dict) -> str | None:
 
 @auto_docstring(custom_intro="The bare MixedAE ViT encoder; on plain images it is a standard ViT with global attention.")
 class MixedAEModel(MixedAEPreTrainedModel):
-    def __init__(self, config: MixedAEConfig):
+    def __init__(self, config: MixedAEConfig, add_final_layernorm: bool = True):
+        r"""
+        add_final_layernorm (`bool`, *optional*, defaults to `True`):
+            Whether the encoder ends with its LayerNorm. `MixedAEBackbone` drops it: dense heads take the block
+            outputs, and a norm no output uses would hold parameters without gradients.
+        """
         super().__init__(config)
         self.config = config
         self.embeddings = MixedAEEmbeddings(config)
@@ -466,7 +472,10 @@ class MixedAEModel(MixedAEPreTrainedModel):
             ViTLayer(config, config.hidden_size, config.num_attention_heads, config.intermediate_size, drop_path=rate)
             for rate in drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         )
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        if add_final_layernorm:
+            self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        else:
+            self.layernorm = nn.Identity()
         self.post_init()
 
     @merge_with_config_defaults
@@ -655,7 +664,23 @@ class MixedAEForImageClassification(ImageClassifierOnEncoder, MixedAEPreTrainedM
         self.post_init()
 
 
+@auto_docstring(
+    custom_intro="MixedAE encoder as a transformers backbone: feature maps of chosen layers on whole images (no "
+    "mixing, global attention), for dense heads such as UperNet; optionally the multi-scale adapter (strides 4-32)."
+)
+class MixedAEBackbone(BackboneOnEncoder, BackboneMixin, MixedAEPreTrainedModel):
+    def __init__(self, config: MixedAEConfig):
+        super().__init__(config)
+        self.vit = MixedAEModel(config, add_final_layernorm=False)
+        # A backbone never mixes, so the segment embeddings would be parameters without gradients (DDP errors on
+        # them); a checkpoint's copy is reported as unused, like the decoder.
+        self.vit.embeddings.segment_embeddings = None
+        self.add_backbone_neck(config)
+        self.post_init()
+
+
 __all__ = [
+    "MixedAEBackbone",
     "MixedAEForImageClassification",
     "MixedAEForPreTraining",
     "MixedAEMixing",
