@@ -31,7 +31,13 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_cae import CAEConfig
 from .masking import mask_generator_from_config, stack_masks
-from .modeling_masked_vit import BackboneOnEncoder, ImageClassifierOnEncoder, MaskedViTPreTrainedModel, hub_kwargs
+from .modeling_masked_vit import (
+    BackboneOnEncoder,
+    ImageClassifierOnEncoder,
+    MaskedViTPreTrainedModel,
+    final_layernorm,
+    hub_kwargs,
+)
 from .vit_layers import (
     DropPath,
     ViTAttention,
@@ -440,10 +446,7 @@ class CAEModel(CAEPreTrainedModel):
                 for rate in drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
             ]
         )
-        if add_final_layernorm:
-            self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        else:
-            self.layernorm = nn.Identity()
+        self.layernorm = final_layernorm(config, add_final_layernorm)
         self.post_init()
 
     @merge_with_config_defaults

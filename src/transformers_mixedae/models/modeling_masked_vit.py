@@ -218,5 +218,11 @@ class BackboneOnEncoder:
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
+def final_layernorm(config, add: bool) -> nn.Module:
+    """The encoder's closing LayerNorm, or an identity where the encoder's raw last layer is wanted (a backbone's
+    feature maps, a head that brings its own norm)."""
+    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if add else nn.Identity()
+
+
 def hub_kwargs(from_pretrained_kwargs: dict) -> dict:
     return {key: from_pretrained_kwargs[key] for key in HUB_KWARGS if key in from_pretrained_kwargs}

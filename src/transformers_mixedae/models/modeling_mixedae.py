@@ -29,7 +29,13 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_mixedae import MixedAEConfig
-from .modeling_masked_vit import BackboneOnEncoder, ImageClassifierOnEncoder, MaskedViTPreTrainedModel, hub_kwargs
+from .modeling_masked_vit import (
+    BackboneOnEncoder,
+    ImageClassifierOnEncoder,
+    MaskedViTPreTrainedModel,
+    final_layernorm,
+    hub_kwargs,
+)
 from .vit_layers import (
     ViTEmbeddings,
     ViTLayer,
@@ -472,10 +478,7 @@ class MixedAEModel(MixedAEPreTrainedModel):
             ViTLayer(config, config.hidden_size, config.num_attention_heads, config.intermediate_size, drop_path=rate)
             for rate in drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         )
-        if add_final_layernorm:
-            self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        else:
-            self.layernorm = nn.Identity()
+        self.layernorm = final_layernorm(config, add_final_layernorm)
         self.post_init()
 
     @merge_with_config_defaults
