@@ -82,3 +82,18 @@ def tiny_models() -> tuple[MixedAEForPreTraining, CAEForPreTraining]:
     cae = CAEForPreTraining(CAEConfig(**common, regressor_num_layers=1, decoder_num_layers=1, num_masking_patches=6,
                                       mask_min_num_patches=2, target="pixels", drop_path_rate=0.0))
     return mixedae, cae
+
+
+def make_the_first_loss_nonfinite(monkeypatch, task_class) -> list:
+    """Patch `task_class.loss` so that the first micro-batch's loss is infinite (that optimizer step is skipped);
+    returns the list of calls, one entry per micro-batch."""
+    calls = []
+    original_loss = task_class.loss
+
+    def loss_with_a_nonfinite_first_step(self, model, batch):
+        calls.append(1)
+        loss = original_loss(self, model, batch)
+        return loss * float("inf") if len(calls) == 1 else loss
+
+    monkeypatch.setattr(task_class, "loss", loss_with_a_nonfinite_first_step)
+    return calls

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+from helpers import make_the_first_loss_nonfinite
 from test_finetuning import arguments, pretrained  # noqa: F401 - the fixture
 from transformers_mixedae.tasks.image_classification import run_image_classification
 from transformers_mixedae.tasks.image_classification_args import ClassificationArguments
@@ -111,15 +112,7 @@ def test_resume_with_another_decay_is_refused_unless_allowed(tmp_path, pretraine
 def test_skipped_steps_do_not_update_the_ema_and_the_probe_ema_is_folded(tmp_path, pretrained, monkeypatch):  # noqa: F811
     from transformers_mixedae.tasks.image_classification import ImageClassificationTask
 
-    calls = []
-    original_loss = ImageClassificationTask.loss
-
-    def loss_with_a_nonfinite_first_step(self, model, batch):
-        calls.append(1)
-        loss = original_loss(self, model, batch)
-        return loss * float("inf") if len(calls) == 1 else loss
-
-    monkeypatch.setattr(ImageClassificationTask, "loss", loss_with_a_nonfinite_first_step)
+    make_the_first_loss_nonfinite(monkeypatch, ImageClassificationTask)
     results = run_image_classification(*arguments(pretrained / "cae", tmp_path, "linear_probe", max_steps=3,
                                                   model_ema=True, model_ema_decay=0.5))
     assert results["train_skipped_nonfinite_steps"] == 1 and "eval_ema_accuracy" not in results

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForImageClassification
 
+from helpers import make_the_first_loss_nonfinite
 import transformers_mixedae  # noqa: F401
 from transformers_mixedae.models.configuration_cae import CAEConfig
 from transformers_mixedae.models.configuration_mixedae import MixedAEConfig
@@ -167,15 +168,7 @@ def test_finetuning_keeps_the_records_pretraining_keeps_and_logs_a_skipped_windo
     from transformers_mixedae.tasks.image_classification import ImageClassificationTask
     from transformers_mixedae.training.records import read_train_log
 
-    calls = []
-    original_loss = ImageClassificationTask.loss
-
-    def loss_with_a_nonfinite_first_step(self, model, batch):
-        calls.append(1)
-        loss = original_loss(self, model, batch)
-        return loss * float("inf") if len(calls) == 1 else loss
-
-    monkeypatch.setattr(ImageClassificationTask, "loss", loss_with_a_nonfinite_first_step)
+    make_the_first_loss_nonfinite(monkeypatch, ImageClassificationTask)
     results = run_image_classification(*arguments(pretrained / "mixedae", tmp_path, max_steps=3))
     assert results["train_skipped_nonfinite_steps"] == 1
     log = read_train_log(tmp_path / "train_log.jsonl")
