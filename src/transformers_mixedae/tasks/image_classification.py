@@ -36,6 +36,7 @@ from ..data import (
     SkippedSampleStats,
     build_pretraining_dataloader,
 )
+from ..data.batch_augmentation import MixupCutmix, random_erase, soft_target_cross_entropy
 from ..evaluation.frozen_features import LINEAR_PROBE_BATCH_NORM_EPS, LINEAR_PROBE_INIT_STD, Accuracy, _gather_uneven
 from .image_classification_args import (
     ClassificationArguments,
@@ -50,6 +51,7 @@ from .masked_image_modeling_data import (
     DataState,
     PretrainingData,
     SeededTransform,
+    derived_seed,
     image_processor_for,
     load_run_datasets,
 )
@@ -209,7 +211,8 @@ class ClassificationData(PretrainingData):
     def model_inputs(self, batch: dict, batch_seed: int) -> dict[str, torch.Tensor]:
         device = self.accelerator.device
         pixel_values = self.normalize_batch(batch["pixel_values"].to(device, non_blocking=True))
-        return {"pixel_values": pixel_values, "labels": batch["labels"].to(device)}
+        # The batch's seed goes with it: the task's augmentation (`ImageClassificationTask.augment`) draws from it.
+        return {"pixel_values": pixel_values, "labels": batch["labels"].to(device), "batch_seed": batch_seed}
 
     @torch.no_grad()
     def _evaluate(self, model, step: int) -> dict[str, float]:
@@ -282,6 +285,7 @@ class ImageClassificationTask(TrainingTask):
         self.model_ema_decay = classification_args.model_ema_decay if classification_args.model_ema else None
         self.model_ema_eval = classification_args.model_ema_eval
         self.data: ClassificationData | None = None
+        self.mixup: MixupCutmix | None = None
 
     def check_arguments(self) -> None:
         parse_config_overrides(self.model_args.config_overrides, classification_class(self.model_type).config_class)
@@ -292,6 +296,13 @@ class ImageClassificationTask(TrainingTask):
             self.model_args, self.classification_args, self.model_type, self.data.label_names
         )
         self.data.build_loaders(model.config)
+        args = self.classification_args
+        if args.mixup_active:
+            self.mixup = MixupCutmix(
+                mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, label_smoothing=args.label_smoothing,
+                num_classes=model.config.num_labels,
+            )
         return model, self.data
 
     def warmup_steps(self, steps_per_epoch: int, max_train_steps: int) -> int:
@@ -311,8 +322,32 @@ class ImageClassificationTask(TrainingTask):
             return LARS(groups, lr=lr, momentum=classification.momentum)
         return torch.optim.SGD(groups, lr=lr, momentum=classification.momentum)
 
+    def augment(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor, batch_seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Random erasing then Mixup / CutMix of one normalised training batch, as MAE's fine-tuning (erasing in the
+        per-image transform, mixing in the loop), drawn from generators seeded by the batch's seed (seed, epoch,
+        rank, index): (images, soft targets or None without Mixup / CutMix)."""
+        args = self.classification_args
+        if args.reprob > 0:
+            pixel_values, _ = random_erase(
+                pixel_values, args.reprob,
+                torch.Generator().manual_seed(derived_seed(batch_seed, 1)),
+                torch.Generator(device=pixel_values.device).manual_seed(derived_seed(batch_seed, 2)),
+                max_count=args.recount,
+            )
+        if self.mixup is None:
+            return pixel_values, None
+        pixel_values, targets, _ = self.mixup(
+            pixel_values, labels, torch.Generator().manual_seed(derived_seed(batch_seed, 3))
+        )
+        return pixel_values, targets
+
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = model(pixel_values=batch["pixel_values"]).logits
+        pixel_values, targets = self.augment(batch["pixel_values"], batch["labels"], batch["batch_seed"])
+        logits = model(pixel_values=pixel_values).logits
+        if targets is not None:  # label smoothing is folded into the soft targets
+            return soft_target_cross_entropy(logits.float(), targets)
         return F.cross_entropy(logits.float(), batch["labels"], label_smoothing=self.classification_args.label_smoothing)
 
     def train_mode(self, model: torch.nn.Module) -> None:
@@ -336,14 +371,29 @@ class ImageClassificationTask(TrainingTask):
     def description(self) -> str:
         args = self.classification_args
         ema = f", EMA decay {args.model_ema_decay}" if args.model_ema else ""
+        augmentation = "".join((
+            f", mixup {args.mixup}" if args.mixup > 0 else "",
+            f", cutmix {args.cutmix_minmax or args.cutmix}" if args.cutmix > 0 or args.cutmix_minmax else "",
+            f", random erasing {args.reprob}" if args.reprob > 0 else "",
+        ))
         return (f"{args.mode} ({args.recipe} recipe) of {self.model_type}, {args.optimizer}, layer decay "
-                f"{args.layer_decay}{ema}")
+                f"{args.layer_decay}{ema}{augmentation}")
 
     def recipe_arguments(self) -> dict[str, Any]:
         args = self.classification_args
         return {"mode": args.mode, "layer_decay": args.layer_decay, "label_smoothing": args.label_smoothing,
                 "momentum": args.momentum, "optimizer": args.optimizer,
-                "model_ema_decay": args.model_ema_decay if args.model_ema else None}
+                "model_ema_decay": args.model_ema_decay if args.model_ema else None,
+                **self._augmentation_recipe()}
+
+    def _augmentation_recipe(self) -> dict[str, Any]:
+        """The augmentation flags a resume must keep (a checkpoint written before they existed lacks them and
+        still resumes)."""
+        args = self.classification_args
+        return dict(mixup=args.mixup, cutmix=args.cutmix,
+                    cutmix_minmax=list(args.cutmix_minmax) if args.cutmix_minmax is not None else None,
+                    mixup_prob=args.mixup_prob, mixup_switch_prob=args.mixup_switch_prob, mixup_mode=args.mixup_mode,
+                    reprob=args.reprob, remode=args.remode, recount=args.recount)
 
     def tracker_config(self) -> dict[str, Any]:
         return _flat_config(self.model_args, self.data_args, self.training_args, self.classification_args)

@@ -18,6 +18,8 @@ from ..training.arguments import (
 MODES = ("finetune", "linear_probe")
 RECIPES = ("mae", "cae")
 OPTIMIZERS = ("sgd", "adamw", "lars")
+MIXUP_MODES = ("batch",)  # timm's "pair" and "elem" are not implemented
+ERASE_MODES = ("pixel",)  # timm's "const" and "rand" are not implemented
 
 # Defaults per (mode, recipe) from the MAE and CAE papers, applied to every field still None. Learning rates are base
 # rates: lr = base_learning_rate * global batch / 256 (CAE: 8e-3 at batch 4096 -> 5e-4).
@@ -73,6 +75,26 @@ class ClassificationArguments:
         default=None,
         metadata={"help": "mean (+ fc_norm, MAE/CAE fine-tuning; the config default) or cls. Linear probing uses cls."},
     )
+    # Fine-tuning augmentation on the device (data.batch_augmentation), MAE's main_finetune flags; off by default.
+    mixup: float = field(default=0.0, metadata={"help": "Mixup alpha, > 0 enables Mixup (MAE recipe 0.8; off: 0)."})
+    cutmix: float = field(default=0.0, metadata={"help": "CutMix alpha, > 0 enables CutMix (MAE recipe 1.0; off: 0)."})
+    cutmix_minmax: list[float] | None = field(
+        default=None,
+        metadata={"help": "Two floats: CutMix box side fraction drawn uniformly in [min, max] (enables CutMix; the "
+                          "alpha is then unused)."},
+    )
+    mixup_prob: float = field(
+        default=1.0, metadata={"help": "Probability of mixing a batch when Mixup or CutMix is enabled."}
+    )
+    mixup_switch_prob: float = field(
+        default=0.5, metadata={"help": "Probability of CutMix instead of Mixup when both are enabled."}
+    )
+    mixup_mode: str = field(default="batch", metadata={"help": f"One of {MIXUP_MODES}: one lam per batch."})
+    reprob: float = field(default=0.0, metadata={"help": "Random erasing probability per image (MAE recipe 0.25)."})
+    remode: str = field(
+        default="pixel", metadata={"help": f"Random erasing fill, one of {ERASE_MODES}: per-pixel normal noise."}
+    )
+    recount: int = field(default=1, metadata={"help": "Random erasing: at most this many boxes per erased image."})
 
     def __post_init__(self):
         check_argument(self.mode in MODES, "mode", self.mode, f"choose one of {MODES}")
@@ -90,6 +112,41 @@ class ClassificationArguments:
                        self.model_ema_decay, "a number in (0, 1), e.g. 0.9999")
         check_argument(self.model_ema or not self.model_ema_eval, "model_ema_eval", self.model_ema_eval,
                        "it evaluates the EMA weights; pass --model_ema too")
+        self._check_augmentation()
+
+    def _check_augmentation(self) -> None:
+        for name in ("mixup", "cutmix"):
+            value = getattr(self, name)
+            check_argument(_finite(value) and value >= 0, name, value, "an alpha >= 0 (0 turns it off), e.g. 0.8")
+        if self.cutmix_minmax is not None:
+            minmax = self.cutmix_minmax
+            check_argument(
+                isinstance(minmax, (list, tuple)) and len(minmax) == 2 and all(_finite(value) for value in minmax)
+                and 0 < minmax[0] < minmax[1] <= 1,
+                "cutmix_minmax", minmax, "two fractions of the image side with 0 < min < max <= 1, e.g. 0.2 0.8",
+            )
+        for name in ("mixup_prob", "mixup_switch_prob", "reprob"):
+            value = getattr(self, name)
+            check_argument(_finite(value) and 0 <= value <= 1, name, value, "a probability in [0, 1]")
+        if self.mixup_mode in ("pair", "elem"):
+            check_argument(False, "mixup_mode", self.mixup_mode,
+                           f"timm's {self.mixup_mode!r} mode is not implemented here; use batch")
+        check_argument(self.mixup_mode in MIXUP_MODES, "mixup_mode", self.mixup_mode, f"choose one of {MIXUP_MODES}")
+        if self.remode in ("const", "rand"):
+            check_argument(False, "remode", self.remode,
+                           f"timm's {self.remode!r} fill is not implemented here; use pixel")
+        check_argument(self.remode in ERASE_MODES, "remode", self.remode, f"choose one of {ERASE_MODES}")
+        check_argument(isinstance(self.recount, int) and not isinstance(self.recount, bool) and self.recount >= 1,
+                       "recount", self.recount, "an integer >= 1")
+        augmented = self.mixup > 0 or self.cutmix > 0 or self.cutmix_minmax is not None or self.reprob > 0
+        check_argument(self.mode == "finetune" or not augmented, "mode", self.mode,
+                       "--mixup, --cutmix, --cutmix_minmax and --reprob are fine-tuning augmentation; use --mode "
+                       "finetune or leave them off")
+
+    @property
+    def mixup_active(self) -> bool:
+        """Mixup or CutMix is on: the targets are soft and the loss is soft-target cross-entropy."""
+        return self.mixup > 0 or self.cutmix > 0 or self.cutmix_minmax is not None
 
 
 def resolve_recipe(
