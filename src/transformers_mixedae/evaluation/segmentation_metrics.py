@@ -66,6 +66,21 @@ def _check_labels_in_range(labels: torch.Tensor, num_labels: int, what: str) -> 
         raise ValueError(f"{what} label {value} is outside [0, {num_labels}) (ignored pixels excluded); {fix}")
 
 
+def _labelled_pixels(
+    references: torch.Tensor, *aligned: torch.Tensor, ignore_index: int | None, reduce_labels: bool
+) -> tuple[torch.Tensor, ...]:
+    """`references` (with `reduce_labels` applied) and the tensors aligned with them, flattened, keeping only the
+    pixels whose reference is not `ignore_index`."""
+    if reduce_labels:
+        if ignore_index is None:
+            raise ValueError("reduce_labels=True needs an ignore_index (label 0 becomes it)")
+        references = reduce_reference_labels(references, ignore_index)
+    if ignore_index is None:
+        return references.flatten(), *(tensor.flatten() for tensor in aligned)
+    labelled = references != ignore_index
+    return references[labelled], *(tensor[labelled] for tensor in aligned)
+
+
 def confusion_matrix(
     predictions: torch.Tensor,
     references: torch.Tensor,
@@ -95,17 +110,10 @@ def confusion_matrix(
             )
     if num_labels < 1:
         raise ValueError(f"num_labels must be at least 1, got {num_labels}")
-    references = references.to(torch.int64)
-    predictions = predictions.to(torch.int64)
-    if reduce_labels:
-        if ignore_index is None:
-            raise ValueError("reduce_labels=True needs an ignore_index (label 0 becomes it)")
-        references = reduce_reference_labels(references, ignore_index)
-    if ignore_index is not None:
-        labelled = references != ignore_index
-        references, predictions = references[labelled], predictions[labelled]
-    else:
-        references, predictions = references.flatten(), predictions.flatten()
+    references, predictions = _labelled_pixels(
+        references.to(torch.int64), predictions.to(torch.int64), ignore_index=ignore_index,
+        reduce_labels=reduce_labels,
+    )
     if check_range:
         _check_labels_in_range(references, num_labels, "reference")
         _check_labels_in_range(predictions, num_labels, "predicted")
@@ -266,14 +274,10 @@ class MeanIoU(evaluate.Metric):
             arrays = [np.asarray(row, dtype=np.int64) for row in rows]
             return torch.from_numpy(np.concatenate(arrays) if arrays else np.zeros(0, np.int64))
 
-        predicted, referenced, counts = concatenated(predictions), concatenated(references), concatenated(pixel_counts)
-        if reduce_labels:
-            if ignore_index is None:
-                raise ValueError("reduce_labels=True needs an ignore_index (label 0 becomes it)")
-            referenced = reduce_reference_labels(referenced, ignore_index)
-        if ignore_index is not None:
-            labelled = referenced != ignore_index
-            predicted, referenced, counts = predicted[labelled], referenced[labelled], counts[labelled]
+        referenced, predicted, counts = _labelled_pixels(
+            concatenated(references), concatenated(predictions), concatenated(pixel_counts),
+            ignore_index=ignore_index, reduce_labels=reduce_labels,
+        )
         _check_labels_in_range(referenced, num_labels, "reference")
         _check_labels_in_range(predicted, num_labels, "predicted")
         # bincount has no integer weights: scatter the pixel counts instead (exact int64 sums).
