@@ -24,9 +24,10 @@ per arm) and the two plots at the end; with `--jobs 1` the tables are also rewri
         --output_dir outputs/ablations/doc --plot_dir docs                                   # docs/ablations.md
 
 Homologous top-k accuracy curve: every run gets a training callback (`TopkProbe`, a
-`transformers_mixedae.training.TrainingCallback`) that measures `homologous_topk_accuracy` of the model on a
-fixed validation batch with fixed mixing noise (no gradient, forked RNG, eval mode restored) at every logging step
-(`on_log`), and once before the first step. The training trajectory is unchanged by the probe.
+`transformers_mixedae.training.TrainingCallback`) that measures `homologous_topk_accuracy` of the model, over all
+patch queries and over foreground (non-constant) patch queries, on a fixed validation batch with fixed mixing noise
+(`transformers_mixedae.evaluation.homologous_probe`: no gradient, forked RNG, eval mode restored) at every logging
+step (`on_log`), and once before the first step. The training trajectory is unchanged by the probe.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ if importlib.util.find_spec("transformers_mixedae") is None and os.path.isdir(_S
 import transformers_mixedae  # noqa: F401  (registers the models)
 from transformers import HfArgumentParser
 
+from transformers_mixedae.evaluation.homologous_probe import can_probe, homologous_probe, validation_batch
 from transformers_mixedae.models.presets import ViTSize
 from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
 from transformers_mixedae.training.arguments import (
@@ -272,7 +274,8 @@ def _without_output_dir(argv: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- top-k probe
 class TopkProbe(TrainingCallback):
-    """Measures MixedAE's `homologous_topk_accuracy` on a fixed batch whenever the training loop logs its loss
+    """Measures MixedAE's `homologous_topk_accuracy` (all and foreground queries, `evaluation.homologous_probe`)
+    on a fixed batch whenever the training loop logs its loss
     (`on_log`), and once before the first optimizer step (step 0).
 
     The measurement runs without gradient, in eval mode (restored after), with fixed mixing noise and on a forked
@@ -293,30 +296,18 @@ class TopkProbe(TrainingCallback):
         if state.progress.completed_steps == 0:
             self.measure(state.accelerator.unwrap_model(state.model), step=0, logs={})
 
-    @torch.no_grad()
     def measure(self, model: torch.nn.Module, step: int, logs: dict) -> None:
-        model = getattr(model, "_orig_mod", model)
-        config = model.config
-        if getattr(config, "group_size", 1) < 2 or not config.resolved_homologous_attention_layers():
+        if not can_probe(model):
             return
-        device = next(model.parameters()).device
-        pixel_values = self.probe_pixel_values.to(device)
-        usable = pixel_values.shape[0] - pixel_values.shape[0] % config.group_size
-        num_patches = model.vit.embeddings.patch_embeddings.num_patches
-        noise = torch.rand(
-            usable // config.group_size, num_patches, generator=torch.Generator().manual_seed(self.probe_seed)
-        )
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                outputs = model(pixel_values=pixel_values[:usable], noise=noise.to(device))
-        finally:
-            model.train(was_training)
-        point = {"step": int(step), "homologous_topk_accuracy": float(outputs.homologous_topk_accuracy)}
-        if outputs.homologous_contrastive_loss is not None:
-            point["homologous_contrastive_loss"] = float(outputs.homologous_contrastive_loss)
-        point["reconstruction_loss"] = float(outputs.reconstruction_loss)
+        probe = homologous_probe(model, self.probe_pixel_values, seed=self.probe_seed)
+        point = {
+            "step": int(step),
+            "homologous_topk_accuracy": probe["homologous_topk_accuracy"],
+            "homologous_topk_accuracy_foreground": probe["homologous_topk_accuracy_foreground"],
+        }
+        if not math.isnan(probe["homologous_contrastive_loss"]):
+            point["homologous_contrastive_loss"] = probe["homologous_contrastive_loss"]
+        point["reconstruction_loss"] = probe["reconstruction_loss"]
         if "train/loss" in logs:
             point["train_loss"] = float(logs["train/loss"])
         self.curve.append(point)
@@ -324,14 +315,7 @@ class TopkProbe(TrainingCallback):
 
 def probe_batch(size: SizePreset) -> torch.Tensor:
     """The first `probe_images` validation images of the default dataset, evaluation transform."""
-    from transformers_mixedae.data import EvaluationTransform, build_evaluation_dataloader, load_image_dataset
-
-    loaded = load_image_dataset(max_eval_samples=size.probe_images)
-    loader = build_evaluation_dataloader(
-        loaded.validation, EvaluationTransform(size.image_size), batch_size=size.probe_images,
-        image_column_name=loaded.image_column_name, label_column_name=loaded.label_column_name,
-    )
-    return next(iter(loader))["pixel_values"]
+    return validation_batch(size.probe_images, size.image_size)[0]
 
 
 # ---------------------------------------------------------------------------------------------- one run

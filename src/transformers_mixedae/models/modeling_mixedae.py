@@ -240,13 +240,18 @@ class HomologousAttentionContext:
     `segment_ids` is `(num_sequences, 1 + num_kept)`: the slot (source image in the group) of every
     token, -1 for [CLS]. `need_weights` asks for the attention weights (`output_attentions`), which the
     fused path does not produce. `topk_accuracies` collects, per homologous layer, the fraction of kept
-    patch keys that come from the query's own source image (a diagnostic, no gradient).
+    patch keys that come from the query's own source image (a diagnostic, no gradient). With `per_query`,
+    `topk_query_counts` also collects, per homologous layer, `(num_sequences, num_kept, 2)` integer counts for every
+    patch query summed over heads: [..., 0] kept patch keys from the query's own image, [..., 1] kept patch keys
+    (the per-query diagnostic of `evaluation.homologous_probe`; off in training).
     """
 
     segment_ids: torch.Tensor
     topk: int
     need_weights: bool = False
     topk_accuracies: list[torch.Tensor] = field(default_factory=list)
+    per_query: bool = False
+    topk_query_counts: list[torch.Tensor] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -305,6 +310,10 @@ def homologous_topk_attention_forward(
         homologous.topk_accuracies.append(
             (kept_patch_keys & same_source).sum().float() / kept_patch_keys.sum().clamp(min=1).float()
         )
+        if homologous.per_query:
+            homologous.topk_query_counts.append(
+                torch.stack([(kept_patch_keys & same_source).sum(dim=(1, 3)), kept_patch_keys.sum(dim=(1, 3))], -1)
+            )
     return attn_output, attn_weights
 
 
@@ -465,6 +474,11 @@ def _peek_model_type(pretrained_model_name_or_path, kwargs: dict) -> str | None:
 
 @auto_docstring(custom_intro="The bare MixedAE ViT encoder; on plain images it is a standard ViT with global attention.")
 class MixedAEModel(MixedAEPreTrainedModel):
+    # Per-query homologous diagnostic (`evaluation.homologous_probe`): when set, a forward with mixing stores
+    # `homologous_topk_query_counts`, `(num_homologous_layers, B/g, num_kept, 2)` (see `HomologousAttentionContext`).
+    # Off by default; it changes no output and no gradient.
+    record_homologous_topk_per_query: bool = False
+
     def __init__(self, config: MixedAEConfig, add_final_layernorm: bool = True):
         r"""
         add_final_layernorm (`bool`, *optional*, defaults to `True`):
@@ -510,6 +524,7 @@ class MixedAEModel(MixedAEPreTrainedModel):
                 segment_ids=mixing.segment_ids(),
                 topk=self.config.resolved_homologous_topk(mixing.num_patches),
                 need_weights=bool(kwargs.get("output_attentions", self.config.output_attentions)),
+                per_query=self.record_homologous_topk_per_query,
             )
         for index, layer in enumerate(self.layers):
             if index in homologous_layers:
@@ -522,6 +537,8 @@ class MixedAEModel(MixedAEPreTrainedModel):
         topk_accuracy = None
         if homologous is not None and homologous.topk_accuracies:
             topk_accuracy = torch.stack(homologous.topk_accuracies).mean()
+        if homologous is not None and homologous.topk_query_counts:
+            self.homologous_topk_query_counts = torch.stack(homologous.topk_query_counts)
         return MixedAEModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=sequence_output[:, 0],

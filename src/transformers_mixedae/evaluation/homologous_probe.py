@@ -1,0 +1,179 @@
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""Homologous-recognition probe of a MixedAE model: how often homologous top-k attention keeps keys from the query's
+own image, over all patch queries and over foreground queries only.
+
+About half of every Fashion-MNIST image is uniform background, identical across images: no content-based recogniser
+can tell whose background patch a query is, so the all-query accuracy mixes what the model recognises with what
+nobody can. The foreground split measures recognition where it is possible.
+
+Probe a saved folder (the first validation images of the bundled dataset by default; prints JSON)::
+
+    python -m transformers_mixedae.evaluation.homologous_probe path/to/run [--num_images 16] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+
+import torch
+
+# A patch is *constant* (background) when, in every channel, max - min of its un-normalised pixels (in [0, 1]) is
+# below half a uint8 level: at uint8 precision, all its pixels are equal.
+CONSTANT_PATCH_THRESHOLD = 0.5 / 255
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+
+
+def can_probe(model: torch.nn.Module) -> bool:
+    """True for a MixedAE pre-training model that mixes (g >= 2) and has homologous attention layers."""
+    model = getattr(model, "_orig_mod", model)
+    config = getattr(model, "config", None)
+    return (
+        getattr(config, "group_size", 1) >= 2
+        and hasattr(config, "resolved_homologous_attention_layers")
+        and bool(config.resolved_homologous_attention_layers())
+        and hasattr(model, "draw_mixing")
+    )
+
+
+def foreground_patches(
+    pixel_values: torch.Tensor,
+    patch_size: int,
+    image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    threshold: float = CONSTANT_PATCH_THRESHOLD,
+) -> torch.Tensor:
+    """`(B, N)` boolean, raster order: True where the patch is **not** constant.
+
+    `pixel_values` `(B, C, H, W)` are normalised (`(x - mean) / std`, x in [0, 1]); normalisation is affine per
+    channel, so the un-normalised range of a patch is its normalised range times `image_std`. A patch is constant when
+    that range is below `threshold` in every channel.
+    """
+    batch, channels, height, width = pixel_values.shape
+    patches = pixel_values.float().reshape(batch, channels, height // patch_size, patch_size, width // patch_size,
+                                           patch_size)
+    patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels, patch_size * patch_size)
+    value_range = patches.amax(dim=-1) - patches.amin(dim=-1)  # (B, N, C)
+    std = torch.as_tensor(image_std, dtype=value_range.dtype, device=value_range.device)
+    return (value_range * std >= threshold).any(dim=-1)
+
+
+@torch.no_grad()
+def homologous_probe(
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    seed: int = 0,
+    image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    threshold: float = CONSTANT_PATCH_THRESHOLD,
+) -> dict[str, float]:
+    """Homologous recognition of `model` (a `MixedAEForPreTraining`) on a fixed batch with fixed mixing noise.
+
+    `pixel_values` `(B, C, H, W)` are normalised with std `image_std` (the evaluation transform's); the last
+    `B mod g` images are dropped. The noise is drawn from a CPU `torch.Generator` seeded with `seed`. Runs without
+    gradient, in eval mode (the previous mode is restored) and on a forked RNG (training draws the same numbers with
+    or without the probe).
+
+    Returns:
+        `homologous_topk_accuracy`: the model's own `homologous_topk_accuracy` (over every patch query);
+        `homologous_topk_accuracy_foreground`: the same over foreground queries only, i.e. queries whose patch is not
+        constant in its image (max - min of its un-normalised pixels below `threshold` in every channel; see
+        `foreground_patches`), NaN when there is none; per homologous layer the fraction of kept patch keys
+        (summed over heads and queries) from the query's image, averaged over layers, as the model does;
+        `homologous_topk_chance`: 1/g; `homologous_contrastive_loss`: the model's (NaN when it has none);
+        `reconstruction_loss`: the model's on the batch;
+        `num_queries` and `num_foreground_queries`: patch queries per layer and head.
+    """
+    model = getattr(model, "_orig_mod", model)
+    if not can_probe(model):
+        raise ValueError("homologous_probe needs a MixedAE pre-training model with mixing and homologous layers.")
+    config = model.config
+    group_size = config.group_size
+    usable = pixel_values.shape[0] - pixel_values.shape[0] % group_size
+    if usable == 0:
+        raise ValueError(f"homologous_probe needs at least g = {group_size} images, got {pixel_values.shape[0]}.")
+    device = next(model.parameters()).device
+    pixel_values = pixel_values[:usable].to(device)
+    grid = (pixel_values.shape[2] // config.patch_size, pixel_values.shape[3] // config.patch_size)
+    num_patches = grid[0] * grid[1]
+    noise = torch.rand(usable // group_size, num_patches, generator=torch.Generator().manual_seed(seed)).to(device)
+
+    encoder = model.vit
+    was_training = model.training
+    devices = [device] if device.type == "cuda" else []
+    model.eval()
+    encoder.record_homologous_topk_per_query = True
+    try:
+        with torch.random.fork_rng(devices=devices):
+            outputs = model(pixel_values=pixel_values, noise=noise)
+        counts = encoder.__dict__.pop("homologous_topk_query_counts")  # (layers, B/g, num_kept, 2)
+    finally:
+        encoder.record_homologous_topk_per_query = False
+        encoder.__dict__.pop("homologous_topk_query_counts", None)
+        model.train(was_training)
+
+    mixing = model.draw_mixing(usable, num_patches, noise, device=device)
+    foreground = foreground_patches(pixel_values, config.patch_size, image_std, threshold)  # (B, N)
+    image = torch.arange(mixing.num_groups, device=device)[:, None] * group_size + mixing.slot_of_kept[None, :]
+    foreground_query = foreground[image, mixing.ids_keep]  # (B/g, num_kept)
+    hits = counts[..., 0][:, foreground_query].sum(dim=-1)
+    kept = counts[..., 1][:, foreground_query].sum(dim=-1)
+    num_foreground = int(foreground_query.sum())
+    foreground_accuracy = (
+        float((hits.float() / kept.clamp(min=1).float()).mean()) if num_foreground else math.nan
+    )
+    contrastive = outputs.homologous_contrastive_loss
+    return {
+        "homologous_topk_accuracy": float(outputs.homologous_topk_accuracy),
+        "homologous_topk_accuracy_foreground": foreground_accuracy,
+        "homologous_topk_chance": 1.0 / group_size,
+        "homologous_contrastive_loss": float(contrastive) if contrastive is not None else math.nan,
+        "reconstruction_loss": float(outputs.reconstruction_loss),
+        "num_queries": int(foreground_query.numel()),
+        "num_foreground_queries": num_foreground,
+    }
+
+
+def validation_batch(num_images: int, image_size, dataset_name: str | None = None,
+                     dataset_config_name: str | None = None) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """The first `num_images` validation images (bundled dataset by default) with the evaluation transform:
+    `(pixel_values, image_std)`."""
+    from ..data import EvaluationTransform, build_evaluation_dataloader, load_image_dataset
+
+    loaded = load_image_dataset(dataset_name, dataset_config_name, max_eval_samples=num_images)
+    transform = EvaluationTransform(image_size)
+    loader = build_evaluation_dataloader(
+        loaded.validation, transform, batch_size=num_images,
+        image_column_name=loaded.image_column_name, label_column_name=loaded.label_column_name,
+    )
+    return next(iter(loader))["pixel_values"], transform.std
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(
+        prog="python -m transformers_mixedae.evaluation.homologous_probe",
+        description="Homologous top-k accuracy (all and foreground queries) of a saved MixedAE folder, as JSON.",
+    )
+    parser.add_argument("model", help="A saved MixedAE pre-training folder (or Hub id).")
+    parser.add_argument("--num_images", type=int, default=16, help="First validation images probed (default 16).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the mixing noise (default 0).")
+    parser.add_argument("--dataset_name", default=None, help="Hub dataset (default: the bundled Fashion-MNIST).")
+    parser.add_argument("--dataset_config_name", default=None)
+    args = parser.parse_args(argv)
+
+    import transformers_mixedae  # noqa: F401  (registers the models)
+    from transformers import AutoModelForPreTraining
+
+    model = AutoModelForPreTraining.from_pretrained(args.model)
+    if not can_probe(model):
+        parser.exit(2, f"{args.model}: not a MixedAE model with mixing and homologous attention layers.\n")
+    image_size = model.config.image_size
+    pixel_values, image_std = validation_batch(args.num_images, image_size, args.dataset_name,
+                                               args.dataset_config_name)
+    result = homologous_probe(model, pixel_values, seed=args.seed, image_std=image_std)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""evaluation.homologous_probe: the model's own top-k accuracy, the foreground split on hand-built images, chance,
+no side effect on the RNG or the train/eval mode, ablate's TopkProbe, and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import datasets
+import pytest
+import torch
+
+from helpers import tiny_mixedae_config
+from tiny_runs import REPOSITORY
+from transformers_mixedae import MixedAEForPreTraining
+from transformers_mixedae.evaluation.homologous_probe import (
+    IMAGENET_DEFAULT_STD,
+    can_probe,
+    foreground_patches,
+    homologous_probe,
+)
+
+datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MixedAEForPreTraining(tiny_mixedae_config()).train()
+
+
+def noise_for(seed: int, batch_size: int, model) -> torch.Tensor:
+    return torch.rand(batch_size // model.config.group_size, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_all_query_accuracy_is_the_models_own_for_the_same_noise(model):
+    pixel_values = torch.randn(8, 3, 32, 32)
+    result = homologous_probe(model, pixel_values, seed=5)
+    model.eval()
+    with torch.no_grad():
+        outputs = model(pixel_values=pixel_values, noise=noise_for(5, 8, model))
+    model.train()
+    assert result["homologous_topk_accuracy"] == float(outputs.homologous_topk_accuracy)
+    assert result["homologous_contrastive_loss"] == float(outputs.homologous_contrastive_loss)
+    assert result["reconstruction_loss"] == float(outputs.reconstruction_loss)
+    assert result["homologous_topk_chance"] == 1 / model.config.group_size == 0.25
+    # Random pixels: no constant patch, so the foreground split is every query and gives the same accuracy.
+    assert result["num_foreground_queries"] == result["num_queries"] == 2 * 64
+    assert result["homologous_topk_accuracy_foreground"] == pytest.approx(result["homologous_topk_accuracy"], abs=1e-6)
+
+
+def test_foreground_split_counts_exactly_the_non_constant_patches(model):
+    # A constant background everywhere; in every image the 16 patches of the top-left quadrant are foreground, plus
+    # patch (row 7, col 7) which differs by exactly one uint8 level. Patch (row 7, col 0) differs by a third of a
+    # level: constant by definition.
+    std = IMAGENET_DEFAULT_STD
+    pixel_values = torch.full((8, 3, 32, 32), -0.3)
+    pixel_values[:, :, :16, :16] = torch.randn(8, 3, 16, 16)
+    pixel_values[:, 1, 28, 28] += (1 / 255) / std[1]
+    pixel_values[:, 0, 28, 0] += (1 / 3 / 255) / std[0]
+    foreground = foreground_patches(pixel_values, 4)
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[:4, :4] = True
+    expected[7, 7] = True
+    assert torch.equal(foreground, expected.flatten().expand(8, -1))
+
+    result = homologous_probe(model, pixel_values, seed=1)
+    # mask_ratio 0: every position of a group is kept (by one of its 4 images), so each of the 2 groups has exactly
+    # 17 foreground queries.
+    assert model.config.num_kept(64) == 64
+    assert (result["num_queries"], result["num_foreground_queries"]) == (128, 2 * 17)
+    assert 0.0 <= result["homologous_topk_accuracy_foreground"] <= 1.0
+    assert result["homologous_topk_chance"] == 0.25
+
+
+def test_chance_level_is_one_over_the_group_size():
+    torch.manual_seed(0)
+    model = MixedAEForPreTraining(tiny_mixedae_config(mixing_ratio=0.5))
+    assert homologous_probe(model, torch.randn(5, 3, 32, 32))["homologous_topk_chance"] == 0.5  # 4 of 5 used
+    assert not can_probe(MixedAEForPreTraining(tiny_mixedae_config(mixing_ratio=1.0, mask_ratio=0.75)))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_probe_leaves_the_rng_the_mode_and_the_next_step_unchanged(model, training):
+    pixel_values = torch.randn(8, 3, 32, 32)
+    model.train(training)
+    torch.manual_seed(11)
+    state = torch.get_rng_state()
+    homologous_probe(model, pixel_values, seed=2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert model.training == training
+    assert all(module.training == training for module in model.modules())
+    assert not model.vit.record_homologous_topk_per_query
+    assert not hasattr(model.vit, "homologous_topk_query_counts")
+    probed = model(pixel_values=pixel_values)  # draws its noise from the global RNG
+    torch.manual_seed(11)
+    plain = model(pixel_values=pixel_values)
+    assert torch.equal(probed.loss, plain.loss) and torch.equal(probed.logits, plain.logits)
+    model.train()
+
+
+def test_the_per_query_diagnostic_changes_no_output_or_gradient(model):
+    pixel_values = torch.randn(8, 3, 32, 32)
+    noise = noise_for(3, 8, model)
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    plain = model(pixel_values=pixel_values, noise=noise)
+    plain_grads = torch.autograd.grad(plain.loss, parameters, allow_unused=True)
+    model.vit.record_homologous_topk_per_query = True
+    try:
+        recorded = model(pixel_values=pixel_values, noise=noise)
+        counts = model.vit.__dict__.pop("homologous_topk_query_counts")
+    finally:
+        model.vit.record_homologous_topk_per_query = False
+    recorded_grads = torch.autograd.grad(recorded.loss, parameters, allow_unused=True)
+    assert len(recorded.to_tuple()) == len(plain.to_tuple())
+    for left, right in zip(plain.to_tuple(), recorded.to_tuple()):
+        assert torch.equal(left, right)
+    for left, right in zip(plain_grads, recorded_grads):
+        assert (left is None and right is None) or torch.equal(left, right)
+    assert counts.shape == (2, 2, 64, 2)  # (homologous layers, groups, kept queries, [own-image hits, kept keys])
+    per_layer = counts[..., 0].sum(dim=(1, 2)).float() / counts[..., 1].sum(dim=(1, 2)).float()
+    assert torch.equal(per_layer.mean(), plain.homologous_topk_accuracy)
+
+
+def test_cli_probes_a_saved_folder(tmp_path):
+    torch.manual_seed(0)
+    model = MixedAEForPreTraining(tiny_mixedae_config(image_size=16))
+    model.save_pretrained(tmp_path)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY / "src")}
+    completed = subprocess.run(
+        [sys.executable, "-m", "transformers_mixedae.evaluation.homologous_probe", str(tmp_path),
+         "--num_images", "8", "--seed", "4"],
+        capture_output=True, text=True, env=environment, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert result["num_queries"] == 2 * 16 and result["homologous_topk_chance"] == 0.25
+    assert 0 < result["num_foreground_queries"] < result["num_queries"]  # Fashion-MNIST has uniform background
+    for key in ("homologous_topk_accuracy", "homologous_topk_accuracy_foreground"):
+        assert 0.0 <= result[key] <= 1.0
+
+
+def test_ablate_topk_probe_records_the_foreground_accuracy_from_the_package_probe(model, monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(REPOSITORY / "experiments"))
+    ablate = importlib.import_module("ablate")
+    pixel_values = torch.randn(8, 3, 32, 32)
+    probe = ablate.TopkProbe(pixel_values, probe_seed=6)
+    probe.measure(model, step=3, logs={"train/loss": 1.5})
+    expected = homologous_probe(model, pixel_values, seed=6)
+    (point,) = probe.curve
+    assert point == {
+        "step": 3,
+        "homologous_topk_accuracy": expected["homologous_topk_accuracy"],
+        "homologous_topk_accuracy_foreground": expected["homologous_topk_accuracy_foreground"],
+        "homologous_contrastive_loss": expected["homologous_contrastive_loss"],
+        "reconstruction_loss": expected["reconstruction_loss"],
+        "train_loss": 1.5,
+    }
