@@ -1,5 +1,5 @@
 """evaluation.homologous_probe: the model's own top-k accuracy, the foreground split on hand-built images, chance,
-no side effect on the RNG or the train/eval mode, ablate's TopkProbe, and the CLI."""
+no side effect on the RNG or the train/eval mode, the evaluation keys of a tiny run, and the CLI."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import tiny_mixedae_config
-from tiny_runs import REPOSITORY
+from tiny_runs import REPOSITORY, TINY_MIXEDAE, arguments
 from transformers_mixedae import MixedAEForPreTraining
 from transformers_mixedae.evaluation.homologous_probe import (
     IMAGENET_DEFAULT_STD,
@@ -19,8 +19,11 @@ from transformers_mixedae.evaluation.homologous_probe import (
     foreground_patches,
     homologous_probe,
 )
+from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
+PROBE_KEYS = ("eval_homologous_topk_accuracy", "eval_homologous_topk_accuracy_foreground",
+              "eval_homologous_contrastive_loss")
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +123,24 @@ def test_the_per_query_diagnostic_changes_no_output_or_gradient(model):
     assert counts.shape == (2, 2, 64, 2)  # (homologous layers, groups, kept queries, [own-image hits, kept keys])
     per_layer = counts[..., 0].sum(dim=(1, 2)).float() / counts[..., 1].sum(dim=(1, 2)).float()
     assert torch.equal(per_layer.mean(), plain.homologous_topk_accuracy)
+
+
+@pytest.mark.parametrize(
+    "model_type,overrides,probed",
+    [("mixedae", {}, True), ("cae", {}, False),
+     ("mixedae", {"config_overrides": TINY_MIXEDAE + ",mixing_ratio=1.0,mask_ratio=0.75"}, False)],
+    ids=["mixedae", "cae", "mae_mode"],
+)
+def test_a_tiny_runs_results_hold_the_probe_keys_only_for_mixedae(tmp_path, model_type, overrides, probed):
+    results = run_pretraining(*arguments(tmp_path, model_type=model_type, max_steps=1, **overrides))
+    saved = json.loads((tmp_path / "all_results.json").read_text())
+    for key in PROBE_KEYS:
+        assert (key in saved) == probed, key
+    if probed:
+        assert 0.0 <= saved["eval_homologous_topk_accuracy"] <= 1.0
+        assert 0.0 <= saved["eval_homologous_topk_accuracy_foreground"] <= 1.0
+        assert saved["eval_homologous_contrastive_loss"] > 0
+        assert saved == pytest.approx(results)
 
 
 def test_cli_probes_a_saved_folder(tmp_path):

@@ -70,7 +70,12 @@ def test_end_to_end_produces_loadable_model_pictures_and_results(tmp_path, model
     caplog.set_level(logging.INFO, logger="transformers_mixedae")
     results = run_pretraining(*arguments(tmp_path, model_type, save_steps=2, eval_steps=4))
     evaluation_lines = [record.getMessage() for record in caplog.records if "Evaluation at step" in record.getMessage()]
-    assert len(evaluation_lines) == 1 and "Evaluation at step 4: eval_knn_accuracy " in evaluation_lines[0]
+    assert len(evaluation_lines) == 1 and "Evaluation at step 4: " in evaluation_lines[0]
+    logged = [item.split(" ")[0] for item in evaluation_lines[0].split("Evaluation at step 4: ")[1].split(", ")]
+    assert logged == sorted(key for key in results if key.startswith("eval_"))  # every metric, in order
+    probe_keys = {"eval_homologous_topk_accuracy", "eval_homologous_topk_accuracy_foreground",
+                  "eval_homologous_contrastive_loss"}
+    assert (probe_keys <= set(results)) == (model_type == "mixedae")
     for key in ("eval_knn_accuracy", "eval_linear_probe_accuracy", "eval_loss", "train_loss",
                 "train_samples_per_second"):
         assert key in results and results[key] == results[key], key  # present and not NaN

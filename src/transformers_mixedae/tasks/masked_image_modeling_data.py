@@ -31,6 +31,7 @@ from ..data import (
     synchronized_batches,
 )
 from ..evaluation.frozen_features import evaluate_frozen_features, extract_features
+from ..evaluation.homologous_probe import can_probe, homologous_probe
 from ..models.modeling_mixedae import mixing_assignment
 from ..training.arguments import DataArguments, ModelArguments, PretrainingEvaluationArguments, TrainingArguments
 from ..training.records import SKIPPED_SAMPLES_NAME, write_skipped_samples
@@ -357,8 +358,39 @@ class PretrainingData:
         if self.datasets.label_column_name is not None:
             results.update(self.frozen_feature_metrics(model))
         results.update(self._reconstruction_loss_and_pictures(model, validation, step))
+        results.update(self.homologous_probe_metrics(model, validation))
         model.train(was_training)
         return results
+
+    def homologous_probe_metrics(self, model, validation) -> dict[str, float]:
+        """MixedAE only (mixing and homologous layers): `evaluation.homologous_probe` on a fixed validation batch,
+        the same at every evaluation and on every rank (the first `per_device_eval_batch_size` validation images,
+        at least g, at most `max_eval_samples`, evaluation transform; mixing noise seeded by the run's seed)."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        if not can_probe(unwrapped):
+            return {}
+        count = max(self.training_args.per_device_eval_batch_size, self.group_size)
+        if self.data_args.max_eval_samples is not None:
+            count = min(count, self.data_args.max_eval_samples)
+        loader = build_evaluation_dataloader(
+            _head(validation, count),
+            self.evaluation_transform,
+            batch_size=count,
+            num_workers=0,
+            image_column_name=self.datasets.image_column_name,
+            label_column_name=None,
+            skip_undecodable=not self.data_args.strict_decoding,
+        )
+        batch = next(iter(loader), None)
+        if batch is None or batch["pixel_values"].shape[0] < self.group_size:
+            return {}
+        probe = homologous_probe(unwrapped, batch["pixel_values"], seed=derived_seed(self.training_args.seed, 4),
+                                 image_std=self.evaluation_transform.std)
+        return {
+            "eval_homologous_topk_accuracy": probe["homologous_topk_accuracy"],
+            "eval_homologous_topk_accuracy_foreground": probe["homologous_topk_accuracy_foreground"],
+            "eval_homologous_contrastive_loss": probe["homologous_contrastive_loss"],
+        }
 
     def frozen_feature_metrics(self, feature_model) -> dict[str, float]:
         """Weighted kNN and linear probe: bank = the first `max_eval_train_samples` training images, queries = the
