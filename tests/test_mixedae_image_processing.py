@@ -85,14 +85,6 @@ FALLBACK_WARNING = (
 )
 
 
-@pytest.fixture
-def fresh_warning_once():
-    # warning_once remembers what it said for the whole process; each test must see its own first warning.
-    logging.Logger.warning_once.cache_clear()
-    yield
-    logging.Logger.warning_once.cache_clear()
-
-
 @pytest.mark.skipif(is_torchvision_available(), reason="the fallback is for environments without torchvision")
 def test_torchvision_name_gives_a_working_pil_processor_with_a_warning(tmp_path, caplog, fresh_warning_once):
     with caplog.at_level(logging.WARNING):

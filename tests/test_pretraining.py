@@ -29,17 +29,10 @@ from transformers_mixedae.training.arguments import (
 )
 from transformers_mixedae.tasks.masked_image_modeling_data import SeededTransform
 
+from tiny_runs import TINY_CAE, TINY_MIXEDAE  # noqa: E402
+
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 
-TINY_MIXEDAE = (
-    "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,decoder_hidden_size=16,"
-    "decoder_num_hidden_layers=1,decoder_num_attention_heads=2,decoder_intermediate_size=32"
-)
-TINY_CAE = (
-    "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,intermediate_size=64,decoder_hidden_size=32,"
-    "regressor_num_layers=1,decoder_num_layers=1,decoder_num_attention_heads=4,num_masking_patches=8,"
-    "mask_min_num_patches=2,target=pixels"
-)
 
 
 def arguments(output_dir, model_type="mixedae", **training):
