@@ -11,7 +11,11 @@ setup(
     license="Apache-2.0",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={"transformers_mixedae": ["data/default/*.parquet", "data/default/*.json", "data/default/*.md"]},
+    package_data={
+        "transformers_mixedae": [
+            f"data/{folder}/*.{extension}" for folder in ("default", "default_dense") for extension in ("parquet", "json", "md")
+        ]
+    },
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
