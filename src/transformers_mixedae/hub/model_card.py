@@ -215,6 +215,43 @@ def classification_eval_results(
     return eval_results
 
 
+# Semantic-segmentation scores (`evaluation.segmentation_metrics`): result key -> (metric type, label).
+_SEGMENTATION_METRICS = {
+    "mean_iou": ("mean_iou", "Mean IoU"),
+    "mean_accuracy": ("mean_accuracy", "Mean accuracy"),
+    "overall_accuracy": ("accuracy", "Pixel accuracy"),
+}
+
+
+def segmentation_eval_results(
+    results: Mapping[str, float],
+    dataset: str,
+    dataset_name: str | None = None,
+    evaluation_protocol: str | None = None,
+) -> list[EvalResult]:
+    """`EvalResult`s for the mean IoU, mean accuracy and pixel accuracy among `results` (`eval_mean_iou`, ...);
+    values as measured (fractions)."""
+    eval_results = []
+    for key, value in results.items():
+        prefix, _, metric = key.partition("_")
+        split = _SPLIT_PREFIXES.get(prefix)
+        if split is None or metric not in _SEGMENTATION_METRICS or value != value:  # NaN: nothing was measured
+            continue
+        metric_type, label = _SEGMENTATION_METRICS[metric]
+        eval_results.append(
+            EvalResult(
+                task_type="image-segmentation",
+                dataset_type=dataset,
+                dataset_name=dataset_name or dataset,
+                dataset_split=split,
+                metric_type=metric_type,
+                metric_value=value,
+                metric_name=f"{label} ({evaluation_protocol})" if evaluation_protocol else label,
+            )
+        )
+    return eval_results
+
+
 def default_model_name(config: PreTrainedConfig) -> str:
     """E.g. `mixedae-vit-base-patch16`, or `cae-vit-h512-l8-patch16` for a non-standard size."""
     size = vit_size_name(config.hidden_size, config.num_hidden_layers)
@@ -260,25 +297,31 @@ def generate_model_card(
         license: SPDX id of the weights' license.
     """
     config, model, path = _resolve_config(model_or_config)
-    family = MODEL_FAMILIES.get(config.model_type)
+    # A dense model of transformers' own (UperNet) on one of our backbones: the card describes the backbone.
+    encoder_config = getattr(config, "backbone_config", None) or config
+    family = MODEL_FAMILIES.get(encoder_config.model_type)
     if family is None:
         raise ValueError(
-            f"no model card template for model_type {config.model_type!r}; known: {sorted(MODEL_FAMILIES)}"
+            f"no model card template for model_type {encoder_config.model_type!r}; known: {sorted(MODEL_FAMILIES)}"
         )
     if remote_code is None:
         remote_code = bool(getattr(config, "auto_map", None)) or (
             path is not None and "auto_map" in json.loads((path / "config.json").read_text(encoding="utf-8"))
         )
     measured = load_results(results)
-    model_name = model_name or (path.name if path is not None else default_model_name(config))
+    model_name = model_name or (path.name if path is not None else default_model_name(encoder_config))
     repo_id = repo_id or model_name
     architectures = config.architectures or ([type(model).__name__] if model is not None else [])
     is_classifier = any(name.endswith("ForImageClassification") for name in architectures)
-    pipeline_tag = "image-classification" if is_classifier else "image-feature-extraction"
+    is_segmenter = any(name.endswith("ForSemanticSegmentation") for name in architectures)
+    pipeline_tag = (
+        "image-classification" if is_classifier else "image-segmentation" if is_segmenter else "image-feature-extraction"
+    )
 
     eval_results = []
     if eval_dataset is not None:
         eval_results = classification_eval_results(measured, eval_dataset, eval_dataset_name, evaluation_protocol)
+        eval_results += segmentation_eval_results(measured, eval_dataset, eval_dataset_name, evaluation_protocol)
     card_data = ModelCardData(
         license=license,
         library_name="transformers",
@@ -294,24 +337,25 @@ def generate_model_card(
         f"# {model_name}",
         f"{family.summary} Paper: [{family.paper_title}]({family.paper_url}).",
         family.provenance,
-        *_variant_notices(config),
-        "## Model details\n\n" + _details(config, model, architectures, is_classifier, family),
-        "## Intended uses\n\n" + _intended_uses(is_classifier),
+        *_variant_notices(encoder_config),
+        "## Model details\n\n" + _details(encoder_config, model, architectures, is_classifier, family, config),
+        "## Intended uses\n\n" + _intended_uses(is_classifier, is_segmenter),
         "## Limitations\n\n" + "\n".join(f"- {line}" for line in family.limitations),
-        "## How to use\n\n" + usage_snippets(repo_id, is_classifier, remote_code),
-        "## Training procedure\n\n" + _training_section(config, family, training_command, training_datasets),
+        "## How to use\n\n" + usage_snippets(repo_id, is_classifier, remote_code and not is_segmenter,
+                                                 is_segmenter=is_segmenter),
+        "## Training procedure\n\n" + _training_section(encoder_config, family, training_command, training_datasets),
         "## Evaluation results\n\n" + _results_section(measured, eval_results, eval_dataset),
         "## Citation\n\n```bibtex\n" + family.bibtex + "\n```",
     ]
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
 
 
-def usage_snippets(repo_id: str, is_classifier: bool, remote_code: bool) -> str:
+def usage_snippets(repo_id: str, is_classifier: bool, remote_code: bool, is_segmenter: bool = False) -> str:
     """Markdown with the `import transformers_mixedae` snippet and, with `remote_code`, the `trust_remote_code` one."""
     text = [
         "With the `transformers_mixedae` package installed, importing it registers the model with the "
         "transformers Auto classes and pipelines:",
-        _python_block(_snippet(repo_id, is_classifier, remote_code=False)),
+        _python_block(_segmentation_snippet(repo_id) if is_segmenter else _snippet(repo_id, is_classifier, False)),
     ]
     if remote_code:
         text += [
@@ -362,6 +406,29 @@ def _snippet(repo_id: str, is_classifier: bool, remote_code: bool) -> str:
     return "\n".join(lines)
 
 
+def _segmentation_snippet(repo_id: str) -> str:
+    return "\n".join([
+        "import torch",
+        "from PIL import Image",
+        "from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline",
+        "",
+        "import transformers_mixedae  # noqa: F401  (registers the backbone with the Auto classes)",
+        "",
+        f'repo_id = "{repo_id}"',
+        'image = Image.open("example.jpg").convert("RGB")  # any RGB image',
+        "",
+        "processor = AutoImageProcessor.from_pretrained(repo_id)",
+        "model = AutoModelForSemanticSegmentation.from_pretrained(repo_id).eval()",
+        "with torch.no_grad():",
+        '    outputs = model(**processor(images=image, return_tensors="pt"))',
+        "# class ids at the image's own size",
+        "class_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]",
+        "",
+        'segmenter = pipeline("image-segmentation", model=repo_id)',
+        'print(class_map.shape, [segment["label"] for segment in segmenter(image)])',
+    ])
+
+
 def _python_block(code: str) -> str:
     return f"```python\n{code}\n```"
 
@@ -372,7 +439,10 @@ def _details(
     architectures: Sequence[str],
     is_classifier: bool,
     family: ModelFamily,
+    model_config: PreTrainedConfig | None = None,
 ) -> str:
+    """`config` is the encoder's (for a segmenter, its backbone's); `model_config` the whole model's."""
+    model_config = model_config or config
     height, width = _image_hw(config)
     rows = [
         ("Architecture", ", ".join(architectures) or "not recorded"),
@@ -385,8 +455,11 @@ def _details(
     ]
     if model is not None:
         rows.append(("Parameters", f"{sum(p.numel() for p in model.parameters()):,}"))
-    if is_classifier:
-        rows.append(("Classes", str(len(config.id2label))))
+    if is_classifier or model_config is not config:
+        rows.append(("Classes", str(len(model_config.id2label))))
+    if model_config is not config:
+        rows.append(("Backbone stages", f"out_indices {list(config.out_indices)}, multi-scale neck "
+                                        f"{bool(getattr(config, 'backbone_multi_scale', False))}"))
     return _table(("", ""), rows) + (
         f"\n\nThe encoder can also be exported to a native `transformers.{family.native_class}` with the same "
         "features (`transformers_mixedae.hub.export.export_to_transformers`), for use without this package."
@@ -404,7 +477,12 @@ def _variant_notices(config: PreTrainedConfig) -> list[str]:
     return []
 
 
-def _intended_uses(is_classifier: bool) -> str:
+def _intended_uses(is_classifier: bool, is_segmenter: bool = False) -> str:
+    if is_segmenter:
+        return (
+            "Semantic segmentation over the labels in `config.id2label` (one class per pixel), on images like those "
+            'it was trained on (`pipeline("image-segmentation")`); further fine-tuning on other label sets.'
+        )
     if is_classifier:
         return (
             "Image classification over the labels in `config.id2label`, on images like those it was fine-tuned on; "
@@ -445,7 +523,7 @@ def _results_section(measured: Mapping[str, float], eval_results: list[EvalResul
     text = f"Measured{where} by the run that produced this checkpoint (`all_results.json`):\n\n"
     text += _table(("metric", "value"), [(f"`{key}`", f"{value:.6g}") for key, value in sorted(measured.items())])
     if eval_results:
-        text += "\n\nThe accuracies above are also in the `model-index` metadata."
+        text += "\n\nThe accuracies and mean IoU above are also in the `model-index` metadata."
     return text
 
 
@@ -473,5 +551,6 @@ __all__ = [
     "default_model_name",
     "generate_model_card",
     "load_results",
+    "segmentation_eval_results",
     "usage_snippets",
 ]

@@ -35,6 +35,8 @@ from .rgb_conversion import to_rgb
 
 logger = logging.get_logger(__name__)
 
+SEGMENTATION_IGNORE_INDEX = 255  # label-map pixels that count neither in the loss nor in the metrics
+
 _IMAGE_TYPES = "a PIL image, a NumPy array or a torch tensor of shape (H, W, C) or (C, H, W) with C in (1, 3, 4)"
 
 
@@ -118,6 +120,9 @@ class _MixedAEImageProcessorDefaults:
     do_rescale = True
     do_normalize = True
     do_convert_rgb = True
+    # Semantic segmentation (a UperNet on our backbone): ADE20K's convention, label 0 ("other") ignored and the
+    # rest shifted down, as the training data was read (`reduce_labels`).
+    do_reduce_labels = False
     model_input_names = ["pixel_values"]
 
     @classmethod
@@ -125,6 +130,38 @@ class _MixedAEImageProcessorDefaults:
         """The evaluation processor of a model built from `config`: a centre crop of the model's image size from the
         short side at MAE's 224/256 ratio, so the processor saved with a model always fits it. `kwargs` override."""
         return cls(**{**evaluation_sizes(config.image_size), **kwargs})
+
+    def reduce_label(self, label_map: Any) -> np.ndarray:
+        """A label map as the model was trained on it: with `do_reduce_labels`, 0 becomes 255 (ignored) and every
+        other class id shifts down by one (255 stays 255); unchanged otherwise. Returns an int64 array."""
+        labels = np.array(label_map, dtype=np.int64)
+        if self.do_reduce_labels:
+            reduced = labels - 1
+            reduced[(labels == 0) | (labels == SEGMENTATION_IGNORE_INDEX)] = SEGMENTATION_IGNORE_INDEX
+            labels = reduced
+        return labels
+
+    def post_process_semantic_segmentation(
+        self, outputs: Any, target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Class-id maps `(height, width)` from a semantic-segmentation model's `outputs.logits` `(B, C, h, w)`:
+        the logits are resized (bilinear) to each of `target_sizes` (the images' `(height, width)`) before the
+        argmax, so the map has the original image's size; without `target_sizes`, at the logits' size."""
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        if target_sizes is None:
+            return list(logits.argmax(dim=1))
+        if len(target_sizes) != len(logits):
+            raise ValueError(
+                f"got {len(target_sizes)} target sizes for {len(logits)} images; pass one (height, width) per image"
+            )
+        maps = []
+        for image_logits, size in zip(logits, target_sizes):
+            size = tuple(int(side) for side in size)
+            resized = torch.nn.functional.interpolate(
+                image_logits[None].float(), size=size, mode="bilinear", align_corners=False
+            )
+            maps.append(resized[0].argmax(dim=0))
+        return maps
 
     def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list:
         try:

@@ -1,0 +1,248 @@
+# Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
+"""Semantic segmentation with UperNet on a MixedAE / CAE backbone: the logic behind
+`examples/run_semantic_segmentation.py`.
+
+The model is transformers' own `UperNetForSemanticSegmentation` whose `backbone_config` is one of our configs with
+`out_indices` and the multi-scale neck (`MixedAEBackbone` / `CAEBackbone` through `AutoBackbone`). The backbone's
+weights come from `--model_name_or_path` (a pre-training or image-classification checkpoint of ours: the decoder,
+the final LayerNorm and a classifier head are not used, and reported like any unused key) or start from scratch
+(`--model_type mixedae|cae --config_overrides ...`). The loss is UperNet's own: cross-entropy ignoring 255 plus the
+auxiliary FCN head's, weighted by `--auxiliary_loss_weight`. The backbone trains with layer-wise learning-rate decay
+(`training.optim`), the heads at the full rate; AdamW, weight decay 0.05 and lr 1e-4 by default (MAE / CAE on
+ADE20K; the schedule is `--lr_scheduler_type`, the recipe's `polynomial` in `examples/configs`).
+
+It is one task of the training engine (`training.loop`), which owns the loop, checkpoints, exact resume, logging
+and the final save (model, image processor working with `pipeline("image-segmentation")`, model card with the mIoU).
+"""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from torch import nn
+from transformers import CONFIG_MAPPING, PreTrainedModel, UperNetConfig, UperNetForSemanticSegmentation
+from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
+
+from ..data import SEGMENTATION_IGNORE_INDEX
+from ..hub.registration import pil_image_processor_class
+from ..training.arguments import DataArguments, ModelArguments, TrainingArguments, check_argument, parse_config_overrides
+from ..training.loop import TrainingCallback, TrainingTask, _flat_config, train
+from ..training.optim import build_adamw, layer_decay_parameter_groups, parameter_groups
+from .image_classification import checkpoint_model_type
+from .semantic_segmentation_args import SegmentationArguments, check_segmentation_data
+from .semantic_segmentation_data import SegmentationData
+
+logger = get_logger(__name__)
+
+DEFAULT_OUTPUT_DIR = "outputs/run_semantic_segmentation"
+# MAE / CAE on ADE20K (UperNet): AdamW lr 1e-4, weight decay 0.05, betas (0.9, 0.999).
+DEFAULT_LEARNING_RATE = 1e-4
+DEFAULT_WEIGHT_DECAY = 0.05
+DEFAULT_ADAM_BETA2 = 0.999
+MAX_LISTED_KEYS = 6
+
+
+def default_out_indices(num_layers: int) -> list[int]:
+    """Stages at 1/3, 1/2, 2/3 and all of the depth: 4 6 8 12 for ViT-B (the papers' blocks 3 5 7 11, 0-based)."""
+    return [num_layers // 3, num_layers // 2, (2 * num_layers) // 3, num_layers]
+
+
+def backbone_class(model_type: str) -> type:
+    return MODEL_FOR_BACKBONE_MAPPING[CONFIG_MAPPING[model_type]]
+
+
+def _backbone_overrides(model_args: ModelArguments, segmentation_args: SegmentationArguments, model_type: str) -> dict:
+    overrides = parse_config_overrides(model_args.config_overrides, CONFIG_MAPPING[model_type])
+    for name in ("image_size", "patch_size"):
+        if getattr(model_args, name) is not None:
+            overrides[name] = getattr(model_args, name)
+    overrides.setdefault("drop_path_rate", segmentation_args.drop_path_rate)
+    if model_args.attn_implementation:
+        overrides["attn_implementation"] = model_args.attn_implementation
+    return overrides
+
+
+def _stages(segmentation_args: SegmentationArguments, num_layers: int) -> dict:
+    out_indices = segmentation_args.out_indices or default_out_indices(num_layers)
+    check_argument(
+        max(out_indices) <= num_layers and len(set(out_indices)) == len(out_indices), "out_indices", out_indices,
+        f"stages of a {num_layers}-layer backbone are 0..{num_layers}, distinct; pass --out_indices explicitly",
+    )
+    return {"out_indices": list(out_indices), "backbone_multi_scale": segmentation_args.multi_scale_neck}
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(sorted(keys)[:MAX_LISTED_KEYS])
+    return shown + (f" (+{len(keys) - MAX_LISTED_KEYS} more)" if len(keys) > MAX_LISTED_KEYS else "")
+
+
+def build_segmentation_model(
+    model_args: ModelArguments, segmentation_args: SegmentationArguments, model_type: str, id2label: dict[int, str]
+) -> UperNetForSemanticSegmentation:
+    """UperNet on our backbone: weights from `--model_name_or_path` (unused and new keys logged) or from scratch."""
+    overrides = _backbone_overrides(model_args, segmentation_args, model_type)
+    config_class = CONFIG_MAPPING[model_type]
+    backbone = None
+    if model_args.model_name_or_path:
+        num_layers = config_class.from_pretrained(model_args.model_name_or_path, **overrides).num_hidden_layers
+        backbone, info = backbone_class(model_type).from_pretrained(
+            model_args.model_name_or_path, **overrides, **_stages(segmentation_args, num_layers),
+            output_loading_info=True,
+        )
+        if info["unexpected_keys"]:
+            logger.info(f"{len(info['unexpected_keys'])} weights of {model_args.model_name_or_path} are not used by the "
+                        f"backbone (decoder, final norm, heads): {_listed(info['unexpected_keys'])}",
+                        main_process_only=True)
+        if info["missing_keys"]:
+            logger.info(f"{len(info['missing_keys'])} backbone weights are new (multi-scale neck): "
+                        f"{_listed(info['missing_keys'])}", main_process_only=True)
+        backbone_config = backbone.config
+    else:
+        num_layers = config_class(**overrides).num_hidden_layers
+        backbone_config = config_class(**overrides, **_stages(segmentation_args, num_layers))
+    config = UperNetConfig(
+        backbone_config=backbone_config,
+        num_labels=len(id2label),
+        id2label=dict(id2label),
+        label2id={name: index for index, name in id2label.items()},
+        hidden_size=segmentation_args.head_hidden_size,
+        auxiliary_channels=segmentation_args.auxiliary_channels,
+        use_auxiliary_head=segmentation_args.auxiliary_head,
+        auxiliary_loss_weight=segmentation_args.auxiliary_loss_weight,
+        loss_ignore_index=SEGMENTATION_IGNORE_INDEX,
+    )
+    model = UperNetForSemanticSegmentation(config)
+    if backbone is not None:
+        model.backbone.load_state_dict(backbone.state_dict())
+    if model_args.gradient_checkpointing:
+        model.backbone.activation_checkpointing_enable()
+    return model
+
+
+def segmentation_image_processor(backbone_config, segmentation_args: SegmentationArguments):
+    """The processor saved with the model: resize to the training crop (a multiple of the patch size, so any
+    image gives a valid input), normalise; `do_reduce_labels` as trained; `post_process_semantic_segmentation`
+    gives the class-id map at each image's own size (what `pipeline("image-segmentation")` calls)."""
+    crop = segmentation_args.crop_size
+    return pil_image_processor_class(backbone_config)(
+        size={"height": crop, "width": crop}, do_center_crop=False, do_reduce_labels=segmentation_args.reduce_labels,
+    )
+
+
+class SemanticSegmentationTask(TrainingTask):
+    """UperNet on a MixedAE / CAE backbone, trained with UperNet's loss on image / label-map pairs."""
+
+    name = "segmentation"
+    tracker_project = "run_semantic_segmentation"
+
+    def __init__(
+        self,
+        model_args: ModelArguments,
+        data_args: DataArguments,
+        training_args: TrainingArguments,
+        segmentation_args: SegmentationArguments | None = None,
+    ):
+        super().__init__(training_args, model_args.model_name_or_path)
+        self.model_args = model_args
+        self.data_args = data_args
+        self.segmentation_args = segmentation_args = segmentation_args or SegmentationArguments()
+        check_segmentation_data(data_args, segmentation_args)
+        training_args.output_dir = training_args.output_dir or DEFAULT_OUTPUT_DIR
+        if training_args.learning_rate is None and training_args.base_learning_rate is None:
+            training_args.learning_rate = DEFAULT_LEARNING_RATE
+        if training_args.weight_decay is None:
+            training_args.weight_decay = DEFAULT_WEIGHT_DECAY
+        if training_args.adam_beta2 is None:
+            training_args.adam_beta2 = DEFAULT_ADAM_BETA2
+        self.torch_compile = model_args.torch_compile
+        self.model_type = checkpoint_model_type(model_args)
+        self.data: SegmentationData | None = None
+
+    def check_arguments(self) -> None:
+        overrides = _backbone_overrides(self.model_args, self.segmentation_args, self.model_type)
+        patch_size = overrides.get("patch_size") or CONFIG_MAPPING[self.model_type]().patch_size
+        if self.model_args.model_name_or_path and "patch_size" not in overrides:
+            patch_size = CONFIG_MAPPING[self.model_type].from_pretrained(self.model_args.model_name_or_path).patch_size
+        crop = self.segmentation_args.crop_size
+        check_argument(crop % patch_size == 0, "crop_size", crop,
+                       f"a multiple of the backbone's patch size {patch_size}, e.g. {max(1, crop // patch_size) * patch_size}")
+
+    def label_names(self) -> dict[int, str]:
+        """id -> name: `--id2label`, else the dataset's names, else the ids; `--num_labels` must agree."""
+        segmentation = self.segmentation_args
+        names = segmentation.id2label_map or self.data.datasets.id2label
+        num_labels = segmentation.num_labels
+        # (--id2label and --num_labels were checked against each other with the arguments: only the dataset's names
+        # can disagree here.)
+        if names is not None and num_labels is not None and len(names) != num_labels:
+            logger.warning(f"--num_labels {num_labels} differs from the {len(names)} class names of "
+                           f"{self.data.source}; the classes are named by their ids", main_process_only=True)
+            names = None
+        if names is None:
+            check_argument(num_labels is not None, "num_labels", num_labels,
+                           f"{self.data.source} names no classes: pass --num_labels (ADE20K: 150 with --reduce_labels) "
+                           "or --id2label")
+            names = {index: str(index) for index in range(num_labels)}
+        check_argument(len(names) >= 2, "num_labels", len(names),
+                       "UperNet's loss needs at least 2 classes (e.g. background and object)")
+        return names
+
+    def build(self):
+        self.data = SegmentationData(self.data_args, self.training_args, self.segmentation_args, self.accelerator)
+        id2label = self.label_names()
+        model = build_segmentation_model(self.model_args, self.segmentation_args, self.model_type, id2label)
+        processor = segmentation_image_processor(model.config.backbone_config, self.segmentation_args)
+        self.data.build_loaders(model.config, len(id2label), processor)
+        return model, self.data
+
+    def build_optimizer(self, model: PreTrainedModel, lr: float):
+        """Layer-wise decay over the backbone (embeddings 0, block i -> i, neck at the top rate); the heads at `lr`."""
+        args = self.training_args
+        unwrapped = getattr(model, "module", model)
+        groups = layer_decay_parameter_groups(unwrapped.backbone, args.weight_decay, lr,
+                                              self.segmentation_args.layer_decay)
+        heads = nn.ModuleList(module for name, module in unwrapped.named_children() if name != "backbone")
+        for group in parameter_groups(heads, args.weight_decay):
+            if group["params"]:
+                groups.append({**group, "lr": lr, "lr_scale": 1.0})
+        return build_adamw(groups, lr, (args.adam_beta1, args.adam_beta2))
+
+    def card_kwargs(self) -> dict[str, Any]:
+        base_model = self.model_args.model_name_or_path
+        return dict(
+            eval_dataset=self.data.datasets.dataset_id,
+            eval_dataset_name=self.data.source,
+            evaluation_protocol="UperNet fine-tuning",
+            base_model=base_model if base_model and not Path(base_model).exists() else None,
+        )
+
+    def description(self) -> str:
+        args = self.segmentation_args
+        return (f"UperNet segmentation on {self.model_type}, crop {args.crop_size}, layer decay {args.layer_decay}, "
+                f"auxiliary head {args.auxiliary_loss_weight if args.auxiliary_head else 'off'}, "
+                f"evaluation {args.eval_mode}")
+
+    def recipe_arguments(self) -> dict[str, Any]:
+        args = self.segmentation_args
+        return {"crop_size": args.crop_size, "layer_decay": args.layer_decay, "reduce_labels": args.reduce_labels,
+                "photometric_distortion": args.photometric_distortion, "cat_max_ratio": args.cat_max_ratio,
+                "auxiliary_loss_weight": args.auxiliary_loss_weight if args.auxiliary_head else None}
+
+    def tracker_config(self) -> dict[str, Any]:
+        return _flat_config(self.model_args, self.data_args, self.training_args, self.segmentation_args)
+
+
+def run_semantic_segmentation(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    segmentation_args: SegmentationArguments | None = None,
+    accelerator: Accelerator | None = None,
+    callbacks: tuple[TrainingCallback, ...] | list[TrainingCallback] = (),
+) -> dict[str, Any]:
+    """Train UperNet on our backbone, evaluate (mIoU over the whole validation set), save. Returns the final metrics
+    (also in `output_dir/all_results.json`)."""
+    task = SemanticSegmentationTask(model_args, data_args, training_args, segmentation_args)
+    return train(task, accelerator, callbacks or ())
