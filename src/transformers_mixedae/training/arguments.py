@@ -434,6 +434,8 @@ def parse_run_arguments(
             raise ValueError(f"{argv[0]} is not valid JSON ({error}); fix the file or pass the flags instead.") from None
         if not isinstance(defaults, dict):
             raise ValueError(f"{argv[0]} must hold a JSON object of argument names and values.")
+        # Keys starting with "_" are comments (the ImageNet presets state the paper's number in "_comment").
+        defaults = {key: value for key, value in defaults.items() if not key.startswith("_")}
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(defaults) - known)
         if unknown:
