@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .rand_augment import RandAugment, auto_augment_off, color_jitter, fill_color
+
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 MAE_CROP_SCALE = (0.2, 1.0)
@@ -324,6 +326,53 @@ class PretrainingTransform:
             f"normalize={self.normalize}, tokenizer_image_size={self.tokenizer_image_size}, "
             f"mask_generator={self.mask_generator!r})"
         )
+
+
+class ClassificationTrainTransform:
+    """The fine-tuning train transform (timm's `create_transform(is_training=True)` as MAE / CAE use it):
+    RandomResizedCrop + flip (`PretrainingTransform`), then RandAugment (`auto_augment`, e.g.
+    "rand-m9-mstd0.5-inc1") or, only when that is off, colour jitter of strength `color_jitter`, on the uint8 crop
+    (through PIL, as timm); normalised here or, with `normalize=False`, per batch on the device. Random erasing,
+    Mixup and CutMix act on the batch (`batch_augmentation`). Without `auto_augment` and `color_jitter` the output
+    and the random draws are those of `PretrainingTransform`.
+    """
+
+    accepts_rgb_arrays = True
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 224,
+        scale: tuple[float, float] = CAE_CROP_SCALE,
+        interpolation: Interpolation = "bicubic",
+        auto_augment: str | None = None,
+        color_jitter: float | None = None,
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        normalize: bool = True,
+    ):
+        self.crop = PretrainingTransform(image_size, scale=scale, interpolation=interpolation, mean=mean, std=std,
+                                         normalize=False)
+        self.mean, self.std, self.normalize = tuple(mean), tuple(std), normalize
+        self.rand_augment = None
+        if not auto_augment_off(auto_augment):
+            self.rand_augment = RandAugment.from_string(auto_augment, fill=fill_color(mean), resample=interpolation)
+        # timm turns colour jitter off while an auto-augmentation is on.
+        self.color_jitter = color_jitter if self.rand_augment is None and color_jitter else None
+
+    def __call__(self, image: RGBImage, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        pixels = self.crop(image, generator)["pixel_values"]
+        if self.rand_augment is not None or self.color_jitter is not None:
+            picture = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+            if self.rand_augment is not None:
+                picture = self.rand_augment(picture, generator)
+            else:
+                picture = color_jitter(picture, self.color_jitter, generator)
+            pixels = pil_to_uint8_tensor(picture).contiguous()
+        return {"pixel_values": normalize_pixels(pixels, self.mean, self.std) if self.normalize else pixels}
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.crop!r}, rand_augment={self.rand_augment!r}, "
+                f"color_jitter={self.color_jitter}, normalize={self.normalize})")
 
 
 class EvaluationTransform:
