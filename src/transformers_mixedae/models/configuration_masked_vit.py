@@ -101,6 +101,9 @@ def check_config_model_type(
     )
 
 
+CLASSIFIER_HEADS = ("linear", "attentive")
+
+
 # The multi-scale adapter turns exactly this many encoder stages into strides patch_size / 4, / 2, x 1 and x 2
 # (4, 8, 16 and 32 for 16-pixel patches).
 MULTI_SCALE_NUM_STAGES = 4
@@ -123,6 +126,18 @@ class MaskedViTConfig(BackboneConfigMixin, PreTrainedConfig):
             Turn the 4 chosen stages (all at stride `patch_size`) into strides 4, 8, 16 and 32 with the adapter
             BEiT/MAE/CAE use for dense heads (for `patch_size=16`: 4x up, 2x up, identity, 2x down). Needs exactly
             4 `out_indices`.
+
+    The classifier head of `MixedAEForImageClassification` / `CAEForImageClassification`:
+
+    Args:
+        classifier_head (`str`, defaults to `"linear"`):
+            `"linear"`: a Linear on the pooled feature (`classifier_pooling`). `"attentive"`: CAE's attentive probe
+            head, a learned query token cross-attending over the encoder's final-norm tokens ([CLS] and patches),
+            then a BatchNorm without affine and the Linear; needs `classifier_pooling="cls"` (the encoder keeps its
+            final LayerNorm, as CAE's `--use_cls`).
+        attentive_num_heads (`int`, *optional*):
+            Heads of the attentive head's cross-attention; defaults to `num_attention_heads` (CAE). Must divide
+            `hidden_size`.
     """
 
     # Model types besides `model_type` whose config dicts this class reads.
@@ -148,6 +163,8 @@ class MaskedViTConfig(BackboneConfigMixin, PreTrainedConfig):
     num_channels: int = 3
     qkv_bias: bool = True
     backbone_multi_scale: bool = False
+    classifier_head: str = "linear"
+    attentive_num_heads: int | None = None
     # Set from the `out_features` / `out_indices` keywords by `set_output_features_output_indices` (BackboneConfigMixin),
     # which aligns them with each other and with `stage_names`; `to_dict` writes them without the underscore.
     _out_features: list[str] | None = None
@@ -197,6 +214,23 @@ class MaskedViTConfig(BackboneConfigMixin, PreTrainedConfig):
             probability_fields=("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"),
         )
         check_vit_geometry(self, self.width_head_fields)
+
+    def validate_classifier_head(self):
+        if self.classifier_head not in CLASSIFIER_HEADS:
+            raise ValueError(f"classifier_head={self.classifier_head!r} must be one of {CLASSIFIER_HEADS}.")
+        heads = self.attentive_num_heads
+        if heads is not None and (heads < 1 or self.hidden_size % heads):
+            raise ValueError(
+                f"attentive_num_heads={heads} must be at least 1 and divide hidden_size={self.hidden_size} (or None "
+                f"for num_attention_heads={self.num_attention_heads})."
+            )
+        pooling = getattr(self, "classifier_pooling", "cls")
+        if self.classifier_head == "attentive" and pooling != "cls":
+            raise ValueError(
+                f"classifier_head='attentive' with classifier_pooling={pooling!r}: the attentive head attends over the "
+                "encoder's final-norm tokens, which classifier_pooling='cls' keeps (mean pooling replaces the final "
+                "norm by fc_norm); set classifier_pooling='cls'."
+            )
 
     def validate_backbone(self):
         if self.backbone_multi_scale and len(self._out_indices) != MULTI_SCALE_NUM_STAGES:

@@ -4,7 +4,8 @@
 `MaskedViTPreTrainedModel` holds the class settings of both families (pixel inputs, the attention backends of
 `ViTAttention`, hidden states and attentions recorded from `ViTLayer` / `ViTAttention`) and turns a corrupt weight
 file into an error that names it. `ImageClassifierOnEncoder` is the `...ForImageClassification` part: a linear
-classifier on the mean patch token (+ `fc_norm`) or on [CLS]. `BackboneOnEncoder` is the `...Backbone` part:
+classifier on the mean patch token (+ `fc_norm`), on [CLS], or (`classifier_head="attentive"`) on CAE's attentive
+pooling (`AttentivePooler`). `BackboneOnEncoder` is the `...Backbone` part:
 `(B, D, H/p, W/p)` feature maps from chosen encoder layers, optionally through `MultiScaleNeck` (strides p/4 .. 2p).
 
 This module only imports from `transformers`, `torch`, `huggingface_hub`, `safetensors` and sibling modules, so it
@@ -17,8 +18,10 @@ from contextlib import contextmanager
 import torch
 from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError, safe_open
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.backbone_utils import filter_output_hidden_states
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
 from transformers.processing_utils import Unpack
@@ -89,6 +92,74 @@ class MaskedViTPreTrainedModel(PreTrainedModel):
     def get_input_embeddings(self) -> PatchEmbeddings:
         return self.base_model.embeddings.patch_embeddings
 
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The attentive classifier head as CAE's attentive probe (the families' own initialisation does the rest)."""
+        super()._init_weights(module)
+        if isinstance(module, AttentivePooler):
+            module.reset_parameters(self.config.initializer_range)
+
+
+# CAE's attentive probe normalises the pooled feature with a BatchNorm without affine and torch's default eps.
+ATTENTIVE_BATCH_NORM_EPS = 1e-5
+
+
+class AttentivePooler(nn.Module):
+    """CAE's attentive-probe pooling (`AttentiveBlock` + `LP_BatchNorm`): one learned query token attends, by
+    multi-head cross-attention, over the encoder's final-norm tokens ([CLS] and patches); query, keys and values each
+    pass their own LayerNorm first; no residual and no MLP; the attended feature goes through an output projection and
+    a BatchNorm without affine (batch statistics in training, running statistics in eval mode).
+
+    The projections are parameters of this module (not `nn.Linear`s), so that their initialisation is CAE's
+    (normal std 0.02, zero biases, a zero query token) whatever the family's rule for linear layers; as CAE, the key
+    projection has no bias and the query and value ones have one when `config.qkv_bias`.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        hidden_size = config.hidden_size
+        self.num_heads = config.attentive_num_heads or config.num_attention_heads
+        self.query_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        self.norm_query = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.norm_key = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.norm_value = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.query_weight = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.key_weight = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.value_weight = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.query_bias = nn.Parameter(torch.zeros(hidden_size)) if config.qkv_bias else None
+        self.value_bias = nn.Parameter(torch.zeros(hidden_size)) if config.qkv_bias else None
+        self.output_weight = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.output_bias = nn.Parameter(torch.zeros(hidden_size))
+        self.batch_norm = nn.BatchNorm1d(hidden_size, affine=False, eps=ATTENTIVE_BATCH_NORM_EPS)
+        self.reset_parameters(config.initializer_range)
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float) -> None:
+        """CAE's initialisation (through `transformers.initialization`, which leaves loaded tensors alone)."""
+        init.zeros_(self.query_token)
+        for weight in (self.query_weight, self.key_weight, self.value_weight, self.output_weight):
+            init.trunc_normal_(weight, std=std)
+        for bias in (self.query_bias, self.value_bias, self.output_bias):
+            if bias is not None:
+                init.zeros_(bias)
+        init.zeros_(self.batch_norm.running_mean)
+        init.ones_(self.batch_norm.running_var)
+        init.zeros_(self.batch_norm.num_batches_tracked)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # (B, N, D) final-norm encoder tokens -> (B, D)
+        batch_size, length, hidden_size = hidden_states.shape
+        head_size = hidden_size // self.num_heads
+        query = self.norm_query(self.query_token).expand(batch_size, -1, -1)
+        query = F.linear(query, self.query_weight, self.query_bias).view(batch_size, 1, self.num_heads, head_size)
+        key = F.linear(self.norm_key(hidden_states), self.key_weight)
+        value = F.linear(self.norm_value(hidden_states), self.value_weight, self.value_bias)
+        key = key.view(batch_size, length, self.num_heads, head_size)
+        value = value.view(batch_size, length, self.num_heads, head_size)
+        attended = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+        pooled = F.linear(attended.reshape(batch_size, hidden_size), self.output_weight, self.output_bias)
+        return self.batch_norm(pooled)
+
 
 class ImageClassifierOnEncoder:
     """The `...ForImageClassification` part of both families, mixed into a `MaskedViTPreTrainedModel` subclass whose
@@ -96,10 +167,13 @@ class ImageClassifierOnEncoder:
 
     def add_classification_head(self, config) -> None:
         """`classifier_pooling="mean"` averages the patch tokens and normalises them with `fc_norm` (MAE / CAE
-        fine-tuning); `"cls"` takes the encoder's [CLS] token."""
+        fine-tuning); `"cls"` takes the encoder's [CLS] token; `classifier_head="attentive"` (with `"cls"`, so that the
+        encoder keeps its final norm) pools all tokens with `AttentivePooler` (CAE's attentive probe)."""
         self.num_labels = config.num_labels
-        mean_pooling = config.classifier_pooling == "mean"
+        attentive = config.classifier_head == "attentive"
+        mean_pooling = config.classifier_pooling == "mean" and not attentive
         self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if mean_pooling else None
+        self.attentive_pooler = AttentivePooler(config) if attentive else None
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
 
     @can_return_tuple
@@ -119,7 +193,9 @@ class ImageClassifierOnEncoder:
             Accept another input resolution; the position embeddings follow the new patch grid.
         """
         outputs = self.base_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
-        if self.fc_norm is not None:
+        if self.attentive_pooler is not None:
+            pooled = self.attentive_pooler(outputs.last_hidden_state)  # (B, D): attention over all tokens
+        elif self.fc_norm is not None:
             pooled = self.fc_norm(outputs.last_hidden_state[:, 1:, :].mean(dim=1))  # (B, D): mean of patch tokens
         else:
             pooled = outputs.pooler_output  # (B, D): [CLS]
