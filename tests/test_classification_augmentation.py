@@ -1,13 +1,17 @@
-"""Fine-tuning augmentation on the device (data/batch_augmentation.py): Mixup / CutMix and random erasing with MAE's
-flags (--mixup --cutmix --cutmix_minmax --mixup_prob --mixup_switch_prob --mixup_mode --reprob --remode --recount)."""
+"""Fine-tuning augmentation: on the device (data/batch_augmentation.py), Mixup / CutMix and random erasing with MAE's
+flags (--mixup --cutmix --cutmix_minmax --mixup_prob --mixup_switch_prob --mixup_mode --reprob --remode --recount);
+in the data workers (data/rand_augment.py), RandAugment (--aa) and colour jitter (--color_jitter), checked against
+timm's definitions (op sets, magnitude -> parameter, probabilities, fill) as facts."""
 
 import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
 
 from test_finetuning import arguments, pretrained  # noqa: F401 - the fixture
@@ -20,8 +24,25 @@ from transformers_mixedae.data.batch_augmentation import (
     smoothed_one_hot,
     soft_target_cross_entropy,
 )
+from transformers_mixedae.data.rand_augment import (
+    OP_TABLE,
+    OPERATIONS,
+    RAND_INCREASING_OPS,
+    RAND_OPS,
+    RandAugment,
+    color_jitter,
+    fill_color,
+    parse_rand_augment,
+)
+from transformers_mixedae.data.transforms import (
+    CAE_CROP_SCALE,
+    IMAGENET_DEFAULT_MEAN,
+    ClassificationTrainTransform,
+    PretrainingTransform,
+)
 from transformers_mixedae.tasks.image_classification import ImageClassificationTask, run_image_classification
-from transformers_mixedae.tasks.image_classification_args import ClassificationArguments
+from transformers_mixedae.tasks.image_classification_args import ClassificationArguments, resolve_recipe
+from transformers_mixedae.training.arguments import TrainingArguments
 from transformers_mixedae.training.checkpointing import CheckpointError
 
 
@@ -211,12 +232,12 @@ def test_augmentation_is_refused_for_the_linear_probe():
 
 
 EVERY_FLAG = dict(mixup=0.8, cutmix=1.0, mixup_prob=0.9, mixup_switch_prob=0.5, mixup_mode="batch", reprob=0.5,
-                  remode="pixel", recount=2)
+                  remode="pixel", recount=2, aa="rand-m9-mstd0.5-inc1")
 
 
-@pytest.mark.parametrize("extra", [{}, {"cutmix_minmax": [0.2, 0.8]}])
+@pytest.mark.parametrize("extra", [{}, {"cutmix_minmax": [0.2, 0.8], "aa": "none", "color_jitter": 0.4}])
 def test_a_tiny_finetuning_run_with_every_flag_finishes(tmp_path, pretrained, extra):  # noqa: F811
-    run_image_classification(*arguments(pretrained / "mixedae", tmp_path, **EVERY_FLAG, **extra))
+    run_image_classification(*arguments(pretrained / "mixedae", tmp_path, **{**EVERY_FLAG, **extra}))
     saved = json.loads((tmp_path / "all_results.json").read_text())
     assert 0 <= saved["eval_accuracy"] <= saved["eval_top5_accuracy"] <= 1
     assert math.isfinite(saved["train_loss"])
@@ -254,3 +275,161 @@ def test_resume_with_changed_augmentation_is_refused_unless_allowed(tmp_path, pr
         run_image_classification(*arguments(pretrained / "mixedae", resumed, resume_from_checkpoint="latest", **changed))
     run_image_classification(*arguments(pretrained / "mixedae", resumed, resume_from_checkpoint="latest",
                                         allow_recipe_change=True, **changed))
+
+
+# ------------------------------------------------------------------------------------------------ RandAugment
+# timm's `_RAND_INCREASING_TRANSFORMS` and `_RAND_TRANSFORMS` (timm/data/auto_augment.py), in timm's order.
+TIMM_INCREASING_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
+                       "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+                       "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+TIMM_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
+            "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+# timm's level -> argument functions at magnitudes 0, 9 and 10, before the random sign (None: no argument); the
+# "Increasing" enhance ops give |factor - 1|.
+TIMM_PARAMETERS = {
+    "AutoContrast": (None, None, None), "Equalize": (None, None, None), "Invert": (None, None, None),
+    "Rotate": (0.0, 27.0, 30.0),
+    "Posterize": (0, 3, 4), "PosterizeIncreasing": (4, 1, 0),
+    "Solarize": (0, 230, 256), "SolarizeIncreasing": (256, 26, 0), "SolarizeAdd": (0, 99, 110),
+    "Color": (0.1, 1.72, 1.9), "Contrast": (0.1, 1.72, 1.9), "Brightness": (0.1, 1.72, 1.9), "Sharpness": (0.1, 1.72, 1.9),
+    "ColorIncreasing": (0.0, 0.81, 0.9), "ContrastIncreasing": (0.0, 0.81, 0.9),
+    "BrightnessIncreasing": (0.0, 0.81, 0.9), "SharpnessIncreasing": (0.0, 0.81, 0.9),
+    "ShearX": (0.0, 0.27, 0.3), "ShearY": (0.0, 0.27, 0.3),
+    "TranslateXRel": (0.0, 0.405, 0.45), "TranslateYRel": (0.0, 0.405, 0.45),
+}
+SIGNED = {"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel", "ColorIncreasing", "ContrastIncreasing",
+          "BrightnessIncreasing", "SharpnessIncreasing"}
+
+
+def test_the_op_sets_and_the_parsed_mae_string_are_timms():
+    assert RAND_INCREASING_OPS == TIMM_INCREASING_OPS and RAND_OPS == TIMM_OPS
+    settings = parse_rand_augment("rand-m9-mstd0.5-inc1")
+    assert (settings.magnitude, settings.num_ops, settings.probability, settings.magnitude_std,
+            settings.magnitude_max, settings.ops) == (9, 2, 0.5, 0.5, None, TIMM_INCREASING_OPS)
+    plain = parse_rand_augment("rand-n3-m7-p0.8-mmax12")
+    assert (plain.magnitude, plain.num_ops, plain.probability, plain.magnitude_max, plain.ops) == (
+        7, 3, 0.8, 12, TIMM_OPS)
+    assert parse_rand_augment("rand").magnitude == 10  # timm's default magnitude
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_PARAMETERS))
+def test_magnitude_to_parameter_at_0_9_10_and_the_random_sign(name):
+    spec = OP_TABLE[name]
+    values = tuple(spec.parameter(magnitude) for magnitude in (0, 9, 10))
+    for value, expected in zip(values, TIMM_PARAMETERS[name]):
+        assert value == pytest.approx(expected) if expected is not None else value is None
+    assert spec.signed == (name in SIGNED)
+    if name in SIGNED:  # the sign is drawn with probability 1/2; "Increasing" enhance factors are 1 +- value
+        augment = RandAugment(parse_rand_augment("rand-m9"))
+        drawn = [augment.parameter(spec, 9, generator(seed)) for seed in range(400)]
+        centre = 1.0 if name.endswith("Increasing") else 0.0
+        assert {round(abs(value - centre), 6) for value in drawn} == {round(values[1], 6)}
+        assert 160 < sum(value > centre for value in drawn) < 240
+
+
+def test_each_op_runs_on_an_rgb_image_and_keeps_its_size():
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (20, 24, 3), dtype=np.uint8))
+    augment = RandAugment(parse_rand_augment("rand-m9-mstd0.5-inc1"))
+    for name in TIMM_INCREASING_OPS + TIMM_OPS:
+        spec = OP_TABLE[name]
+        output = OPERATIONS[spec.operation](image, augment.parameter(spec, 9, generator(0)), augment)
+        assert output.size == image.size and output.mode == "RGB", name
+
+
+def test_geometric_ops_fill_with_the_mean_colour_and_invert_is_exact():
+    assert fill_color(IMAGENET_DEFAULT_MEAN) == (124, 116, 104)  # timm's img_mean for ImageNet
+    white = Image.new("RGB", (16, 16), (255, 255, 255))
+    augment = RandAugment(parse_rand_augment("rand-m10"), fill=(124, 116, 104))
+    rotated = np.asarray(OPERATIONS["rotate"](white, 30.0, augment))
+    assert tuple(rotated[0, 0]) == (124, 116, 104) and tuple(rotated[8, 8]) == (255, 255, 255)
+    shifted = np.asarray(OPERATIONS["translate_x"](white, 0.45, augment))
+    assert tuple(shifted[8, -1]) == (124, 116, 104) and tuple(shifted[8, 0]) == (255, 255, 255)
+    image = np.random.RandomState(1).randint(0, 256, (8, 8, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(OPERATIONS["invert"](Image.fromarray(image), None, augment)), 255 - image)
+
+
+def test_each_op_applies_with_probability_one_half():
+    # One op (Invert) drawn once per image: about half the images are inverted, the rest untouched.
+    augment = RandAugment(parse_rand_augment("rand-n1"))
+    augment.specs = (OP_TABLE["Invert"],)
+    image = Image.new("RGB", (4, 4), (10, 20, 30))
+    inverted = sum(np.asarray(augment(image, generator(seed)))[0, 0, 0] == 245 for seed in range(1000))
+    assert 440 < inverted < 560
+    always = RandAugment(parse_rand_augment("rand-n1-p1.0"))
+    always.specs = (OP_TABLE["Invert"],)
+    assert all(np.asarray(always(image, generator(seed)))[0, 0, 0] == 245 for seed in range(20))
+
+
+def test_magnitude_noise_is_normal_around_m_clipped_and_uniform_above_std_100():
+    noisy = RandAugment(parse_rand_augment("rand-m9-mstd0.5"))
+    draws = torch.tensor([noisy.sample_magnitude(generator(seed)) for seed in range(2000)])
+    assert abs(draws.mean() - 9.0) < 0.05 and abs(draws[draws < 10].std() - 0.45) < 0.1 and draws.max() == 10.0
+    assert RandAugment(parse_rand_augment("rand-m9")).sample_magnitude(generator(0)) == 9.0
+    wide = RandAugment(parse_rand_augment("rand-m8-mstd5-mmax12"))
+    assert max(wide.sample_magnitude(generator(seed)) for seed in range(500)) == 12.0
+    uniform = torch.tensor([RandAugment(parse_rand_augment("rand-m9-mstd101")).sample_magnitude(generator(seed))
+                            for seed in range(2000)])
+    assert uniform.min() >= 0 and uniform.max() <= 9 and abs(uniform.mean() - 4.5) < 0.2
+
+
+def test_rand_augment_is_deterministic_per_sample_seed_and_never_uses_the_global_rng():
+    image = np.random.RandomState(2).randint(0, 256, (40, 30, 3), dtype=np.uint8)
+    transform = ClassificationTrainTransform(16, auto_augment="rand-m9-mstd0.5-inc1", normalize=False)
+    state = torch.random.get_rng_state()
+    first = transform(image, generator(7))["pixel_values"]
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert first.dtype == torch.uint8 and first.shape == (3, 16, 16)
+    assert torch.equal(first, transform(Image.fromarray(image), generator(7))["pixel_values"])
+    outputs = [transform(image, generator(seed))["pixel_values"] for seed in range(8)]
+    assert len({output.numpy().tobytes() for output in outputs}) == 8
+    # Off, the transform is the plain crop + flip, draw for draw.
+    plain = PretrainingTransform(16, scale=CAE_CROP_SCALE, normalize=False)
+    for off in (ClassificationTrainTransform(16, normalize=False),
+                ClassificationTrainTransform(16, auto_augment="none", color_jitter=0.0, normalize=False)):
+        assert torch.equal(off(image, generator(3))["pixel_values"], plain(image, generator(3))["pixel_values"])
+
+
+def test_color_jitter_draws_factors_in_range_and_timm_turns_it_off_under_rand_augment():
+    grey = Image.new("RGB", (4, 4), (100, 100, 100))
+    # Contrast and saturation leave a grey image alone, so only the brightness factor in [0.6, 1.4] shows.
+    values = [int(np.asarray(color_jitter(grey, 0.4, generator(seed)))[0, 0, 0]) for seed in range(300)]
+    assert 60 <= min(values) <= 64 and 136 <= max(values) <= 140
+    assert color_jitter(grey, 0.0, generator(0)) is grey
+    image = np.random.RandomState(3).randint(0, 256, (20, 20, 3), dtype=np.uint8)
+    jitter = ClassificationTrainTransform(16, color_jitter=0.4, normalize=False)
+    assert torch.equal(jitter(image, generator(1))["pixel_values"], jitter(image, generator(1))["pixel_values"])
+    assert not torch.equal(jitter(image, generator(1))["pixel_values"],
+                           ClassificationTrainTransform(16, normalize=False)(image, generator(1))["pixel_values"])
+    assert ClassificationTrainTransform(16, auto_augment="rand-m9", color_jitter=0.4).color_jitter is None
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(aa="rand-x"), r"--aa 'rand-x': unknown section 'x'\. Expected rand-<section>.*rand-m9-mstd0\.5-inc1"),
+    (dict(aa="augmix-m3"), r"--aa 'augmix-m3': only RandAugment \('rand-\.\.\.'\) is implemented"),
+    (dict(aa="rand-m11"), r"--aa 'rand-m11': m must be at most mmax \(10\)"),
+    (dict(aa="rand-inc0"), r"--aa 'rand-inc0': inc takes 1"),
+    (dict(aa="rand-n0"), r"--aa 'rand-n0': n must be at least 1"),
+    (dict(aa="rand-p1.5"), r"--aa 'rand-p1\.5': p must be a probability"),
+    (dict(color_jitter=-0.1), r"--color_jitter -0\.1 is not valid: a strength >= 0"),
+    (dict(aa="rand-m9", color_jitter=0.4), r"--color_jitter 0\.4 is not valid: colour jitter is not applied while "
+                                            r"RandAugment is on \(--aa rand-m9\).*--aa none"),
+    (dict(mode="linear_probe", aa="rand-m9"), r"--mode 'linear_probe' is not valid: .*--aa and --color_jitter"),
+    (dict(mode="attentive_probe", color_jitter=0.4, aa="none"), r"--mode 'attentive_probe' is not valid"),
+])
+def test_rand_augment_and_color_jitter_flags_are_validated(flags, message):
+    with pytest.raises(ValueError, match=message):
+        ClassificationArguments(**flags)
+
+
+def test_recipes_fill_rand_augment_and_refuse_an_explicit_jitter_it_would_disable(tmp_path):
+    def resolved(model_type="mixedae", **flags):
+        arguments_ = ClassificationArguments(**flags)
+        resolve_recipe(TrainingArguments(output_dir=str(tmp_path)), arguments_, model_type)
+        return arguments_.aa, arguments_.color_jitter
+
+    assert resolved() == ("rand-m9-mstd0.5-inc1", None)  # MAE: RandAugment, no jitter
+    assert resolved("cae") == ("rand-m9-mstd0.5-inc1", 0.4)  # CAE: its jitter default, inert under RandAugment
+    assert resolved(aa="none", color_jitter=0.3) == ("none", 0.3)
+    assert resolved(mode="linear_probe") == resolved(mode="attentive_probe") == (None, None)
+    with pytest.raises(ValueError, match=r"--color_jitter 0\.4 is not valid: .*the mae recipe's default.*--aa none"):
+        resolved(color_jitter=0.4)

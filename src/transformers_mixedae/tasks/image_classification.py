@@ -9,8 +9,15 @@
   trained with SGD (or MAE's LARS, `--optimizer lars`). At the end the BatchNorm (running statistics) is folded into
   the Linear, so the saved model is a plain `...ForImageClassification` with `classifier_pooling="cls"` giving the
   same logits.
+* `--mode attentive_probe` (CAE protocol): the encoder is frozen as for the linear probe; the head is CAE's
+  attentive pooling (a learned query token cross-attending over the final-norm tokens, BatchNorm without affine,
+  `AttentivePooler`) + Linear (normal std 0.01), trained with SGD; the config says `classifier_head="attentive"`,
+  so the saved folder loads with `AutoModelForImageClassification` and runs in `pipeline("image-classification")`.
 
-Both are one task of the training engine (`training.loop`), which owns the loop, checkpoints, resume, logging and
+Fine-tuning draws RandAugment (`--aa`) or colour jitter (`--color_jitter`) per image in the data workers
+(`ClassificationTrainTransform`), and random erasing, Mixup and CutMix per batch on the device.
+
+All are one task of the training engine (`training.loop`), which owns the loop, checkpoints, resume, logging and
 the final save; the task states the model, its data (`ClassificationData`), the optimizer, the cross-entropy loss,
 the frozen encoder of the probe, and the BatchNorm folding before the save. `--model_ema` turns on the engine's
 moving average of the weights (`training.ema`), saved as `output_dir/ema/`.
@@ -32,13 +39,15 @@ from ..data import (
     CAE_CROP_SCALE,
     BatchNormalizer,
     EvaluationTransform,
-    PretrainingTransform,
     SkippedSampleStats,
     build_pretraining_dataloader,
 )
+from ..data.rand_augment import auto_augment_off
+from ..data.transforms import ClassificationTrainTransform
 from ..data.batch_augmentation import MixupCutmix, random_erase, soft_target_cross_entropy
 from ..evaluation.frozen_features import LINEAR_PROBE_BATCH_NORM_EPS, LINEAR_PROBE_INIT_STD, Accuracy, _gather_uneven
 from .image_classification_args import (
+    PROBE_MODES,
     ClassificationArguments,
     check_classification_data,
     recipe_drop_path_rate,
@@ -62,6 +71,8 @@ logger = get_logger(__name__)
 
 DEFAULT_OUTPUT_DIR = "outputs/run_image_classification"
 DEFAULT_EVAL_DATASET = "zalando-datasets/fashion_mnist"  # Hub id of the data the embedded default is drawn from
+EVALUATION_PROTOCOLS = {"finetune": "fine-tuning", "linear_probe": "linear probing",
+                        "attentive_probe": "attentive probing"}
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -91,7 +102,8 @@ def build_classification_model(
     model_args: ModelArguments, classification_args: ClassificationArguments, model_type: str, label_names: list[str]
 ) -> PreTrainedModel:
     """`...ForImageClassification` from a checkpoint (any of ours; a new head for these labels) or from scratch;
-    for linear probing with the BatchNorm + Linear head and a frozen encoder."""
+    for linear probing with the BatchNorm + Linear head and a frozen encoder, for attentive probing with the attentive
+    head (in the config) and a frozen encoder."""
     model_class = classification_class(model_type)
     overrides = parse_config_overrides(model_args.config_overrides, model_class.config_class)
     for name in ("image_size", "patch_size"):
@@ -100,8 +112,10 @@ def build_classification_model(
     if classification_args.classifier_pooling is not None:
         overrides["classifier_pooling"] = classification_args.classifier_pooling
     overrides.setdefault("drop_path_rate", recipe_drop_path_rate(classification_args))
-    if classification_args.mode == "linear_probe":
+    if classification_args.mode in PROBE_MODES:
         overrides.update(classifier_pooling="cls", drop_path_rate=0.0)
+    if classification_args.mode == "attentive_probe":
+        overrides["classifier_head"] = "attentive"
     labels = dict(
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
@@ -117,6 +131,8 @@ def build_classification_model(
         model = model_class(model_class.config_class(**overrides, **labels))
     if classification_args.mode == "linear_probe":
         add_linear_probe_head(model)
+    elif classification_args.mode == "attentive_probe":
+        prepare_attentive_probe(model)
     if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     return model
@@ -136,6 +152,18 @@ def add_linear_probe_head(model: PreTrainedModel) -> None:
 
 
 @torch.no_grad()
+def prepare_attentive_probe(model: PreTrainedModel) -> None:
+    """Freeze the encoder and start the Linear as CAE's attentive probe does (normal std 0.01, zero bias); the
+    attentive pooling keeps its own initialisation (or a checkpoint's)."""
+    if model.attentive_pooler is None:
+        raise ValueError("the attentive probe needs a model built with classifier_head='attentive'.")
+    for parameter in base_encoder(model).parameters():
+        parameter.requires_grad_(False)
+    nn.init.normal_(model.classifier.weight, std=LINEAR_PROBE_INIT_STD)
+    nn.init.zeros_(model.classifier.bias)
+
+
+@torch.no_grad()
 def fold_linear_probe_head(model: PreTrainedModel) -> None:
     """Replace the BatchNorm + Linear probe head by one Linear with the same eval-mode output (loadable by the plain
     `...ForImageClassification` class)."""
@@ -152,11 +180,15 @@ def fold_linear_probe_head(model: PreTrainedModel) -> None:
 
 # ---------------------------------------------------------------------------------------------- data
 class ClassificationData(PretrainingData):
-    """Labelled train/validation data: RandomResizedCrop (0.08, 1) + flip for training, resize + centre crop for
-    evaluation; per-rank loaders, seeding and resume positions as in pre-training (`PretrainingData`)."""
+    """Labelled train/validation data: RandomResizedCrop (0.08, 1) + flip (+ RandAugment or colour jitter when
+    fine-tuning) for training, resize + centre crop for evaluation; per-rank loaders, seeding and resume positions as in pre-training (`PretrainingData`)."""
 
-    def __init__(self, data_args: DataArguments, training_args: TrainingArguments, accelerator):
+    def __init__(
+        self, data_args: DataArguments, training_args: TrainingArguments, accelerator,
+        classification_args: ClassificationArguments | None = None,
+    ):
         self.data_args = data_args
+        self.classification_args = classification_args or ClassificationArguments()
         self.training_args = training_args
         self.accelerator = accelerator
         self.group_size = 1
@@ -186,7 +218,11 @@ class ClassificationData(PretrainingData):
         self.model_type = config.model_type
         self.image_size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
         # uint8 out of the data workers, normalised on the device by `model_inputs`.
-        augmentation = PretrainingTransform(self.image_size, scale=CAE_CROP_SCALE, normalize=False)
+        args = self.classification_args
+        augmentation = ClassificationTrainTransform(
+            self.image_size, scale=CAE_CROP_SCALE, auto_augment=args.aa, color_jitter=args.color_jitter,
+            normalize=False,
+        )
         self.normalize_batch = BatchNormalizer(augmentation.mean, augmentation.std, self.accelerator.device)
         self.train_transform = SeededTransform(augmentation, self.training_args.seed, self.accelerator.process_index)
         self.train_loader = build_pretraining_dataloader(
@@ -282,6 +318,7 @@ class ImageClassificationTask(TrainingTask):
         resolve_recipe(training_args, classification_args, self.model_type)
         self.name = classification_args.mode
         self.linear_probe = classification_args.mode == "linear_probe"
+        self.frozen_encoder = classification_args.mode in PROBE_MODES
         self.model_ema_decay = classification_args.model_ema_decay if classification_args.model_ema else None
         self.model_ema_eval = classification_args.model_ema_eval
         self.data: ClassificationData | None = None
@@ -291,7 +328,7 @@ class ImageClassificationTask(TrainingTask):
         parse_config_overrides(self.model_args.config_overrides, classification_class(self.model_type).config_class)
 
     def build(self):
-        self.data = ClassificationData(self.data_args, self.training_args, self.accelerator)
+        self.data = ClassificationData(self.data_args, self.training_args, self.accelerator, self.classification_args)
         model = build_classification_model(
             self.model_args, self.classification_args, self.model_type, self.data.label_names
         )
@@ -312,7 +349,7 @@ class ImageClassificationTask(TrainingTask):
 
     def build_optimizer(self, model: PreTrainedModel, lr: float):
         args, classification = self.training_args, self.classification_args
-        if self.linear_probe:  # MAE's probe: the head alone (SGD with momentum by default, LARS in the paper)
+        if self.frozen_encoder:  # the probes: the head alone (MAE: SGD with momentum by default, LARS in the paper)
             groups = [group for group in parameter_groups(model, args.weight_decay) if group["params"]]
         else:
             groups = layer_decay_parameter_groups(model, args.weight_decay, lr, classification.layer_decay)
@@ -352,7 +389,7 @@ class ImageClassificationTask(TrainingTask):
 
     def train_mode(self, model: torch.nn.Module) -> None:
         model.train()
-        if self.linear_probe:  # the frozen encoder stays in eval mode; only the probe's BatchNorm trains
+        if self.frozen_encoder:  # the frozen encoder stays in eval mode; only the probe's head (and BatchNorm) trains
             base_encoder(self.accelerator.unwrap_model(model)).eval()
 
     def before_save(self, model: PreTrainedModel) -> None:
@@ -364,7 +401,7 @@ class ImageClassificationTask(TrainingTask):
         return dict(
             eval_dataset=self.data.eval_dataset_id(),
             eval_dataset_name=self.data.source,
-            evaluation_protocol="linear probing" if self.linear_probe else "fine-tuning",
+            evaluation_protocol=EVALUATION_PROTOCOLS[self.classification_args.mode],
             base_model=base_model if base_model and not Path(base_model).exists() else None,
         )
 
@@ -375,6 +412,8 @@ class ImageClassificationTask(TrainingTask):
             f", mixup {args.mixup}" if args.mixup > 0 else "",
             f", cutmix {args.cutmix_minmax or args.cutmix}" if args.cutmix > 0 or args.cutmix_minmax else "",
             f", random erasing {args.reprob}" if args.reprob > 0 else "",
+            f", RandAugment {args.aa}" if not auto_augment_off(args.aa) else "",
+            f", colour jitter {args.color_jitter}" if args.color_jitter and auto_augment_off(args.aa) else "",
         ))
         return (f"{args.mode} ({args.recipe} recipe) of {self.model_type}, {args.optimizer}, layer decay "
                 f"{args.layer_decay}{ema}{augmentation}")
@@ -393,7 +432,8 @@ class ImageClassificationTask(TrainingTask):
         return dict(mixup=args.mixup, cutmix=args.cutmix,
                     cutmix_minmax=list(args.cutmix_minmax) if args.cutmix_minmax is not None else None,
                     mixup_prob=args.mixup_prob, mixup_switch_prob=args.mixup_switch_prob, mixup_mode=args.mixup_mode,
-                    reprob=args.reprob, remode=args.remode, recount=args.recount)
+                    reprob=args.reprob, remode=args.remode, recount=args.recount, aa=args.aa,
+                    color_jitter=args.color_jitter)
 
     def tracker_config(self) -> dict[str, Any]:
         return _flat_config(self.model_args, self.data_args, self.training_args, self.classification_args)

@@ -5,6 +5,7 @@ Recipe-dependent defaults are left unset (`None`), so that `--recipe` fills them
 
 from dataclasses import dataclass, field
 
+from ..data.rand_augment import AUTO_AUGMENT_GRAMMAR, auto_augment_off, parse_rand_augment
 from ..training.arguments import (
     DataArguments,
     ModelArguments,
@@ -15,22 +16,37 @@ from ..training.arguments import (
     parse_run_arguments,
 )
 
-MODES = ("finetune", "linear_probe")
+MODES = ("finetune", "linear_probe", "attentive_probe")
+PROBE_MODES = ("linear_probe", "attentive_probe")
 RECIPES = ("mae", "cae")
 OPTIMIZERS = ("sgd", "adamw", "lars")
 MIXUP_MODES = ("batch",)  # timm's "pair" and "elem" are not implemented
 ERASE_MODES = ("pixel",)  # timm's "const" and "rand" are not implemented
+
+# RandAugment of MAE's and CAE's fine-tuning (CAE's run_class_finetuning.py sets it whenever it fine-tunes).
+FINETUNE_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
+# CAE's attentive probe: lr 0.4 at batch 256 x 32 GPUs.
+CAE_ATTENTIVE_PROBE_LR, CAE_ATTENTIVE_PROBE_BATCH = 0.4, 256 * 32
 
 # Defaults per (mode, recipe) from the MAE and CAE papers, applied to every field still None. Learning rates are base
 # rates: lr = base_learning_rate * global batch / 256 (CAE: 8e-3 at batch 4096 -> 5e-4).
 RECIPE_DEFAULTS = {
     ("finetune", "mae"): dict(
         base_learning_rate=5e-4, layer_decay=0.65, weight_decay=0.05, drop_path_rate=0.1, label_smoothing=0.1,
-        warmup_epochs=5.0, adam_beta2=0.999, optimizer="adamw",
+        warmup_epochs=5.0, adam_beta2=0.999, optimizer="adamw", aa=FINETUNE_AUTO_AUGMENT, color_jitter=None,
     ),
+    # CAE's colour jitter default (0.4) is inert while RandAugment is on, as in timm; it acts with --aa none.
     ("finetune", "cae"): dict(
         base_learning_rate=8e-3 * 256 / 4096, layer_decay=0.65, weight_decay=0.05, drop_path_rate=0.1,
-        label_smoothing=0.1, warmup_epochs=5.0, adam_beta2=0.999, optimizer="adamw",
+        label_smoothing=0.1, warmup_epochs=5.0, adam_beta2=0.999, optimizer="adamw", aa=FINETUNE_AUTO_AUGMENT,
+        color_jitter=0.4,
+    ),
+    # CAE's attentive probe (tools/run_attentive.py): SGD momentum 0.9, no decay, no label smoothing, 10 warm-up
+    # epochs, crop + flip only; MixedAE is probed the same way.
+    ("attentive_probe", "cae"): dict(
+        base_learning_rate=CAE_ATTENTIVE_PROBE_LR * 256 / CAE_ATTENTIVE_PROBE_BATCH, layer_decay=1.0,
+        weight_decay=0.0, drop_path_rate=0.0, label_smoothing=0.0, warmup_epochs=10.0, adam_beta2=0.999,
+        optimizer="sgd",
     ),
     # MAE linear probe: LARS in the paper (--optimizer lars); SGD with momentum 0.9 by default (one linear layer), no
     # decay, 10 warm-up epochs.
@@ -40,6 +56,7 @@ RECIPE_DEFAULTS = {
     ),
 }
 RECIPE_DEFAULTS[("linear_probe", "cae")] = RECIPE_DEFAULTS[("linear_probe", "mae")]
+RECIPE_DEFAULTS[("attentive_probe", "mae")] = RECIPE_DEFAULTS[("attentive_probe", "cae")]
 
 
 @dataclass
@@ -60,7 +77,7 @@ class ClassificationArguments:
     momentum: float = field(default=0.9, metadata={"help": "Momentum of --optimizer sgd and lars."})
     optimizer: str | None = field(
         default=None,
-        metadata={"help": f"One of {OPTIMIZERS} (default: adamw for finetune, sgd for linear_probe). lars is MAE's "
+        metadata={"help": f"One of {OPTIMIZERS} (default: adamw for finetune, sgd for the probes). lars is MAE's "
                           "linear-probe optimizer (trust coefficient 0.001; biases and 1-D parameters plain momentum SGD)."},
     )
     model_ema: bool = field(
@@ -73,7 +90,7 @@ class ClassificationArguments:
     )
     classifier_pooling: str | None = field(
         default=None,
-        metadata={"help": "mean (+ fc_norm, MAE/CAE fine-tuning; the config default) or cls. Linear probing uses cls."},
+        metadata={"help": "mean (+ fc_norm, MAE/CAE fine-tuning; the config default) or cls. The probes use cls."},
     )
     # Fine-tuning augmentation on the device (data.batch_augmentation), MAE's main_finetune flags; off by default.
     mixup: float = field(default=0.0, metadata={"help": "Mixup alpha, > 0 enables Mixup (MAE recipe 0.8; off: 0)."})
@@ -95,6 +112,17 @@ class ClassificationArguments:
         default="pixel", metadata={"help": f"Random erasing fill, one of {ERASE_MODES}: per-pixel normal noise."}
     )
     recount: int = field(default=1, metadata={"help": "Random erasing: at most this many boxes per erased image."})
+    # Per-image fine-tuning augmentation in the data workers (data.rand_augment), timm's grammar and semantics.
+    aa: str | None = field(
+        default=None,
+        metadata={"help": f"RandAugment of the fine-tuning images, timm's string: {AUTO_AUGMENT_GRAMMAR} (recipes: "
+                          f"{FINETUNE_AUTO_AUGMENT}; probes: none)."},
+    )
+    color_jitter: float | None = field(
+        default=None,
+        metadata={"help": "Colour jitter strength F: brightness, contrast and saturation factors in [1 - F, 1 + F], "
+                          "applied only while --aa is none, as timm (mae recipe: off; cae recipe: 0.4)."},
+    )
 
     def __post_init__(self):
         check_argument(self.mode in MODES, "mode", self.mode, f"choose one of {MODES}")
@@ -138,10 +166,18 @@ class ClassificationArguments:
         check_argument(self.remode in ERASE_MODES, "remode", self.remode, f"choose one of {ERASE_MODES}")
         check_argument(isinstance(self.recount, int) and not isinstance(self.recount, bool) and self.recount >= 1,
                        "recount", self.recount, "an integer >= 1")
-        augmented = self.mixup > 0 or self.cutmix > 0 or self.cutmix_minmax is not None or self.reprob > 0
+        if self.aa is not None and not auto_augment_off(self.aa):
+            parse_rand_augment(self.aa, "aa")
+        _check_optional(self, ("color_jitter",), lambda value: _finite(value) and value >= 0,
+                        "a strength >= 0 (0 turns it off), e.g. 0.4")
+        check_argument(auto_augment_off(self.aa) or not self.color_jitter, "color_jitter", self.color_jitter,
+                       f"colour jitter is not applied while RandAugment is on (--aa {self.aa}), as in timm; pass "
+                       "--aa none to jitter colours instead, or leave --color_jitter out")
+        augmented = (self.mixup > 0 or self.cutmix > 0 or self.cutmix_minmax is not None or self.reprob > 0
+                     or not auto_augment_off(self.aa) or bool(self.color_jitter))
         check_argument(self.mode == "finetune" or not augmented, "mode", self.mode,
-                       "--mixup, --cutmix, --cutmix_minmax and --reprob are fine-tuning augmentation; use --mode "
-                       "finetune or leave them off")
+                       "--mixup, --cutmix, --cutmix_minmax, --reprob, --aa and --color_jitter are fine-tuning "
+                       "augmentation; use --mode finetune or leave them off")
 
     @property
     def mixup_active(self) -> bool:
@@ -156,12 +192,16 @@ def resolve_recipe(
     config, see `recipe_drop_path_rate`); returns the recipe used."""
     # --mode and --recipe were checked when the arguments were made.
     recipe = classification_args.recipe or ("cae" if model_type == "cae" else "mae")  # MixedAE fine-tunes as MAE
+    explicit_jitter = classification_args.color_jitter
     for name, value in RECIPE_DEFAULTS[(classification_args.mode, recipe)].items():
         if name == "drop_path_rate":
             continue
         arguments = classification_args if hasattr(classification_args, name) else training_args
         if getattr(arguments, name) is None:
             setattr(arguments, name, value)
+    check_argument(not explicit_jitter or auto_augment_off(classification_args.aa), "color_jitter", explicit_jitter,
+                   f"colour jitter is not applied while RandAugment is on (--aa {classification_args.aa}, the {recipe} "
+                   "recipe's default), as in timm; pass --aa none too to jitter colours instead")
     classification_args.recipe = recipe
     return recipe
 
