@@ -69,7 +69,7 @@ def test_image_classification_needs_a_label_column():
 @pytest.mark.parametrize(
     ("argv", "flag", "value", "requirement"),
     [
-        (["--mode", "probe"], "mode", "'probe'", "choose one of ('finetune', 'linear_probe')"),
+        (["--mode", "probe"], "mode", "'probe'", "choose one of ('finetune', 'linear_probe', 'attentive_probe')"),
         (["--recipe", "beit"], "recipe", "'beit'", "choose one of ('mae', 'cae')"),
         (["--layer_decay", "0"], "layer_decay", "0.0", "a number in (0, 1]"),
         (["--label_smoothing", "1"], "label_smoothing", "1.0", "a number in [0, 1)"),
