@@ -14,7 +14,10 @@ from transformers_mixedae.training.arguments import DataArguments, ModelArgument
 # Class c paints its rectangle in this colour: an image's pixels say their class, so a few steps learn something.
 COLOURS = np.array([[20, 20, 20], [230, 40, 40], [40, 200, 60], [50, 80, 230], [220, 220, 40]], dtype=np.uint8)
 TINY_BACKBONE = "hidden_size=32,num_hidden_layers=4,num_attention_heads=4,intermediate_size=64"
-TINY_CAE_BACKBONE = TINY_BACKBONE + ",decoder_hidden_size=32,target=pixels"
+TINY_CAE_BACKBONE = TINY_BACKBONE + (
+    ",decoder_hidden_size=32,regressor_num_layers=1,decoder_num_layers=1,decoder_num_attention_heads=4,"
+    "num_masking_patches=8,mask_min_num_patches=2,target=pixels"
+)
 SETTINGS = dict(
     model_type="mixedae", config_overrides=TINY_BACKBONE, image_size=16, patch_size=4, attn_implementation="eager",
     num_labels=4, crop_size=16, out_indices=[1, 2, 3, 4], head_hidden_size=16, auxiliary_channels=8,

@@ -15,12 +15,12 @@ It is one task of the training engine (`training.loop`), which owns the loop, ch
 and the final save (model, image processor working with `pipeline("image-segmentation")`, model card with the mIoU).
 """
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.logging import get_logger
 from torch import nn
 from transformers import CONFIG_MAPPING, PreTrainedModel, UperNetConfig, UperNetForSemanticSegmentation
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
@@ -34,7 +34,8 @@ from .image_classification import checkpoint_model_type
 from .semantic_segmentation_args import SegmentationArguments, check_segmentation_data
 from .semantic_segmentation_data import SegmentationData
 
-logger = get_logger(__name__)
+# A plain logger: `build_segmentation_model` is also called outside an Accelerate run.
+logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_DIR = "outputs/run_semantic_segmentation"
 # MAE / CAE on ADE20K (UperNet): AdamW lr 1e-4, weight decay 0.05, betas (0.9, 0.999).
@@ -93,11 +94,10 @@ def build_segmentation_model(
         )
         if info["unexpected_keys"]:
             logger.info(f"{len(info['unexpected_keys'])} weights of {model_args.model_name_or_path} are not used by the "
-                        f"backbone (decoder, final norm, heads): {_listed(info['unexpected_keys'])}",
-                        main_process_only=True)
+                        f"backbone (decoder, final norm, heads): {_listed(info['unexpected_keys'])}")
         if info["missing_keys"]:
             logger.info(f"{len(info['missing_keys'])} backbone weights are new (multi-scale neck): "
-                        f"{_listed(info['missing_keys'])}", main_process_only=True)
+                        f"{_listed(info['missing_keys'])}")
         backbone_config = backbone.config
     else:
         num_layers = config_class(**overrides).num_hidden_layers
@@ -161,13 +161,17 @@ class SemanticSegmentationTask(TrainingTask):
         self.data: SegmentationData | None = None
 
     def check_arguments(self) -> None:
+        """The crop against the patch size and `--out_indices` against the depth, before anything is written."""
         overrides = _backbone_overrides(self.model_args, self.segmentation_args, self.model_type)
-        patch_size = overrides.get("patch_size") or CONFIG_MAPPING[self.model_type]().patch_size
-        if self.model_args.model_name_or_path and "patch_size" not in overrides:
-            patch_size = CONFIG_MAPPING[self.model_type].from_pretrained(self.model_args.model_name_or_path).patch_size
-        crop = self.segmentation_args.crop_size
+        config_class = CONFIG_MAPPING[self.model_type]
+        if self.model_args.model_name_or_path:
+            config = config_class.from_pretrained(self.model_args.model_name_or_path, **overrides)
+        else:
+            config = config_class(**overrides)
+        crop, patch_size = self.segmentation_args.crop_size, config.patch_size
         check_argument(crop % patch_size == 0, "crop_size", crop,
                        f"a multiple of the backbone's patch size {patch_size}, e.g. {max(1, crop // patch_size) * patch_size}")
+        _stages(self.segmentation_args, config.num_hidden_layers)
 
     def label_names(self) -> dict[int, str]:
         """id -> name: `--id2label`, else the dataset's names, else the ids; `--num_labels` must agree."""
@@ -177,8 +181,9 @@ class SemanticSegmentationTask(TrainingTask):
         # (--id2label and --num_labels were checked against each other with the arguments: only the dataset's names
         # can disagree here.)
         if names is not None and num_labels is not None and len(names) != num_labels:
-            logger.warning(f"--num_labels {num_labels} differs from the {len(names)} class names of "
-                           f"{self.data.source}; the classes are named by their ids", main_process_only=True)
+            if self.accelerator.is_main_process:
+                logger.warning(f"--num_labels {num_labels} differs from the {len(names)} class names of "
+                               f"{self.data.source}; the classes are named by their ids")
             names = None
         if names is None:
             check_argument(num_labels is not None, "num_labels", num_labels,

@@ -1,0 +1,71 @@
+"""data/segmentation_loading.py: image / label-map pairs from an ADE-layout folder, a dataset named like a Hub one
+(here a local Parquet folder, streamed or not, with other column names) and the bundled dense benchmark; the errors
+name the missing folder, the unmatched stems and the missing column."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from transformers_mixedae.data import segmentation_loading
+from transformers_mixedae.data.images import open_image
+from transformers_mixedae.data.segmentation_loading import ade_layout_split, load_segmentation_datasets
+
+from segmentation_data import make_ade_folder, make_parquet_shards
+
+
+def test_ade_layout_pairs_images_and_annotations_by_stem(tmp_path):
+    root = make_ade_folder(tmp_path, num_train=4, num_validation=3)
+    loaded = load_segmentation_datasets(data_dir=str(root))
+    assert (len(loaded.train), len(loaded.validation)) == (4, 3)
+    assert (loaded.image_column_name, loaded.label_column_name, loaded.dataset_id) == ("image", "annotation", "imagefolder")
+    example = loaded.validation.cast_column("image", loaded.validation.features["image"].__class__(decode=False))[1]
+    assert example["image"]["path"].endswith("images/validation/ADE_validation_00000001.png")
+    labels = np.array(open_image(loaded.validation[1]["annotation"]))
+    expected = np.array(open_image(str(root / "annotations" / "validation" / "ADE_validation_00000001.png")))
+    assert np.array_equal(labels, expected)
+    streamed = load_segmentation_datasets(data_dir=str(root), streaming=True, max_train_samples=2)
+    assert len(list(streamed.train)) == 2
+
+
+def test_ade_layout_errors_name_the_folder_and_the_stems(tmp_path):
+    root = make_ade_folder(tmp_path, num_train=3, num_validation=2)
+    shutil.rmtree(root / "annotations" / "validation")
+    with pytest.raises(ValueError, match="has no folder annotations/validation"):
+        load_segmentation_datasets(data_dir=str(root))
+    (root / "annotations" / "validation").mkdir()
+    (root / "annotations" / "training" / "ADE_training_00000001.png").unlink()
+    with pytest.raises(ValueError, match="images without an annotation in .*annotations/training: ADE_training_00000001"):
+        ade_layout_split(root, "train")
+    with pytest.raises(ValueError, match="give one data source"):
+        load_segmentation_datasets(data_dir=str(root), dataset_name="scene_parse_150")
+
+
+def test_a_named_dataset_with_its_own_column_names(tmp_path):
+    root = make_parquet_shards(tmp_path / "shards")
+    for path in root.glob("*.parquet"):  # the columns of another dataset: img / seg
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        pq.write_table(table.rename_columns(["img", "seg"]), path)
+    loaded = load_segmentation_datasets(dataset_name=str(root), image_column_name="img", label_column_name="seg")
+    assert (len(loaded.train), len(loaded.validation)) == (8, 4)
+    streamed = load_segmentation_datasets(dataset_name=str(root), streaming=True, image_column_name="img",
+                                          label_column_name="seg")
+    assert set(next(iter(streamed.validation))) == {"img", "seg"}
+    with pytest.raises(ValueError, match="label-map column 'annotation' not found .*available columns: \\['img', 'seg'\\]"):
+        load_segmentation_datasets(dataset_name=str(root), image_column_name="img")
+
+
+def test_the_bundled_dense_benchmark_is_the_default(tmp_path, monkeypatch):
+    folder = make_parquet_shards(tmp_path / "default_dense")
+    (folder / "provenance.json").write_text(json.dumps({"id2label": {"0": "background", "1": "t-shirt"}}))
+    monkeypatch.setattr(segmentation_loading, "DEFAULT_DENSE_DIR", folder)
+    monkeypatch.setattr(segmentation_loading, "DEFAULT_DENSE_PROVENANCE", folder / "provenance.json")
+    loaded = load_segmentation_datasets(max_eval_samples=2)
+    assert (len(loaded.train), len(loaded.validation)) == (8, 2)
+    assert loaded.id2label == {0: "background", 1: "t-shirt"} and loaded.dataset_id == "default_dense"
+    monkeypatch.setattr(segmentation_loading, "DEFAULT_DENSE_DIR", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="pass --data_dir .* or --dataset_name"):
+        load_segmentation_datasets()

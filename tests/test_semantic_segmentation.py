@@ -1,0 +1,288 @@
+"""Semantic segmentation (tasks/semantic_segmentation*.py, examples/run_semantic_segmentation.py): UperNet on our
+backbones, the command line on an ADE-layout folder, exact resume, the pipeline on the saved folder, reduce_labels,
+sliding-window evaluation, two ranks agreeing with one, and flag errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModelForSemanticSegmentation, pipeline
+
+import transformers_mixedae  # noqa: F401
+from transformers_mixedae import MixedAEForPreTraining, MixedAEImageProcessorPil
+from transformers_mixedae.evaluation.segmentation_metrics import confusion_matrix, segmentation_scores
+from transformers_mixedae.tasks.semantic_segmentation import (
+    SemanticSegmentationTask,
+    build_segmentation_model,
+    default_out_indices,
+    run_semantic_segmentation,
+)
+from transformers_mixedae.tasks.semantic_segmentation_args import SegmentationArguments, parse_segmentation_arguments
+from transformers_mixedae.tasks.semantic_segmentation_data import SegmentationData, read_label_map
+
+from helpers import tiny_mixedae_config
+from segmentation_data import TINY_CAE_BACKBONE, arguments, command_line, make_ade_folder
+from test_pretraining import free_port
+from tiny_runs import folder_fingerprint
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SCRIPT = REPOSITORY / "examples" / "run_semantic_segmentation.py"
+METRICS = ("eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy")
+
+
+def environment() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def ade_folder(tmp_path_factory) -> Path:
+    return make_ade_folder(tmp_path_factory.mktemp("ade"))
+
+
+@pytest.fixture(scope="module")
+def launched_run(tmp_path_factory, ade_folder) -> Path:
+    """`accelerate launch --cpu examples/run_semantic_segmentation.py --data_dir D --num_labels 4 ...` (3 steps)."""
+    output = tmp_path_factory.mktemp("launched") / "run"
+    completed = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
+         *command_line(output, ade_folder, eval_steps=2, save_steps=1)],
+        env=environment(), capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return output
+
+
+# ---------------------------------------------------------------------------------------------- model
+@pytest.mark.parametrize("model_type", ["mixedae", "cae"])
+def test_upernet_forward_and_backward_on_both_backbones(model_type):
+    overrides = {"model_type": model_type, **({"config_overrides": TINY_CAE_BACKBONE} if model_type == "cae" else {})}
+    model_args, _, _, segmentation_args = arguments("unused", ".", **overrides)
+    model = build_segmentation_model(model_args, segmentation_args, model_type, {0: "a", 1: "b", 2: "c"})
+    assert type(model.backbone).__name__ == ("MixedAEBackbone" if model_type == "mixedae" else "CAEBackbone")
+    assert model.config.backbone_config.out_indices == [1, 2, 3, 4] and model.config.auxiliary_loss_weight == 0.4
+    outputs = model(torch.randn(2, 3, 16, 24), labels=torch.randint(0, 3, (2, 16, 24)))
+    assert outputs.logits.shape == (2, 3, 16, 24)
+    outputs.loss.backward()
+    without_gradient = [name for name, parameter in model.named_parameters()
+                        if parameter.requires_grad and parameter.grad is None]
+    assert without_gradient == []
+
+
+def test_backbone_starts_from_a_pretraining_checkpoint(tmp_path):
+    pretraining = MixedAEForPreTraining(tiny_mixedae_config(num_hidden_layers=4))
+    pretraining.save_pretrained(tmp_path)
+    model_args, _, _, segmentation_args = arguments("unused", ".", model_type=None, config_overrides=None,
+                                                    image_size=None, patch_size=None, model_name_or_path=str(tmp_path))
+    model = build_segmentation_model(model_args, segmentation_args, "mixedae", {0: "a", 1: "b"})
+    encoder = pretraining.state_dict()
+    backbone = model.backbone.state_dict()
+    blocks = [key for key in backbone if key.startswith("vit.layers.")]
+    assert blocks and all(torch.equal(backbone[key], encoder[key]) for key in blocks)
+    assert torch.equal(backbone["vit.embeddings.patch_embeddings.projection.weight"],
+                       encoder["vit.embeddings.patch_embeddings.projection.weight"])
+    assert model.config.backbone_config.drop_path_rate == 0.1
+
+
+def test_default_out_indices_are_the_papers_blocks_for_vit_base():
+    assert default_out_indices(12) == [4, 6, 8, 12]  # blocks 3, 5, 7, 11 counted from 0
+
+
+def test_layer_decay_groups_backbone_and_full_rate_heads():
+    model_args, data_args, training_args, segmentation_args = arguments("unused", ".", layer_decay=0.5)
+    task = SemanticSegmentationTask(model_args, data_args, training_args, segmentation_args)
+    model = build_segmentation_model(model_args, segmentation_args, "mixedae", {0: "a", 1: "b"})
+    optimizer = task.build_optimizer(model, lr=1.0)
+    lr_of = {id(parameter): group["lr"] for group in optimizer.param_groups for parameter in group["params"]}
+    assert len(lr_of) == sum(1 for parameter in model.parameters() if parameter.requires_grad)
+    assert lr_of[id(model.backbone.vit.embeddings.patch_embeddings.projection.weight)] == 0.5 ** 5  # L = 4
+    assert lr_of[id(model.backbone.vit.layers[3].attention.q_proj.weight)] == 0.5
+    assert lr_of[id(next(model.decode_head.parameters()))] == 1.0
+    assert lr_of[id(next(model.auxiliary_head.parameters()))] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def test_launched_run_reports_the_metrics_pictures_and_a_pipeline_ready_folder(launched_run, ade_folder):
+    results = json.loads((launched_run / "all_results.json").read_text())
+    for name in METRICS:
+        assert 0.0 <= results[name] <= 1.0
+    assert results["train_steps"] == 3 and results["eval_samples"] == 5
+    assert {f"eval_iou_{index}" for index in range(4)} <= set(results)
+    assert (launched_run / "visualizations" / "step_2_segmentation.png").is_file()
+    assert (launched_run / "visualizations" / "step_3_segmentation.png").is_file()
+    card = (launched_run / "README.md").read_text()
+    assert "pipeline_tag: image-segmentation" in card and "type: mean_iou" in card
+
+    model = AutoModelForSemanticSegmentation.from_pretrained(launched_run).eval()
+    assert type(model.backbone).__name__ == "MixedAEBackbone"
+    segmenter = pipeline("image-segmentation", model=str(launched_run))
+    image = Image.open(ade_folder / "images" / "validation" / "ADE_validation_00000002.png")
+    segments = segmenter(image)
+    assert segments and all(segment["mask"].size == image.size for segment in segments)
+    assert {segment["label"] for segment in segments} <= set(model.config.id2label.values())
+    # The masks partition the image: every pixel belongs to exactly one predicted class.
+    coverage = sum(np.array(segment["mask"]) // 255 for segment in segments)
+    assert (coverage == 1).all()
+
+
+def test_final_metrics_are_those_of_one_confusion_matrix_over_the_validation_set(launched_run, ade_folder):
+    """The saved model, evaluated image by image here, gives the run's numbers exactly (whole-image mode)."""
+    model = AutoModelForSemanticSegmentation.from_pretrained(launched_run, attn_implementation="eager").eval()
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    confusion = torch.zeros(4, 4, dtype=torch.int64)
+    for path in sorted((ade_folder / "images" / "validation").iterdir()):
+        labels = torch.from_numpy(np.array(Image.open(ade_folder / "annotations" / "validation" / path.name))).long()
+        pixels = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+        # The evaluation rescale of crop 16: short side 16 (keep ratio), bilinear antialiased.
+        from transformers_mixedae.data import SegmentationEvaluationTransform
+
+        transformed = SegmentationEvaluationTransform(scale=(64, 16), normalize=False)(pixels.permute(1, 2, 0).numpy())
+        normalised = ((transformed["pixel_values"].float() / 255 - mean) / std)[None]
+        height, width = normalised.shape[-2:]
+        padded = torch.nn.functional.pad(normalised, (0, -width % 4, 0, -height % 4))
+        with torch.no_grad():
+            logits = model(pixel_values=padded).logits[..., :height, :width]
+        logits = torch.nn.functional.interpolate(logits, size=tuple(labels.shape), mode="bilinear", align_corners=False)
+        confusion += confusion_matrix(logits.argmax(dim=1)[0], labels, 4)
+    expected = segmentation_scores(confusion)
+    results = json.loads((launched_run / "all_results.json").read_text())
+    assert results["eval_overall_accuracy"] == pytest.approx(expected["overall_accuracy"], abs=1e-12)
+    assert results["eval_mean_iou"] == pytest.approx(expected["mean_iou"], abs=1e-12)
+    assert results["eval_mean_accuracy"] == pytest.approx(expected["mean_accuracy"], abs=1e-12)
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path, ade_folder):
+    # 4 steps of 4 images from 12: the resumed part crosses an epoch boundary.
+    settings = dict(max_steps=4, save_steps=1, save_total_limit=None)
+    uninterrupted = tmp_path / "uninterrupted"
+    run_semantic_segmentation(*arguments(uninterrupted, ade_folder, **settings))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(uninterrupted / "checkpoints" / "step_1", resumed / "checkpoints" / "step_1")
+    before = folder_fingerprint(resumed / "checkpoints" / "step_1")
+    run_semantic_segmentation(*arguments(resumed, ade_folder, resume_from_checkpoint="latest", **settings))
+    assert folder_fingerprint(resumed / "checkpoints" / "step_1") == before  # resumed from it, not run again
+    expected, actual = load_file(str(uninterrupted / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    first, second = (json.loads((folder / "all_results.json").read_text()) for folder in (uninterrupted, resumed))
+    assert [first[name] for name in METRICS] == [second[name] for name in METRICS]
+
+
+def test_two_ranks_give_the_metrics_of_one(tmp_path, ade_folder):
+    """torchrun (gloo) with 2 processes, each evaluating its half of the validation set: the summed confusion matrix
+    gives exactly the single-process numbers (max_steps 0: the same weights, rank 0's, in both runs)."""
+    single = run_semantic_segmentation(*arguments(tmp_path / "single", ade_folder, max_steps=0))
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+         str(SCRIPT), *command_line(tmp_path / "double", ade_folder, max_steps=0)],
+        env=environment(), capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    double = json.loads((tmp_path / "double" / "all_results.json").read_text())
+    assert double["eval_samples"] == single["eval_samples"] == 5
+    for name in (*METRICS, *(f"eval_iou_{index}" for index in range(4))):
+        assert double[name] == pytest.approx(single[name], abs=1e-12, nan_ok=True), name
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+class PointwiseModel(torch.nn.Module):
+    """Logits that depend on each pixel alone: sliding windows must give the whole image's logits exactly."""
+
+    def forward(self, pixel_values):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=torch.cat([pixel_values, -pixel_values[:, :1]], dim=1))
+
+
+def test_sliding_windows_average_to_the_whole_image(tmp_path, ade_folder):
+    from accelerate import Accelerator
+
+    _, data_args, training_args, segmentation_args = arguments(tmp_path, ade_folder, eval_mode="slide", eval_stride=5)
+    data = SegmentationData(data_args, training_args, segmentation_args, Accelerator(cpu=True))
+    data.num_labels, data.patch_size = 4, 4
+    pixel_values = torch.randn(1, 3, 23, 37)
+    slid = data.segment(PointwiseModel(), pixel_values)
+    segmentation_args.eval_mode = "whole"
+    whole = data.segment(PointwiseModel(), pixel_values)
+    assert slid.shape == whole.shape == (1, 4, 23, 37)
+    torch.testing.assert_close(slid, whole, rtol=0, atol=1e-6)
+
+
+def test_reduce_labels_in_data_and_processor(tmp_path):
+    annotation = Image.fromarray(np.array([[0, 1, 2], [3, 255, 1]], dtype=np.uint8), mode="L")
+    reduced = read_label_map(annotation, reduce_labels=True, num_labels=3)
+    assert reduced.tolist() == [[255, 0, 1], [2, 255, 0]]
+    assert read_label_map(annotation, reduce_labels=False, num_labels=4).tolist() == [[0, 1, 2], [3, 255, 1]]
+    with pytest.raises(ValueError, match="--num_labels 3.*--reduce_labels"):
+        read_label_map(annotation, reduce_labels=False, num_labels=3)
+    processor = MixedAEImageProcessorPil(do_reduce_labels=True)
+    processor.save_pretrained(tmp_path)
+    loaded = MixedAEImageProcessorPil.from_pretrained(tmp_path)
+    assert loaded.do_reduce_labels is True
+    assert loaded.reduce_label(annotation).tolist() == reduced.tolist()
+    assert MixedAEImageProcessorPil().reduce_label(annotation).tolist() == [[0, 1, 2], [3, 255, 1]]
+
+
+def test_post_process_semantic_segmentation_resizes_to_each_image():
+    from types import SimpleNamespace
+
+    logits = torch.zeros(2, 3, 4, 4)
+    logits[0, 2, :, :2] = 1.0  # left half class 2, right half class 0
+    logits[1, 1] = 1.0
+    maps = MixedAEImageProcessorPil().post_process_semantic_segmentation(
+        SimpleNamespace(logits=logits), target_sizes=[(8, 6), (3, 5)]
+    )
+    assert [tuple(item.shape) for item in maps] == [(8, 6), (3, 5)]
+    assert maps[0][:, :2].eq(2).all() and maps[0][:, 4:].eq(0).all() and maps[1].eq(1).all()
+    with pytest.raises(ValueError, match="2 target sizes for 1 images"):
+        MixedAEImageProcessorPil().post_process_semantic_segmentation(
+            SimpleNamespace(logits=logits[:1]), target_sizes=[(8, 6), (3, 5)])
+
+
+# ---------------------------------------------------------------------------------------------- flags
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--eval_mode", "sliding"], r"--eval_mode 'sliding' is not valid: choose one of \('whole', 'slide'\)"),
+        (["--crop_size", "0"], "--crop_size 0 is not valid"),
+        (["--eval_stride", "600"], "--eval_stride 600 is not valid: at most --crop_size 512"),
+        (["--out_indices", "3", "5", "7"], "--multi_scale_neck takes exactly 4 stages"),
+        (["--out_indices", "5", "3", "7", "9"], "increasing, distinct stage indices"),
+        (["--layer_decay", "1.5"], "--layer_decay 1.5 is not valid"),
+        (["--auxiliary_loss_weight", "-1"], "--auxiliary_loss_weight -1.0 is not valid"),
+        (["--num_labels", "2", "--id2label", '{"0": "a", "1": "b", "2": "c"}'], "names 3 classes but --num_labels is 2"),
+        (["--id2label", '{"0": "a", "2": "c"}'], "the ids must be 0..1 without gaps"),
+        (["--id2label", "{not json"], "is not JSON"),
+        (["--train_dir", "."], "--train_dir '.' is not valid: semantic segmentation reads image/annotation pairs"),
+        (["--data_dir", "/no/such/folder"], "--data_dir '/no/such/folder' is not valid: no such folder"),
+    ],
+)
+def test_bad_flags_are_named(flags, message):
+    with pytest.raises(ValueError, match=message):
+        parse_segmentation_arguments(flags)
+
+
+def test_id2label_from_a_json_file(tmp_path):
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"0": "background", "1": "shirt"}))
+    assert SegmentationArguments(id2label=str(path)).id2label_map == {0: "background", 1: "shirt"}
+
+
+def test_task_errors_before_training(tmp_path, ade_folder):
+    with pytest.raises(ValueError, match="--crop_size 18 is not valid: a multiple of the backbone's patch size 4"):
+        run_semantic_segmentation(*arguments(tmp_path / "a", ade_folder, crop_size=18))
+    with pytest.raises(ValueError, match=r"--out_indices \[1, 2, 3, 6\] is not valid: stages of a 4-layer backbone"):
+        run_semantic_segmentation(*arguments(tmp_path / "b", ade_folder, out_indices=[1, 2, 3, 6]))
+    with pytest.raises(ValueError, match="names no classes: pass --num_labels"):
+        run_semantic_segmentation(*arguments(tmp_path / "c", ade_folder, num_labels=None))
+    with pytest.raises(ValueError, match="class id 3, outside \\[0, --num_labels 3\\)"):
+        run_semantic_segmentation(*arguments(tmp_path / "d", ade_folder, num_labels=3))
