@@ -144,6 +144,12 @@ def _source_encoder(model: PreTrainedModel, config_class: type, task: str):
     family_classes = tuple(ARCHITECTURES[config_class.model_type].values())
     if not isinstance(model, family_classes):
         raise TypeError(f"expected one of {[cls.__name__ for cls in family_classes]}, got {type(model).__name__}")
+    if task == "image-classification" and getattr(model, "attentive_pooler", None) is not None:
+        raise ValueError(
+            "this classifier pools with CAE's attentive head (classifier_head='attentive'), which the native ViT / "
+            "BEiT classifiers do not have, so their logits would differ. Export the encoder with "
+            "task='feature-extraction', or share the model with its remote code (`save_pretrained_with_remote_code`)."
+        )
     encoder = model.base_model
     return model.config, encoder, encoder.embeddings.cls_token.dtype
 
