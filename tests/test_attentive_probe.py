@@ -188,3 +188,14 @@ def test_the_imagenet_presets_parse_with_their_comment(preset):
                 "attentive_probe_imagenet_cae": ("attentive_probe", "sgd", 1024, 90),
                 "finetune_imagenet_mae": ("finetune", None, 128, 100)}[preset]
     assert (classification.mode, classification.optimizer, batch, training.num_train_epochs) == expected
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_native_export_refuses_the_attentive_head(tmp_path, family):
+    from transformers_mixedae.hub.export import export_to_transformers
+
+    model = attentive_classifier(family)
+    model.save_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"attentive head \(classifier_head='attentive'\).*feature-extraction"):
+        export_to_transformers(tmp_path / "model", tmp_path / "native", task="image-classification")
+    export_to_transformers(tmp_path / "model", tmp_path / "encoder")  # the encoder alone exports
