@@ -199,3 +199,43 @@ def test_the_native_export_refuses_the_attentive_head(tmp_path, family):
     with pytest.raises(ValueError, match=r"attentive head \(classifier_head='attentive'\).*feature-extraction"):
         export_to_transformers(tmp_path / "model", tmp_path / "native", task="image-classification")
     export_to_transformers(tmp_path / "model", tmp_path / "encoder")  # the encoder alone exports
+
+
+REMOTE_ATTENTIVE = """
+import torch
+from transformers import AutoModelForImageClassification, pipeline
+from PIL import Image
+
+outputs = {}
+for family in ("mixedae", "cae"):
+    model = AutoModelForImageClassification.from_pretrained(family, trust_remote_code=True).eval()
+    outputs[family + "_class"] = type(model.attentive_pooler).__name__
+    with torch.no_grad():
+        outputs[family] = model(torch.load("pixels.pt")).logits
+    labels = pipeline("image-classification", model=family, trust_remote_code=True)(Image.open("image.png"), top_k=3)
+    outputs[family + "_labels"] = [prediction["label"] for prediction in labels]
+torch.save(outputs, "outputs.pt")
+"""
+
+
+def test_the_attentive_head_works_as_remote_code_without_the_package(tmp_path):
+    from tiny_checkpoints import randomise_
+    from without_package import run_without_package
+
+    from transformers_mixedae.hub.remote_code import save_pretrained_with_remote_code
+
+    pixels = torch.randn(2, 3, 32, 32)
+    torch.save(pixels, tmp_path / "pixels.pt")
+    random_image(3).save(tmp_path / "image.png")
+    expected = {}
+    for family in FAMILIES:
+        model = randomise_(attentive_classifier(family)).eval()
+        save_pretrained_with_remote_code(model, tmp_path / family,
+                                         image_processor=FAMILIES[family][2](**tiny_processor_kwargs()))
+        with torch.no_grad():
+            expected[family] = model(pixels).logits
+    run_without_package(REMOTE_ATTENTIVE, tmp_path)
+    remote = torch.load(tmp_path / "outputs.pt")
+    for family in FAMILIES:
+        assert remote[family + "_class"] == "AttentivePooler" and set(remote[family + "_labels"]) == set(LABELS.values())
+        torch.testing.assert_close(remote[family], expected[family], atol=1e-5, rtol=0)
