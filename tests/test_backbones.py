@@ -21,6 +21,7 @@ from transformers_mixedae import (
     MixedAEModel,
 )
 from transformers_mixedae.hub.export import convert_cae_to_beit
+from transformers_mixedae.models.modeling_cae import position_table_for_grid
 
 from helpers import tiny_cae_config, tiny_mixedae_config
 
@@ -219,3 +220,32 @@ def test_cae_backbone_matches_beit_backbone_of_the_export(tmp_path):
     with torch.no_grad():
         for mine, theirs in zip(ours(pixel_values).feature_maps, beit(pixel_values).feature_maps, strict=True):
             torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 32)])
+def test_cae_backbone_matches_beit_backbone_at_another_size_up_to_the_position_table(size, tmp_path, monkeypatch):
+    cae = CAEForPreTraining(_config("cae")).eval()
+    convert_cae_to_beit(cae).save_pretrained(tmp_path / "beit")
+    cae.save_pretrained(tmp_path / "cae")
+    out_indices = [0, 2, 4]
+    beit = BeitBackbone.from_pretrained(str(tmp_path / "beit"), out_indices=out_indices).eval()
+    ours = CAEBackbone.from_pretrained(str(tmp_path / "cae"), out_indices=out_indices).eval()
+    pixel_values = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        mine = ours(pixel_values).feature_maps
+        # Off the trained grid, BEiT resamples the trained sin-cos table bicubically, CAE builds a fresh one for
+        # the new grid (as the official fine-tuning does): the features differ ...
+        assert (mine[0] - beit(pixel_values).feature_maps[0]).abs().max() > 1e-3
+        # ... and only by that: given CAE's table for the grid, BEiT gives CAE's features at every stage.
+        trained_table = beit.beit.embeddings.position_embeddings
+        trained_grid = ours.config.grid_size
+        patch_size = ours.config.patch_size
+        monkeypatch.setattr(
+            beit.beit.embeddings,
+            "interpolate_pos_encoding",
+            lambda embeddings, height, width: position_table_for_grid(
+                trained_table, trained_grid, (height // patch_size, width // patch_size)
+            ),
+        )
+        for theirs, expected in zip(beit(pixel_values).feature_maps, mine, strict=True):
+            torch.testing.assert_close(theirs, expected, rtol=1e-5, atol=1e-5)
