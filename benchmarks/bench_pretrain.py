@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import gc
 import importlib
 import importlib.util
@@ -194,6 +195,190 @@ def model_inputs(model, pixel_values: torch.Tensor) -> dict:
 
 
 BUILDERS = {"vitmae": build_vitmae, "mixedae-mae": build_mixedae_mae, "mixedae": build_mixedae, "cae": build_cae}
+
+
+# ---------------------------------------------------------------------------------------------- official CAE
+# `--official_cae_repo` compares our CAEForPreTraining with the official implementation (github.com/Atten4Vis/CAE,
+# `models/modeling_cae.py`, class ContextAutoencoderViT) at equal configuration, imported at run time from the user's
+# checkout; none of its code is part of this repository.
+OFFICIAL_CAE_FILES = ("models/modeling_cae.py", "models/modeling_cae_helper.py", "models/modeling_finetune.py")
+OFFICIAL_CAE_CLASS = "ContextAutoencoderViT"
+# Module names the official files import that this environment does not provide (or must not run): timm for four
+# small helpers, and furnace.utils, whose import pulls in tensorboardX, CLIP and the DALL-E code (only its
+# fine-tuning classifier uses it). `models` is the checkout's own package, loaded from its folder.
+OFFICIAL_CAE_STAND_IN_MODULES = ("timm", "timm.models", "timm.models.layers", "timm.models.registry", "furnace",
+                                 "furnace.utils", "models")
+OFFICIAL_CAE_MODULES = ("models.modeling_finetune", "models.modeling_cae_helper", "models.modeling_cae")
+OFFICIAL_ALIGN_LOSS_WEIGHT = 2.0  # tools/run_pretraining.py default; ours is CAEConfig.align_loss_weight
+LOSS_TOLERANCE = 1e-4  # relative; fp32 sums in another order differ by ~1e-7
+
+
+def check_official_cae_repo(path: str) -> str:
+    """The checkout folder, or a `SystemExit` that names `--official_cae_repo` and what is missing."""
+    folder = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(folder):
+        raise SystemExit(
+            f"--official_cae_repo {path}: no such folder; pass a local checkout of github.com/Atten4Vis/CAE "
+            "(git clone https://github.com/Atten4Vis/CAE)"
+        )
+    missing = [name for name in OFFICIAL_CAE_FILES if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise SystemExit(
+            f"--official_cae_repo {path}: not a checkout of github.com/Atten4Vis/CAE, missing {', '.join(missing)}; "
+            "pass the folder that holds models/ and furnace/ of that repository"
+        )
+    return folder
+
+
+def _to_2tuple(value):
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    return (value, value)
+
+
+def _drop_path(hidden_states: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
+    """Stochastic depth per sample with timm's function signature, as the official blocks call it (our DropPath)."""
+    from transformers_mixedae.models.vit_layers import DropPath
+
+    return DropPath(drop_prob or 0.0).train(training)(hidden_states)
+
+
+def _stand_in_modules(folder: str) -> dict:
+    """Small stand-ins for what the official model files import (see OFFICIAL_CAE_STAND_IN_MODULES)."""
+    import types
+
+    modules = {name: types.ModuleType(name) for name in OFFICIAL_CAE_STAND_IN_MODULES}
+    layers = modules["timm.models.layers"]
+    layers.drop_path = _drop_path
+    layers.to_2tuple = _to_2tuple
+    layers.trunc_normal_ = torch.nn.init.trunc_normal_  # same signature (tensor, mean, std, a, b)
+    modules["timm.models.registry"].register_model = lambda function: function  # the registry is not needed
+    modules["timm"].models = modules["timm.models"]
+    modules["timm.models"].layers, modules["timm.models"].registry = layers, modules["timm.models.registry"]
+    modules["furnace"].utils = modules["furnace.utils"]
+    # A package whose submodules load from the checkout's models/ folder, without running its __init__.py.
+    modules["models"].__path__ = [os.path.join(folder, "models")]
+    return modules
+
+
+def import_official_cae(path: str):
+    """Import the checkout's `models/modeling_cae.py` with the stand-ins in `sys.modules` for the duration of the
+    import only; every `sys.modules` entry is restored afterwards (the imported functions keep their globals)."""
+    folder = check_official_cae_repo(path)
+    names = OFFICIAL_CAE_STAND_IN_MODULES + OFFICIAL_CAE_MODULES
+    saved = {name: sys.modules[name] for name in names if name in sys.modules}
+    try:
+        sys.modules.update(_stand_in_modules(folder))
+        module = importlib.import_module("models.modeling_cae")
+    except ImportError as error:
+        raise SystemExit(
+            f"--official_cae_repo {path}: the official models/modeling_cae.py could not be imported ({error}); "
+            "the benchmark provides stand-ins only for timm and furnace.utils"
+        ) from error
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+    if not hasattr(module, OFFICIAL_CAE_CLASS):
+        raise SystemExit(f"--official_cae_repo {path}: models/modeling_cae.py has no {OFFICIAL_CAE_CLASS} (CAE v1)")
+    return module
+
+
+@contextlib.contextmanager
+def cuda_call_stand_in(device: torch.device):
+    """The official forward moves its position table with `tensor.cuda(x.device)`, which fails without CUDA. On a
+    CPU run `Tensor.cuda` moves to the given device instead (no move at all here) while the official forward runs,
+    and is restored afterwards; on CUDA nothing changes."""
+    if device.type == "cuda":
+        yield
+        return
+    original = torch.Tensor.cuda
+
+    def to_requested_device(tensor, device=None, non_blocking=False, **kwargs):
+        return tensor if device is None else tensor.to(device, non_blocking=non_blocking)
+
+    torch.Tensor.cuda = to_requested_device
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+
+
+class OfficialCAEWithLoss(torch.nn.Module):
+    """The official model plus the official pre-training loss (engine_for_pretraining.py: cross-entropy on the
+    masked token ids + align_loss_weight * MSE to the detached target, both in fp32), called like our model."""
+
+    def __init__(self, official: torch.nn.Module, align_loss_weight: float = OFFICIAL_ALIGN_LOSS_WEIGHT):
+        super().__init__()
+        self.official = official
+        self.align_loss_weight = align_loss_weight
+
+    def forward(self, pixel_values, bool_masked_pos, labels) -> LossOutput:
+        with cuda_call_stand_in(pixel_values.device):
+            logits, predicted, target = self.official(pixel_values, bool_masked_pos)
+        main_loss = torch.nn.functional.cross_entropy(logits.float(), labels[bool_masked_pos])
+        align_loss = torch.nn.functional.mse_loss(predicted.float(), target.detach().float())
+        return LossOutput(loss=main_loss + self.align_loss_weight * align_loss)
+
+
+def build_official_cae(module, size: str, decoder_width: int, drop_path_rate: float) -> OfficialCAEWithLoss:
+    """The official model at our benchmark geometry (`SIZES[size]`): encoder with LayerScale 0.1, regressor and
+    decoder of width `decoder_width` (projection when it differs from the encoder's), 4 + 4 layers and 12 heads at
+    the real sizes, LayerNorm eps 1e-6."""
+    encoder = SIZES[size]["encoder"]
+    cae = SIZES[size].get("cae", {})
+    options = argparse.Namespace(
+        model_type="cae",
+        regressor_depth=cae.get("regressor_num_layers", 4),
+        decoder_embed_dim=decoder_width,
+        decoder_depth=cae.get("decoder_num_layers", 4),
+    )
+    with contextlib.redirect_stdout(sys.stderr):  # the constructor prints its settings
+        official = getattr(module, OFFICIAL_CAE_CLASS)(
+            img_size=encoder.image_size,
+            patch_size=encoder.patch_size,
+            embed_dim=encoder.hidden_size,
+            depth=encoder.num_hidden_layers,
+            num_heads=encoder.num_attention_heads,
+            mlp_ratio=encoder.intermediate_size / encoder.hidden_size,
+            qkv_bias=True,
+            norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+            init_values=0.1,
+            drop_path_rate=drop_path_rate,
+            decoder_embed_dim=decoder_width,
+            regressor_depth=options.regressor_depth,
+            decoder_depth=options.decoder_depth,
+            decoder_num_heads=cae.get("decoder_num_attention_heads", 12),
+            decoder_num_classes=cae.get("vocab_size", 8192),
+            decoder_layer_scale_init_value=0.1,
+            args=options,
+        )
+    return OfficialCAEWithLoss(official)
+
+
+def ours_from_official(official: OfficialCAEWithLoss, size: str, attn: str, drop_path_rate: float):
+    """Our CAEForPreTraining with the official model's weights, through the checkpoint converter."""
+    from transformers_mixedae import CAEForPreTraining
+    from transformers_mixedae.hub.convert_cae_checkpoint import convert_cae_state_dict
+
+    cae = SIZES[size].get("cae", {})
+    conversion = convert_cae_state_dict(
+        official.official.state_dict(),
+        num_attention_heads=SIZES[size]["encoder"].num_attention_heads,
+        decoder_num_attention_heads=cae.get("decoder_num_attention_heads", 12),
+        drop_path_rate=drop_path_rate,
+        align_loss_weight=official.align_loss_weight,
+        **{key: cae[key] for key in ("mask_min_num_patches",) if key in cae},
+        attn_implementation=attn,
+    )
+    model = CAEForPreTraining(conversion.config)
+    model.load_state_dict(conversion.state_dict, strict=True)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------- measurement helpers
@@ -421,11 +606,29 @@ class Entry:
     flops_per_step: int | None = None
     peak_memory_bytes: int | None = None
     num_parameters: int | None = None
+    decoder_width: int | None = None  # official-CAE comparison only
+    loss: float | None = None  # official-CAE comparison: loss of the copied weights on the shared inputs (eval mode)
     # Live objects while measuring; not serialised.
     handles: tuple | None = None
 
     def median_seconds(self) -> float | None:
         return statistics.median(self.step_seconds) if self.step_seconds else None
+
+
+def parse_widths(text: str, sizes: list[str]) -> list[int]:
+    """`--cae_decoder_widths`: positive integers that the sin-cos table (4) and every size's decoder heads divide."""
+    try:
+        widths = [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        widths = []
+    heads = {size: SIZES[size].get("cae", {}).get("decoder_num_attention_heads", 12) for size in sizes}
+    bad = [width for width in widths if width <= 0 or width % 4 or any(width % count for count in heads.values())]
+    if not widths or bad:
+        raise SystemExit(
+            f"--cae_decoder_widths {text!r}: give positive integers divisible by 4 and by the decoder heads "
+            f"({', '.join(f'{size}: {count}' for size, count in heads.items())}), e.g. 384,768"
+        )
+    return widths
 
 
 def parse_list(text: str, allowed, what: str) -> list[str]:
@@ -436,6 +639,21 @@ def parse_list(text: str, allowed, what: str) -> list[str]:
     return values
 
 
+def training_handles(args, entry: Entry, model, inputs: dict) -> tuple:
+    """(model in train mode, the benchmark's AdamW over its trainable parameters, inputs); records the parameter
+    count."""
+    model.train()
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=1.5e-4,
+        betas=(0.9, 0.95),
+        weight_decay=0.05,
+        **ADAMW_IMPLEMENTATIONS[args.adamw],
+    )
+    entry.num_parameters = sum(p.numel() for p in model.parameters())
+    return model, optimizer, inputs
+
+
 def build_entries(args, size, precision, attn, device, pixel_values) -> list[Entry]:
     entries = []
     for name in args.models:
@@ -443,16 +661,7 @@ def build_entries(args, size, precision, attn, device, pixel_values) -> list[Ent
         try:
             torch.manual_seed(args.seed)
             model = BUILDERS[name](size, attn).to(device)
-            model.train()
-            optimizer = torch.optim.AdamW(
-                [p for p in model.parameters() if p.requires_grad],
-                lr=1.5e-4,
-                betas=(0.9, 0.95),
-                weight_decay=0.05,
-                **ADAMW_IMPLEMENTATIONS[args.adamw],
-            )
-            entry.num_parameters = sum(p.numel() for p in model.parameters())
-            entry.handles = (model, optimizer, model_inputs(model, pixel_values))
+            entry.handles = training_handles(args, entry, model, model_inputs(model, pixel_values))
         except ModelUnavailable as error:
             entry.status, entry.error = "unavailable", str(error)
         except Exception as error:  # a model that fails to build is reported, the others still run
@@ -468,6 +677,12 @@ def run_configuration(args, size, precision, attn, device) -> list[Entry]:
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     pixel_values = torch.randn(args.batch_size, 3, image_size, image_size, generator=generator).to(device)
     entries = build_entries(args, size, precision, attn, device, pixel_values)
+    return measure_entries(args, entries, device, precision)
+
+
+def measure_entries(args, entries: list[Entry], device: torch.device, precision: str) -> list[Entry]:
+    """Time the built entries' steps interleaved (rotating order), then count FLOPs and peak memory; frees the
+    models."""
     active = [entry for entry in entries if entry.status == "ok"]
 
     def guarded(entry, action):
@@ -509,7 +724,7 @@ def run_configuration(args, size, precision, attn, device) -> list[Entry]:
                 entry, lambda model, optimizer, inputs: peak_step_memory(model, optimizer, inputs, device, precision)
             )
         if args.verbose:
-            print(f"  done {size}/{precision}/{attn}/{entry.model}", file=sys.stderr)
+            print(f"  done {entry.size}/{precision}/{entry.attn}/{entry.model}", file=sys.stderr)
     for entry in entries:
         entry.handles = None
     gc.collect()
@@ -518,16 +733,128 @@ def run_configuration(args, size, precision, attn, device) -> list[Entry]:
     return entries
 
 
-def summarise(entries: list[Entry], batch_size: int, peaks: dict, clock: str = "wall") -> list[dict]:
-    rows = []
-    anchors = {
-        (entry.size, entry.precision, entry.attn): entry
-        for entry in entries
-        if entry.model == ANCHOR and entry.status == "ok"
+def comparison_inputs(ours, batch_size: int, seed: int, device: torch.device) -> dict:
+    """Pixels, one block mask per image from our generator and token ids, shared by both models."""
+    config = ours.config
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    pixel_values = torch.randn(batch_size, 3, config.image_size, config.image_size, generator=generator)
+    labels = torch.randint(0, config.vocab_size, (batch_size, config.num_patches), generator=generator)
+    torch.manual_seed(seed)
+    bool_masked_pos = ours.draw_bool_masked_pos(batch_size, config.grid_size)
+    inputs = dict(pixel_values=pixel_values, bool_masked_pos=bool_masked_pos, labels=labels)
+    return {name: value.to(device) for name, value in inputs.items()}
+
+
+def evaluation_loss(model, inputs: dict) -> float:
+    """The loss in eval mode (no stochastic depth), without gradient: deterministic, so both models compare."""
+    model.eval()
+    with torch.no_grad():
+        loss = model(**inputs).loss.item()
+    model.train()
+    return loss
+
+
+def run_official_comparison(args, module, size: str, precision: str, decoder_width: int, device) -> list[Entry]:
+    """Ours (every `--attn`) and the official CAE with the same weights, inputs and masks, measured interleaved."""
+    torch.manual_seed(args.seed)
+    official = build_official_cae(module, size, decoder_width, args.cae_drop_path_rate).to(device)
+    models = {"official-cae": ("eager", official)}
+    for attn in args.attn:
+        models[f"cae-{attn}"] = (attn, ours_from_official(official, size, attn, args.cae_drop_path_rate).to(device))
+    inputs = comparison_inputs(models[f"cae-{args.attn[0]}"][1], args.batch_size, args.seed, device)
+    entries = []
+    for name, (attn, model) in models.items():
+        entry = Entry(size, precision, attn, name, decoder_width=decoder_width)
+        # The loss check before any step (copied weights still equal), in the run's precision.
+        with autocast_context(device, precision):
+            entry.loss = evaluation_loss(model, inputs)
+        entry.handles = training_handles(args, entry, model, inputs)
+        entries.append(entry)
+    del models, official
+    return measure_entries(args, entries, device, precision)
+
+
+def summarise_official_comparison(entries: list[Entry], batch_size: int, clock: str) -> list[dict]:
+    """Rows with ratios ours / official of the same (size, precision, decoder width), and the loss difference."""
+    rows = summarise(entries, batch_size, {}, clock, anchor="official-cae", key=("size", "precision", "decoder_width"))
+    official_loss = {
+        (entry.size, entry.precision, entry.decoder_width): entry.loss for entry in entries if entry.model == "official-cae"
     }
+    for entry, row in zip(entries, rows):
+        reference = official_loss.get((entry.size, entry.precision, entry.decoder_width))
+        row["decoder_width"] = entry.decoder_width
+        row["loss"] = entry.loss
+        row["loss_difference_vs_official"] = (
+            abs(entry.loss - reference) if entry.loss is not None and reference is not None else None
+        )
+        row["loss_matches_official"] = (
+            row["loss_difference_vs_official"] <= LOSS_TOLERANCE * max(1.0, abs(reference))
+            if row["loss_difference_vs_official"] is not None
+            else None
+        )
+    return rows
+
+
+OFFICIAL_TABLE_COLUMNS = (
+    "size",
+    "precision",
+    "decoder width",
+    "attn",
+    "model",
+    "step ms (median)",
+    "spread",
+    "step / official",
+    "paired step / official",
+    "GFLOP/step",
+    "peak memory MiB",
+    "memory / official",
+    "loss",
+    "abs(loss - official)",
+)
+
+
+def official_comparison_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(OFFICIAL_TABLE_COLUMNS) + " |", "|" + "---|" * len(OFFICIAL_TABLE_COLUMNS)]
+    for row in rows:
+        cells = [row["size"], row["precision"], row["decoder_width"], row["attn"], row["model"]]
+        if row["status"] != "ok":
+            cells += [" ".join(f"{row['status']}: {row['error']}".split())[:300]]
+            cells += [""] * (len(OFFICIAL_TABLE_COLUMNS) - len(cells))
+        else:
+            cells += [
+                _fmt(row["median_step_seconds"] and row["median_step_seconds"] * 1e3, ".0f"),
+                _fmt(row["spread"] and 100 * row["spread"], ".0f") + "%",
+                _fmt(row["step_time_ratio"], ".3f"),
+                _fmt(row["paired_step_time_ratio"], ".3f"),
+                _fmt(row["flops_per_step"] and row["flops_per_step"] / 1e9, ".4g"),
+                _fmt(row["peak_memory_bytes"] and row["peak_memory_bytes"] / 2**20, ".0f"),
+                _fmt(row["memory_ratio"], ".3f"),
+                _fmt(row["loss"], ".6f"),
+                _fmt(row["loss_difference_vs_official"], ".2e"),
+            ]
+        lines.append("| " + " | ".join(str(cell).replace("|", "/") for cell in cells) + " |")
+    return "\n".join(lines)
+
+
+def summarise(
+    entries: list[Entry],
+    batch_size: int,
+    peaks: dict,
+    clock: str = "wall",
+    anchor: str = ANCHOR,
+    key: tuple[str, ...] = ("size", "precision", "attn"),
+) -> list[dict]:
+    """One row per entry, with ratios against the `anchor` model's entry that has the same `key` fields."""
+    rows = []
+
+    def key_of(entry):
+        return tuple(getattr(entry, name) for name in key)
+
+    anchor_name = anchor
+    anchors = {key_of(entry): entry for entry in entries if entry.model == anchor_name and entry.status == "ok"}
     for entry in entries:
         median = entry.median_seconds() if entry.status == "ok" else None
-        anchor = anchors.get((entry.size, entry.precision, entry.attn))
+        anchor = anchors.get(key_of(entry))
         anchor_median = anchor.median_seconds() if anchor is not None else None
         peak = peaks.get(entry.precision, {}).get("flops_per_second")
         row = dict(
@@ -611,7 +938,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", default="tiny,small", help=f"comma list of {', '.join(SIZES)}")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
     parser.add_argument("--attn", default="eager,sdpa", help="comma list of eager, sdpa (attn_implementation)")
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
+    parser.add_argument(
+        "--models",
+        default=None,
+        help=f"comma list of {', '.join(MODELS)} (default: all of them, or none with --official_cae_repo)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="images per step; a multiple of 4 (MixedAE r=0.25)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per model (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model before timing")
@@ -633,6 +964,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="torch.optim.AdamW implementation for every model (default: torch's choice; run_mim.py uses fused)",
     )
+    parser.add_argument(
+        "--official_cae_repo",
+        "--official-cae-repo",
+        default=None,
+        metavar="PATH",
+        help="local checkout of github.com/Atten4Vis/CAE: also compare our CAEForPreTraining (each --attn) with the "
+        "official ContextAutoencoderViT at equal configuration, weights copied through our checkpoint converter, "
+        "same inputs and masks; reports the loss difference and the step-time and memory ratios ours / official",
+    )
+    parser.add_argument(
+        "--cae_decoder_widths",
+        "--cae-decoder-widths",
+        default="384,768",
+        help="comma list of regressor/decoder widths for --official_cae_repo (official default 768; 384 = no projection "
+        "for ViT-S)",
+    )
+    parser.add_argument(
+        "--cae_drop_path_rate",
+        "--cae-drop-path-rate",
+        type=float,
+        default=0.1,
+        help="stochastic depth of both CAE models in the --official_cae_repo comparison (official scripts: 0.1)",
+    )
     parser.add_argument("--skip-memory", action="store_true", help="do not measure peak memory")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
@@ -645,7 +999,16 @@ def main(argv: list[str] | None = None) -> dict:
     args.sizes = parse_list(args.sizes, SIZES, "sizes")
     args.precisions = parse_list(args.precisions, PRECISIONS, "precisions")
     args.attn = parse_list(args.attn, ATTENTION, "attn")
-    args.models = parse_list(args.models, MODELS, "models")
+    official_module = None
+    if args.official_cae_repo is not None:
+        check_official_cae_repo(args.official_cae_repo)
+        args.cae_decoder_widths = parse_widths(args.cae_decoder_widths, args.sizes)
+        if not 0.0 <= args.cae_drop_path_rate < 1.0:
+            raise SystemExit(f"--cae_drop_path_rate {args.cae_drop_path_rate} must be in [0, 1)")
+    if args.models is None:
+        args.models = [] if args.official_cae_repo is not None else list(MODELS)
+    else:
+        args.models = parse_list(args.models, MODELS, "models")
     if args.batch_size < 1 or ("mixedae" in args.models and args.batch_size % 4):
         raise SystemExit(f"--batch-size {args.batch_size} must be a positive multiple of 4 (MixedAE groups 4 images)")
     if args.repeats < 1 or args.warmup < 0:
@@ -655,12 +1018,15 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--device cuda: no CUDA device is available")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.official_cae_repo is not None:
+        official_module = import_official_cae(args.official_cae_repo)
     if device.type == "cuda" and args.clock != "wall":
         raise SystemExit("--clock cpu measures host CPU time; use the wall clock on CUDA")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, for the model and for the peak
         torch.backends.cudnn.allow_tf32 = False
     matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 1024)
+    load_at_start = os.getloadavg()
 
     peaks = {
         precision: matmul_peak(device, precision, matmul_size, args.repeats, args.clock) for precision in args.precisions
@@ -672,6 +1038,14 @@ def main(argv: list[str] | None = None) -> dict:
                 if args.verbose:
                     print(f"running {size}/{precision}/{attn}", file=sys.stderr)
                 entries += run_configuration(args, size, precision, attn, device)
+    official_entries = []
+    if official_module is not None:
+        for size in args.sizes:
+            for precision in args.precisions:
+                for width in args.cae_decoder_widths:
+                    if args.verbose:
+                        print(f"running official CAE comparison {size}/{precision}/decoder width {width}", file=sys.stderr)
+                    official_entries += run_official_comparison(args, official_module, size, precision, width, device)
     # The peak again at the end; the larger of the two medians is the reference (conservative fraction).
     for precision in args.precisions:
         again = matmul_peak(device, precision, matmul_size, args.repeats, args.clock)
@@ -699,8 +1073,32 @@ def main(argv: list[str] | None = None) -> dict:
         else "torch.profiler allocation events (live torch tensors)"
     )
     header.append(f"- peak memory: persistent state + step high-water mark via {memory_method}")
+    load_at_end = os.getloadavg()
+    header.append(f"- load average (1, 5, 15 min): start {load_at_start}, end {load_at_end}")
     header.append("")
-    print("\n".join(header) + table)
+    print("\n".join(header) + (table if rows else ""))
+    official = None
+    if official_module is not None:
+        official_rows = summarise_official_comparison(official_entries, args.batch_size, args.clock)
+        official_table = official_comparison_table(official_rows)
+        print(
+            f"\n## CAE: ours / official ({args.official_cae_repo}), same weights, inputs and masks; drop path "
+            f"{args.cae_drop_path_rate}; loss in eval mode before the first step\n" + official_table
+        )
+        official = dict(
+            repo=os.path.abspath(args.official_cae_repo),
+            decoder_widths=args.cae_decoder_widths,
+            drop_path_rate=args.cae_drop_path_rate,
+            align_loss_weight=OFFICIAL_ALIGN_LOSS_WEIGHT,
+            loss_tolerance=LOSS_TOLERANCE,
+            stand_ins=(
+                "timm.models.layers (drop_path, to_2tuple, trunc_normal_), timm.models.registry (register_model) and an "
+                "empty furnace.utils in sys.modules during the import only; Tensor.cuda moves to the requested "
+                "device during the official forward on CPU runs"
+            ),
+            rows=official_rows,
+            table=official_table,
+        )
 
     result = dict(
         command=" ".join([os.path.basename(sys.argv[0] or "bench_pretrain.py")] + list(argv if argv is not None else sys.argv[1:])),
@@ -723,8 +1121,10 @@ def main(argv: list[str] | None = None) -> dict:
             anchor=ANCHOR,
         ),
         matmul_peak=peaks,
+        load_average=dict(start=load_at_start, end=load_at_end),
         rows=rows,
         table=table,
+        official_cae=official,
     )
     if args.json:
         with open(args.json, "w") as handle:

@@ -522,3 +522,46 @@ def test_classification_with_cls_pooling_keeps_the_final_layernorm():
     assert sorted(CAEForImageClassification(config).state_dict()) == sorted(
         expected + ["classifier.weight", "classifier.bias"]
     )
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_every_attention_of_encoder_regressor_and_decoder_goes_through_the_configured_kernel(monkeypatch, precision):
+    # The regressor's cross-attention dispatches like the self-attention blocks: with "sdpa" every attention call of
+    # the step (encoder: visible and target passes; regressor; decoder) reaches transformers' SDPA function, without
+    # a mask and with q, k and v in one dtype (bf16 under autocast), which is what the flash kernels need on a GPU.
+    from transformers.modeling_utils import AttentionInterface
+
+    calls = []
+    sdpa = AttentionInterface._global_mapping["sdpa"]
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        calls.append((module, query.shape, key.shape, attention_mask, {query.dtype, key.dtype, value.dtype}))
+        return sdpa(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", spy)
+    config = tiny_cae_config()
+    for implementation, expected_calls in (("eager", 0), ("sdpa", 2 * 2 + 2 + 2)):
+        calls.clear()
+        model = CAEForPreTraining(tiny_cae_config(attn_implementation=implementation)).train()
+        assert model.config._attn_implementation == implementation
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        with torch.autocast("cpu", dtype=dtype, enabled=precision == "bf16"):
+            loss = model(pixels(), bool_masked_pos=fixed_mask(), labels=token_labels()).loss
+        loss.backward()
+        assert len(calls) == expected_calls, implementation
+    encoder = [layer.attention for layer in model.cae.layers]
+    regressor = [layer.cross_attention for layer in model.regressor.layers]
+    decoder = [layer.attention for layer in model.decoder.layers]
+    assert [call[0] for call in calls] == encoder + encoder + regressor + decoder
+    heads, decoder_heads = config.num_attention_heads, config.decoder_num_attention_heads
+    visible = NUM_PATCHES - NUM_MASKED
+    encoder_dim, decoder_dim = config.hidden_size // heads, config.decoder_hidden_size // decoder_heads
+    expected_shapes = (
+        [((BATCH, heads, 1 + visible, encoder_dim),) * 2] * 2
+        + [((BATCH, heads, 1 + NUM_MASKED, encoder_dim),) * 2] * 2
+        # Queries: the masked positions; keys: visible latents then the queries.
+        + [((BATCH, decoder_heads, NUM_MASKED, decoder_dim), (BATCH, decoder_heads, NUM_PATCHES, decoder_dim))] * 2
+        + [((BATCH, decoder_heads, NUM_MASKED, decoder_dim),) * 2] * 2
+    )
+    assert [(tuple(call[1]), tuple(call[2])) for call in calls] == expected_shapes
+    assert all(call[3] is None and call[4] == {dtype} for call in calls)
