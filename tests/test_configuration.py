@@ -46,7 +46,11 @@ MIXEDAE_FIELDS = dict(
     homologous_contrastive_weight=([0.1, 0.0], [-1.0]),
     homologous_contrastive_temperature=([0.1, 1.0], [0.0, -0.1]),
     norm_pix_loss=([True, False], [1]),
-    segment_embedding=(["encoder", "none"], ["decoder"]),
+    segment_embedding=(["encoder", "decoder", "none"], ["both"]),
+    homologous_contrastive_target=(["encoder_output", "attention_logits", "queries_keys"], ["logits"]),
+    homologous_projection_dim=([None, 8], [0, -4]),
+    homologous_topk_schedule=(["constant", "linear"], ["cosine"]),
+    homologous_topk_anneal_steps=([3], [0, -1]),
     classifier_pooling=(["mean", "cls"], ["max"]),
 )
 CAE_FIELDS = dict(
@@ -169,8 +173,25 @@ def mixedae_violations(values: dict) -> list[tuple[str, ...]]:
         violations.append(("homologous_contrastive_weight",))
     if values["homologous_contrastive_temperature"] <= 0:
         violations.append(("homologous_contrastive_temperature",))
-    if values["segment_embedding"] not in ("encoder", "none"):
+    if values["segment_embedding"] not in ("encoder", "decoder", "none"):
         violations.append(("segment_embedding",))
+    target = values["homologous_contrastive_target"]
+    if target not in ("encoder_output", "attention_logits", "queries_keys"):
+        violations.append(("homologous_contrastive_target",))
+    elif target != "encoder_output" and layers == []:
+        violations.append(("homologous_contrastive_target", "homologous_attention_layers"))
+    projection = values["homologous_projection_dim"]
+    if projection is not None and projection < 1:
+        violations.append(("homologous_projection_dim",))
+    elif projection is not None and target != "encoder_output":
+        violations.append(("homologous_projection_dim", "homologous_contrastive_target"))
+    schedule, anneal_steps = values["homologous_topk_schedule"], values["homologous_topk_anneal_steps"]
+    if schedule not in ("constant", "linear"):
+        violations.append(("homologous_topk_schedule",))
+    if anneal_steps < 0:
+        violations.append(("homologous_topk_anneal_steps",))
+    elif schedule == "linear" and anneal_steps == 0:
+        violations.append(("homologous_topk_schedule", "homologous_topk_anneal_steps"))
     if values["classifier_pooling"] not in ("mean", "cls"):
         violations.append(("classifier_pooling",))
     return violations

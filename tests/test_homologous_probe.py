@@ -52,6 +52,22 @@ def test_all_query_accuracy_is_the_models_own_for_the_same_noise(model):
     assert result["homologous_topk_accuracy_foreground"] == pytest.approx(result["homologous_topk_accuracy"], abs=1e-6)
 
 
+@pytest.mark.parametrize("overrides", [dict(homologous_contrastive_target="attention_logits"),
+                                       dict(homologous_topk_schedule="linear", homologous_topk_anneal_steps=4)])
+def test_probe_reports_the_recognition_designs_own_values(overrides):
+    torch.manual_seed(0)
+    design = MixedAEForPreTraining(tiny_mixedae_config(**overrides)).train()
+    design.set_homologous_training_step(2)  # halfway along a linear schedule: 41 of 65 keys kept
+    pixel_values = torch.randn(8, 3, 32, 32)
+    result = homologous_probe(design, pixel_values, seed=5)
+    design.eval()
+    with torch.no_grad():
+        outputs = design(pixel_values=pixel_values, noise=noise_for(5, 8, design))
+    assert result["homologous_topk_accuracy"] == float(outputs.homologous_topk_accuracy)
+    assert result["homologous_contrastive_loss"] == float(outputs.homologous_contrastive_loss)
+    assert design.training is False and design.vit.homologous_training_step == 2
+
+
 def test_foreground_split_counts_exactly_the_non_constant_patches(model):
     # A constant background everywhere; in every image the 16 patches of the top-left quadrant are foreground, plus
     # patch (row 7, col 7) which differs by exactly one uint8 level. Patch (row 7, col 0) differs by a third of a

@@ -28,8 +28,10 @@ from transformers_mixedae.models.modeling_mixedae import (
     HomologousAttentionContext,
     homologous_contrastive_loss,
     homologous_keep_mask,
+    homologous_attention_path,
     homologous_topk_attention_forward,
 )
+from transformers_mixedae.models import modeling_mixedae
 
 IMAGE = 32
 PATCH = 4
@@ -239,11 +241,13 @@ def test_eager_and_sdpa_agree(homologous_layers):
                                atol=1e-5, rtol=0)
 
 
-def test_homologous_attention_sdpa_path_matches_eager_in_values_gradients_and_kept_keys():
+@pytest.mark.parametrize("path", [None, "single_pass", "sdpa_mask"])
+def test_homologous_attention_sdpa_path_matches_eager_in_values_gradients_and_kept_keys(path):
     config = tiny_mixedae_config()
     eager = randomise_(MixedAEForPreTraining(config)).train()
     sdpa = MixedAEForPreTraining(tiny_mixedae_config(attn_implementation="sdpa")).train()
     sdpa.load_state_dict(eager.state_dict())
+    sdpa.vit.homologous_attention_path = path
     images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
     expected, actual = eager(images, noise=noise), sdpa(images, noise=noise)
     expected.loss.backward()
@@ -265,24 +269,61 @@ def test_output_attentions_gives_homologous_weights_under_sdpa():
     assert torch.equal(kept_per_patch_query, torch.full_like(kept_per_patch_query, 5))
 
 
-def test_homologous_attention_function_takes_the_fused_path_only_for_sdpa_without_weights():
+def test_homologous_attention_path_rule():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert homologous_attention_path("eager", cpu) == homologous_attention_path("eager", cuda) == "single_pass"
+    assert homologous_attention_path("sdpa", cpu) == "single_pass"  # measured faster on CPU
+    assert homologous_attention_path("sdpa", cuda) == "sdpa_mask"
+    assert homologous_attention_path("sdpa", cuda, need_weights=True) == "single_pass"
+    assert homologous_attention_path("sdpa", cuda, has_attention_mask=True) == "single_pass"
+
+
+def reference_topk_attention(query, key, value, scaling, topk):
+    """Straightforward homologous attention: full logits, each patch query's k-th largest by a full sort, logits
+    below it set to -inf ([CLS] keeps all), softmax, values."""
+    logits = query @ key.transpose(-1, -2) * scaling
+    kth = logits.detach().sort(dim=-1, descending=True).values[..., topk - 1 : topk]
+    kth[:, :, 0] = float("-inf")
+    weights = torch.softmax(logits.masked_fill(logits.detach() < kth, float("-inf")), dim=-1)
+    return (weights @ value).transpose(1, 2), weights
+
+
+@pytest.mark.parametrize("implementation,need_weights,path", [
+    ("eager", False, None), ("sdpa", False, None), ("sdpa", True, None),
+    ("sdpa", False, "single_pass"), ("sdpa", False, "sdpa_mask"), ("eager", False, "sdpa_mask"),
+])
+def test_every_homologous_attention_path_equals_the_reference(implementation, need_weights, path):
     query, key, value = (torch.randn(3, 2, 9, 4, requires_grad=True) for _ in range(3))
     segment_ids = torch.tensor([-1, 0, 1, 0, 1, 0, 1, 0, 1]).expand(3, -1)
+    module = torch.nn.Module()
+    module.config = MixedAEConfig(attn_implementation=implementation)
+    context = HomologousAttentionContext(segment_ids=segment_ids, topk=3, need_weights=need_weights, path=path)
+    output, weights = homologous_topk_attention_forward(module, query, key, value, None, 0.5, 0.0, context)
+    gradients = torch.autograd.grad(output.square().sum(), (query, key, value))
+    expected, expected_weights = reference_topk_attention(query, key, value, 0.5, 3)
+    expected_gradients = torch.autograd.grad(expected.square().sum(), (query, key, value))
+    torch.testing.assert_close(output, expected, atol=1e-6, rtol=0)
+    for gradient, expected_gradient in zip(gradients, expected_gradients):
+        torch.testing.assert_close(gradient, expected_gradient, atol=1e-5, rtol=0)
+    kept = expected_weights[:, :, 1:, 1:] > 0
+    same_source = segment_ids[:, None, 1:, None] == segment_ids[:, None, None, 1:]
+    assert context.topk_accuracies[0].item() == ((kept & same_source).sum() / kept.sum()).item()
+    if (path or homologous_attention_path(implementation, query.device, need_weights)) == "sdpa_mask":
+        assert weights is None
+    else:
+        assert torch.equal(weights > 0, expected_weights > 0)
 
-    def attend(implementation, need_weights=False):
-        module = torch.nn.Module()
-        module.config = MixedAEConfig(attn_implementation=implementation)
-        context = HomologousAttentionContext(segment_ids=segment_ids, topk=3, need_weights=need_weights)
-        output, weights = homologous_topk_attention_forward(module, query, key, value, None, 0.5, 0.0, context)
-        gradients = torch.autograd.grad(output.square().sum(), (query, key, value))
-        return output, weights, gradients, context.topk_accuracies[0]
 
-    eager, fused, sdpa_with_weights = attend("eager"), attend("sdpa"), attend("sdpa", need_weights=True)
-    assert eager[1] is not None and fused[1] is None and sdpa_with_weights[1] is not None
-    torch.testing.assert_close(fused[0], eager[0], atol=1e-6, rtol=0)
-    for fused_gradient, eager_gradient in zip(fused[2], eager[2]):
-        torch.testing.assert_close(fused_gradient, eager_gradient, atol=1e-5, rtol=0)
-    assert fused[3].item() == eager[3].item()
+def test_homologous_attention_gives_gradient_only_to_kept_logits(monkeypatch):
+    query, key, value = (torch.randn(2, 2, 9, 4) for _ in range(3))
+    segment_ids = torch.tensor([-1, 0, 1, 0, 1, 0, 1, 0, 1]).expand(2, -1)
+    logits = (query @ key.transpose(-1, -2) * 0.5).requires_grad_()
+    # The single pass reads its logits from `attention_logits`: hand it a leaf tensor to read the gradient from.
+    monkeypatch.setattr(modeling_mixedae, "attention_logits", lambda *args: logits)
+    context = HomologousAttentionContext(segment_ids=segment_ids, topk=3)
+    output, weights = homologous_topk_attention_forward(torch.nn.Module(), query, key, value, None, 0.5, 0.0, context)
+    output.square().sum().backward()
+    assert torch.equal(logits.grad != 0, weights.detach() > 0)
 
 
 def test_keep_mask_equals_sorted_topk_threshold_with_ties():
@@ -313,6 +354,156 @@ def test_contrastive_loss_absent_for_mae_mode_and_weight_zero_has_no_effect_on_l
     outputs = MixedAEForPreTraining(tiny_mixedae_config(homologous_contrastive_weight=0.0))(pixels(8))
     assert outputs.homologous_contrastive_loss is not None
     assert torch.equal(outputs.loss, outputs.reconstruction_loss)
+
+
+# ---------------------------------------------------------------------------------------------- recognition designs
+def hand_supervised_info_nce(scores: list[list[float]], sources: list[int]) -> float:
+    """The supervised InfoNCE, one anchor at a time with Python floats: each anchor averages -log softmax over the
+    other tokens at its positives (other tokens of its source); the mean over anchors."""
+    losses = []
+    for i, row in enumerate(scores):
+        others = [j for j in range(len(row)) if j != i]
+        log_normaliser = math.log(sum(math.exp(row[j]) for j in others))
+        positives = [j for j in others if sources[j] == sources[i]]
+        losses.append(-sum(row[j] - log_normaliser for j in positives) / len(positives))
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("target", ["attention_logits", "queries_keys"])
+def test_attention_contrastive_terms_equal_a_hand_computed_case(target):
+    query, key, value = (torch.randn(1, 2, 7, 3) for _ in range(3))
+    sources = [0, 1, 2, 0, 1, 2]
+    segment_ids = torch.tensor([[-1, *sources]])
+    context = HomologousAttentionContext(segment_ids=segment_ids, topk=3, contrastive_target=target,
+                                         contrastive_temperature=0.5)
+    homologous_topk_attention_forward(torch.nn.Module(), query, key, value, None, 0.25, 0.0, context)
+    expected = []
+    for head in range(2):
+        q, k = query[0, head, 1:], key[0, head, 1:]
+        if target == "attention_logits":
+            scores = (q @ k.T * 0.25).tolist()
+        else:
+            scores = (torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(k, dim=-1).T / 0.5)
+            scores = scores.tolist()
+        expected.append(hand_supervised_info_nce(scores, sources))
+    assert len(context.contrastive_losses) == 1
+    assert context.contrastive_losses[0].item() == pytest.approx(sum(expected) / 2, rel=1e-5)
+
+
+def test_attention_logits_target_trains_every_patch_logit_not_only_the_kept_ones(monkeypatch):
+    query, key, value = (torch.randn(2, 2, 9, 4) for _ in range(3))
+    segment_ids = torch.tensor([-1, 0, 1, 0, 1, 0, 1, 0, 1]).expand(2, -1)
+    logits = (query @ key.transpose(-1, -2) * 0.5).requires_grad_()
+    monkeypatch.setattr(modeling_mixedae, "attention_logits", lambda *args: logits)
+    context = HomologousAttentionContext(segment_ids=segment_ids, topk=3, contrastive_target="attention_logits")
+    _, weights = homologous_topk_attention_forward(torch.nn.Module(), query, key, value, None, 0.5, 0.0, context)
+    context.contrastive_losses[0].backward()
+    patch_gradient = logits.grad[:, :, 1:, 1:]
+    off_diagonal = ~torch.eye(8, dtype=torch.bool)
+    assert (patch_gradient[..., off_diagonal] != 0).all()  # kept and dropped keys alike
+    assert (weights[:, :, 1:, 1:] == 0).any()  # some of them were dropped by the selection
+    assert (logits.grad[:, :, 0, :] == 0).all() and (logits.grad[:, :, :, 0] == 0).all()  # [CLS] takes no part
+
+
+@pytest.mark.parametrize("target", ["attention_logits", "queries_keys"])
+def test_attention_contrastive_target_enters_the_loss_and_reaches_the_homologous_layers_only(target):
+    config = tiny_mixedae_config(homologous_contrastive_target=target, homologous_attention_layers=[1],
+                                 homologous_contrastive_weight=0.5)
+    model = randomise_(MixedAEForPreTraining(config)).train()
+    outputs = model(pixels(8), noise=torch.rand(2, NUM_PATCHES))
+    torch.testing.assert_close(outputs.loss, outputs.reconstruction_loss + 0.5 * outputs.homologous_contrastive_loss)
+    attention = {name: module for name, module in model.named_modules() if name.endswith("attention.k_proj")}
+    outputs.homologous_contrastive_loss.backward()
+    assert attention["vit.layers.1.attention.k_proj"].weight.grad.abs().sum() > 0
+    # Layer 1 reads layer 0's output, so layer 0 gets gradient too; the decoder and layer 1's values do not.
+    assert model.vit.layers[1].attention.v_proj.weight.grad is None
+    assert all(parameter.grad is None for parameter in model.decoder.parameters())
+    without_weight = MixedAEForPreTraining(tiny_mixedae_config(homologous_contrastive_target=target,
+                                                               homologous_contrastive_weight=0.0))
+    outputs = without_weight(pixels(8))
+    assert outputs.homologous_contrastive_loss.grad_fn is None and torch.equal(outputs.loss, outputs.reconstruction_loss)
+
+
+def test_attention_contrastive_target_is_the_same_on_every_path():
+    config = tiny_mixedae_config(homologous_contrastive_target="attention_logits")
+    eager = randomise_(MixedAEForPreTraining(config)).train()
+    sdpa = MixedAEForPreTraining(tiny_mixedae_config(homologous_contrastive_target="attention_logits",
+                                                     attn_implementation="sdpa")).train()
+    sdpa.load_state_dict(eager.state_dict())
+    sdpa.vit.homologous_attention_path = "sdpa_mask"  # recomputes the logits for the contrastive term
+    images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
+    expected, actual = eager(images, noise=noise), sdpa(images, noise=noise)
+    torch.testing.assert_close(actual.homologous_contrastive_loss, expected.homologous_contrastive_loss, atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(actual.loss, expected.loss, atol=1e-5, rtol=0)
+
+
+def test_decoder_segment_embedding_tells_the_decoder_and_not_the_encoder():
+    model = randomise_(MixedAEForPreTraining(tiny_mixedae_config(segment_embedding="decoder"))).train()
+    assert model.vit.embeddings.segment_embeddings is None
+    assert tuple(model.decoder.segment_embeddings.weight.shape) == (4, 16)
+    without = MixedAEForPreTraining(tiny_mixedae_config(segment_embedding="none")).train()
+    missing, unexpected = without.load_state_dict(model.state_dict(), strict=False)
+    assert missing == [] and unexpected == ["decoder.segment_embeddings.weight"]
+    images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
+    outputs, reference = model(images, noise=noise), without(images, noise=noise)
+    torch.testing.assert_close(outputs.homologous_contrastive_loss, reference.homologous_contrastive_loss)
+    assert not torch.allclose(outputs.logits, reference.logits)
+    outputs.loss.backward()
+    # Every slot's row gets gradient: each image's decoder sequence carries its slot's embedding.
+    assert (model.decoder.segment_embeddings.weight.grad.abs().sum(-1) > 0).all()
+
+
+def test_projection_head_sits_between_encoder_output_and_contrastive_term():
+    config = tiny_mixedae_config(homologous_projection_dim=8)
+    model = randomise_(MixedAEForPreTraining(config)).train()
+    assert [module.out_features for module in model.homologous_projection if hasattr(module, "out_features")] == [32, 8]
+    assert MixedAEForPreTraining(tiny_mixedae_config()).homologous_projection is None
+    images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
+    outputs = model(images, noise=noise)
+    latent = model.vit(images, mixing=model.draw_mixing(8, NUM_PATCHES, noise)).last_hidden_state
+    expected = homologous_contrastive_loss(model.homologous_projection(latent[:, 1:]),
+                                           torch.arange(NUM_PATCHES).expand(2, -1) % 4, 0.1)
+    torch.testing.assert_close(outputs.homologous_contrastive_loss, expected)
+    outputs.homologous_contrastive_loss.backward()
+    assert all(parameter.grad.abs().sum() > 0 for parameter in model.homologous_projection.parameters())
+    # Downstream classes load the encoder and leave the head out.
+    classifier_keys = MixedAEForImageClassification(config).state_dict().keys()
+    assert not any("homologous_projection" in name for name in classifier_keys)
+
+
+def test_linear_topk_schedule_goes_from_every_key_to_k():
+    config = tiny_mixedae_config(homologous_topk_schedule="linear", homologous_topk_anneal_steps=10)
+    # 64 kept positions + [CLS] = 65 keys; k = 64 / 4 + 1 = 17.
+    assert [config.resolved_homologous_topk(NUM_PATCHES, step) for step in (0, 5, 10, 50)] == [65, 41, 17, 17]
+    assert config.resolved_homologous_topk(NUM_PATCHES) == 17  # no step: the schedule's end
+    assert tiny_mixedae_config().resolved_homologous_topk(NUM_PATCHES, 0) == 17  # "constant" ignores the step
+    model = randomise_(MixedAEForPreTraining(config)).eval()
+    global_model = MixedAEForPreTraining(tiny_mixedae_config(homologous_attention_layers=[])).eval()
+    global_model.load_state_dict(model.state_dict())
+    images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
+    model.set_homologous_training_step(0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, noise=noise).logits, global_model(images, noise=noise).logits)
+        model.set_homologous_training_step(10)
+        assert not torch.allclose(model(images, noise=noise).logits, global_model(images, noise=noise).logits)
+    with pytest.raises(ValueError, match="step=-1 must be >= 0"):
+        model.set_homologous_training_step(-1)
+
+
+def test_linear_topk_schedule_without_a_step_counts_training_forwards(caplog):
+    model = MixedAEForPreTraining(
+        tiny_mixedae_config(homologous_topk_schedule="linear", homologous_topk_anneal_steps=10)
+    ).train()
+    model(pixels(8))
+    model(pixels(8))
+    assert model.vit.homologous_training_step == 1
+    with torch.no_grad():
+        model(pixels(8))  # evaluation forwards do not count
+    assert model.vit.homologous_training_step == 1
+    model.set_homologous_training_step(7)
+    model(pixels(8))
+    assert model.vit.homologous_training_step == 7
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -477,7 +668,17 @@ def test_bad_inputs_raise_clear_errors():
         (dict(homologous_topk=0), r"homologous_topk=0 must be in \[1, 65\]"),
         (dict(homologous_topk=66), r"homologous_topk=66 must be in \[1, 65\]"),
         (dict(homologous_attention_layers=[0, 2]), r"homologous_attention_layers=\[0, 2\] has indices \[2\]"),
-        (dict(segment_embedding="decoder"), "segment_embedding='decoder' must be"),
+        (dict(segment_embedding="both"), "segment_embedding='both' must be 'encoder', 'decoder' or 'none'"),
+        (dict(homologous_contrastive_target="logits"), "homologous_contrastive_target='logits' must be one of"),
+        (dict(homologous_contrastive_target="attention_logits", homologous_attention_layers=[]),
+         r"homologous_contrastive_target='attention_logits' is computed in the homologous attention layers, but "
+         r"homologous_attention_layers=\[\] has none"),
+        (dict(homologous_projection_dim=0), "homologous_projection_dim=0 must be a positive width"),
+        (dict(homologous_projection_dim=8, homologous_contrastive_target="queries_keys"),
+         "homologous_projection_dim=8 projects the encoder output, but homologous_contrastive_target='queries_keys'"),
+        (dict(homologous_topk_schedule="cosine"), "homologous_topk_schedule='cosine' must be 'constant' or 'linear'"),
+        (dict(homologous_topk_schedule="linear"), "homologous_topk_schedule='linear' needs homologous_topk_anneal_steps > 0"),
+        (dict(homologous_topk_anneal_steps=-1), "homologous_topk_anneal_steps=-1 must be >= 0"),
         (dict(homologous_contrastive_temperature=0.0), "homologous_contrastive_temperature=0.0 must be > 0"),
         (dict(homologous_contrastive_weight=-1.0), "homologous_contrastive_weight=-1.0 must be >= 0"),
         (dict(classifier_pooling="max"), "classifier_pooling='max'"),

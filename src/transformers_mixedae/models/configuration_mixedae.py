@@ -54,7 +54,11 @@ class MixedAEConfig(MaskedViTConfig):
             Fraction of positions hidden from every image of a group before mixing. Mixing alone hides 1 - r of each
             image; `mixing_ratio=1.0, mask_ratio=0.75` is exactly MAE.
         segment_embedding (`str`, defaults to `"encoder"`):
-            `"encoder"` adds a learnable per-slot embedding to each image's patch tokens before mixing; `"none"`.
+            Where a learnable per-slot (source image within the group) embedding is added. `"encoder"`: to each
+            image's patch tokens before mixing, so the encoder is told every token's source (which can make
+            homologous recognition trivial). `"decoder"`: to every patch token of an image's decoder sequence
+            (its own tokens and its mask tokens) after unmixing; the encoder is not told the source, and since each
+            decoder sequence holds one image it only tells the decoder the image's slot. `"none"`: nowhere.
         homologous_attention_layers (`list[int]`, *optional*):
             Encoder layers (0-based) that use homologous top-k attention during pre-training. `None` means every
             layer, `[]` none.
@@ -64,7 +68,29 @@ class MixedAEConfig(MaskedViTConfig):
         homologous_contrastive_weight (`float`, defaults to 0.1):
             Weight of the homologous contrastive loss added to the reconstruction loss.
         homologous_contrastive_temperature (`float`, defaults to 0.1):
-            Temperature of that supervised InfoNCE loss over cosine similarities.
+            Temperature of that supervised InfoNCE loss over cosine similarities (targets `"encoder_output"` and
+            `"queries_keys"`; the `"attention_logits"` target uses the attention's own logits, whose scale is the
+            attention's).
+        homologous_contrastive_target (`str`, defaults to `"encoder_output"`):
+            What the homologous contrastive term (supervised InfoNCE: for every patch token, the other tokens of its
+            source image are positives, those of the group's other images negatives) is computed on.
+            `"encoder_output"`: cosine similarities of the final encoder layer's patch tokens (after the final
+            LayerNorm, through `homologous_projection_dim`'s head when set). `"attention_logits"`: every patch query's
+            attention logits over the patch keys, per head, in each homologous attention layer (averaged over heads
+            and layers), so that the quantity the top-k selection reads is itself trained to rank same-source keys
+            first. `"queries_keys"`: the same, on cosine similarities of the queries and keys (per head) divided by
+            the temperature. The last two need at least one homologous attention layer.
+        homologous_projection_dim (`int`, *optional*):
+            With `homologous_contrastive_target="encoder_output"`: width of a projection head (Linear, GELU, Linear;
+            pre-training only, dropped downstream) between the encoder output and the contrastive term. `None`: no
+            head, the encoder output itself.
+        homologous_topk_schedule (`str`, defaults to `"constant"`):
+            `"constant"`: every patch query keeps `homologous_topk` keys from the first step. `"linear"`: the number
+            kept falls linearly from every key (global attention) at step 0 to `homologous_topk` at step
+            `homologous_topk_anneal_steps`, then stays there. The step is the optimizer step the training loop passes
+            with `MixedAEForPreTraining.set_homologous_training_step`; see there for what happens without it.
+        homologous_topk_anneal_steps (`int`, defaults to 0):
+            Length of the `"linear"` schedule in optimizer steps (> 0 for it; unused by `"constant"`).
         norm_pix_loss (`bool`, defaults to `True`):
             Reconstruct per-patch normalised pixels (MAE's best setting).
         classifier_pooling (`str`, defaults to `"mean"`):
@@ -99,6 +125,10 @@ class MixedAEConfig(MaskedViTConfig):
     homologous_topk: int | None = None
     homologous_contrastive_weight: float | int = 0.1
     homologous_contrastive_temperature: float | int = 0.1
+    homologous_contrastive_target: str = "encoder_output"
+    homologous_projection_dim: int | None = None
+    homologous_topk_schedule: str = "constant"
+    homologous_topk_anneal_steps: int = 0
     norm_pix_loss: bool = True
     classifier_pooling: str = "mean"
 
@@ -118,10 +148,15 @@ class MixedAEConfig(MaskedViTConfig):
             return list(range(self.num_hidden_layers))
         return sorted(set(self.homologous_attention_layers))
 
-    def resolved_homologous_topk(self, num_patches: int | None = None) -> int:
-        if self.homologous_topk is not None:
-            return self.homologous_topk
-        return self.num_kept(num_patches) // self.group_size + 1
+    def resolved_homologous_topk(self, num_patches: int | None = None, training_step: int | None = None) -> int:
+        """Keys kept per patch query; under the `"linear"` schedule, at optimizer step `training_step` (`None`: the
+        schedule's end, as for evaluation and downstream use)."""
+        topk = self.homologous_topk if self.homologous_topk is not None else self.num_kept(num_patches) // self.group_size + 1
+        if self.homologous_topk_schedule == "linear" and training_step is not None:
+            num_keys = 1 + self.num_kept(num_patches)
+            progress = min(1.0, max(0, training_step) / self.homologous_topk_anneal_steps)
+            topk = round(num_keys - (num_keys - topk) * progress)
+        return topk
 
     # ------------------------------------------------------------------ validation
     def validate_mixing(self):
@@ -148,8 +183,10 @@ class MixedAEConfig(MaskedViTConfig):
                 "there is nothing to reconstruct (the loss would be undefined): with mixing_ratio=1.0 (plain MAE) "
                 "set a mask_ratio that hides at least one patch, e.g. 0.75."
             )
-        if self.segment_embedding not in ("encoder", "none"):
-            raise ValueError(f"segment_embedding={self.segment_embedding!r} must be 'encoder' or 'none'.")
+        if self.segment_embedding not in ("encoder", "decoder", "none"):
+            raise ValueError(
+                f"segment_embedding={self.segment_embedding!r} must be 'encoder', 'decoder' or 'none'."
+            )
         if self.classifier_pooling not in ("mean", "cls"):
             raise ValueError(f"classifier_pooling={self.classifier_pooling!r} must be 'mean' or 'cls'.")
 
@@ -175,6 +212,40 @@ class MixedAEConfig(MaskedViTConfig):
         if self.homologous_contrastive_temperature <= 0:
             raise ValueError(
                 f"homologous_contrastive_temperature={self.homologous_contrastive_temperature} must be > 0."
+            )
+        targets = ("encoder_output", "attention_logits", "queries_keys")
+        if self.homologous_contrastive_target not in targets:
+            raise ValueError(
+                f"homologous_contrastive_target={self.homologous_contrastive_target!r} must be one of {targets}."
+            )
+        if self.homologous_contrastive_target != "encoder_output" and self.homologous_attention_layers == []:
+            raise ValueError(
+                f"homologous_contrastive_target={self.homologous_contrastive_target!r} is computed in the homologous "
+                "attention layers, but homologous_attention_layers=[] has none: list at least one layer, or use "
+                "homologous_contrastive_target='encoder_output'."
+            )
+        if self.homologous_projection_dim is not None:
+            if self.homologous_projection_dim < 1:
+                raise ValueError(
+                    f"homologous_projection_dim={self.homologous_projection_dim} must be a positive width, or None "
+                    "for no projection head."
+                )
+            if self.homologous_contrastive_target != "encoder_output":
+                raise ValueError(
+                    f"homologous_projection_dim={self.homologous_projection_dim} projects the encoder output, but "
+                    f"homologous_contrastive_target={self.homologous_contrastive_target!r}: set the target to "
+                    "'encoder_output' or the projection to None."
+                )
+        if self.homologous_topk_schedule not in ("constant", "linear"):
+            raise ValueError(
+                f"homologous_topk_schedule={self.homologous_topk_schedule!r} must be 'constant' or 'linear'."
+            )
+        if self.homologous_topk_anneal_steps < 0:
+            raise ValueError(f"homologous_topk_anneal_steps={self.homologous_topk_anneal_steps} must be >= 0.")
+        if self.homologous_topk_schedule == "linear" and self.homologous_topk_anneal_steps == 0:
+            raise ValueError(
+                "homologous_topk_schedule='linear' needs homologous_topk_anneal_steps > 0 (the optimizer steps over "
+                "which the kept keys fall from all to homologous_topk), got 0."
             )
 
     # ------------------------------------------------------------------ loading, and starting from MAE weights

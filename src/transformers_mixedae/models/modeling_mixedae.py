@@ -66,12 +66,16 @@ class MixedAEModelOutput(ModelOutput):
     homologous_topk_accuracy (`torch.FloatTensor`, *optional*):
         With `mixing`: fraction of the patch keys kept by homologous attention that come from the query's own
         image, averaged over heads and homologous layers.
+    homologous_contrastive_loss (`torch.FloatTensor`, *optional*):
+        With `mixing` and `homologous_contrastive_target` `"attention_logits"` or `"queries_keys"`: the supervised
+        InfoNCE over the homologous layers' logits (or query-key cosines), averaged over heads and layers.
     hidden_states, attentions: as in every transformers model (`attentions` needs `attn_implementation="eager"`).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     homologous_topk_accuracy: torch.FloatTensor | None = None
+    homologous_contrastive_loss: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -239,7 +243,10 @@ class HomologousAttentionContext:
 
     `segment_ids` is `(num_sequences, 1 + num_kept)`: the slot (source image in the group) of every
     token, -1 for [CLS]. `need_weights` asks for the attention weights (`output_attentions`), which the
-    fused path does not produce. `topk_accuracies` collects, per homologous layer, the fraction of kept
+    fused path does not produce. `path` forces one of `HOMOLOGOUS_ATTENTION_PATHS` (benchmarks, tests); `None`
+    follows `homologous_attention_path`. `contrastive_target` (`"attention_logits"` or `"queries_keys"`, `None` for
+    none) makes every homologous layer append its supervised InfoNCE term to `contrastive_losses` (with gradient
+    when `contrastive_gradient`; `contrastive_temperature` divides the query-key cosines). `topk_accuracies` collects, per homologous layer, the fraction of kept
     patch keys that come from the query's own source image (a diagnostic, no gradient). With `per_query`,
     `topk_query_counts` also collects, per homologous layer, `(num_sequences, num_kept, 2)` integer counts for every
     patch query summed over heads: [..., 0] kept patch keys from the query's own image, [..., 1] kept patch keys
@@ -249,6 +256,11 @@ class HomologousAttentionContext:
     segment_ids: torch.Tensor
     topk: int
     need_weights: bool = False
+    path: str | None = None
+    contrastive_target: str | None = None
+    contrastive_temperature: float = 1.0
+    contrastive_gradient: bool = True
+    contrastive_losses: list[torch.Tensor] = field(default_factory=list)
     topk_accuracies: list[torch.Tensor] = field(default_factory=list)
     per_query: bool = False
     topk_query_counts: list[torch.Tensor] = field(default_factory=list)
@@ -259,12 +271,44 @@ def homologous_keep_mask(logits: torch.Tensor, topk: int) -> torch.Tensor:
     """`(B, heads, L, L)` boolean mask of the `topk` largest logits of every patch query row; [CLS] keeps all.
 
     Selection is not differentiable, so it runs outside autograd; an unsorted top-k and its minimum give the
-    same k-th largest value as a sorted one, for less work.
+    same k-th largest value as a sorted one, for less work. Ties with the k-th value are all kept.
     """
     kth_largest = logits.topk(min(topk, logits.shape[-1]), dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-    keep = logits >= kth_largest
-    keep[:, :, 0, :] = True
-    return keep
+    kth_largest[:, :, 0] = float("-inf")  # the [CLS] query keeps every key
+    return logits >= kth_largest
+
+
+# The two ways to run homologous attention; both keep exactly the same keys and give the same values and gradients
+# (to float rounding):
+# - "single_pass": the logits are computed once, with autograd; the top-k threshold is read from them without
+#   gradient, the other logits are set to -inf, softmax, values. Only kept logits get gradient.
+# - "sdpa_mask": the logits are computed without autograd for the selection, then a fused SDPA call recomputes
+#   them with the selection as boolean mask (two logits passes, but the fused kernel keeps no (L, L) fp32
+#   probabilities for the backward pass).
+HOMOLOGOUS_ATTENTION_PATHS = ("single_pass", "sdpa_mask")
+
+
+def homologous_attention_path(
+    implementation: str,
+    device: torch.device,
+    need_weights: bool = False,
+    has_attention_mask: bool = False,
+    logits_need_gradient: bool = False,
+) -> str:
+    """The path of `HOMOLOGOUS_ATTENTION_PATHS` that homologous attention takes, by measurement where measured.
+
+    - `attn_implementation="eager"`, attention weights requested, an additive attention mask, or a contrastive
+      term on the attention logits (`logits_need_gradient`): "single_pass" (the eager reference; SDPA returns no
+      weights, and its logits are not exposed).
+    - `"sdpa"` on CPU: "single_pass". Measured on this project's CPU (ViT-S/16, 197-token mixed sequences, k = 50,
+      fp32; benchmarks/microbench_mixedae.py, section "homologous attention paths"), the second logits pass of
+      "sdpa_mask" is not paid back: CPU SDPA with a boolean mask runs no faster than the eager softmax.
+    - `"sdpa"` on other devices (CUDA, ...): "sdpa_mask", for memory: the fused kernel stores no (L, L) fp32
+      probabilities, which matters at ViT-B/L batch sizes. Not measured in this project (no accelerator yet).
+    """
+    if implementation != "sdpa" or need_weights or has_attention_mask or logits_need_gradient or device.type == "cpu":
+        return "single_pass"
+    return "sdpa_mask"
 
 
 def homologous_topk_attention_forward(
@@ -280,28 +324,42 @@ def homologous_topk_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention in which each patch query keeps only its `topk` largest logits per head.
 
-    The [CLS] query (position 0) attends to every key. Fused kernels cannot select keys by value, so the keys
-    are selected on logits computed without gradient. With `attn_implementation="sdpa"` (and no attention
-    weights requested) the selection then becomes a boolean mask of a fused SDPA call, which keeps no
-    `(L, L)` probabilities for the backward pass; otherwise the same logits are masked and used directly,
-    the eager reference. Both keep exactly the same keys. Inputs `(B, heads, L, head_dim)`; returns
-    `(B, L, heads, head_dim)` and the weights (None on the fused path).
+    The [CLS] query (position 0) attends to every key. The path ("single_pass" or "sdpa_mask", see
+    `homologous_attention_path`) is `homologous.path` when set, else chosen from the attention implementation,
+    the device and whether weights are requested. Both keep exactly the same keys. Inputs
+    `(B, heads, L, head_dim)`; returns `(B, L, heads, head_dim)` and the weights (None on the "sdpa_mask" path).
     """
     implementation = getattr(getattr(module, "config", None), "_attn_implementation", "eager")
-    fused = implementation == "sdpa" and not homologous.need_weights and attention_mask is None
-    if fused:
+    path = homologous.path or homologous_attention_path(
+        implementation,
+        query.device,
+        homologous.need_weights,
+        attention_mask is not None,
+        homologous.contrastive_target == "attention_logits",
+    )
+    if path not in HOMOLOGOUS_ATTENTION_PATHS:
+        raise ValueError(f"homologous attention path {path!r} must be one of {HOMOLOGOUS_ATTENTION_PATHS}.")
+    if path == "sdpa_mask":
+        if attention_mask is not None:
+            raise ValueError("the 'sdpa_mask' homologous attention path takes no additive attention_mask.")
         with torch.no_grad():
             keep = homologous_keep_mask(attention_logits(query, key, None, scaling), homologous.topk)
         attn_output = nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=keep, dropout_p=dropout, scale=scaling
         ).transpose(1, 2).contiguous()
         attn_weights = None
+        logits = None
     else:
         logits = attention_logits(query, key, attention_mask, scaling)
         keep = homologous_keep_mask(logits, homologous.topk)
         attn_output, attn_weights = attention_from_logits(
-            module, logits.masked_fill(~keep, float("-inf")), value, dropout
+            module, torch.where(keep, logits, float("-inf")), value, dropout
         )
+    if homologous.contrastive_target is not None:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and homologous.contrastive_gradient):
+            homologous.contrastive_losses.append(
+                attention_contrastive_loss(query, key, logits, scaling, homologous)
+            )
 
     with torch.no_grad():
         segment_ids = homologous.segment_ids
@@ -315,6 +373,31 @@ def homologous_topk_attention_forward(
                 torch.stack([(kept_patch_keys & same_source).sum(dim=(1, 3)), kept_patch_keys.sum(dim=(1, 3))], -1)
             )
     return attn_output, attn_weights
+
+
+def attention_contrastive_loss(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    logits: torch.Tensor | None,
+    scaling: float,
+    homologous: HomologousAttentionContext,
+) -> torch.Tensor:
+    """Supervised InfoNCE of one homologous layer, per head, over patch queries and patch keys ([CLS] left out).
+
+    `"attention_logits"`: on the attention logits themselves (the `logits` of the single pass, or recomputed), so
+    that same-source keys are pushed above the others in exactly the ranking the top-k selection reads.
+    `"queries_keys"`: on cosine similarities of queries and keys divided by the temperature (trains their
+    directions only).
+    """
+    if homologous.contrastive_target == "attention_logits":
+        if logits is None:
+            logits = attention_logits(query, key, None, scaling)
+        similarity = logits[:, :, 1:, 1:].float()
+    else:
+        queries = nn.functional.normalize(query[:, :, 1:].float(), dim=-1)
+        keys = nn.functional.normalize(key[:, :, 1:].float(), dim=-1)
+        similarity = queries @ keys.transpose(-1, -2) / homologous.contrastive_temperature
+    return supervised_info_nce(similarity, homologous.segment_ids[:, None, 1:])
 
 
 # ---------------------------------------------------------------------------------------------- 3. unmixing decoder
@@ -343,10 +426,19 @@ class MixedAEDecoder(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
         self.decoder_pred = nn.Linear(config.decoder_hidden_size, config.patch_size**2 * config.num_channels)
+        # segment_embedding="decoder": the slot's embedding on every patch token of the image's decoder sequence.
+        self.segment_embeddings = (
+            nn.Embedding(config.group_size, config.decoder_hidden_size)
+            if config.segment_embedding == "decoder"
+            else None
+        )
 
     def forward(self, latent: torch.Tensor, mixing: MixedAEMixing, grid: tuple[int, int]) -> torch.Tensor:
         hidden_states = self.decoder_embed(latent)  # (B/g, 1 + num_kept, Dd)
         patch_tokens = mixing.unmix(hidden_states[:, 1:, :], self.mask_token)  # (B, N, Dd)
+        if self.segment_embeddings is not None:
+            image_slot = torch.arange(patch_tokens.shape[0], device=patch_tokens.device) % mixing.group_size
+            patch_tokens = patch_tokens + self.segment_embeddings(image_slot)[:, None, :]
         cls_tokens = hidden_states[:, :1, :].repeat_interleave(mixing.group_size, dim=0)  # (B, 1, Dd)
         hidden_states = torch.cat([cls_tokens, patch_tokens], dim=1)
         hidden_states = hidden_states + interpolate_position_embedding(self.decoder_pos_embed, self.grid_size, grid)
@@ -381,11 +473,18 @@ def homologous_contrastive_loss(
     """
     features = nn.functional.normalize(patch_tokens.float(), dim=-1)
     similarity = features @ features.transpose(1, 2) / temperature
+    return supervised_info_nce(similarity, segment_ids)
+
+
+def supervised_info_nce(similarity: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+    """Supervised InfoNCE from `(..., L, L)` similarity scores between tokens whose sources are `segment_ids`
+    (`(..., L)`, broadcastable over the leading dimensions): each anchor (row) averages the log-likelihood, under the
+    softmax over every other token, of the other tokens of its source; the mean over anchors (and leading dims)."""
     num_tokens = similarity.shape[-1]
     self_pairs = torch.eye(num_tokens, dtype=torch.bool, device=similarity.device)
     similarity = similarity.masked_fill(self_pairs, float("-inf"))
     log_prob = similarity - similarity.logsumexp(dim=-1, keepdim=True)
-    positives = (segment_ids[:, :, None] == segment_ids[:, None, :]) & ~self_pairs
+    positives = (segment_ids[..., :, None] == segment_ids[..., None, :]) & ~self_pairs
     positive_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=-1) / positives.sum(dim=-1)
     return -positive_log_prob.mean()
 
@@ -428,6 +527,8 @@ class MixedAEPreTrainedModel(MaskedViTPreTrainedModel):
                 sincos_2d_position_embedding(grid[0], grid[1], self.config.decoder_hidden_size, row_first=False),
             )
             init.normal_(module.mask_token, std=std)
+            if module.segment_embeddings is not None:
+                init.normal_(module.segment_embeddings.weight, std=std)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -478,6 +579,13 @@ class MixedAEModel(MixedAEPreTrainedModel):
     # `homologous_topk_query_counts`, `(num_homologous_layers, B/g, num_kept, 2)` (see `HomologousAttentionContext`).
     # Off by default; it changes no output and no gradient.
     record_homologous_topk_per_query: bool = False
+    # Forces one of `HOMOLOGOUS_ATTENTION_PATHS` ("single_pass", "sdpa_mask") in the homologous layers; `None` follows
+    # `homologous_attention_path` (by implementation and device). For benchmarks and tests: both paths keep the same
+    # keys and give the same values and gradients.
+    homologous_attention_path: str | None = None
+    # Optimizer step for `homologous_topk_schedule="linear"` (set by `MixedAEForPreTraining.set_homologous_training_step`
+    # or its fallback count); `None`: the schedule's end.
+    homologous_training_step: int | None = None
 
     def __init__(self, config: MixedAEConfig, add_final_layernorm: bool = True):
         r"""
@@ -522,10 +630,16 @@ class MixedAEModel(MixedAEPreTrainedModel):
             homologous_layers = set(self.config.resolved_homologous_attention_layers())
             homologous = HomologousAttentionContext(
                 segment_ids=mixing.segment_ids(),
-                topk=self.config.resolved_homologous_topk(mixing.num_patches),
+                topk=self.config.resolved_homologous_topk(mixing.num_patches, self.homologous_training_step),
                 need_weights=bool(kwargs.get("output_attentions", self.config.output_attentions)),
                 per_query=self.record_homologous_topk_per_query,
+                path=self.homologous_attention_path,
             )
+            target = self.config.homologous_contrastive_target
+            if target != "encoder_output" and mixing.group_size > 1 and mixing.num_kept // mixing.group_size > 1:
+                homologous.contrastive_target = target
+                homologous.contrastive_temperature = self.config.homologous_contrastive_temperature
+                homologous.contrastive_gradient = self.config.homologous_contrastive_weight > 0
         for index, layer in enumerate(self.layers):
             if index in homologous_layers:
                 attention = partial(homologous_topk_attention_forward, homologous=homologous)
@@ -539,10 +653,14 @@ class MixedAEModel(MixedAEPreTrainedModel):
             topk_accuracy = torch.stack(homologous.topk_accuracies).mean()
         if homologous is not None and homologous.topk_query_counts:
             self.homologous_topk_query_counts = torch.stack(homologous.topk_query_counts)
+        contrastive_loss = None
+        if homologous is not None and homologous.contrastive_losses:
+            contrastive_loss = torch.stack(homologous.contrastive_losses).mean()
         return MixedAEModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=sequence_output[:, 0],
             homologous_topk_accuracy=topk_accuracy,
+            homologous_contrastive_loss=contrastive_loss,
         )
 
 
@@ -553,7 +671,44 @@ class MixedAEForPreTraining(MixedAEPreTrainedModel):
         self.config = config
         self.vit = MixedAEModel(config)
         self.decoder = MixedAEDecoder(config, self.vit.embeddings.patch_embeddings.grid_size)
+        # Pre-training only: a projection head between the encoder output and the contrastive term.
+        self.homologous_projection = None
+        if config.homologous_projection_dim is not None:
+            self.homologous_projection = nn.Sequential(
+                nn.Linear(config.hidden_size, config.hidden_size),
+                nn.GELU(),
+                nn.Linear(config.hidden_size, config.homologous_projection_dim),
+            )
+        self._training_forwards = 0  # the schedule's fallback step count (see `set_homologous_training_step`)
+        self._training_step_is_set = False
         self.post_init()
+
+    def set_homologous_training_step(self, step: int) -> None:
+        """Tell the model the optimizer step, for `homologous_topk_schedule="linear"`.
+
+        As `Wav2Vec2ForPreTraining.set_gumbel_temperature`, the training loop calls it before every step with
+        the number of optimizer steps done, so the schedule follows optimizer steps and is exact after a resume.
+        A model whose step is never set counts its own training forward passes (train mode, gradients on) from
+        0 instead, with a warning: that count restarts at 0 on resume and counts micro-batches under gradient
+        accumulation.
+        """
+        if step < 0:
+            raise ValueError(f"set_homologous_training_step: step={step} must be >= 0.")
+        self.vit.homologous_training_step = int(step)
+        self._training_step_is_set = True
+
+    def _homologous_schedule_fallback(self) -> None:
+        if self.config.homologous_topk_schedule == "constant" or self._training_step_is_set:
+            return
+        if self.training and torch.is_grad_enabled():
+            if self._training_forwards == 0:
+                logger.warning(
+                    "homologous_topk_schedule='linear' but the training loop never called "
+                    "set_homologous_training_step(step): counting training forward passes instead (restarts at 0 "
+                    "on resume, counts micro-batches under gradient accumulation)."
+                )
+            self.vit.homologous_training_step = self._training_forwards
+            self._training_forwards += 1
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return patchify(pixel_values, self.config.patch_size)
@@ -597,10 +752,12 @@ class MixedAEForPreTraining(MixedAEPreTrainedModel):
         mask: torch.Tensor,
         latent: torch.Tensor,
         mixing: MixedAEMixing,
+        attention_contrastive_loss: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """`(loss, reconstruction_loss, homologous_contrastive_loss)`: MSE on the patches each image did not show
-        (`mask`, `(B, N)`), plus the weighted contrastive loss between the patch tokens of each mixed sequence
-        (`latent`, `(B/g, 1 + num_kept, D)`) when every image owns at least two of them."""
+        (`mask`, `(B, N)`), plus the weighted contrastive loss when every image owns at least two tokens: between
+        the patch tokens of each mixed sequence (`latent`, `(B/g, 1 + num_kept, D)`) for the `"encoder_output"`
+        target, else the encoder's own term over the homologous layers (`attention_contrastive_loss`)."""
         reconstruction_loss = masked_reconstruction_loss(
             logits, pixel_values, mask, self.config.patch_size, self.config.norm_pix_loss
         )
@@ -608,13 +765,19 @@ class MixedAEForPreTraining(MixedAEPreTrainedModel):
         contrastive_loss = None
         if mixing.group_size > 1 and mixing.num_kept // mixing.group_size > 1:
             weight = self.config.homologous_contrastive_weight
-            with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
-                contrastive_loss = homologous_contrastive_loss(
-                    latent[:, 1:, :],
-                    mixing.slot_of_kept.expand(mixing.num_groups, -1),
-                    self.config.homologous_contrastive_temperature,
-                )
-            if weight > 0:
+            if self.config.homologous_contrastive_target == "encoder_output":
+                with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
+                    patch_tokens = latent[:, 1:, :]
+                    if self.homologous_projection is not None:
+                        patch_tokens = self.homologous_projection(patch_tokens)
+                    contrastive_loss = homologous_contrastive_loss(
+                        patch_tokens,
+                        mixing.slot_of_kept.expand(mixing.num_groups, -1),
+                        self.config.homologous_contrastive_temperature,
+                    )
+            else:
+                contrastive_loss = attention_contrastive_loss
+            if weight > 0 and contrastive_loss is not None:
                 loss = loss + weight * contrastive_loss
         return loss, reconstruction_loss, contrastive_loss
 
@@ -652,6 +815,7 @@ class MixedAEForPreTraining(MixedAEPreTrainedModel):
         self.vit.embeddings.patch_embeddings.check_pixel_values(pixel_values, interpolate_pos_encoding)
         grid = (pixel_values.shape[2] // self.config.patch_size, pixel_values.shape[3] // self.config.patch_size)
         mixing = self.draw_mixing(pixel_values.shape[0], grid[0] * grid[1], noise, device=pixel_values.device)
+        self._homologous_schedule_fallback()
 
         encoder_outputs: MixedAEModelOutput = self.vit(
             pixel_values, mixing=mixing, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
@@ -659,7 +823,9 @@ class MixedAEForPreTraining(MixedAEPreTrainedModel):
         latent = encoder_outputs.last_hidden_state  # (B/g, 1 + num_kept, D)
         logits = self.decoder(latent, mixing, grid)  # (B, N, patch_size**2 * C)
         mask = mixing.loss_mask()  # (B, N)
-        loss, reconstruction_loss, contrastive_loss = self.forward_loss(pixel_values, logits, mask, latent, mixing)
+        loss, reconstruction_loss, contrastive_loss = self.forward_loss(
+            pixel_values, logits, mask, latent, mixing, encoder_outputs.homologous_contrastive_loss
+        )
 
         return MixedAEForPreTrainingOutput(
             loss=loss,
