@@ -4,6 +4,7 @@ through the task and examples/run_image_classification.py."""
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
@@ -51,7 +52,8 @@ def reference_pooling(pooler: AttentivePooler, tokens: torch.Tensor) -> torch.Te
     norm = torch.nn.functional.layer_norm
     query = norm(pooler.query_token, (width,), pooler.norm_query.weight, pooler.norm_query.bias, pooler.norm_query.eps)
     query = (query @ pooler.query_weight.T + pooler.query_bias).reshape(1, heads, size)
-    keys = norm(tokens, (width,), pooler.norm_key.weight, pooler.norm_key.bias, pooler.norm_key.eps) @ pooler.key_weight.T
+    keys = norm(tokens, (width,), pooler.norm_key.weight, pooler.norm_key.bias, pooler.norm_key.eps)
+    keys = keys @ pooler.key_weight.T
     values = norm(tokens, (width,), pooler.norm_value.weight, pooler.norm_value.bias, pooler.norm_value.eps)
     values = values @ pooler.value_weight.T + pooler.value_bias
     keys, values = keys.reshape(batch_size, length, heads, size), values.reshape(batch_size, length, heads, size)
@@ -133,7 +135,7 @@ def test_saved_head_reloads_with_the_auto_class_and_runs_in_the_pipeline(tmp_pat
     assert [p["label"] for p in predictions] == [LABELS[int(i)] for i in expected[0].argsort(descending=True)]
 
 
-def test_the_task_probes_with_a_frozen_encoder_and_saves_a_loadable_attentive_classifier(tmp_path, pretrained):  # noqa: F811
+def test_the_task_probes_with_a_frozen_encoder_and_saves_a_loadable_classifier(tmp_path, pretrained):  # noqa: F811
     checkpoint = pretrained / "cae"
     results = run_image_classification(*arguments(checkpoint, tmp_path, "attentive_probe", max_steps=3))
     saved = json.loads((tmp_path / "all_results.json").read_text())
@@ -149,6 +151,20 @@ def test_the_task_probes_with_a_frozen_encoder_and_saves_a_loadable_attentive_cl
     assert encoder_keys and all(torch.equal(final[key], start[key]) for key in encoder_keys)
     assert final["attentive_pooler.batch_norm.num_batches_tracked"] == 3
     assert final["attentive_pooler.query_token"].abs().sum() > 0
+
+
+def test_a_resumed_attentive_probe_ends_with_the_same_weights_and_statistics(tmp_path, pretrained):  # noqa: F811
+    settings = dict(max_steps=3, save_steps=1, save_total_limit=None)
+    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    run_image_classification(*arguments(pretrained / "mixedae", uninterrupted, "attentive_probe", **settings))
+    shutil.copytree(uninterrupted / "checkpoints" / "step_1", resumed / "checkpoints" / "step_1")
+    run_image_classification(*arguments(pretrained / "mixedae", resumed, "attentive_probe",
+                                        resume_from_checkpoint="latest", **settings))
+    expected = load_file(str(uninterrupted / "model.safetensors"))
+    actual = load_file(str(resumed / "model.safetensors"))
+    assert expected.keys() == actual.keys() and "attentive_pooler.batch_norm.running_var" in expected
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
 
 
 def test_the_recipe_is_caes_attentive_probe():
@@ -175,8 +191,8 @@ def test_the_example_runs_an_attentive_probe_from_the_command_line(tmp_path, pre
     assert AutoModelForImageClassification.from_pretrained(tmp_path).attentive_pooler is not None
 
 
-@pytest.mark.parametrize("preset", ["linear_probe_imagenet_mae", "finetune_imagenet_cae", "attentive_probe_imagenet_cae",
-                                    "finetune_imagenet_mae"])
+@pytest.mark.parametrize("preset", ["linear_probe_imagenet_mae", "finetune_imagenet_cae",
+                                    "attentive_probe_imagenet_cae", "finetune_imagenet_mae"])
 def test_the_imagenet_presets_parse_with_their_comment(preset):
     path = RUN_IMAGE_CLASSIFICATION.parent / "configs" / f"{preset}.json"
     assert "top-1" in json.loads(path.read_text())["_comment"]
@@ -237,5 +253,6 @@ def test_the_attentive_head_works_as_remote_code_without_the_package(tmp_path):
     run_without_package(REMOTE_ATTENTIVE, tmp_path)
     remote = torch.load(tmp_path / "outputs.pt")
     for family in FAMILIES:
-        assert remote[family + "_class"] == "AttentivePooler" and set(remote[family + "_labels"]) == set(LABELS.values())
+        assert remote[family + "_class"] == "AttentivePooler"
+        assert set(remote[family + "_labels"]) == set(LABELS.values())
         torch.testing.assert_close(remote[family], expected[family], atol=1e-5, rtol=0)

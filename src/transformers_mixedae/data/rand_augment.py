@@ -74,8 +74,10 @@ OPERATIONS: dict[str, Operation] = {
     "shear_x": lambda image, factor, augment: _geometric(image, (1, factor, 0, 0, 1, 0), augment),
     "shear_y": lambda image, factor, augment: _geometric(image, (1, 0, 0, factor, 1, 0), augment),
     # Translations are a fraction of the image side.
-    "translate_x": lambda image, fraction, augment: _geometric(image, (1, 0, fraction * image.size[0], 0, 1, 0), augment),
-    "translate_y": lambda image, fraction, augment: _geometric(image, (1, 0, 0, 0, 1, fraction * image.size[1]), augment),
+    "translate_x": lambda image, fraction, augment: _geometric(
+        image, (1, 0, fraction * image.size[0], 0, 1, 0), augment),
+    "translate_y": lambda image, fraction, augment: _geometric(
+        image, (1, 0, 0, 0, 1, fraction * image.size[1]), augment),
 }
 
 
@@ -185,7 +187,8 @@ def parse_rand_augment(value: str, flag: str = "aa") -> RandAugmentSettings:
         numbers[match.group(1)] = match.group(2)
     settings = {}
     for key, name, kind in (("m", "magnitude", int), ("n", "num_ops", int), ("p", "probability", float),
-                            ("mstd", "magnitude_std", float), ("mmax", "magnitude_max", int), ("inc", "increasing", int)):
+                            ("mstd", "magnitude_std", float), ("mmax", "magnitude_max", int),
+                            ("inc", "increasing", int)):
         if key in numbers:
             try:
                 settings[name] = kind(numbers[key])

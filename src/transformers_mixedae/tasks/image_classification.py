@@ -181,7 +181,8 @@ def fold_linear_probe_head(model: PreTrainedModel) -> None:
 # ---------------------------------------------------------------------------------------------- data
 class ClassificationData(PretrainingData):
     """Labelled train/validation data: RandomResizedCrop (0.08, 1) + flip (+ RandAugment or colour jitter when
-    fine-tuning) for training, resize + centre crop for evaluation; per-rank loaders, seeding and resume positions as in pre-training (`PretrainingData`)."""
+    fine-tuning) for training, resize + centre crop for evaluation; per-rank loaders, seeding and resume positions as
+    in pre-training (`PretrainingData`)."""
 
     def __init__(
         self, data_args: DataArguments, training_args: TrainingArguments, accelerator,
