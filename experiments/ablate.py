@@ -164,7 +164,13 @@ SIZES = {
 class Arm:
     """One configuration of the grid. MixedAE fields are always written out; `homologous_attention` is
     "all", "none" or "last_half" of the encoder layers, `topk` "share" (N*r + 1, the homologous share plus
-    [CLS]) or "twice_share" (2*N*r + 1)."""
+    [CLS]) or "twice_share" (2*N*r + 1).
+
+    The homologous-recognition design fields (`contrastive_target`, `projection_dim`, `topk_anneal_fraction`) came
+    after the first grid: they are written into `--config_overrides` only when an arm sets them away from the
+    config defaults, so the settings (and skipped results) of the earlier arms are unchanged.
+    `topk_anneal_fraction` > 0 selects `homologous_topk_schedule="linear"` over that fraction of the run's steps.
+    """
 
     name: str
     label: str
@@ -176,6 +182,9 @@ class Arm:
     topk: str = "share"
     contrastive_weight: float = 0.1
     contrastive_temperature: float = 0.1
+    contrastive_target: str = "encoder_output"
+    projection_dim: int | None = None
+    topk_anneal_fraction: float = 0.0
     pretrain: bool = True  # False: evaluate the randomly initialised encoder (0 steps), a floor for the grid
 
 
@@ -200,12 +209,31 @@ ARMS = {
         Arm("full_hc0.03", "full, HC weight 0.03", contrastive_weight=0.03),
         Arm("full_hc0.3", "full, HC weight 0.3", contrastive_weight=0.3),
         Arm("cae_pixels", "CAE, pixel target (non-official), same encoder", model_type="cae"),
+        # Homologous-recognition designs (not in the default grid: pass them with --arms).
+        Arm("full_decoder_segment", "full, segment embedding at the decoder", segment_embedding="decoder"),
+        Arm("full_projection", "full, HC through a 2-layer projection head (width = encoder/2)", projection_dim=-1),
+        Arm("full_topk_anneal", "full, k annealed linearly from all keys over the first half", topk_anneal_fraction=0.5),
+        Arm("logits_hc", "full, HC on the HA layers' attention logits", contrastive_target="attention_logits"),
+        Arm("logits_hc_no_segment", "HC on attention logits, no segment embedding",
+            contrastive_target="attention_logits", segment_embedding="none"),
+        Arm("logits_hc1_no_segment", "HC 1.0 on attention logits, no segment embedding",
+            contrastive_target="attention_logits", segment_embedding="none", contrastive_weight=1.0),
+        Arm("logits_hc_decoder_segment", "HC on attention logits, segment embedding at the decoder",
+            contrastive_target="attention_logits", segment_embedding="decoder"),
+        Arm("qk_hc_no_segment", "HC on query-key cosines of the HA layers, no segment embedding",
+            contrastive_target="queries_keys", segment_embedding="none"),
     )
 }
+# The documented grid (docs/ablations.md); the homologous-recognition arms run when named with --arms.
+DEFAULT_ARMS = (
+    "random_init", "mae", "naive_mixing", "ha_only", "hc_only", "segment_only", "full", "full_no_segment",
+    "full_ha_last_half", "full_topk_2x", "full_hc0.03", "full_hc0.3", "cae_pixels",
+)
 
 
-def arm_config_overrides(arm: Arm, size: SizePreset) -> dict:
-    """The config fields of `arm` at `size` (architecture + objective), as `--config_overrides` takes them."""
+def arm_config_overrides(arm: Arm, size: SizePreset, steps: int | None = None) -> dict:
+    """The config fields of `arm` at `size` (architecture + objective), as `--config_overrides` takes them;
+    `steps` (default: the size's) sets the length of an annealed top-k schedule."""
     if arm.model_type == "cae":
         return {**size.encoder.encoder_kwargs(), **size.cae_parts, "target": "pixels"}
     num_layers = size.encoder.num_hidden_layers
@@ -224,7 +252,24 @@ def arm_config_overrides(arm: Arm, size: SizePreset) -> dict:
         "homologous_contrastive_weight": arm.contrastive_weight,
         "homologous_contrastive_temperature": arm.contrastive_temperature,
         "norm_pix_loss": True,
+        **recognition_overrides(arm, size, size.steps if steps is None else steps),
     }
+
+
+def recognition_overrides(arm: Arm, size: SizePreset, steps: int) -> dict:
+    """The homologous-recognition design fields an arm sets away from their defaults (see `Arm`)."""
+    overrides = {}
+    if arm.contrastive_target != "encoder_output":
+        overrides["homologous_contrastive_target"] = arm.contrastive_target
+    if arm.projection_dim is not None:
+        # -1: half the encoder width, so one arm fits every size.
+        overrides["homologous_projection_dim"] = (
+            size.encoder.hidden_size // 2 if arm.projection_dim == -1 else arm.projection_dim
+        )
+    if arm.topk_anneal_fraction > 0:
+        overrides["homologous_topk_schedule"] = "linear"
+        overrides["homologous_topk_anneal_steps"] = max(1, round(arm.topk_anneal_fraction * steps))
+    return overrides
 
 
 def format_config_overrides(overrides: dict) -> str:
@@ -247,12 +292,12 @@ def run_arguments(arm: Arm, size: SizePreset, steps: int, seed: int, output_dir:
     """The `examples/run_mim.py` command line of one run (everything but the program name)."""
     argv = [
         "--model_type", arm.model_type,
-        "--config_overrides", format_config_overrides(arm_config_overrides(arm, size)),
+        "--config_overrides", format_config_overrides(arm_config_overrides(arm, size, steps)),
         "--image_size", str(size.image_size),
         "--patch_size", str(size.patch_size),
         "--output_dir", str(output_dir),
         "--seed", str(seed),
-        "--max_train_steps", str(steps if arm.pretrain else 0),
+        "--max_steps", str(steps if arm.pretrain else 0),
         "--per_device_train_batch_size", str(size.batch_size),
         "--per_device_eval_batch_size", str(size.eval_batch_size),
         "--learning_rate", str(size.learning_rate),
@@ -554,7 +599,12 @@ def plot_topk_curves(records: list[dict], arm_order: list[str], path: Path, size
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"Comma list of arms (default: all): {', '.join(ARMS)}.")
+    parser.add_argument(
+        "--arms",
+        default=",".join(DEFAULT_ARMS),
+        help=f"Comma list of arms (default: the documented grid, {', '.join(DEFAULT_ARMS)}); homologous-recognition "
+        f"designs: {', '.join(name for name in ARMS if name not in DEFAULT_ARMS)}.",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="Seeds per arm: 0 .. N-1 (default 3).")
     parser.add_argument("--steps", type=int, default=None, help="Pre-training steps per run (default: the size's).")
     parser.add_argument("--size", choices=sorted(SIZES), default="doc", help="Preset: tiny (CI) or doc (the docs).")
@@ -582,7 +632,9 @@ def load_result(run_dir: Path, settings: list[str]) -> dict | None:
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    if record.get("settings") != settings:
+    # Results recorded before the grid switched to `--max_steps` name its deprecated alias; same setting.
+    recorded = ["--max_steps" if item == "--max_train_steps" else item for item in record.get("settings") or []]
+    if recorded != settings:
         raise SystemExit(
             f"{path} was produced with other settings:\n  {record.get('settings')}\nnot\n  {settings}\n"
             "Use another --output_dir (or delete that run folder) to run this grid."

@@ -104,3 +104,27 @@ def test_arms_differ_from_the_full_model_only_where_named(ablate):
         assert {key: value for key, value in overrides.items() if full[key] != value} == changed, name
     mae = ablate.arm_config_overrides(ablate.ARMS["mae"], size)
     assert (mae["mixing_ratio"], mae["mask_ratio"], mae["homologous_attention_layers"]) == (1.0, 0.75, [])
+
+
+def test_recognition_arms_set_only_their_fields_and_run_with_max_steps(ablate):
+    size = ablate.SIZES["doc"]
+    full = ablate.arm_config_overrides(ablate.ARMS["full"], size)
+    assert not any(key in full for key in ("homologous_contrastive_target", "homologous_projection_dim",
+                                           "homologous_topk_schedule"))  # earlier arms' settings unchanged
+    expected = {
+        "full_decoder_segment": {"segment_embedding": "decoder"},
+        "full_projection": {"homologous_projection_dim": 64},
+        "full_topk_anneal": {"homologous_topk_schedule": "linear", "homologous_topk_anneal_steps": 50},
+        "logits_hc": {"homologous_contrastive_target": "attention_logits"},
+        "logits_hc_no_segment": {"homologous_contrastive_target": "attention_logits", "segment_embedding": "none"},
+        "qk_hc_no_segment": {"homologous_contrastive_target": "queries_keys", "segment_embedding": "none"},
+    }
+    for name, changed in expected.items():
+        overrides = ablate.arm_config_overrides(ablate.ARMS[name], size, steps=100)
+        assert {key: value for key, value in overrides.items() if full.get(key, "absent") != value} == changed, name
+        assert parse_config_overrides(ablate.format_config_overrides(overrides)) == overrides, name
+        MixedAEConfig(image_size=size.image_size, patch_size=size.patch_size, **overrides)
+    assert set(ablate.DEFAULT_ARMS) == set(ablate.ARMS) - set(expected) - {"logits_hc1_no_segment",
+                                                                           "logits_hc_decoder_segment"}
+    argv = ablate.run_arguments(ablate.ARMS["full"], size, 7, 0, Path("out"))
+    assert argv[argv.index("--max_steps") + 1] == "7" and "--max_train_steps" not in argv
