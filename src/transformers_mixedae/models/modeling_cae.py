@@ -380,6 +380,11 @@ class CAEPreTrainedModel(MaskedViTPreTrainedModel):
     config: CAEConfig
     base_model_prefix = "cae"
     _no_split_modules = ["CAEEmbeddings", "ViTLayer", "CAERegressorLayer"]
+    # Attention kernel: transformers' choice at load (SDPA unless `attn_implementation` says otherwise), on every
+    # device; encoder, regressor cross-attention and decoder all dispatch through it. Measured on a CPU (fp32, one
+    # thread, CAE-S shapes, batch 8): one attention's forward + backward is 14-21% faster with SDPA than eager at head
+    # dim 32 and 4-10% slower at head dim 64, which changes a whole training step by less than the run-to-run noise,
+    # while SDPA keeps ~6% less peak memory; so no per-device or per-shape override.
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
