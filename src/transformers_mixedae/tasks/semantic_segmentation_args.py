@@ -92,7 +92,6 @@ class SegmentationArguments:
     save_visualizations: bool = field(
         default=True, metadata={"help": "Write image | ground truth | prediction PNGs at every evaluation."}
     )
-    _comment: str | None = field(default=None, metadata={"help": "Free text in a JSON config (notes); ignored."})
 
     def __post_init__(self):
         if self.data_dir is not None:

@@ -165,6 +165,20 @@ def rank_segmentation_stream(dataset, datasets_: SegmentationDatasets, rank: int
     return _image_column_undecoded(stream, datasets_.label_column_name)
 
 
+def same_size_groups(
+    images: list[torch.Tensor], label_maps: list[torch.Tensor]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive images (and label maps) of equal sizes stacked into one batch: one forward for all of them
+    (datasets of one image size), one per image where sizes differ (ADE20K)."""
+    start = 0
+    for end in range(1, len(images) + 1):
+        if end == len(images) or images[end].shape != images[start].shape or (
+            label_maps[end].shape != label_maps[start].shape
+        ):
+            yield torch.stack(images[start:end]), torch.stack(label_maps[start:end])
+            start = end
+
+
 def colour_label_maps(label_map: torch.Tensor, num_labels: int) -> np.ndarray:
     """`(H, W)` class ids -> `(H, W, 3)` colours in [0, 1] (a fixed palette; ignored pixels black)."""
     import matplotlib
@@ -261,15 +275,15 @@ class SegmentationData(PretrainingData):
         )
 
     def segment(self, model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Logits `(1, C, h, w)` of one normalised image `(1, 3, h, w)`: whole (padded to the patch size) or averaged
-        over sliding `crop_size` windows (mmseg's slide inference)."""
+        """Logits `(B, C, h, w)` of normalised images `(B, 3, h, w)` of one size: whole (padded to the patch size) or
+        averaged over sliding `crop_size` windows (mmseg's slide inference)."""
         height, width = pixel_values.shape[-2:]
         if self.segmentation_args.eval_mode == "whole":
             return self._padded_logits(model, pixel_values)[..., :height, :width]
         crop, stride = self.segmentation_args.crop_size, self.segmentation_args.resolved_eval_stride
         rows = max(height - crop + stride - 1, 0) // stride + 1
         columns = max(width - crop + stride - 1, 0) // stride + 1
-        logits = pixel_values.new_zeros(1, self.num_labels, height, width, dtype=torch.float32)
+        logits = pixel_values.new_zeros(len(pixel_values), self.num_labels, height, width, dtype=torch.float32)
         counts = pixel_values.new_zeros(1, 1, height, width, dtype=torch.float32)
         for row in range(rows):
             for column in range(columns):
@@ -305,21 +319,22 @@ class SegmentationData(PretrainingData):
         pictures: dict[str, list[np.ndarray]] = {"image": [], "ground truth": [], "prediction": []}
         images = torch.zeros((), dtype=torch.int64, device=device)
         for batch in self._validation_batches():
-            for pixels, labels in zip(batch["pixel_values"], batch["labels"]):
-                pixel_values = self.normalize_batch(pixels[None].to(device))
+            for pixels, labels in same_size_groups(batch["pixel_values"], batch["labels"]):
+                pixel_values = self.normalize_batch(pixels.to(device))
                 logits = self.segment(module, pixel_values)
                 labels = labels.to(device)
-                logits = F.interpolate(logits, size=tuple(labels.shape), mode="bilinear", align_corners=False)
-                prediction = logits.argmax(dim=1)[0]
-                confusion += confusion_matrix(prediction, labels, self.num_labels, SEGMENTATION_IGNORE_INDEX)
-                images += 1
-                if len(pictures["image"]) < NUM_VISUALIZED_IMAGES and self.accelerator.is_main_process:
-                    shown = F.interpolate(pixel_values.float(), size=tuple(labels.shape), mode="bilinear",
-                                          align_corners=False)
+                logits = F.interpolate(logits, size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=False)
+                predictions = logits.argmax(dim=1)
+                confusion += confusion_matrix(predictions, labels, self.num_labels, SEGMENTATION_IGNORE_INDEX)
+                images += len(labels)
+                shown = min(NUM_VISUALIZED_IMAGES - len(pictures["image"]), len(labels))
+                if shown > 0 and self.accelerator.is_main_process:
+                    resized = F.interpolate(pixel_values[:shown].float(), size=tuple(labels.shape[-2:]),
+                                            mode="bilinear", align_corners=False)
                     transform = self.evaluation_transform
-                    pictures["image"].append(to_display(shown, transform.mean, transform.std)[0])
-                    pictures["ground truth"].append(colour_label_maps(labels, self.num_labels))
-                    pictures["prediction"].append(colour_label_maps(prediction, self.num_labels))
+                    pictures["image"] += list(to_display(resized, transform.mean, transform.std))
+                    pictures["ground truth"] += [colour_label_maps(item, self.num_labels) for item in labels[:shown]]
+                    pictures["prediction"] += [colour_label_maps(item, self.num_labels) for item in predictions[:shown]]
         module.train(was_training)
         if self.accelerator.num_processes > 1:
             confusion = self.accelerator.reduce(confusion, reduction="sum")
