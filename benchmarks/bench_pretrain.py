@@ -23,6 +23,15 @@ It prints one Markdown table with ratios against the ViTMAE row of the same conf
 
     PYTHONPATH=src python3 benchmarks/bench_pretrain.py --sizes tiny,small --precisions fp32,bf16 \
         --attn eager,sdpa --batch-size 8 --repeats 5 --device cpu --json out.json
+
+With `--official_cae_repo PATH` (a local checkout of github.com/Atten4Vis/CAE, imported at run time) it also builds
+the official ContextAutoencoderViT at the same configuration for every size, precision and `--cae_decoder_widths`
+width, copies its weights into our CAEForPreTraining (one per `--attn`) with our checkpoint converter, checks the
+loss on the same images, block masks and token ids, and measures both side by side as above, with ratios ours /
+official in a second table (and under "official_cae" in the JSON). `--models` then defaults to none:
+
+    PYTHONPATH=src python3 benchmarks/bench_pretrain.py --official_cae_repo ../CAE --sizes small --precisions fp32 \
+        --cae_decoder_widths 384,768 --threads 1 --clock cpu --device cpu --json cae_vs_official.json
 """
 
 from __future__ import annotations
@@ -228,6 +237,20 @@ def check_official_cae_repo(path: str) -> str:
             "pass the folder that holds models/ and furnace/ of that repository"
         )
     return folder
+
+
+def checkout_commit(folder: str) -> str | None:
+    """The checkout's git commit, when the folder is the top of a git work tree (None for an exported copy)."""
+    import subprocess
+
+    if not os.path.exists(os.path.join(folder, ".git")):
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        completed = subprocess.run(
+            ["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return completed.stdout.strip()
+    return None
 
 
 def _to_2tuple(value):
@@ -1087,6 +1110,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         official = dict(
             repo=os.path.abspath(args.official_cae_repo),
+            repo_commit=checkout_commit(args.official_cae_repo),
             decoder_widths=args.cae_decoder_widths,
             drop_path_rate=args.cae_drop_path_rate,
             align_loss_weight=OFFICIAL_ALIGN_LOSS_WEIGHT,

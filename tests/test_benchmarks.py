@@ -205,6 +205,8 @@ def test_ours_against_the_official_cae(bench, tmp_path, capsys):
     assert "## CAE: ours / official" in capsys.readouterr().out
     assert result["rows"] == [] and json.loads(json_path.read_text())["official_cae"]["rows"]
     rows = result["official_cae"]["rows"]
+    commit = result["official_cae"]["repo_commit"]
+    assert commit is None or len(commit) == 40
     assert [(row["decoder_width"], row["model"]) for row in rows] == [
         (width, model) for width in (32, 64) for model in ("official-cae", "cae-eager", "cae-sdpa")
     ]
