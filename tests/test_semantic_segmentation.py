@@ -286,3 +286,47 @@ def test_task_errors_before_training(tmp_path, ade_folder):
         run_semantic_segmentation(*arguments(tmp_path / "c", ade_folder, num_labels=None))
     with pytest.raises(ValueError, match="class id 3, outside \\[0, --num_labels 3\\)"):
         run_semantic_segmentation(*arguments(tmp_path / "d", ade_folder, num_labels=3))
+
+
+@pytest.mark.parametrize("name", ["ade20k_upernet_mae.json", "segment_fashion_mnist_dense.json"])
+def test_presets_parse(name, ade_folder):
+    model_args, data_args, training_args, segmentation_args = parse_segmentation_arguments(
+        [str(REPOSITORY / "examples" / "configs" / name), "--data_dir", str(ade_folder), "--model_type", "mixedae"]
+    )
+    assert training_args.lr_scheduler_type == "polynomial" and segmentation_args.multi_scale_neck
+    if name.startswith("ade20k"):
+        assert (segmentation_args.crop_size, segmentation_args.layer_decay, training_args.learning_rate) == (512, 0.65, 1e-4)
+        assert (training_args.warmup_steps, training_args.max_steps, training_args.weight_decay) == (1500, 160000, 0.05)
+        assert segmentation_args.out_indices == [4, 6, 8, 12] and segmentation_args.auxiliary_loss_weight == 0.4
+        assert segmentation_args.reduce_labels and segmentation_args.num_labels == 150
+
+
+def test_the_cards_usage_snippet_runs_on_the_saved_folder(launched_run, ade_folder, tmp_path, monkeypatch):
+    from test_model_cards import localise, python_blocks, run_snippet
+
+    Image.open(ade_folder / "images" / "validation" / "ADE_validation_00000000.png").convert("RGB").save(
+        tmp_path / "example.jpg")
+    monkeypatch.chdir(tmp_path)
+    (snippet,) = python_blocks((launched_run / "README.md").read_text())
+    assert "AutoModelForSemanticSegmentation" in snippet and "post_process_semantic_segmentation" in snippet
+    run_snippet(localise(snippet, launched_run), "segmentation card snippet")
+
+
+@pytest.mark.parametrize("model_type", ["mixedae", "cae"])
+def test_saved_processor_resizes_to_the_crop_and_keeps_reduce_labels(model_type, tmp_path):
+    from transformers import AutoImageProcessor
+
+    from transformers_mixedae.tasks.semantic_segmentation import segmentation_image_processor
+
+    overrides = {"model_type": model_type, **({"config_overrides": TINY_CAE_BACKBONE} if model_type == "cae" else {})}
+    model_args, _, _, segmentation_args = arguments("unused", ".", reduce_labels=True, crop_size=24, **overrides)
+    model = build_segmentation_model(model_args, segmentation_args, model_type, {0: "a", 1: "b"})
+    segmentation_image_processor(model.config.backbone_config, segmentation_args).save_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert processor.do_reduce_labels is True
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8))
+    pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 3, 24, 24)
+    with torch.no_grad():
+        (class_map,) = processor.post_process_semantic_segmentation(model.eval()(pixel_values), target_sizes=[(30, 50)])
+    assert class_map.shape == (30, 50)
