@@ -330,3 +330,26 @@ def test_saved_processor_resizes_to_the_crop_and_keeps_reduce_labels(model_type,
     with torch.no_grad():
         (class_map,) = processor.post_process_semantic_segmentation(model.eval()(pixel_values), target_sizes=[(30, 50)])
     assert class_map.shape == (30, 50)
+
+
+def test_reduce_labels_run_ignores_label_zero(tmp_path, ade_folder):
+    """The ADE folder's maps hold 0..3: with --reduce_labels 0 is ignored and 1..3 become the 3 classes."""
+    results = run_semantic_segmentation(*arguments(tmp_path, ade_folder, reduce_labels=True, num_labels=3,
+                                                   max_steps=1, max_eval_samples=2))
+    assert {key for key in results if key.startswith("eval_iou_")} == {"eval_iou_0", "eval_iou_1", "eval_iou_2"}
+    assert 0.0 <= results["eval_mean_iou"] <= 1.0
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["do_reduce_labels"] is True and saved["size"] == {"height": 16, "width": 16}
+
+
+def test_run_from_a_pretraining_checkpoint_folder(tmp_path, ade_folder):
+    checkpoint = tmp_path / "pretrained"
+    MixedAEForPreTraining(tiny_mixedae_config(num_hidden_layers=4)).save_pretrained(checkpoint)
+    results = run_semantic_segmentation(*arguments(
+        tmp_path / "run", ade_folder, model_type=None, config_overrides=None, image_size=None, patch_size=None,
+        model_name_or_path=str(checkpoint), max_steps=1, max_eval_samples=1,
+    ))
+    assert results["train_steps"] == 1 and "eval_mean_iou" in results
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model_type"] == "upernet" and config["backbone_config"]["model_type"] == "mixedae"
+    assert config["backbone_config"]["out_indices"] == [1, 2, 3, 4]
