@@ -54,8 +54,8 @@ def test_a_named_dataset_with_its_own_column_names(tmp_path):
     streamed = load_segmentation_datasets(dataset_name=str(root), streaming=True, image_column_name="img",
                                           label_column_name="seg")
     assert set(next(iter(streamed.validation))) == {"img", "seg"}
-    with pytest.raises(ValueError, match="label-map column 'annotation' not found .*available columns: \\['img', 'seg'\\]"):
-        load_segmentation_datasets(dataset_name=str(root), image_column_name="img")
+    # Without --label_column_name, the one other image column holds the maps.
+    assert load_segmentation_datasets(dataset_name=str(root), image_column_name="img").label_column_name == "seg"
 
 
 def test_the_bundled_dense_benchmark_is_the_default(tmp_path, monkeypatch):
@@ -69,3 +69,25 @@ def test_the_bundled_dense_benchmark_is_the_default(tmp_path, monkeypatch):
     monkeypatch.setattr(segmentation_loading, "DEFAULT_DENSE_DIR", tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="pass --data_dir .* or --dataset_name"):
         load_segmentation_datasets()
+
+
+def test_a_label_map_column_with_another_name_is_found(tmp_path):
+    root = make_parquet_shards(tmp_path / "shards")
+    import pyarrow.parquet as pq
+
+    for path in root.glob("*.parquet"):
+        pq.write_table(pq.read_table(path).rename_columns(["image", "segmentation"]), path)
+    loaded = load_segmentation_datasets(dataset_name=str(root))
+    assert loaded.label_column_name == "segmentation"
+    # Named explicitly, a missing column is an error.
+    with pytest.raises(ValueError, match="label-map column 'mask' not found"):
+        load_segmentation_datasets(dataset_name=str(root), label_column_name="mask")
+
+
+@pytest.mark.skipif(not any(segmentation_loading.DEFAULT_DENSE_DIR.glob("train-*.parquet")),
+                    reason="the bundled dense benchmark is not built in this checkout")
+def test_the_shipped_dense_benchmark_loads_with_its_class_names():
+    loaded = load_segmentation_datasets(max_train_samples=2, max_eval_samples=2)
+    assert loaded.id2label[0] == "background" and len(loaded.id2label) == 11
+    labels = np.array(open_image(loaded.validation[0]["annotation"]))
+    assert labels.ndim == 2 and labels.max() < 11

@@ -353,3 +353,9 @@ def test_run_from_a_pretraining_checkpoint_folder(tmp_path, ade_folder):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model_type"] == "upernet" and config["backbone_config"]["model_type"] == "mixedae"
     assert config["backbone_config"]["out_indices"] == [1, 2, 3, 4]
+
+
+def test_streamed_run(tmp_path, ade_folder):
+    results = run_semantic_segmentation(*arguments(tmp_path, ade_folder, streaming=True, max_steps=2,
+                                                   max_eval_samples=3, dataloader_num_workers=1))
+    assert results["train_steps"] == 2 and results["train_loaded_samples"] == 8 and results["eval_samples"] == 3

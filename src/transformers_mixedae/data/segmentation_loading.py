@@ -142,6 +142,26 @@ def _check_label_column(dataset: Any, split: str, label_column_name: str, source
         )
 
 
+def _holds_encoded_images(feature: Any) -> bool:
+    """An `Image` feature, or the `{"bytes", "path"}` struct it is stored as (Parquet without its metadata)."""
+    return isinstance(feature, datasets.Image) or (isinstance(feature, dict) and {"bytes", "path"} <= set(feature))
+
+
+def _resolve_label_map_column(dataset: Any, image_column_name: str, label_column_name: str, source: str) -> str:
+    """The default label-map column (`annotation`) the data lacks is replaced by its one other image column (e.g. a
+    dataset that calls its maps `label` or `segmentation`); a name given explicitly is used as given."""
+    features = dataset.features
+    if label_column_name != DEFAULT_LABEL_COLUMN or features is None or label_column_name in features:
+        return label_column_name
+    candidates = [name for name, feature in features.items()
+                  if name != image_column_name and _holds_encoded_images(feature)]
+    if len(candidates) == 1:
+        logger.info("%s has no %r column: using its image column %r as the label maps", source,
+                    DEFAULT_LABEL_COLUMN, candidates[0])
+        return candidates[0]
+    return label_column_name
+
+
 def load_segmentation_datasets(
     data_dir: str | None = None,
     dataset_name: str | None = None,
@@ -176,6 +196,7 @@ def load_segmentation_datasets(
     if TRAIN_SPLIT not in splits:
         raise ValueError(f"{source} has no {TRAIN_SPLIT!r} split; available splits: {list(splits)}")
     train, validation = splits[TRAIN_SPLIT], splits.get(VALIDATION_SPLIT)
+    label_column_name = _resolve_label_map_column(train, image_column_name, label_column_name, source)
     if validation is None:
         logger.warning("%s has no %r split (splits: %s): no evaluation", source, VALIDATION_SPLIT, list(splits))
     for split, dataset in ((TRAIN_SPLIT, train), (VALIDATION_SPLIT, validation)):
