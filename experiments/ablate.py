@@ -586,7 +586,7 @@ def plot_topk_curves(records: list[dict], arm_order: list[str], path: Path, size
         if plotted:
             axis.legend(fontsize=7)
     axes[0].set_title("Kept patch keys from the query's own image", fontsize=10)
-    axes[1].set_title("Supervised InfoNCE between patch tokens (final layer)", fontsize=10)
+    axes[1].set_title("Homologous contrastive term (final-layer tokens, or HA logits for logits_* / qk_* arms)", fontsize=10)
     if not plotted:
         axes[0].text(0.5, 0.5, "no arm with homologous attention", ha="center", transform=axes[0].transAxes)
     figure.suptitle("Homologous recognition on a fixed validation batch during pre-training", fontsize=11)
