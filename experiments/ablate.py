@@ -212,7 +212,8 @@ ARMS = {
         # Homologous-recognition designs (not in the default grid: pass them with --arms).
         Arm("full_decoder_segment", "full, segment embedding at the decoder", segment_embedding="decoder"),
         Arm("full_projection", "full, HC through a 2-layer projection head (width = encoder/2)", projection_dim=-1),
-        Arm("full_topk_anneal", "full, k annealed linearly from all keys over the first half", topk_anneal_fraction=0.5),
+        Arm("full_topk_anneal", "full, k annealed linearly from all keys over the first half",
+            topk_anneal_fraction=0.5),
         Arm("logits_hc", "full, HC on the HA layers' attention logits", contrastive_target="attention_logits"),
         Arm("logits_hc_no_segment", "HC on attention logits, no segment embedding",
             contrastive_target="attention_logits", segment_embedding="none"),
@@ -586,7 +587,8 @@ def plot_topk_curves(records: list[dict], arm_order: list[str], path: Path, size
         if plotted:
             axis.legend(fontsize=7)
     axes[0].set_title("Kept patch keys from the query's own image", fontsize=10)
-    axes[1].set_title("Homologous contrastive term (final-layer tokens, or HA logits for logits_* / qk_* arms)", fontsize=10)
+    axes[1].set_title("Homologous contrastive term (final-layer tokens; HA logits for logits_* / qk_* arms)",
+                      fontsize=10)
     if not plotted:
         axes[0].text(0.5, 0.5, "no arm with homologous attention", ha="center", transform=axes[0].transAxes)
     figure.suptitle("Homologous recognition on a fixed validation batch during pre-training", fontsize=11)

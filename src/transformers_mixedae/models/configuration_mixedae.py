@@ -151,7 +151,9 @@ class MixedAEConfig(MaskedViTConfig):
     def resolved_homologous_topk(self, num_patches: int | None = None, training_step: int | None = None) -> int:
         """Keys kept per patch query; under the `"linear"` schedule, at optimizer step `training_step` (`None`: the
         schedule's end, as for evaluation and downstream use)."""
-        topk = self.homologous_topk if self.homologous_topk is not None else self.num_kept(num_patches) // self.group_size + 1
+        topk = self.homologous_topk
+        if topk is None:
+            topk = self.num_kept(num_patches) // self.group_size + 1
         if self.homologous_topk_schedule == "linear" and training_step is not None:
             num_keys = 1 + self.num_kept(num_patches)
             progress = min(1.0, max(0, training_step) / self.homologous_topk_anneal_steps)

@@ -246,7 +246,8 @@ class HomologousAttentionContext:
     fused path does not produce. `path` forces one of `HOMOLOGOUS_ATTENTION_PATHS` (benchmarks, tests); `None`
     follows `homologous_attention_path`. `contrastive_target` (`"attention_logits"` or `"queries_keys"`, `None` for
     none) makes every homologous layer append its supervised InfoNCE term to `contrastive_losses` (with gradient
-    when `contrastive_gradient`; `contrastive_temperature` divides the query-key cosines). `topk_accuracies` collects, per homologous layer, the fraction of kept
+    when `contrastive_gradient`; `contrastive_temperature` divides the query-key cosines). `topk_accuracies`
+    collects, per homologous layer, the fraction of kept
     patch keys that come from the query's own source image (a diagnostic, no gradient). With `per_query`,
     `topk_query_counts` also collects, per homologous layer, `(num_sequences, num_kept, 2)` integer counts for every
     patch query summed over heads: [..., 0] kept patch keys from the query's own image, [..., 1] kept patch keys
@@ -300,13 +301,16 @@ def homologous_attention_path(
     - `attn_implementation="eager"`, attention weights requested, an additive attention mask, or a contrastive
       term on the attention logits (`logits_need_gradient`): "single_pass" (the eager reference; SDPA returns no
       weights, and its logits are not exposed).
-    - `"sdpa"` on CPU: "single_pass". Measured on this project's CPU (ViT-S/16, 197-token mixed sequences, k = 50,
-      fp32; benchmarks/microbench_mixedae.py, section "homologous attention paths"), the second logits pass of
-      "sdpa_mask" is not paid back: CPU SDPA with a boolean mask runs no faster than the eager softmax.
-    - `"sdpa"` on other devices (CUDA, ...): "sdpa_mask", for memory: the fused kernel stores no (L, L) fp32
-      probabilities, which matters at ViT-B/L batch sizes. Not measured in this project (no accelerator yet).
+    - otherwise `"sdpa"`: "sdpa_mask", on every device. On this project's CPU (ViT-S/16, batch 8, fp32, 1 thread,
+      197-token mixed sequences, k = 50; `benchmarks/microbench_mixedae.py --sections paths,step`) the two paths
+      measured equal within noise: one layer's attention fwd+bwd, sdpa_mask / single_pass = 0.97-1.05 over four
+      runs; whole training steps 1.01x (sdpa_mask) and 1.04x (single_pass) ViTMAE's. The second logits pass is
+      cheap (the top-k selection both paths share costs several times more), so the tie goes to "sdpa_mask": it
+      stores no (L, L) fp32 probabilities for the backward pass (the memory that matters at ViT-B/L batch sizes on
+      an accelerator) and keeps earlier SDPA runs bit-identical. Not yet measured on an accelerator.
+    `device` is part of the signature so that a measured accelerator rule can be added without changing callers.
     """
-    if implementation != "sdpa" or need_weights or has_attention_mask or logits_need_gradient or device.type == "cpu":
+    if implementation != "sdpa" or need_weights or has_attention_mask or logits_need_gradient:
         return "single_pass"
     return "sdpa_mask"
 
@@ -583,8 +587,8 @@ class MixedAEModel(MixedAEPreTrainedModel):
     # `homologous_attention_path` (by implementation and device). For benchmarks and tests: both paths keep the same
     # keys and give the same values and gradients.
     homologous_attention_path: str | None = None
-    # Optimizer step for `homologous_topk_schedule="linear"` (set by `MixedAEForPreTraining.set_homologous_training_step`
-    # or its fallback count); `None`: the schedule's end.
+    # Optimizer step for `homologous_topk_schedule="linear"` (set by
+    # `MixedAEForPreTraining.set_homologous_training_step` or its fallback count); `None`: the schedule's end.
     homologous_training_step: int | None = None
 
     def __init__(self, config: MixedAEConfig, add_final_layernorm: bool = True):
