@@ -11,9 +11,20 @@ the current result (outputs and input gradients) before timing it:
 * `MixedAEMixing.unmix` (+ the decoder's [CLS] concatenation): one row gather from the group's tokens
   and the mask token instead of repeat_interleave + where + cat + gather;
 * the homologous contrastive loss, the loss mask and `mix`, for their share of a step;
-* the AdamW step: for-loop (torch's CPU default), `foreach=True`, `fused=True`.
+* the AdamW step: for-loop (torch's CPU default), `foreach=True`, `fused=True`;
+* `paths`: the package's two homologous attention paths (`HOMOLOGOUS_ATTENTION_PATHS`: "single_pass",
+  "sdpa_mask"), forced, one layer, against ViTMAE's attention for the same images; the measurement behind
+  `homologous_attention_path`'s rule;
+* `step`: whole training steps (forward, backward, AdamW), interleaved: transformers' ViTMAE (SDPA) and MixedAE
+  (r = 0.25, homologous attention in every layer, SDPA implementation) with each homologous path forced and with
+  the package's rule; the ratio MixedAE / ViTMAE is the paper's "about 3% overhead" claim.
 
     PYTHONPATH=src python3 benchmarks/microbench_mixedae.py --size small --batch-size 8 --repeats 30
+    PYTHONPATH=src python3 benchmarks/microbench_mixedae.py --sections paths,step --size small --batch-size 8 \
+        --repeats 5 --threads 1 --clock cpu --json benchmarks/results/raw/microbench_paths_step_small_b8.json
+
+`--json` writes every row with the machine, the command line and the load average (`os.getloadavg`) at the start
+and the end: the machine this project measures on is shared.
 
 The candidates live here only; nothing in the package is changed.
 """
@@ -21,6 +32,7 @@ The candidates live here only; nothing in the package is changed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -395,6 +407,82 @@ def bench_optimizer(size: str, repeats: int) -> list[dict]:
     return report(f"AdamW step, {size} ViTMAE parameters ({count / 1e6:.1f} M)", medians, names[0], "step")
 
 
+
+# ---------------------------------------------------------------------------------------------- homologous paths
+def forced_path_homologous(query, key, value, segment_ids, topk, scaling, path):
+    context = modeling_mixedae.HomologousAttentionContext(segment_ids=segment_ids, topk=topk, path=path)
+    output, _ = modeling_mixedae.homologous_topk_attention_forward(
+        _Training("sdpa").train(), query, key, value, None, scaling, 0.0, context
+    )
+    return output
+
+
+def bench_homologous_paths(config, batch_size: int, repeats: int, dtype) -> list[dict]:
+    """One homologous layer's attention (fwd+bwd) on each forced path, and ViTMAE's attention for the same images."""
+    group, num_kept = config.group_size, config.num_kept()
+    sequences, length = batch_size // group, 1 + num_kept
+    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    topk, scaling = config.resolved_homologous_topk(), head_dim**-0.5
+    generator = torch.Generator().manual_seed(0)
+    tensors = [
+        torch.randn(sequences, heads, length, head_dim, generator=generator, dtype=dtype).requires_grad_()
+        for _ in range(3)
+    ]
+    segment_ids = torch.cat([torch.tensor([-1]), torch.arange(num_kept) % group]).expand(sequences, -1)
+    grad_output = torch.randn(sequences, length, heads, head_dim, generator=generator, dtype=dtype)
+    arguments = (*tensors, segment_ids, topk, scaling)
+    cases = {
+        f"{path} (forced)": (lambda path=path: forward_backward(
+            lambda *a: forced_path_homologous(*a, path=path), arguments, grad_output
+        ))
+        for path in modeling_mixedae.HOMOLOGOUS_ATTENTION_PATHS
+    }
+    names = list(cases)
+    assert_same(cases[names[0]](), cases[names[1]](), names[1], 1e-5 if dtype == torch.float32 else 2e-2)
+    mae_length = 1 + config.num_patches // 4
+    mae_tensors = [
+        torch.randn(batch_size, heads, mae_length, head_dim, generator=generator, dtype=dtype).requires_grad_()
+        for _ in range(3)
+    ]
+    mae_grad = torch.randn(batch_size, mae_length, heads, head_dim, generator=generator, dtype=dtype)
+    cases[f"ViTMAE attention, {batch_size} x {mae_length} tokens, SDPA"] = lambda: forward_backward(
+        lambda *a: global_sdpa(*a, None, topk, scaling), mae_tensors, mae_grad
+    )
+    medians = interleaved_medians(cases, repeats)
+    shape = f"({sequences}, {heads}, {length}, {head_dim}), k={topk}, {str(dtype).replace('torch.', '')}"
+    return report(f"Homologous attention paths, one layer, q/k/v {shape}", medians, names[0])
+
+
+# ---------------------------------------------------------------------------------------------- whole step
+def bench_step(size: str, batch_size: int, repeats: int, precision: str) -> list[dict]:
+    """Training steps (forward, backward, AdamW) of ViTMAE and of MixedAE per homologous path, interleaved."""
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    models = {"vitmae (sdpa)": bench_pretrain.build_vitmae(size, "sdpa")}
+    rule_path = modeling_mixedae.homologous_attention_path("sdpa", device)
+    for path in modeling_mixedae.HOMOLOGOUS_ATTENTION_PATHS:
+        model = bench_pretrain.build_mixedae(size, "sdpa")
+        model.vit.homologous_attention_path = path
+        models[f"mixedae (sdpa, {path}{', the rule on CPU' if path == rule_path else ''})"] = model
+    image_size = bench_pretrain.SIZES[size]["encoder"].image_size
+    pixel_values = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    steps = {}
+    for name, model in models.items():
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+        inputs = bench_pretrain.model_inputs(model, pixel_values)
+        steps[name] = (
+            lambda model=model, optimizer=optimizer, inputs=inputs: bench_pretrain.training_step(
+                model, optimizer, inputs, device, precision
+            )
+        )
+    medians = interleaved_medians(steps, repeats, warmup=1)
+    return report(f"Training step, {size}, batch {batch_size}, {precision}, CPU", medians, "vitmae (sdpa)", "step")
+
+
+SECTIONS = ("homologous", "paths", "unmix", "small", "optimizer", "step")
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="small", choices=list(bench_pretrain.SIZES))
@@ -405,7 +493,16 @@ def main(argv=None) -> list[dict]:
     parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall", help="wall time, or the process's CPU time (shared CPUs)"
     )
+    parser.add_argument(
+        "--sections", default="homologous,unmix,small,optimizer", help=f"comma-separated, of {', '.join(SECTIONS)}"
+    )
+    parser.add_argument("--json", default=None, help="write every row, the machine and the load average here")
     args = parser.parse_args(argv)
+    sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections {args.sections!r}: unknown {unknown}; choose from {', '.join(SECTIONS)}")
+    load_before = os.getloadavg()
     CLOCK["clock"] = time.perf_counter if args.clock == "wall" else time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -415,11 +512,33 @@ def main(argv=None) -> list[dict]:
     mae_mode = bench_pretrain._mixedae_config(args.size, "eager", mixing_ratio=1.0, mask_ratio=0.75)
     print(f"# microbench_mixedae: size {args.size}, batch {args.batch_size}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} interleaved runs, {args.clock} clock")
-    rows = bench_homologous_attention(full, args.batch_size, args.repeats, dtype)
-    rows += bench_unmix(full, args.batch_size, args.repeats, "MixedAE r=0.25")
-    rows += bench_unmix(mae_mode, args.batch_size, args.repeats, "MAE mode")
-    rows += bench_small_parts(full, args.batch_size, args.repeats)
-    rows += bench_optimizer(args.size, max(5, args.repeats // 3))
+    rows = []
+    if "homologous" in sections:
+        rows += bench_homologous_attention(full, args.batch_size, args.repeats, dtype)
+    if "paths" in sections:
+        rows += bench_homologous_paths(full, args.batch_size, args.repeats, dtype)
+    if "unmix" in sections:
+        rows += bench_unmix(full, args.batch_size, args.repeats, "MixedAE r=0.25")
+        rows += bench_unmix(mae_mode, args.batch_size, args.repeats, "MAE mode")
+    if "small" in sections:
+        rows += bench_small_parts(full, args.batch_size, args.repeats)
+    if "optimizer" in sections:
+        rows += bench_optimizer(args.size, max(5, args.repeats // 3))
+    if "step" in sections:
+        rows += bench_step(args.size, args.batch_size, args.repeats, args.precision)
+    if args.json:
+        record = dict(
+            command=" ".join([os.path.basename(sys.argv[0]), *(argv if argv is not None else sys.argv[1:])]),
+            machine=bench_pretrain.machine_description(torch.device("cpu")),
+            clock=args.clock,
+            repeats=args.repeats,
+            load_average_1_5_15_before=load_before,
+            load_average_1_5_15_after=os.getloadavg(),
+            rows=rows,
+        )
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as handle:
+            json.dump(record, handle, indent=1)
     return rows
 
 
