@@ -520,8 +520,11 @@ def test_one_step_changes_every_trainable_parameter():
     assert frozen == {"vit.embeddings.position_embeddings", "decoder.decoder_pos_embed"}
 
 
-def test_activation_checkpointing_gives_the_same_loss_and_gradients():
-    model = randomise_(MixedAEForPreTraining(tiny_mixedae_config()))
+@pytest.mark.parametrize("overrides", [{}, dict(homologous_contrastive_target="attention_logits"),
+                                       dict(homologous_contrastive_target="queries_keys")])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(overrides):
+    # The attention-side contrastive terms are side outputs of the checkpointed layers: their gradient must survive.
+    model = randomise_(MixedAEForPreTraining(tiny_mixedae_config(**overrides)))
     images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
     model(images, noise=noise).loss.backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
