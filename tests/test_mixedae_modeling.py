@@ -707,6 +707,17 @@ def test_config_round_trips_through_json(tmp_path):
     loaded = MixedAEConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == config.to_dict()
     assert loaded.resolved_homologous_attention_layers() == [1] and loaded.group_size == 2
+    designs = tiny_mixedae_config(segment_embedding="decoder", homologous_projection_dim=8,
+                                  homologous_topk_schedule="linear", homologous_topk_anneal_steps=100)
+    designs.save_pretrained(tmp_path / "designs")
+    assert MixedAEConfig.from_pretrained(tmp_path / "designs").to_dict() == designs.to_dict()
+    # A config.json written before the recognition fields existed loads with today's behaviour.
+    old = {key: value for key, value in config.to_dict().items() if not key.startswith(
+        ("homologous_contrastive_target", "homologous_projection", "homologous_topk_schedule", "homologous_topk_anneal"))}
+    assert len(old) == len(config.to_dict()) - 4
+    restored = MixedAEConfig.from_dict(old)
+    assert (restored.homologous_contrastive_target, restored.homologous_projection_dim,
+            restored.homologous_topk_schedule) == ("encoder_output", None, "constant")
 
 
 # ---------------------------------------------------------------------------------------------- input dtypes
