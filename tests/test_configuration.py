@@ -156,8 +156,10 @@ def mixedae_violations(values: dict) -> list[tuple[str, ...]]:
     if not 0 <= mask_ratio < 1:
         violations.append(("mask_ratio",))
     num_kept = None
-    if grid is not None and ratio_ok and 0 <= mask_ratio < 1:
+    if grid is not None and 0 <= mask_ratio < 1:
+        # The number of keys (and so homologous_topk's range) does not depend on the mixing ratio.
         num_kept = round(grid[0] * grid[1] * (1 - mask_ratio))
+    if num_kept is not None and ratio_ok:
         group_size = round(1 / ratio)
         if num_kept < group_size or num_kept % group_size:
             violations.append(("mask_ratio", "mixing_ratio", "image_size", "patch_size"))
