@@ -91,7 +91,7 @@ FAMILIES = [
         processors=(MixedAEImageProcessor, MixedAEImageProcessorPil), native_model=ViTModel,
         native_classifier=ViTForImageClassification, num_patches=64,
         pretraining_logits_shape=(BATCH, 64, 4 * 4 * 3),  # every patch of every image, in pixels
-        model_extra_fields=frozenset({"homologous_topk_accuracy"}),
+        model_extra_fields=frozenset({"homologous_topk_accuracy", "homologous_contrastive_loss"}),
         pretraining_extra_fields=frozenset({"reconstruction_loss", "homologous_contrastive_loss", "mask",
                                             "ids_restore", "homologous_topk_accuracy"}),
         pretraining_extra_inputs=lambda: {"noise": torch.rand(1, 64)},  # one group of g = 4 images
