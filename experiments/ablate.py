@@ -62,6 +62,8 @@ from transformers import HfArgumentParser
 from transformers_mixedae.evaluation.homologous_probe import can_probe, homologous_probe, validation_batch
 from transformers_mixedae.models.presets import ViTSize
 from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
+from transformers_mixedae.tasks.semantic_segmentation import run_semantic_segmentation
+from transformers_mixedae.tasks.semantic_segmentation_args import parse_segmentation_arguments
 from transformers_mixedae.training.arguments import (
     DataArguments,
     ModelArguments,
@@ -93,6 +95,7 @@ class SizePreset:
     logging_steps: int
     probe_images: int
     eval_batch_size: int = 256
+    warmup_ratio: float = 0.0  # passed only when set, so the settings of the earlier sizes are unchanged
 
     @property
     def image_size(self) -> int:
@@ -155,6 +158,34 @@ SIZES = {
         linear_probe_epochs=30,
         logging_steps=20,
         probe_images=64,
+    ),
+    # The main job's model and schedule (examples/configs/mixedae_fashion_mnist.json): 6-layer 192-wide encoder,
+    # 2-layer 128-wide decoder, 930 steps of 64 images (10 epochs), learning rate 1.5e-3 * 64 / 256, 10% warm-up.
+    # About 8 min per run on both cores of an idle 2-core machine: long enough for pre-training to beat the
+    # random encoder (README), too long for more than a few arms in a session.
+    "main": SizePreset(
+        encoder=ViTSize(
+            hidden_size=192, num_hidden_layers=6, num_attention_heads=3, intermediate_size=768, patch_size=4,
+            image_size=32,
+        ),
+        mixedae_decoder=dict(
+            decoder_hidden_size=128, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
+            decoder_intermediate_size=512,
+        ),
+        cae_parts=dict(
+            decoder_hidden_size=192, regressor_num_layers=2, decoder_num_layers=2, decoder_num_attention_heads=3,
+            num_masking_patches=32, mask_min_num_patches=4,
+        ),
+        steps=930,
+        batch_size=64,
+        learning_rate=3.75e-4,
+        max_train_samples=None,
+        max_eval_samples=1000,
+        max_eval_train_samples=6000,
+        linear_probe_epochs=30,
+        logging_steps=31,
+        probe_images=64,
+        warmup_ratio=0.1,
     ),
 }
 
@@ -310,6 +341,8 @@ def run_arguments(arm: Arm, size: SizePreset, steps: int, seed: int, output_dir:
     ]
     if size.max_train_samples is not None:
         argv += ["--max_train_samples", str(size.max_train_samples)]
+    if size.warmup_ratio:
+        argv += ["--warmup_ratio", str(size.warmup_ratio)]
     return argv
 
 
@@ -401,10 +434,62 @@ def run_one(arm: Arm, size: SizePreset, steps: int, seed: int, run_dir: Path, pr
     }
 
 
+# ---------------------------------------------------------------------------------------------- dense transfer
+SEGMENTATION_FOLDER = "segmentation"
+SEGMENTATION_METRICS = ("eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy")
+
+
+def segmentation_arguments(config: Path, run_dir: Path, seed: int) -> list[str]:
+    """The `examples/run_semantic_segmentation.py` command line fine-tuning the model of `run_dir`."""
+    return [str(config), "--model_name_or_path", str(run_dir),
+            "--output_dir", str(run_dir / SEGMENTATION_FOLDER / f"seed_{seed}"), "--seed", str(seed)]
+
+
+def segment(record: dict, run_dir: Path, config: Path, seeds: int) -> bool:
+    """Fine-tunes UperNet from the pre-trained model of `run_dir` on the dense data of `config` with seeds
+    0 .. `seeds`-1 (those without a result in `record`), and stores each seed's metrics and their mean
+    (`eval_mean_iou`, ...) in `record`. The spread over these seeds is the fine-tuning's, not the pre-training's.
+    Returns whether a run was added."""
+    settings = Path(config).read_text()  # the recipe is the config's content (the rest is run_dir and seed)
+    results = record.get("segmentation") or {}
+    if results and record.get("segmentation_settings") != settings:
+        raise SystemExit(f"{run_dir} was segmented with other settings ({record.get('segmentation_settings')}); "
+                         "use another --output_dir or delete its segmentation results.")
+    results, added = dict(results), False
+    for seed in range(seeds):
+        if str(seed) in results:
+            continue
+        output_dir = run_dir / SEGMENTATION_FOLDER / f"seed_{seed}"
+        if output_dir.exists():  # an interrupted run: start it again
+            shutil.rmtree(output_dir)
+        argv = segmentation_arguments(config, run_dir, seed)
+        start = time.perf_counter()
+        metrics = run_semantic_segmentation(*parse_segmentation_arguments(argv))
+        if metrics.get("stopped_by_signal"):
+            raise RunInterrupted(f"segmentation of {run_dir} seed {seed} was stopped by SIGTERM")
+        results[str(seed)] = {
+            **{key: metrics.get(key) for key in SEGMENTATION_METRICS},
+            "wall_seconds": time.perf_counter() - start,
+            "command": "python examples/run_semantic_segmentation.py " + " ".join(shlex.quote(part) for part in argv),
+        }
+        added = True
+    record["segmentation"], record["segmentation_settings"] = results, settings
+    for key in SEGMENTATION_METRICS:
+        record[key], _ = mean_std([results[str(seed)][key] for seed in range(seeds) if str(seed) in results])
+    return added
+
+
+def save_record(run_dir: Path, record: dict) -> None:
+    temporary = run_dir / (RESULT_FILENAME + ".tmp")
+    temporary.write_text(json.dumps(record, indent=2))
+    os.replace(temporary, run_dir / RESULT_FILENAME)
+
+
 # ---------------------------------------------------------------------------------------------- tables
 SUMMARY_METRICS = (
     "eval_knn_accuracy",
     "eval_linear_probe_accuracy",
+    "eval_mean_iou",
     "eval_loss",
     "train_loss",
     "final_homologous_topk_accuracy",
@@ -416,7 +501,7 @@ SUMMARY_COLUMNS = ("arm", "label", "num_seeds") + tuple(
 )
 MARKDOWN_COLUMNS = (
     "arm", "what it is", "seeds", "kNN top-1 (%)", "linear probe top-1 (%)", "LP vs MAE (pts)",
-    "eval loss", "top-k acc. (final)", "min / run",
+    "dense mIoU (%)", "eval loss", "top-k acc. (final)", "min / run",
 )
 
 
@@ -465,6 +550,7 @@ def markdown_table(summary: list[dict]) -> str:
             _cell(row["eval_knn_accuracy_mean"], row["eval_knn_accuracy_std"], 100),
             _cell(row["eval_linear_probe_accuracy_mean"], row["eval_linear_probe_accuracy_std"], 100),
             delta,
+            _cell(row["eval_mean_iou_mean"], row["eval_mean_iou_std"], 100),
             _cell(row["eval_loss_mean"], row["eval_loss_std"], digits=3),
             _cell(row["final_homologous_topk_accuracy_mean"], row["final_homologous_topk_accuracy_std"], digits=3),
             f"{minutes:.1f}" if minutes is not None else "n/a",
@@ -609,7 +695,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seeds", type=int, default=3, help="Seeds per arm: 0 .. N-1 (default 3).")
     parser.add_argument("--steps", type=int, default=None, help="Pre-training steps per run (default: the size's).")
-    parser.add_argument("--size", choices=sorted(SIZES), default="doc", help="Preset: tiny (CI) or doc (the docs).")
+    parser.add_argument("--size", choices=sorted(SIZES), default="doc",
+                        help="Preset: tiny (CI), doc (the 2-epoch grid of the docs) or main (the main job's model and "
+                        "10-epoch schedule).")
+    parser.add_argument("--segmentation_config", default=None,
+                        help="A run_semantic_segmentation.py JSON config (e.g. examples/configs/"
+                        "segment_fashion_mnist_dense.json): every run's model is then fine-tuned for semantic "
+                        "segmentation and the grid reports mIoU.")
+    parser.add_argument("--segmentation_seeds", type=int, default=1,
+                        help="Segmentation fine-tunes per pre-trained model, seeds 0 .. N-1 (default 1).")
     parser.add_argument("--output_dir", default=None, help="Runs and tables (default outputs/ablations/<size>).")
     parser.add_argument("--plot_dir", default=None, help="Where the PNGs go (default: the output dir).")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
@@ -622,8 +716,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [name for name in args.arms.split(",") if name and name not in ARMS]
     if unknown:
         parser.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
-    if args.seeds < 1 or args.jobs < 1:
-        parser.error("--seeds and --jobs must be at least 1")
+    if args.seeds < 1 or args.jobs < 1 or args.segmentation_seeds < 1:
+        parser.error("--seeds, --jobs and --segmentation_seeds must be at least 1")
+    if args.segmentation_config is not None and not os.path.isfile(args.segmentation_config):
+        parser.error(f"--segmentation_config {args.segmentation_config}: no such file")
     return args
 
 
@@ -645,9 +741,10 @@ def load_result(run_dir: Path, settings: list[str]) -> dict | None:
 
 
 def train_runs(plan: list[tuple[int, Arm]], size: SizePreset, steps: int, output_dir: Path,
-               report: callable | None) -> tuple[int, list]:
+               report: callable | None, segmentation: tuple[Path, int] | None = None) -> tuple[int, list]:
     """Train every run of `plan` that has no result yet; `report(records, plots=False)` (the tables) after each
-    one. Returns (number trained, failed (arm, seed) pairs)."""
+    one. With `segmentation` (config, seeds), every run's model is also fine-tuned for segmentation (`segment`).
+    Returns (number trained, failed (arm, seed) pairs)."""
     records, failures, trained = [], [], 0
     probe_pixels = None
     start = time.perf_counter()
@@ -655,6 +752,13 @@ def train_runs(plan: list[tuple[int, Arm]], size: SizePreset, steps: int, output
         run_dir = output_dir / "runs" / arm.name / f"seed_{seed}"
         record = load_result(run_dir, _without_output_dir(run_arguments(arm, size, steps, seed, run_dir)))
         if record is not None:
+            try:
+                if segmentation is not None and segment(record, run_dir, *segmentation):
+                    save_record(run_dir, record)
+                    trained += 1
+            except RunInterrupted as interrupted:
+                print(f"{arm.name} seed {seed}: {interrupted}; the same command continues the grid.", flush=True)
+                raise SystemExit(1) from interrupted
             records.append(record)
             continue
         if run_dir.exists():  # an interrupted run: start it again
@@ -665,6 +769,9 @@ def train_runs(plan: list[tuple[int, Arm]], size: SizePreset, steps: int, output
         print(f"{tag}: training {steps if arm.pretrain else 0} steps ...", flush=True)
         try:
             record = run_one(arm, size, steps, seed, run_dir, probe_pixels)
+            save_record(run_dir, record)
+            if segmentation is not None:
+                segment(record, run_dir, *segmentation)
         except RunInterrupted as interrupted:
             print(f"{tag}: {interrupted}; the same command continues the grid.", flush=True)
             raise SystemExit(1) from interrupted
@@ -672,15 +779,14 @@ def train_runs(plan: list[tuple[int, Arm]], size: SizePreset, steps: int, output
             failures.append((arm.name, seed))
             print(f"{tag} FAILED:\n{traceback.format_exc()}", flush=True)
             continue
-        temporary = run_dir / (RESULT_FILENAME + ".tmp")
-        temporary.write_text(json.dumps(record, indent=2))
-        os.replace(temporary, run_dir / RESULT_FILENAME)
+        save_record(run_dir, record)
         records.append(record)
         trained += 1
         topk = record["final_homologous_topk_accuracy"]
         print(
             f"{tag}: {record['wall_seconds']:.0f} s, kNN {100 * record['eval_knn_accuracy']:.1f}%, linear probe "
             f"{100 * record['eval_linear_probe_accuracy']:.1f}%" + (f", top-k acc {topk:.3f}" if topk is not None else "")
+            + (f", dense mIoU {100 * record['eval_mean_iou']:.1f}%" if record.get("eval_mean_iou") is not None else "")
             + f" ({(time.perf_counter() - start) / 60:.1f} min so far)",
             flush=True,
         )
@@ -695,6 +801,9 @@ def run_workers(args: argparse.Namespace, output_dir: Path) -> None:
               "--threads", "1"]
     if args.steps is not None:
         common += ["--steps", str(args.steps)]
+    if args.segmentation_config is not None:
+        common += ["--segmentation_config", args.segmentation_config,
+                   "--segmentation_seeds", str(args.segmentation_seeds)]
     workers = [
         subprocess.Popen([sys.executable, os.path.abspath(__file__), *common, "--shard", f"{k}/{args.jobs}"])
         for k in range(args.jobs)
@@ -725,6 +834,9 @@ def main(argv: list[str] | None = None) -> dict:
     arm_names = [name for name in args.arms.split(",") if name]
     # Seeds outer, arms inner: a grid stopped early has every arm at the same number of seeds (or one fewer).
     plan = [(seed, ARMS[name]) for seed in range(args.seeds) for name in arm_names]
+    segmentation = None
+    if args.segmentation_config is not None:
+        segmentation = (Path(args.segmentation_config), args.segmentation_seeds)
 
     def report(records: list[dict], plots: bool = True) -> list[dict]:
         return write_reports(records, arm_names, output_dir, plot_dir, args.size, size, steps, plots=plots)
@@ -732,7 +844,8 @@ def main(argv: list[str] | None = None) -> dict:
     trained, failures = 0, []
     if args.shard is not None:  # a worker: train its share, leave the reports to the parent
         index, count = (int(part) for part in args.shard.split("/"))
-        trained, failures = train_runs(plan[index::count], size, steps, output_dir, report=None)
+        trained, failures = train_runs(plan[index::count], size, steps, output_dir, report=None,
+                                       segmentation=segmentation)
         if failures:
             raise SystemExit(f"failed runs: {failures}")
         return {"trained": trained}
@@ -740,7 +853,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.jobs > 1:
             run_workers(args, output_dir)
         else:
-            trained, failures = train_runs(plan, size, steps, output_dir, report=report)
+            trained, failures = train_runs(plan, size, steps, output_dir, report=report, segmentation=segmentation)
 
     records = []
     for seed, arm in plan:

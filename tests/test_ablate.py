@@ -3,6 +3,7 @@ the top-k curve, resuming, and the arms' configurations (never a timing or an ac
 
 import csv
 import importlib
+import json
 from pathlib import Path
 
 import datasets
@@ -75,7 +76,48 @@ def test_two_arm_grid_writes_tables_plots_curve_and_resumes(ablate, tmp_path):
         ablate.main([*argv[:-4], "--steps", "3", "--output_dir", str(tmp_path)])
 
 
-@pytest.mark.parametrize("size_name", ["tiny", "doc"])
+def test_segmentation_stage_fine_tunes_every_run_and_reports_the_mean_iou_over_its_seeds(ablate, tmp_path):
+    config = tmp_path / "segment.json"
+    config.write_text(json.dumps({
+        "crop_size": 16, "head_hidden_size": 8, "auxiliary_channels": 8, "max_steps": 1, "max_train_samples": 8,
+        "max_eval_samples": 4, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4,
+        "dataloader_num_workers": 0, "logging_steps": 1, "out_indices": [0, 1, 2], "multi_scale_neck": False,
+    }))
+    grid = tmp_path / "grid"
+    argv = ["--size", "tiny", "--arms", "random_init,mae", "--seeds", "1", "--steps", "1", "--output_dir", str(grid),
+            "--segmentation_config", str(config), "--segmentation_seeds", "2"]
+    result = ablate.main(argv)
+    for record in result["records"]:
+        runs = record["segmentation"]
+        assert sorted(runs) == ["0", "1"]
+        for key in ablate.SEGMENTATION_METRICS:
+            assert record[key] == pytest.approx((runs["0"][key] + runs["1"][key]) / 2, abs=0)
+        run_dir = grid / "runs" / record["arm"] / "seed_0"
+        for seed in "01":
+            assert json.loads((run_dir / "segmentation" / f"seed_{seed}" / "all_results.json").read_text())[
+                "eval_mean_iou"] == runs[seed]["eval_mean_iou"]
+        assert runs["1"]["command"].endswith(f"--seed 1")
+    _, summary = read_csv(grid / "summary.csv")
+    assert [float(row["eval_mean_iou_mean"]) for row in summary] == [
+        record["eval_mean_iou"] for record in result["records"]]
+    assert "dense mIoU (%)" in (grid / "summary.md").read_text()
+
+    # Complete: nothing runs again. A third seed runs only that seed; another segmentation recipe is refused.
+    assert ablate.main(argv)["trained"] == 0
+    assert ablate.main([*argv[:-1], "3"])["trained"] == 2
+    config.write_text(config.read_text().replace('"max_steps": 1', '"max_steps": 2'))
+    with pytest.raises(SystemExit, match="segmented with other settings"):
+        ablate.main(argv)
+
+
+def test_a_missing_segmentation_config_is_refused_before_any_run(ablate, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ablate.main(["--size", "tiny", "--output_dir", str(tmp_path), "--segmentation_config", "nope.json"])
+    assert "--segmentation_config nope.json: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("size_name", ["tiny", "doc", "main"])
 def test_every_arm_is_a_valid_config_and_round_trips_through_config_overrides(ablate, size_name):
     size = ablate.SIZES[size_name]
     for arm in ablate.ARMS.values():
