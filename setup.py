@@ -22,6 +22,8 @@ setup(
         "transformers>=5.23",
         "datasets>=5.2",
         "accelerate>=1.15",
+        # StatefulDataLoader: each DataLoader worker's stream position, so a resumed run does not re-read its epoch.
+        "torchdata>=0.11",
         "evaluate>=0.4.6",
         "huggingface_hub>=2.4",
         "safetensors>=0.8",

@@ -21,6 +21,16 @@ How to use them with Accelerate (the rules behind the code):
    `synchronized_batches(loader, accelerator)`, which stops every rank as soon as one runs dry, so no
    rank waits forever in a collective.
 
+Shuffling and exact resume: `datasets` permutes the shards, seeded by (seed, epoch), and each reader goes through its
+shards one at a time; the examples are shuffled in blocks of `shuffle_buffer_size` consecutive examples inside each
+DataLoader worker, each block by its own permutation seeded from (seed, epoch, rank, worker, block). Unlike
+`datasets`' rolling shuffle buffer (whose content a `state_dict` cannot hold), a block can be re-read from its start,
+so the loader's `state_dict()` (a `torchdata` `StatefulDataLoader`: per worker, the `datasets` state at the start of
+its current block, the entries of the block already taken and the transform's sample counter) resumes at exactly the
+next example: a restored loader re-reads, undecoded, at most one block per worker plus what `datasets` skips inside
+the current shard (Parquet/WebDataset streams read up to the offset; map-style data jumps to it by index), and
+decodes only new examples. Mixing is within a block (plus the shard order): raise `shuffle_buffer_size` for more.
+
 Bad samples: images that cannot be decoded are skipped inside the stream (the next good image takes their
 place, so batches stay full), and reported in-band to the main process, which counts them in
 `loader.stats` (`SkippedSampleStats`, with the identifiers). `skip_undecodable=False` makes the first one
@@ -31,8 +41,11 @@ multiple of g, or dropped with `drop_last=True`.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import signal
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,7 +57,23 @@ from datasets.distributed import split_dataset_by_node
 
 from .images import UndecodableImageError, decode_rgb, load_rgb_image
 
+try:  # carries each DataLoader worker's position, so that a resumed loader starts where a checkpoint left it
+    from torchdata.stateful_dataloader import StatefulDataLoader
+except ImportError:  # without it a resumed run replays the epoch's consumed batches (see `ImageStreamLoader.resumable`)
+    StatefulDataLoader = None
+
 logger = logging.getLogger(__name__)
+
+
+class _EmptyShuffleBufferWarningFilter(logging.Filter):
+    """`datasets` warns that a resumed shuffle buffer loses its content; ours holds one example at a time (the
+    example-level shuffle is `DecodedImageStream`'s, resumable), so nothing is lost."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Loading a state dict of a shuffle buffer")
+
+
+logging.getLogger("datasets.iterable_dataset").addFilter(_EmptyShuffleBufferWarningFilter())
 
 # Key under which a stream item carries the bad samples skipped just before it (and a report-only item at the
 # end of a worker's stream carries the rest); the collator turns it into `SKIPPED_BATCH_KEY`.
@@ -58,6 +87,12 @@ SHARDS_PER_READER = 8
 
 Transform = Callable[..., dict[str, torch.Tensor]]
 T = TypeVar("T")
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers (stable across processes and Python versions)."""
+    digest = hashlib.sha256(",".join(str(int(part)) for part in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 @dataclass
@@ -112,6 +147,11 @@ class DecodedImageStream(torch.utils.data.IterableDataset):
     Inside DataLoader workers the wrapped `datasets` stream shards itself across workers. The transform gets
     RGB PIL images, or `images.decode_rgb`'s output (fast-decoded JPEGs as uint8 arrays) when it has a true
     `accepts_rgb_arrays` attribute, as the package's transforms do.
+
+    With `shuffle_seed`, the examples are shuffled in blocks of `shuffle_buffer_size` (see the module docstring).
+    `state_dict()` is the position after the last item yielded (in a worker: that worker's); `load_state_dict`
+    makes the next iteration start there without decoding anything already yielded. A transform with
+    `state_dict`/`load_state_dict` (e.g. a per-sample seed counter) is saved and restored with it.
     """
 
     def __init__(
@@ -121,43 +161,100 @@ class DecodedImageStream(torch.utils.data.IterableDataset):
         image_column_name: str = "image",
         label_column_name: str | None = "label",
         skip_undecodable: bool = True,
+        shuffle_buffer_size: int = 1,
+        shuffle_seed: int | None = None,
+        rank: int = 0,
     ):
         super().__init__()
+        if shuffle_buffer_size < 1:
+            raise ValueError(f"shuffle_buffer_size must be >= 1, got {shuffle_buffer_size}")
         self.source = source
         self.transform = transform
         self.image_column_name = image_column_name
         self.label_column_name = label_column_name
         self.skip_undecodable = skip_undecodable
+        self.shuffle_buffer_size = shuffle_buffer_size if shuffle_seed is not None else 1
+        self.shuffle_seed = shuffle_seed
+        self.rank = rank
+        self._position: dict[str, Any] = {"source": None, "block": 0, "taken": 0}
+        self._resume_from: dict[str, Any] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.source.set_epoch(epoch)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream stands after the last item it yielded: the `datasets` state at the start of the
+        current block, the block's number and how many of its entries were taken (yielded or skipped as bad)."""
+        state = dict(self._position)
+        if hasattr(self.transform, "state_dict"):
+            state["transform"] = self.transform.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Start the next iteration at `state` (from `state_dict`, same epoch, rank and worker)."""
+        self._resume_from = dict(state)
+
     def _missing_column(self, column: str, example: dict[str, Any]) -> ValueError:
         return ValueError(f"column {column!r} not found in the data stream; available columns: {sorted(example)}")
+
+    def _block_order(self, size: int, worker_id: int, block: int) -> list[int]:
+        if self.shuffle_buffer_size == 1 or size == 1:
+            return list(range(size))
+        generator = torch.Generator().manual_seed(
+            derived_seed(self.shuffle_seed, self.source.epoch, self.rank, worker_id, block)
+        )
+        return torch.randperm(size, generator=generator).tolist()
+
+    def _blocks(self) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """(number of entries to skip, block) pairs; the block's position is recorded in `_position`."""
+        resume, self._resume_from = self._resume_from, None
+        block_start, block, skip = None, 0, 0
+        if resume is not None:
+            block_start, block, skip = resume["source"], resume["block"], resume["taken"]
+            if block_start is not None:
+                self.source.load_state_dict(block_start)
+            if "transform" in resume and hasattr(self.transform, "load_state_dict"):
+                self.transform.load_state_dict(resume["transform"])
+        examples = iter(self.source)
+        while True:
+            entries = list(itertools.islice(examples, self.shuffle_buffer_size))
+            if not entries:
+                return
+            # The `datasets` position right after this block (any other iterable of examples has none to give).
+            next_start = self.source.state_dict() if hasattr(self.source, "state_dict") else None
+            self._position = {"source": block_start, "block": block, "taken": skip}
+            yield skip, entries
+            block_start, block, skip = next_start, block + 1, 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         pending: list[tuple[str, str]] = []
         # Transforms that say they take arrays get the fast JPEG decoder's; any other callable gets PIL images.
         decode = decode_rgb if getattr(self.transform, "accepts_rgb_arrays", False) else load_rgb_image
-        for example in self.source:
-            if self.image_column_name not in example:
-                raise self._missing_column(self.image_column_name, example)
-            if self.label_column_name is not None and self.label_column_name not in example:
-                raise self._missing_column(self.label_column_name, example)
-            try:
-                image = decode(example[self.image_column_name])
-            except UndecodableImageError as error:
-                if not self.skip_undecodable:
-                    raise
-                pending.append((error.identifier, error.reason))
-                continue
-            item = dict(self.transform(image))
-            if self.label_column_name is not None:
-                item[LABELS_KEY] = int(example[self.label_column_name])
-            if pending:
-                item[SKIPPED_ITEM_KEY] = pending
-                pending = []
-            yield item
+        worker = torch.utils.data.get_worker_info()
+        worker_id = worker.id if worker is not None else 0
+        for skip, entries in self._blocks():
+            order = self._block_order(len(entries), worker_id, self._position["block"])
+            for taken, entry in enumerate(order[skip:], start=skip + 1):
+                self._position["taken"] = taken  # an entry counts as taken before it is decoded
+                example = entries[entry]
+                if self.image_column_name not in example:
+                    raise self._missing_column(self.image_column_name, example)
+                if self.label_column_name is not None and self.label_column_name not in example:
+                    raise self._missing_column(self.label_column_name, example)
+                try:
+                    image = decode(example[self.image_column_name])
+                except UndecodableImageError as error:
+                    if not self.skip_undecodable:
+                        raise
+                    pending.append((error.identifier, error.reason))
+                    continue
+                item = dict(self.transform(image))
+                if self.label_column_name is not None:
+                    item[LABELS_KEY] = int(example[self.label_column_name])
+                if pending:
+                    item[SKIPPED_ITEM_KEY] = pending
+                    pending = []
+                yield item
         if pending:
             yield {SKIPPED_ITEM_KEY: pending}
 
@@ -220,20 +317,49 @@ class ImageStreamLoader:
         """Reshuffle for `epoch` (same permutation on every rank)."""
         self.stream.set_epoch(epoch)
 
+    @property
+    def resumable(self) -> bool:
+        """Whether `state_dict`/`load_state_dict` carry the position (needs `torchdata`'s `StatefulDataLoader`)."""
+        return hasattr(self.dataloader, "load_state_dict")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last batch this loader yielded (every worker's stream state): plain data."""
+        return self.dataloader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next iteration continue from `state` (same epoch, set with `set_epoch` first, same workers)."""
+        self.dataloader.load_state_dict(state)
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for batch in self.dataloader:
-            for identifier, reason in batch.pop(SKIPPED_BATCH_KEY):
-                self.stats.record_skipped(identifier, reason)
-                logger.warning("skipped undecodable image %s (%s)", identifier, reason)
-            self.stats.num_trimmed += batch.pop("num_trimmed")
-            size = len(batch[PIXEL_VALUES_KEY]) if PIXEL_VALUES_KEY in batch else 0
-            if size == 0:
-                continue
-            if self.drop_last and size < self.batch_size:
-                self.stats.num_trimmed += size
-                continue
-            self.stats.num_loaded += size
-            yield batch
+        iterator = iter(self.dataloader)
+        try:
+            for batch in iterator:
+                for identifier, reason in batch.pop(SKIPPED_BATCH_KEY):
+                    self.stats.record_skipped(identifier, reason)
+                    logger.warning("skipped undecodable image %s (%s)", identifier, reason)
+                self.stats.num_trimmed += batch.pop("num_trimmed")
+                size = len(batch[PIXEL_VALUES_KEY]) if PIXEL_VALUES_KEY in batch else 0
+                if size == 0:
+                    continue
+                if self.drop_last and size < self.batch_size:
+                    self.stats.num_trimmed += size
+                    continue
+                self.stats.num_loaded += size
+                yield batch
+        finally:
+            self._release(iterator)
+
+    def _release(self, iterator) -> None:
+        """Stop the workers of a finished or abandoned pass now. A `StatefulDataLoader` keeps its last iterator (for
+        `state_dict`), so its workers would live until the interpreter exits, where `multiprocessing` terminates
+        them with SIGTERM, which they ignore (`ignore_termination_signal`), and then waits for them forever."""
+        if self.dataloader.persistent_workers:
+            return
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        if getattr(self.dataloader, "_iterator", None) is iterator:
+            self.dataloader._iterator = None
 
 
 def set_loader_epoch(loader: ImageStreamLoader, epoch: int) -> None:
@@ -333,8 +459,11 @@ def _rank_stream(
         _warn_about_shard_split(dataset, rank, world_size, num_workers)
     stream = _image_column_undecoded(_as_stream(dataset, world_size, num_workers), image_column_name)
     if shuffle_seed is not None:
-        # Same seed on every rank and before the split: one permutation, cut into disjoint parts.
-        stream = stream.shuffle(seed=shuffle_seed, buffer_size=shuffle_buffer_size)
+        # Same seed on every rank and before the split: one shard permutation, cut into disjoint parts. The buffer
+        # of one example keeps `datasets`' state exact; the examples are shuffled by `DecodedImageStream`'s blocks.
+        # One input shard at a time: `datasets` 5.2 cannot restore an interleaved-shards state in a DataLoader
+        # worker (it loads the worker's state into the unsplit stream first, whose shard list is longer).
+        stream = stream.shuffle(seed=shuffle_seed, buffer_size=1, max_buffer_input_shards=1)
     if world_size > 1:
         stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
     return stream
@@ -352,6 +481,9 @@ def _build_loader(
     skip_undecodable: bool,
     pin_memory: bool,
     persistent_workers: bool,
+    shuffle_seed: int | None = None,
+    shuffle_buffer_size: int = 1,
+    rank: int = 0,
 ) -> ImageStreamLoader:
     if batch_size % batch_multiple:
         raise ValueError(f"batch_size={batch_size} must be a multiple of batch_multiple={batch_multiple}")
@@ -359,17 +491,20 @@ def _build_loader(
         logger.info("using %d DataLoader workers instead of %d: the stream has %d shards for this rank",
                     stream.num_shards, num_workers, stream.num_shards)
         num_workers = stream.num_shards
-    decoded = DecodedImageStream(stream, transform, image_column_name, label_column_name, skip_undecodable)
-    dataloader = torch.utils.data.DataLoader(
-        decoded,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=SkipAwareCollator(batch_multiple),
-        drop_last=False,  # applied after the in-band skip reports are read, so none is lost
-        pin_memory=pin_memory,
-        persistent_workers=persistent_workers and num_workers > 0,
-        worker_init_fn=ignore_termination_signal,
-    )
+    decoded = DecodedImageStream(stream, transform, image_column_name, label_column_name, skip_undecodable,
+                                 shuffle_buffer_size, shuffle_seed, rank)
+    with warnings.catch_warnings():  # torchdata 0.11 calls a torch function deprecated since (no effect on loading)
+        warnings.filterwarnings("ignore", message=".*set_vital.*")
+        dataloader = (StatefulDataLoader or torch.utils.data.DataLoader)(
+            decoded,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=SkipAwareCollator(batch_multiple),
+            drop_last=False,  # applied after the in-band skip reports are read, so none is lost
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers and num_workers > 0,
+            worker_init_fn=ignore_termination_signal,
+        )
     return ImageStreamLoader(dataloader, decoded, batch_size, drop_last)
 
 
@@ -406,7 +541,8 @@ def build_pretraining_dataloader(
     """
     stream = _rank_stream(dataset, image_column_name, rank, world_size, num_workers, seed, shuffle_buffer_size)
     return _build_loader(stream, transform, batch_size, num_workers, drop_last, batch_multiple, image_column_name,
-                         label_column_name, skip_undecodable, pin_memory, persistent_workers)
+                         label_column_name, skip_undecodable, pin_memory, persistent_workers, seed,
+                         shuffle_buffer_size, rank)
 
 
 def build_evaluation_dataloader(

@@ -3,12 +3,14 @@
 
 Reproducibility: every random draw of the data pipeline (crop, flip, CAE mask) comes from a generator seeded by
 (seed, epoch, rank, worker, sample or batch index), never from the global RNG. Accelerate checkpoints the global
-RNG for the model's own draws (MixedAE's mixing noise, drop path); on resume the data is replayed from the start
-of the epoch with the same seeds and the consumed batches are skipped, so the resumed run sees exactly the same
-batches and random numbers as an uninterrupted one.
+RNG for the model's own draws (MixedAE's mixing noise, drop path). Each checkpoint also holds the training loader's
+position (every DataLoader worker's stream state and per-sample seed counter, `data.streaming`): a resumed run starts
+reading at the next example, decoding nothing it had already consumed, and sees exactly the same batches and random
+numbers as an uninterrupted one. Only where that position is missing (a checkpoint written without it, another
+number of DataLoader workers, or no `torchdata`) is the epoch replayed from its start and the consumed batches
+dropped, which gives the same batches at the cost of reading and decoding them again.
 """
 
-import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import gather_object
 
+from ..data.streaming import derived_seed
 from ..data import (
     BatchNormalizer,
     EvaluationTransform,
@@ -44,12 +47,6 @@ NUM_VISUALIZED_IMAGES = 8
 MAX_LISTED_SKIPPED_SAMPLES = 10_000
 
 
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed from several integers (stable across processes and Python versions)."""
-    digest = hashlib.sha256(",".join(str(int(part)) for part in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 class SeededTransform:
     """Calls an augmentation with a generator seeded per sample from (seed, epoch, rank, worker, index)."""
 
@@ -68,6 +65,14 @@ class SeededTransform:
         self.epoch = epoch
         self.sample_index = 0
 
+    def state_dict(self) -> dict:
+        """The per-sample counter (of this DataLoader worker's copy), saved with the loader's position."""
+        return {"epoch": self.epoch, "sample_index": self.sample_index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.sample_index = state["sample_index"]
+
     def __call__(self, image):
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
@@ -79,22 +84,32 @@ class SeededTransform:
 
 
 class DataState:
-    """Checkpointed counters of the data pipeline, per rank: skipped samples (with their identifiers) survive a
-    resume. `state_dict` gathers every rank's counters, so every rank calls it (as `accelerator.save_state` does)."""
+    """Checkpointed state of the data pipeline, per rank: the counters of skipped samples (with their identifiers)
+    and the training loader's position (`position`, set by `train_batches`: where the epoch in progress stands), so
+    that a resume neither loses the counts nor re-reads the data. `state_dict` gathers every rank's state, so every
+    rank calls it (as `accelerator.save_state` does)."""
 
     def __init__(self, stats: SkippedSampleStats, accelerator: Accelerator):
         self.stats = stats
         self.accelerator = accelerator
+        self.position = None  # () -> this rank's loader position (plain data) or None
+        self.resume_position: dict | None = None  # the position loaded from a checkpoint, until `train_batches` uses it
 
     def state_dict(self) -> dict:
-        ranks = [self.stats.to_dict()]
+        own = self.stats.to_dict()
+        position = self.position() if self.position is not None else None
+        if position is not None:
+            own["position"] = position
+        ranks = [own]
         if self.accelerator.num_processes > 1:
             ranks = gather_object(ranks)
         return {"ranks": ranks}
 
     def load_state_dict(self, state: dict) -> None:
         ranks = state.get("ranks", [state])  # checkpoints written before per-rank states hold rank 0's counters
-        self.restore(ranks[self.accelerator.process_index] if self.accelerator.process_index < len(ranks) else {})
+        own = ranks[self.accelerator.process_index] if self.accelerator.process_index < len(ranks) else {}
+        self.restore(own)
+        self.resume_position = own.get("position")
 
     def restore(self, own: dict) -> None:
         """Set this rank's counters from `SkippedSampleStats.to_dict()` output."""
@@ -207,7 +222,10 @@ class PretrainingData:
     # ------------------------------------------------------------------ training batches
     def train_batches(self, epoch: int, batches_per_epoch: int, skip_batches: int = 0) -> Iterator[dict]:
         """This rank's batches of `epoch` (at most `batches_per_epoch`), the first `skip_batches` skipped, on the
-        accelerator's device and in the form the model's forward takes."""
+        accelerator's device and in the form the model's forward takes.
+
+        The first `skip_batches` are not read again when the resumed checkpoint holds the loader's position at that
+        batch (see the module docstring); otherwise they are replayed and dropped."""
         self.train_loader.set_epoch(epoch)
         self.train_transform.set_epoch(epoch)
         # Creating a DataLoader iterator draws a worker base seed; from a private generator it leaves the global
@@ -215,10 +233,13 @@ class PretrainingData:
         self.train_loader.dataloader.generator = torch.Generator().manual_seed(
             derived_seed(self.training_args.seed, epoch, self.accelerator.process_index)
         )
+        start = self._resume_loader(epoch, skip_batches)
+        consumed = {"batches": start}
+        self.state.position = lambda: self._loader_position(epoch, consumed["batches"])
         batches = synchronized_batches(self.train_loader, self.accelerator)
         counted_before_replay = self.stats.to_dict()
-        read = 0
-        for index, batch in enumerate(batches):
+        read = start
+        for index, batch in enumerate(batches, start=start):
             read = index + 1
             if index >= batches_per_epoch:
                 return
@@ -227,6 +248,7 @@ class PretrainingData:
                     self.state.restore(counted_before_replay)
                 continue
             self.check_skipped_fraction()
+            consumed["batches"] = index + 1  # a checkpoint written while this batch is in use resumes after it
             yield self.model_inputs(batch, derived_seed(self.training_args.seed, epoch, self.accelerator.process_index,
                                                         index))
         if read == 0:
@@ -237,6 +259,40 @@ class PretrainingData:
                 f"images: {self.stats.summary()}. Check --image_column_name {self.datasets.image_column_name!r} and the "
                 "files, or lower --per_device_train_batch_size."
             )
+
+    def _loader_position(self, epoch: int, batches: int) -> dict | None:
+        """What a checkpoint records of the training loader: the epoch, the batches consumed in it and every
+        worker's stream state (`None` when the loader cannot record it)."""
+        if not self.train_loader.resumable:
+            return None
+        return {
+            "epoch": epoch,
+            "batches": batches,
+            "num_workers": self.train_loader.dataloader.num_workers,
+            "loader": self.train_loader.state_dict(),
+        }
+
+    def _resume_loader(self, epoch: int, skip_batches: int) -> int:
+        """Continue the training loader from the resumed checkpoint's position; returns the index of the first batch
+        it gives: `skip_batches`, or 0 where the position does not apply (the consumed batches are then replayed)."""
+        position, self.state.resume_position = self.state.resume_position, None
+        if skip_batches == 0:
+            return 0
+        if not self.train_loader.resumable:
+            why = "this loader cannot restore a position (torchdata's StatefulDataLoader is not installed)"
+        elif position is None:
+            why = "the checkpoint holds no loader position (it was written by an older version)"
+        elif (position["epoch"], position["batches"]) != (epoch, skip_batches):
+            why = (f"the checkpoint's loader position (epoch {position['epoch']}, batch {position['batches']}) is not "
+                   f"the run's (epoch {epoch}, batch {skip_batches})")
+        elif position["num_workers"] != self.train_loader.dataloader.num_workers:
+            why = (f"the checkpoint was written with {position['num_workers']} DataLoader workers, this run has "
+                   f"{self.train_loader.dataloader.num_workers}")
+        else:
+            self.train_loader.load_state_dict(position["loader"])
+            return skip_batches
+        logger.warning(f"Resuming by replaying the {skip_batches} batches already used in epoch {epoch}: {why}.")
+        return 0
 
     def model_inputs(self, batch: dict, batch_seed: int) -> dict[str, torch.Tensor]:
         device = self.accelerator.device
