@@ -160,9 +160,11 @@ def test_final_metrics_are_those_of_one_confusion_matrix_over_the_validation_set
     assert results["eval_mean_accuracy"] == pytest.approx(expected["mean_accuracy"], abs=1e-12)
 
 
-def test_resumed_run_ends_with_the_same_weights(tmp_path, ade_folder):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resumed_run_ends_with_the_same_weights(tmp_path, ade_folder, workers):
     # 3 steps of 4 images from 8: the resumed part crosses an epoch boundary.
-    settings = dict(max_steps=3, save_steps=1, save_total_limit=None, max_train_samples=8, max_eval_samples=2)
+    settings = dict(max_steps=3, save_steps=1, save_total_limit=None, max_train_samples=8, max_eval_samples=2,
+                    dataloader_num_workers=workers)
     uninterrupted = tmp_path / "uninterrupted"
     run_semantic_segmentation(*arguments(uninterrupted, ade_folder, **settings))
     resumed = tmp_path / "resumed"

@@ -15,6 +15,8 @@ of the whole validation set, not an average over batches or ranks.
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from ..data import (
 )
 from ..data.images import UndecodableImageError, decode_rgb, load_rgb_image, open_image
 from ..data.segmentation_loading import SegmentationDatasets, load_segmentation_datasets
+from ..data import streaming
 from ..data.streaming import (
     LABELS_KEY,
     PIXEL_VALUES_KEY,
@@ -97,21 +100,45 @@ def read_label_map(value: Any, reduce_labels: bool, num_labels: int, identifier:
     return labels
 
 
+# Whether `DecodedImageStream` shuffles examples itself and records its position (the resumable stream of
+# `data.streaming`); `SegmentationStream` then reads its examples the same way, so that segmentation data is shuffled
+# and resumed like pre-training's. Without it the source stream comes shuffled (`_rank_stream`).
+_STREAM_SHUFFLES_EXAMPLES = "shuffle_seed" in inspect.signature(DecodedImageStream.__init__).parameters
+
+
 class SegmentationStream(DecodedImageStream):
     """`DecodedImageStream` for images with label maps: decodes both, applies `reduce_labels`, and calls the transform
-    with the `(image, labels)` pair. Undecodable images or annotations are skipped and reported like images."""
+    with the `(image, labels)` pair. Undecodable images or annotations are skipped and reported like images.
+
+    `DecodedImageStream` decodes one image column and reads integer labels in one loop, so this subclass has its own
+    loop over the same examples (`_examples`), in the parent's order and with the parent's position bookkeeping."""
 
     def __init__(self, source, transform, image_column_name: str, label_column_name: str, skip_undecodable: bool,
-                 reduce_labels: bool, num_labels: int):
-        super().__init__(source, transform, image_column_name, None, skip_undecodable)
+                 reduce_labels: bool, num_labels: int, shuffle_seed: int | None = None, shuffle_buffer_size: int = 1,
+                 rank: int = 0):
+        shuffling = (dict(shuffle_buffer_size=shuffle_buffer_size, shuffle_seed=shuffle_seed, rank=rank)
+                     if _STREAM_SHUFFLES_EXAMPLES else {})
+        super().__init__(source, transform, image_column_name, None, skip_undecodable, **shuffling)
         self.label_map_column = label_column_name
         self.reduce_labels = reduce_labels
         self.num_labels = num_labels
 
+    def _examples(self) -> Iterator[dict[str, Any]]:
+        if not _STREAM_SHUFFLES_EXAMPLES:
+            yield from self.source
+            return
+        worker = torch.utils.data.get_worker_info()
+        worker_id = worker.id if worker is not None else 0
+        for skip, entries in self._blocks():
+            order = self._block_order(len(entries), worker_id, self._position["block"])
+            for taken, entry in enumerate(order[skip:], start=skip + 1):
+                self._position["taken"] = taken  # taken before it is decoded, as the parent counts
+                yield entries[entry]
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         pending: list[tuple[str, str]] = []
         decode = decode_rgb if getattr(self.transform, "accepts_rgb_arrays", False) else load_rgb_image
-        for example in self.source:
+        for example in self._examples():
             for column in (self.image_column_name, self.label_map_column):
                 if column not in example:
                     raise self._missing_column(column, example)
@@ -150,10 +177,14 @@ def segmentation_loader(
 ) -> ImageStreamLoader:
     """A DataLoader over `stream` (already shuffled / split for this rank), wrapped as pre-training's loaders are."""
     num_workers = min(num_workers, stream.source.num_shards)
-    dataloader = torch.utils.data.DataLoader(
-        stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn, drop_last=False,
-        pin_memory=pin_memory, worker_init_fn=ignore_termination_signal,
-    )
+    # torchdata's StatefulDataLoader where `data.streaming` uses it: the loader's position goes into checkpoints.
+    loader_class = getattr(streaming, "StatefulDataLoader", None) or torch.utils.data.DataLoader
+    with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch function (no effect on loading)
+        warnings.filterwarnings("ignore", message=".*set_vital.*")
+        dataloader = loader_class(
+            stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn, drop_last=False,
+            pin_memory=pin_memory, worker_init_fn=ignore_termination_signal,
+        )
     return ImageStreamLoader(dataloader, stream, batch_size, drop_last)
 
 
@@ -241,7 +272,7 @@ class SegmentationData(PretrainingData):
             self.data_args.dataloader_num_workers, args.seed, self.data_args.shuffle_buffer_size,
         )
         self.train_loader = segmentation_loader(
-            self._stream(stream, self.train_transform), args.per_device_train_batch_size,
+            self._stream(stream, self.train_transform, shuffle_seed=args.seed), args.per_device_train_batch_size,
             self.data_args.dataloader_num_workers, drop_last=True, collate_fn=SkipAwareCollator(),
             pin_memory=torch.cuda.is_available(),
         )
@@ -249,11 +280,13 @@ class SegmentationData(PretrainingData):
         self.evaluation_transform = SegmentationEvaluationTransform(scale=scale, normalize=False)
         self.image_processor = image_processor
 
-    def _stream(self, source, transform) -> SegmentationStream:
+    def _stream(self, source, transform, shuffle_seed: int | None = None) -> SegmentationStream:
         return SegmentationStream(
             source, transform, self.datasets.image_column_name, self.datasets.label_column_name,
             skip_undecodable=not self.data_args.strict_decoding,
             reduce_labels=self.segmentation_args.reduce_labels, num_labels=self.num_labels,
+            shuffle_seed=shuffle_seed, shuffle_buffer_size=self.data_args.shuffle_buffer_size if shuffle_seed is not None
+            else 1, rank=self.accelerator.process_index,
         )
 
     def model_inputs(self, batch: dict, batch_seed: int) -> dict[str, torch.Tensor]:
