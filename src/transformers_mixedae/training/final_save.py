@@ -82,6 +82,8 @@ def save_final_model(
     leaves the previous final model untouched; a failure of the card comes after the model is saved, and says so.
     `card_kwargs` go to `generate_model_card` (e.g. `eval_dataset`, `evaluation_protocol`)."""
     accelerator.wait_for_everyone()
+    # Under FSDP / DeepSpeed each rank holds a shard: gathering the full weights is a collective every rank joins.
+    state_dict = accelerator.get_state_dict(model) if _sharded(accelerator) else None
     if not accelerator.is_main_process:
         return
     unwrapped = _unwrapped(accelerator, model)
@@ -90,7 +92,7 @@ def save_final_model(
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        unwrapped.save_pretrained(staging, safe_serialization=True)
+        unwrapped.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
         image_processor.save_pretrained(staging)
         (staging / "all_results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     except BaseException:
@@ -142,6 +144,13 @@ def push_final_model(model: PreTrainedModel, image_processor, output_dir: Path, 
             f"uploading to the Hub repository {repo_id} failed ({type(error).__name__}: {error}). Everything is saved "
             f"in {output_dir}; upload it later with `huggingface-cli upload {repo_id} {output_dir}`."
         ) from error
+
+
+def _sharded(accelerator: Accelerator) -> bool:
+    """Whether the prepared model's parameters are split across ranks (FSDP, DeepSpeed)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def _unwrapped(accelerator: Accelerator, model: torch.nn.Module) -> PreTrainedModel:

@@ -245,6 +245,7 @@ def train(
             project_dir=args.output_dir,
         )
     task.accelerator = accelerator
+    warn_if_sharding_is_not_applied(accelerator)
     task.check_arguments()
     output_dir, checkpoint = prepare_run_folders(accelerator, task.model_name_or_path, args)
     set_seed(args.seed, device_specific=True)
@@ -420,6 +421,23 @@ def train(
                              evaluate=task.model_ema_eval)
     accelerator.end_training()
     return results
+
+
+def warn_if_sharding_is_not_applied(accelerator: Accelerator) -> None:
+    """Say so when an FSDP or DeepSpeed configuration (`accelerate launch --config_file ...`) was given but accelerate
+    runs otherwise: it enables both only on GPUs and other accelerators, so on CPU (`--cpu`, or no GPU) every process
+    holds the whole model and the run's memory is not what the configuration promised."""
+    from accelerate.utils import DistributedType
+
+    for variable, kind in (("ACCELERATE_USE_FSDP", DistributedType.FSDP),
+                           ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(variable, "false").lower() == "true" and accelerator.distributed_type != kind:
+            logger.warning(
+                f"The accelerate configuration asks for {kind.value}, but this run is {accelerator.distributed_type.value} "
+                f"on {accelerator.device.type} ({accelerator.num_processes} processes): accelerate applies {kind.value} "
+                "only on GPUs and other accelerators, so every process holds the whole model.",
+                main_process_only=True,
+            )
 
 
 def training_results(progress: "TrainingProgress", data, start_images: int, train_seconds: float) -> dict:
