@@ -15,7 +15,6 @@ of the whole validation set, not an average over batches or ranks.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,33 +99,25 @@ def read_label_map(value: Any, reduce_labels: bool, num_labels: int, identifier:
     return labels
 
 
-# Whether `DecodedImageStream` shuffles examples itself and records its position (the resumable stream of
-# `data.streaming`); `SegmentationStream` then reads its examples the same way, so that segmentation data is shuffled
-# and resumed like pre-training's. Without it the source stream comes shuffled (`_rank_stream`).
-_STREAM_SHUFFLES_EXAMPLES = "shuffle_seed" in inspect.signature(DecodedImageStream.__init__).parameters
-
-
 class SegmentationStream(DecodedImageStream):
     """`DecodedImageStream` for images with label maps: decodes both, applies `reduce_labels`, and calls the transform
     with the `(image, labels)` pair. Undecodable images or annotations are skipped and reported like images.
 
     `DecodedImageStream` decodes one image column and reads integer labels in one loop, so this subclass has its own
-    loop over the same examples (`_examples`), in the parent's order and with the parent's position bookkeeping."""
+    loop over the same examples (`_examples`), in the parent's order and with the parent's position bookkeeping, so
+    that segmentation data is shuffled, checkpointed and resumed as pre-training's."""
 
     def __init__(self, source, transform, image_column_name: str, label_column_name: str, skip_undecodable: bool,
                  reduce_labels: bool, num_labels: int, shuffle_seed: int | None = None, shuffle_buffer_size: int = 1,
                  rank: int = 0):
-        shuffling = (dict(shuffle_buffer_size=shuffle_buffer_size, shuffle_seed=shuffle_seed, rank=rank)
-                     if _STREAM_SHUFFLES_EXAMPLES else {})
-        super().__init__(source, transform, image_column_name, None, skip_undecodable, **shuffling)
+        super().__init__(source, transform, image_column_name, None, skip_undecodable,
+                         shuffle_buffer_size=shuffle_buffer_size, shuffle_seed=shuffle_seed, rank=rank)
         self.label_map_column = label_column_name
         self.reduce_labels = reduce_labels
         self.num_labels = num_labels
 
     def _examples(self) -> Iterator[dict[str, Any]]:
-        if not _STREAM_SHUFFLES_EXAMPLES:
-            yield from self.source
-            return
+        """The examples in the parent's order (its seeded block shuffle), recording its resumable position."""
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
         for skip, entries in self._blocks():
@@ -177,8 +168,8 @@ def segmentation_loader(
 ) -> ImageStreamLoader:
     """A DataLoader over `stream` (already shuffled / split for this rank), wrapped as pre-training's loaders are."""
     num_workers = min(num_workers, stream.source.num_shards)
-    # torchdata's StatefulDataLoader where `data.streaming` uses it: the loader's position goes into checkpoints.
-    loader_class = getattr(streaming, "StatefulDataLoader", None) or torch.utils.data.DataLoader
+    # torchdata's StatefulDataLoader as `data.streaming` uses it: the loader's position goes into checkpoints.
+    loader_class = streaming.StatefulDataLoader or torch.utils.data.DataLoader
     with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch function (no effect on loading)
         warnings.filterwarnings("ignore", message=".*set_vital.*")
         dataloader = loader_class(
