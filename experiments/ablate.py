@@ -473,10 +473,16 @@ def segment(record: dict, run_dir: Path, config: Path, seeds: int) -> bool:
             "command": "python examples/run_semantic_segmentation.py " + " ".join(shlex.quote(part) for part in argv),
         }
         added = True
+        _store_segmentation(record, results, settings, seeds)
+        save_record(run_dir, record)  # each finished fine-tune is kept, so a stopped grid loses at most one
+    _store_segmentation(record, results, settings, seeds)
+    return added
+
+
+def _store_segmentation(record: dict, results: dict, settings: str, seeds: int) -> None:
     record["segmentation"], record["segmentation_settings"] = results, settings
     for key in SEGMENTATION_METRICS:
         record[key], _ = mean_std([results[str(seed)][key] for seed in range(seeds) if str(seed) in results])
-    return added
 
 
 def save_record(run_dir: Path, record: dict) -> None:

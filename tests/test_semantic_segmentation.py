@@ -284,6 +284,10 @@ def test_task_errors_before_training(tmp_path, ade_folder):
         run_semantic_segmentation(*arguments(tmp_path / "a", ade_folder, crop_size=18))
     with pytest.raises(ValueError, match=r"--out_indices \[1, 2, 3, 6\] is not valid: stages of a 4-layer backbone"):
         run_semantic_segmentation(*arguments(tmp_path / "b", ade_folder, out_indices=[1, 2, 3, 6]))
+    with pytest.raises(ValueError, match=r"--out_indices \[1, 2\] is not valid: the auxiliary head reads the third"):
+        run_semantic_segmentation(*arguments(tmp_path / "e", ade_folder, out_indices=[1, 2], multi_scale_neck=False))
+    run_semantic_segmentation(*arguments(tmp_path / "f", ade_folder, out_indices=[1, 2], multi_scale_neck=False,
+                                         auxiliary_head=False, max_steps=1))
     with pytest.raises(ValueError, match="names no classes: pass --num_labels"):
         run_semantic_segmentation(*arguments(tmp_path / "c", ade_folder, num_labels=None))
     with pytest.raises(ValueError, match="class id 3, outside \\[0, --num_labels 3\\)"):

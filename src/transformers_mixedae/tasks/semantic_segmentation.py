@@ -71,6 +71,11 @@ def _stages(segmentation_args: SegmentationArguments, num_layers: int) -> dict:
         max(out_indices) <= num_layers and len(set(out_indices)) == len(out_indices), "out_indices", out_indices,
         f"stages of a {num_layers}-layer backbone are 0..{num_layers}, distinct; pass --out_indices explicitly",
     )
+    # UperNet's auxiliary FCN head reads the third feature map (transformers' `auxiliary_in_index`, 2).
+    check_argument(
+        not segmentation_args.auxiliary_head or len(out_indices) >= 3, "out_indices", out_indices,
+        "the auxiliary head reads the third feature map: give at least 3 stages, or pass --auxiliary_head False",
+    )
     return {"out_indices": list(out_indices), "backbone_multi_scale": segmentation_args.multi_scale_neck}
 
 
