@@ -346,3 +346,24 @@ def test_former_flag_names_still_work_with_a_warning_and_name_the_new_one(tmp_pa
     with pytest.raises(ValueError, match=r"--max_train_steps 7 and --max_steps 8 set the same thing; pass only "
                                          r"--max_steps\."):
         parse_run_arguments(["--max_train_steps", "7", "--max_steps", "8"])
+
+
+def test_the_engine_gives_the_model_its_optimizer_step_for_the_annealed_topk(tmp_path, caplog):
+    """`homologous_topk_schedule="linear"` reads the optimizer step from the loop (`TrainingTask.before_step`): with
+    2 micro-batches per step both see the step's number, and the model's fallback counter (and its warning) is unused."""
+    from transformers_mixedae.training import TrainingCallback
+
+    seen = []
+
+    class RecordStep(TrainingCallback):
+        def on_log(self, state, logs):
+            model = state.accelerator.unwrap_model(state.model)
+            seen.append((state.progress.completed_steps, model.vit.homologous_training_step))
+
+    model_args, data_args, training_args, evaluation_args = arguments(
+        tmp_path / "run", gradient_accumulation_steps=2, per_device_train_batch_size=4, max_steps=3)
+    model_args.config_overrides += ',homologous_topk_schedule="linear",homologous_topk_anneal_steps=3'
+    with caplog.at_level(logging.WARNING):
+        run_pretraining(model_args, data_args, training_args, evaluation_args, callbacks=[RecordStep()])
+    assert seen == [(1, 0), (2, 1), (3, 2)]  # logged after step s + 1, which ran with step s's k
+    assert "counting training forward passes" not in caplog.text

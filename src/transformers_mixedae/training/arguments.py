@@ -181,7 +181,12 @@ class DataArguments:
         default=5000,
         metadata={"help": "Training samples (evaluation transform) used as kNN bank / linear-probe training set."},
     )
-    shuffle_buffer_size: int = field(default=10000, metadata={"help": "Streaming shuffle buffer."})
+    shuffle_buffer_size: int = field(
+        default=10000,
+        metadata={"help": "Examples per shuffle block, per DataLoader worker: after the shard order is shuffled, each "
+                  "worker reads this many consecutive examples and permutes them (a resumable shuffle; it also bounds "
+                  "what a resume re-reads)."},
+    )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes per rank."})
     max_skipped_fraction: float = field(
         default=0.01,

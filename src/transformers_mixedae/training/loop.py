@@ -80,6 +80,10 @@ class TrainingTask:
     def build_optimizer(self, model: PreTrainedModel, lr: float) -> torch.optim.Optimizer:
         raise NotImplementedError
 
+    def before_step(self, model: PreTrainedModel, completed_steps: int) -> None:
+        """Called before every micro-batch with the (unwrapped) model and the optimizer steps done so far, for
+        models whose training depends on the step (a schedule inside the model)."""
+
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The loss of one micro-batch; by default the model's own (`outputs.loss`)."""
         return model(**batch).loss
@@ -318,6 +322,7 @@ def train(
             batches = data.train_batches(progress.epoch, batches_per_epoch, skip_batches=progress.batches_in_epoch)
             for batch in batches:
                 with accelerator.accumulate(model):
+                    task.before_step(unwrapped, progress.completed_steps)
                     loss = task.loss(model, batch)
                     accelerator.backward(loss)
                     progress.batches_in_epoch += 1
