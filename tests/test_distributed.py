@@ -22,7 +22,7 @@ from helpers import tiny_models
 from tiny_runs import REPOSITORY, RUN_MIM, command_line
 from transformers_mixedae.models.vit_layers import ViTLayer
 from transformers_mixedae.training.final_save import save_final_model
-from transformers_mixedae.training.loop import warn_if_sharding_is_not_applied
+from transformers_mixedae.training.loop import refuse_what_sharding_breaks, warn_if_sharding_is_not_applied
 
 CONFIGS = REPOSITORY / "examples" / "accelerate_configs"
 
@@ -95,6 +95,16 @@ def test_an_fsdp_configuration_that_accelerate_does_not_apply_is_named_in_a_warn
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     warn_if_sharding_is_not_applied(accelerator)
     assert not caplog.records
+
+
+@pytest.mark.parametrize("kind", [DistributedType.FSDP, DistributedType.DEEPSPEED])
+def test_model_ema_is_refused_under_sharding_and_allowed_otherwise(kind):
+    sharded = SimpleNamespace(distributed_type=kind)
+    with pytest.raises(ValueError, match=f"--model_ema is not supported under {kind.value}: each rank holds only"):
+        refuse_what_sharding_breaks(sharded, SimpleNamespace(model_ema_decay=0.9999))
+    refuse_what_sharding_breaks(sharded, SimpleNamespace(model_ema_decay=None))
+    refuse_what_sharding_breaks(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU),
+                                SimpleNamespace(model_ema_decay=0.9999))
 
 
 @pytest.mark.skipif(not is_deepspeed_available() or not torch.cuda.is_available(),

@@ -250,6 +250,7 @@ def train(
         )
     task.accelerator = accelerator
     warn_if_sharding_is_not_applied(accelerator)
+    refuse_what_sharding_breaks(accelerator, task)
     task.check_arguments()
     output_dir, checkpoint = prepare_run_folders(accelerator, task.model_name_or_path, args)
     set_seed(args.seed, device_specific=True)
@@ -443,6 +444,20 @@ def warn_if_sharding_is_not_applied(accelerator: Accelerator) -> None:
                 "only on GPUs and other accelerators, so every process holds the whole model.",
                 main_process_only=True,
             )
+
+
+def refuse_what_sharding_breaks(accelerator: Accelerator, task: TrainingTask) -> None:
+    """Model EMA keeps a copy of the unwrapped model's parameters; under FSDP or DeepSpeed those are this rank's
+    shard, so the average would be wrong. Refused before anything is written."""
+    from accelerate.utils import DistributedType
+
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if sharded and task.model_ema_decay is not None:
+        raise ValueError(
+            f"--model_ema is not supported under {accelerator.distributed_type.value}: each rank holds only a shard "
+            "of the weights to average. Launch with data parallelism (examples/accelerate_configs/ddp.yaml) or "
+            "drop --model_ema."
+        )
 
 
 def training_results(progress: "TrainingProgress", data, start_images: int, train_seconds: float) -> dict:
