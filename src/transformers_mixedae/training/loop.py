@@ -439,9 +439,10 @@ def warn_if_sharding_is_not_applied(accelerator: Accelerator) -> None:
                            ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
         if os.environ.get(variable, "false").lower() == "true" and accelerator.distributed_type != kind:
             logger.warning(
-                f"The accelerate configuration asks for {kind.value}, but this run is {accelerator.distributed_type.value} "
-                f"on {accelerator.device.type} ({accelerator.num_processes} processes): accelerate applies {kind.value} "
-                "only on GPUs and other accelerators, so every process holds the whole model.",
+                f"The accelerate configuration asks for {kind.value}, but this run is "
+                f"{accelerator.distributed_type.value} on {accelerator.device.type} ({accelerator.num_processes} "
+                f"processes): accelerate applies {kind.value} only on GPUs and other accelerators, so every process "
+                "holds the whole model.",
                 main_process_only=True,
             )
 
