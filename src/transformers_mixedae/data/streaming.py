@@ -226,35 +226,47 @@ class DecodedImageStream(torch.utils.data.IterableDataset):
             yield skip, entries
             block_start, block, skip = next_start, block + 1, 0
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        pending: list[tuple[str, str]] = []
-        # Transforms that say they take arrays get the fast JPEG decoder's; any other callable gets PIL images.
-        decode = decode_rgb if getattr(self.transform, "accepts_rgb_arrays", False) else load_rgb_image
+    def _examples(self) -> Iterator[dict[str, Any]]:
+        """The examples in this stream's order (its seeded block shuffle), recording the resumable position."""
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
         for skip, entries in self._blocks():
             order = self._block_order(len(entries), worker_id, self._position["block"])
             for taken, entry in enumerate(order[skip:], start=skip + 1):
                 self._position["taken"] = taken  # an entry counts as taken before it is decoded
-                example = entries[entry]
-                if self.image_column_name not in example:
-                    raise self._missing_column(self.image_column_name, example)
-                if self.label_column_name is not None and self.label_column_name not in example:
-                    raise self._missing_column(self.label_column_name, example)
-                try:
-                    image = decode(example[self.image_column_name])
-                except UndecodableImageError as error:
-                    if not self.skip_undecodable:
-                        raise
-                    pending.append((error.identifier, error.reason))
-                    continue
-                item = dict(self.transform(image))
-                if self.label_column_name is not None:
-                    item[LABELS_KEY] = int(example[self.label_column_name])
-                if pending:
-                    item[SKIPPED_ITEM_KEY] = pending
-                    pending = []
-                yield item
+                yield entries[entry]
+
+    def required_columns(self) -> tuple[str, ...]:
+        """The columns every example must have."""
+        return (self.image_column_name,) + ((self.label_column_name,) if self.label_column_name is not None else ())
+
+    def decode_example(self, example: dict[str, Any], decode: Callable[[Any], Any]) -> dict[str, Any]:
+        """One stream item from one example (`decode` reads the image); raises `UndecodableImageError` for a bad
+        image. Subclasses that read more than an image and a class label override this."""
+        item = dict(self.transform(decode(example[self.image_column_name])))
+        if self.label_column_name is not None:
+            item[LABELS_KEY] = int(example[self.label_column_name])
+        return item
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        pending: list[tuple[str, str]] = []
+        # Transforms that say they take arrays get the fast JPEG decoder's; any other callable gets PIL images.
+        decode = decode_rgb if getattr(self.transform, "accepts_rgb_arrays", False) else load_rgb_image
+        for example in self._examples():
+            for column in self.required_columns():
+                if column not in example:
+                    raise self._missing_column(column, example)
+            try:
+                item = self.decode_example(example, decode)
+            except UndecodableImageError as error:
+                if not self.skip_undecodable:
+                    raise
+                pending.append((error.identifier, error.reason))
+                continue
+            if pending:
+                item[SKIPPED_ITEM_KEY] = pending
+                pending = []
+            yield item
         if pending:
             yield {SKIPPED_ITEM_KEY: pending}
 

@@ -16,7 +16,7 @@ of the whole validation set, not an average over batches or ranks.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from ..data import (
     SkippedSampleStats,
     label_map_to_tensor,
 )
-from ..data.images import UndecodableImageError, decode_rgb, load_rgb_image, open_image
+from ..data.images import open_image
 from ..data.segmentation_loading import SegmentationDatasets, load_segmentation_datasets
 from ..data import streaming
 from ..data.streaming import (
@@ -103,9 +103,8 @@ class SegmentationStream(DecodedImageStream):
     """`DecodedImageStream` for images with label maps: decodes both, applies `reduce_labels`, and calls the transform
     with the `(image, labels)` pair. Undecodable images or annotations are skipped and reported like images.
 
-    `DecodedImageStream` decodes one image column and reads integer labels in one loop, so this subclass has its own
-    loop over the same examples (`_examples`), in the parent's order and with the parent's position bookkeeping, so
-    that segmentation data is shuffled, checkpointed and resumed as pre-training's."""
+    Only the reading of one example differs (`decode_example`); order, position, checkpointing and resume are the
+    parent's, so segmentation data is shuffled and resumed as pre-training's."""
 
     def __init__(self, source, transform, image_column_name: str, label_column_name: str, skip_undecodable: bool,
                  reduce_labels: bool, num_labels: int, shuffle_seed: int | None = None, shuffle_buffer_size: int = 1,
@@ -116,38 +115,13 @@ class SegmentationStream(DecodedImageStream):
         self.reduce_labels = reduce_labels
         self.num_labels = num_labels
 
-    def _examples(self) -> Iterator[dict[str, Any]]:
-        """The examples in the parent's order (its seeded block shuffle), recording its resumable position."""
-        worker = torch.utils.data.get_worker_info()
-        worker_id = worker.id if worker is not None else 0
-        for skip, entries in self._blocks():
-            order = self._block_order(len(entries), worker_id, self._position["block"])
-            for taken, entry in enumerate(order[skip:], start=skip + 1):
-                self._position["taken"] = taken  # taken before it is decoded, as the parent counts
-                yield entries[entry]
+    def required_columns(self) -> tuple[str, ...]:
+        return (self.image_column_name, self.label_map_column)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        pending: list[tuple[str, str]] = []
-        decode = decode_rgb if getattr(self.transform, "accepts_rgb_arrays", False) else load_rgb_image
-        for example in self._examples():
-            for column in (self.image_column_name, self.label_map_column):
-                if column not in example:
-                    raise self._missing_column(column, example)
-            try:
-                image = decode(example[self.image_column_name])
-                labels = read_label_map(example[self.label_map_column], self.reduce_labels, self.num_labels)
-            except UndecodableImageError as error:
-                if not self.skip_undecodable:
-                    raise
-                pending.append((error.identifier, error.reason))
-                continue
-            item = dict(self.transform((image, labels)))
-            if pending:
-                item[SKIPPED_ITEM_KEY] = pending
-                pending = []
-            yield item
-        if pending:
-            yield {SKIPPED_ITEM_KEY: pending}
+    def decode_example(self, example: dict[str, Any], decode: Callable[[Any], Any]) -> dict[str, Any]:
+        image = decode(example[self.image_column_name])
+        labels = read_label_map(example[self.label_map_column], self.reduce_labels, self.num_labels)
+        return dict(self.transform((image, labels)))
 
 
 class ListCollator(SkipAwareCollator):
