@@ -66,19 +66,24 @@ class ImageDatasets:
         return None if self.label_names is None else len(self.label_names)
 
 
-def default_dataset_files() -> dict[str, list[str]]:
-    """Parquet shards of the embedded default dataset, per split."""
+def bundled_parquet_files(directory: Path, name: str, fix: str) -> dict[str, list[str]]:
+    """Parquet shards of a dataset shipped inside the package, per split; `name` and `fix` word the error when a
+    split has none."""
     files = {
-        split: sorted(str(path) for path in DEFAULT_DATASET_DIR.glob(f"{split}-*.parquet"))
+        split: sorted(str(path) for path in directory.glob(f"{split}-*.parquet"))
         for split in (TRAIN_SPLIT, VALIDATION_SPLIT)
     }
     missing = [split for split, paths in files.items() if not paths]
     if missing:
-        raise FileNotFoundError(
-            f"the embedded default dataset has no {missing} shards in {DEFAULT_DATASET_DIR}; "
-            "rebuild it with scripts/build_default_dataset.py"
-        )
+        raise FileNotFoundError(f"the {name} has no {missing} shards in {directory}; {fix}")
     return files
+
+
+def default_dataset_files() -> dict[str, list[str]]:
+    """Parquet shards of the embedded default dataset, per split."""
+    return bundled_parquet_files(
+        DEFAULT_DATASET_DIR, "embedded default dataset", "rebuild it with scripts/build_default_dataset.py"
+    )
 
 
 # Column names (lower-cased) that say "images" / "integer labels" when the feature alone does not: WebDataset

@@ -25,7 +25,7 @@ from typing import Any
 
 import datasets
 
-from .loading import TRAIN_SPLIT, VALIDATION_SPLIT, _column_names, _limit, check_image_dataset
+from .loading import TRAIN_SPLIT, VALIDATION_SPLIT, _column_names, _limit, bundled_parquet_files, check_image_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +63,10 @@ class SegmentationDatasets:
 
 def default_dense_files() -> dict[str, list[str]]:
     """Parquet shards of the bundled dense benchmark, per split."""
-    files = {
-        split: sorted(str(path) for path in DEFAULT_DENSE_DIR.glob(f"{split}-*.parquet"))
-        for split in (TRAIN_SPLIT, VALIDATION_SPLIT)
-    }
-    missing = [split for split, paths in files.items() if not paths]
-    if missing:
-        raise FileNotFoundError(
-            f"the bundled dense benchmark has no {missing} shards in {DEFAULT_DENSE_DIR}; pass --data_dir (a folder in "
-            "the ADEChallengeData2016 layout) or --dataset_name (e.g. scene_parse_150) instead"
-        )
-    return files
+    return bundled_parquet_files(
+        DEFAULT_DENSE_DIR, "bundled dense benchmark", "rebuild it with scripts/build_dense_dataset.py, or pass "
+        "--data_dir (a folder in the ADEChallengeData2016 layout) or --dataset_name (e.g. scene_parse_150) instead",
+    )
 
 
 def default_dense_id2label() -> dict[int, str] | None:
