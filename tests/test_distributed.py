@@ -83,6 +83,22 @@ def test_the_final_save_gathers_sharded_weights_on_every_rank_and_saves_them(tmp
     assert saved and all(torch.equal(tensor, torch.full_like(tensor, 0.5)) for tensor in saved.values())
 
 
+def test_the_final_save_gathers_a_compiled_models_inner_weights_without_the_compile_prefix(tmp_path):
+    PartialState(cpu=True)
+    model, _ = tiny_models()
+    compiled = torch.nn.Module()
+    compiled._orig_mod = model  # what torch.compile's wrapper holds
+    gathered_from = []
+    accelerator = SimpleNamespace(
+        distributed_type=DistributedType.FSDP, is_main_process=True, wait_for_everyone=lambda: None,
+        unwrap_model=lambda module: module,
+        get_state_dict=lambda module: gathered_from.append(module) or module.state_dict(),
+    )
+    save_final_model(accelerator, compiled, SimpleNamespace(save_pretrained=lambda directory: None), tmp_path, {})
+    assert gathered_from == [model]
+    assert set(load_file(str(tmp_path / "model.safetensors"))) == set(model.state_dict())
+
+
 def test_an_fsdp_configuration_that_accelerate_does_not_apply_is_named_in_a_warning(monkeypatch, caplog):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     caplog.set_level(logging.WARNING, logger="transformers_mixedae")

@@ -84,8 +84,6 @@ def test_a_label_map_column_with_another_name_is_found(tmp_path):
         load_segmentation_datasets(dataset_name=str(root), label_column_name="mask")
 
 
-@pytest.mark.skipif(not any(segmentation_loading.DEFAULT_DENSE_DIR.glob("train-*.parquet")),
-                    reason="the bundled dense benchmark is not built in this checkout")
 def test_the_shipped_dense_benchmark_loads_with_its_class_names():
     loaded = load_segmentation_datasets(max_train_samples=2, max_eval_samples=2)
     assert loaded.id2label[0] == "background" and len(loaded.id2label) == 11

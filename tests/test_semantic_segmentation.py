@@ -3,6 +3,7 @@ backbones, the command line on an ADE-layout folder, exact resume, the pipeline 
 sliding-window evaluation, two ranks agreeing with one, and flag errors."""
 
 import json
+from types import SimpleNamespace
 import os
 import shutil
 import subprocess
@@ -264,6 +265,7 @@ def test_post_process_semantic_segmentation_resizes_to_each_image():
         (["--num_labels", "2", "--id2label", '{"0": "a", "1": "b", "2": "c"}'], "names 3 classes but --num_labels is 2"),
         (["--id2label", '{"0": "a", "2": "c"}'], "the ids must be 0..1 without gaps"),
         (["--id2label", "{not json"], "is not JSON"),
+        (["--id2label", "missing_labels.json"], "--id2label 'missing_labels.json' is not valid: no such file"),
         (["--train_dir", "."], "--train_dir '.' is not valid: semantic segmentation reads image/annotation pairs"),
         (["--data_dir", "/no/such/folder"], "--data_dir '/no/such/folder' is not valid: no such folder"),
     ],
@@ -365,3 +367,13 @@ def test_streamed_run(tmp_path, ade_folder):
     results = run_semantic_segmentation(*arguments(tmp_path, ade_folder, streaming=True, max_steps=2,
                                                    max_eval_samples=3, dataloader_num_workers=1))
     assert results["train_steps"] == 2 and results["train_loaded_samples"] == 8 and results["eval_samples"] == 3
+
+
+def test_per_class_iou_leaves_out_absent_classes_and_keeps_classes_of_one_name_apart():
+    data = SimpleNamespace(config=SimpleNamespace(id2label={0: "road", 1: "car", 2: "car", 3: "sky"}))
+    # rows: true class, columns: predicted; class 3 is neither labelled nor predicted
+    confusion = torch.tensor([[3, 1, 0, 0], [0, 2, 0, 0], [0, 0, 4, 0], [0, 0, 0, 0]])
+    results = SegmentationData.scores(data, confusion, num_images=1)
+    assert results["eval_iou_road"] == 0.75 and results["eval_iou_car"] == 2 / 3 and results["eval_iou_car_2"] == 1.0
+    assert not any(key.endswith("sky") for key in results)
+    assert results["eval_mean_iou"] == pytest.approx((0.75 + 2 / 3 + 1.0) / 3)

@@ -175,3 +175,14 @@ def test_a_checkpoint_whose_position_does_not_fit_is_replayed_with_a_warning(tmp
     assert results["train_steps"] == 3
     assert any("replaying the 2 batches already used in epoch 0: the checkpoint was written with 0 DataLoader "
                "workers, this run has 2" in record.getMessage() for record in caplog.records)
+
+
+def test_a_resume_with_another_shuffle_block_size_is_refused_naming_the_checkpoints(tmp_path):
+    settings = dict(max_steps=3, save_steps=2, max_eval_train_samples=8)
+    run_pretraining(*tiny_runs.arguments(tmp_path / "first", **settings))
+    shutil.copytree(tmp_path / "first" / "checkpoints" / "step_2", tmp_path / "second" / "checkpoints" / "step_2")
+    with pytest.raises(ValueError, match=r"--shuffle_buffer_size 7 is not the checkpoint's \(10000\): resume with "
+                                         r"--shuffle_buffer_size 10000"):
+        run_pretraining(*tiny_runs.arguments(tmp_path / "second", resume_from_checkpoint="latest",
+                                             shuffle_buffer_size=7, **settings))
+    assert sorted(path.name for path in (tmp_path / "second" / "checkpoints").iterdir()) == ["step_2"]

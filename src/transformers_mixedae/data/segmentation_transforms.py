@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..models.image_processing_mixedae import SEGMENTATION_IGNORE_INDEX
 from .transforms import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -57,7 +58,6 @@ from .transforms import (
     resize_uint8,
 )
 
-SEGMENTATION_IGNORE_INDEX = 255
 ADE20K_SCALE = (2048, 512)  # mmseg's img_scale for ADE20K: (long side, short side) bounds
 RATIO_RANGE = (0.5, 2.0)
 CAT_MAX_RATIO = 0.75

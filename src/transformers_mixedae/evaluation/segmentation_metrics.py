@@ -38,7 +38,9 @@ import evaluate
 import numpy as np
 import torch
 
-DEFAULT_IGNORE_INDEX = 255
+from ..models.image_processing_mixedae import SEGMENTATION_IGNORE_INDEX
+
+DEFAULT_IGNORE_INDEX = SEGMENTATION_IGNORE_INDEX
 LabelMaps = torch.Tensor | np.ndarray | Sequence[Any]
 
 

@@ -269,6 +269,7 @@ class PretrainingData:
             "epoch": epoch,
             "batches": batches,
             "num_workers": self.train_loader.dataloader.num_workers,
+            "shuffle_buffer_size": self.data_args.shuffle_buffer_size,
             "loader": self.train_loader.state_dict(),
         }
 
@@ -276,6 +277,13 @@ class PretrainingData:
         """Continue the training loader from the resumed checkpoint's position; returns the index of the first batch
         it gives: `skip_batches`, or 0 where the position does not apply (the consumed batches are then replayed)."""
         position, self.state.resume_position = self.state.resume_position, None
+        recorded_block = (position or {}).get("shuffle_buffer_size", self.data_args.shuffle_buffer_size)
+        if recorded_block != self.data_args.shuffle_buffer_size:
+            # The block size decides the order of the whole epoch: another one would repeat or drop examples.
+            raise ValueError(
+                f"--shuffle_buffer_size {self.data_args.shuffle_buffer_size} is not the checkpoint's "
+                f"({recorded_block}): resume with --shuffle_buffer_size {recorded_block}."
+            )
         if skip_batches == 0:
             return 0
         if not self.train_loader.resumable:

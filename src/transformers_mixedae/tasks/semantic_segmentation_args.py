@@ -143,7 +143,9 @@ def read_id2label(value: str) -> dict[int, str]:
     """`--id2label`: a JSON file, or JSON text, of `{class id: name}` (or a list of names) -> `{int: str}` with the
     ids 0..C-1."""
     path = Path(value)
-    text = path.read_text(encoding="utf-8") if path.suffix == ".json" or path.is_file() else value
+    check_argument(path.suffix != ".json" or path.is_file(), "id2label", value,
+                   "no such file; give an existing JSON file or the JSON text itself")
+    text = path.read_text(encoding="utf-8") if path.is_file() else value
     try:
         loaded: Any = json.loads(text)
     except json.JSONDecodeError as error:

@@ -15,6 +15,8 @@ of the whole validation set, not an average over batches or ranks.
 
 from __future__ import annotations
 
+import math
+
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -355,5 +357,8 @@ class SegmentationData(PretrainingData):
         }
         id2label = self.config.id2label
         for index, iou in enumerate(scores["per_category_iou"]):
-            results[f"eval_iou_{id2label.get(index, str(index))}"] = float(iou)
+            if math.isnan(iou):  # a class in neither the labels nor the predictions has no IoU (and NaN is no JSON)
+                continue
+            key = f"eval_iou_{id2label.get(index, str(index))}"
+            results[key if key not in results else f"{key}_{index}"] = float(iou)  # two classes of one name
         return results

@@ -83,7 +83,8 @@ def save_final_model(
     `card_kwargs` go to `generate_model_card` (e.g. `eval_dataset`, `evaluation_protocol`)."""
     accelerator.wait_for_everyone()
     # Under FSDP / DeepSpeed each rank holds a shard: gathering the full weights is a collective every rank joins.
-    state_dict = accelerator.get_state_dict(model) if _sharded(accelerator) else None
+    # A compiled model's gathered weights would carry torch.compile's `_orig_mod.` prefix.
+    state_dict = accelerator.get_state_dict(getattr(model, "_orig_mod", model)) if sharded(accelerator) else None
     if not accelerator.is_main_process:
         return
     unwrapped = _unwrapped(accelerator, model)
@@ -146,7 +147,7 @@ def push_final_model(model: PreTrainedModel, image_processor, output_dir: Path, 
         ) from error
 
 
-def _sharded(accelerator: Accelerator) -> bool:
+def sharded(accelerator: Accelerator) -> bool:
     """Whether the prepared model's parameters are split across ranks (FSDP, DeepSpeed)."""
     from accelerate.utils import DistributedType
 

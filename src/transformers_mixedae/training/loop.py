@@ -36,7 +36,7 @@ from transformers import PreTrainedModel, get_scheduler
 from .checkpointing import resolve_checkpoint
 from .ema import ModelEma, evaluate_ema, finish_ema
 from .records import TRAIN_LOG_NAME, TrainLog, write_skipped_samples
-from .final_save import log_evaluation, save_then_evaluate
+from .final_save import log_evaluation, save_then_evaluate, sharded
 from .optim import effective_learning_rate
 from .resume import checkpoint_if_due, prepare_run_folders, resume_if_requested, run_recipe
 
@@ -450,10 +450,7 @@ def warn_if_sharding_is_not_applied(accelerator: Accelerator) -> None:
 def refuse_what_sharding_breaks(accelerator: Accelerator, task: TrainingTask) -> None:
     """Model EMA keeps a copy of the unwrapped model's parameters; under FSDP or DeepSpeed those are this rank's
     shard, so the average would be wrong. Refused before anything is written."""
-    from accelerate.utils import DistributedType
-
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    if sharded and task.model_ema_decay is not None:
+    if sharded(accelerator) and task.model_ema_decay is not None:
         raise ValueError(
             f"--model_ema is not supported under {accelerator.distributed_type.value}: each rank holds only a shard "
             "of the weights to average. Launch with data parallelism (examples/accelerate_configs/ddp.yaml) or "
