@@ -328,13 +328,23 @@ def test_magnitude_to_parameter_at_0_9_10_and_the_random_sign(name):
         assert 160 < sum(value > centre for value in drawn) < 240
 
 
-def test_each_op_runs_on_an_rgb_image_and_keeps_its_size():
+@pytest.mark.parametrize("magnitude", [0, 9, 10])  # the whole range mstd can reach (clipped to [0, 10])
+def test_each_op_runs_on_an_rgb_image_and_keeps_its_size(magnitude):
     image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (20, 24, 3), dtype=np.uint8))
     augment = RandAugment(parse_rand_augment("rand-m9-mstd0.5-inc1"))
     for name in TIMM_INCREASING_OPS + TIMM_OPS:
         spec = OP_TABLE[name]
-        output = OPERATIONS[spec.operation](image, augment.parameter(spec, 9, generator(0)), augment)
+        output = OPERATIONS[spec.operation](image, augment.parameter(spec, magnitude, generator(0)), augment)
         assert output.size == image.size and output.mode == "RGB", name
+
+
+def test_posterize_increasing_at_full_magnitude_keeps_no_bit():
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (20, 24, 3), dtype=np.uint8))
+    augment = RandAugment(parse_rand_augment("rand-m10-inc1"))
+    bits = augment.parameter(OP_TABLE["PosterizeIncreasing"], 10, generator(0))
+    assert bits == 0
+    assert not np.asarray(OPERATIONS["posterize"](image, bits, augment)).any()
+    assert np.array_equal(np.asarray(OPERATIONS["posterize"](image, 4, augment)), np.asarray(image) & 0xF0)
 
 
 def test_geometric_ops_fill_with_the_mean_colour_and_invert_is_exact():

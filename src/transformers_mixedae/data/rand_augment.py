@@ -56,7 +56,13 @@ def _solarize_add(image: Image.Image, add: float, _: "RandAugment") -> Image.Ima
 
 
 def _posterize(image: Image.Image, bits: float, _: "RandAugment") -> Image.Image:
-    return image if bits >= 8 else ImageOps.posterize(image, int(bits))
+    if bits >= 8:
+        return image
+    if bits < 1:
+        # The increasing op set keeps 4 - 4 * level bits: 0 at full magnitude, i.e. every channel masked to 0 (what
+        # Pillow's posterize did before it began refusing 0 bits).
+        return Image.new(image.mode, image.size)
+    return ImageOps.posterize(image, int(bits))
 
 
 OPERATIONS: dict[str, Operation] = {
