@@ -499,19 +499,34 @@ def _build_loader(
 ) -> ImageStreamLoader:
     if batch_size % batch_multiple:
         raise ValueError(f"batch_size={batch_size} must be a multiple of batch_multiple={batch_multiple}")
-    if num_workers > stream.num_shards:
-        logger.info("using %d DataLoader workers instead of %d: the stream has %d shards for this rank",
-                    stream.num_shards, num_workers, stream.num_shards)
-        num_workers = stream.num_shards
     decoded = DecodedImageStream(stream, transform, image_column_name, label_column_name, skip_undecodable,
                                  shuffle_buffer_size, shuffle_seed, rank)
+    return stream_loader(decoded, batch_size, num_workers, drop_last, SkipAwareCollator(batch_multiple), pin_memory,
+                         persistent_workers)
+
+
+def stream_loader(
+    decoded: DecodedImageStream,
+    batch_size: int,
+    num_workers: int,
+    drop_last: bool,
+    collate_fn: Callable[[list], dict[str, Any]],
+    pin_memory: bool,
+    persistent_workers: bool = False,
+) -> ImageStreamLoader:
+    """The (stateful, where torchdata is installed) DataLoader over a decoded stream of this rank, as every task
+    uses it: at most one worker per shard, workers that leave SIGTERM to the training process."""
+    if num_workers > decoded.source.num_shards:
+        logger.info("using %d DataLoader workers instead of %d: the stream has %d shards for this rank",
+                    decoded.source.num_shards, num_workers, decoded.source.num_shards)
+        num_workers = decoded.source.num_shards
     with warnings.catch_warnings():  # torchdata 0.11 calls a torch function deprecated since (no effect on loading)
         warnings.filterwarnings("ignore", message=".*set_vital.*")
         dataloader = (StatefulDataLoader or torch.utils.data.DataLoader)(
             decoded,
             batch_size=batch_size,
             num_workers=num_workers,
-            collate_fn=SkipAwareCollator(batch_multiple),
+            collate_fn=collate_fn,
             drop_last=False,  # applied after the in-band skip reports are read, so none is lost
             pin_memory=pin_memory,
             persistent_workers=persistent_workers and num_workers > 0,

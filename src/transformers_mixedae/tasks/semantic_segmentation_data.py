@@ -16,8 +16,6 @@ of the whole validation set, not an average over batches or ranks.
 from __future__ import annotations
 
 import math
-
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,6 @@ from ..data.streaming import (
     ImageStreamLoader,
     _image_column_undecoded,
     _rank_stream,
-    ignore_termination_signal,
 )
 from ..evaluation.segmentation_metrics import confusion_matrix, reduce_reference_labels, segmentation_scores
 from ..evaluation.visualization import save_image_rows, to_display
@@ -142,17 +139,8 @@ class ListCollator(SkipAwareCollator):
 def segmentation_loader(
     stream: SegmentationStream, batch_size: int, num_workers: int, drop_last: bool, collate_fn, pin_memory: bool
 ) -> ImageStreamLoader:
-    """A DataLoader over `stream` (already shuffled / split for this rank), wrapped as pre-training's loaders are."""
-    num_workers = min(num_workers, stream.source.num_shards)
-    # torchdata's StatefulDataLoader as `data.streaming` uses it: the loader's position goes into checkpoints.
-    loader_class = streaming.StatefulDataLoader or torch.utils.data.DataLoader
-    with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch function (no effect on loading)
-        warnings.filterwarnings("ignore", message=".*set_vital.*")
-        dataloader = loader_class(
-            stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn, drop_last=False,
-            pin_memory=pin_memory, worker_init_fn=ignore_termination_signal,
-        )
-    return ImageStreamLoader(dataloader, stream, batch_size, drop_last)
+    """A DataLoader over `stream` (already shuffled / split for this rank), as pre-training's loaders are."""
+    return streaming.stream_loader(stream, batch_size, num_workers, drop_last, collate_fn, pin_memory)
 
 
 def rank_segmentation_stream(dataset, datasets_: SegmentationDatasets, rank: int, world_size: int, num_workers: int,
