@@ -7,7 +7,7 @@
     accelerate launch examples/run_image_classification.py examples/configs/linear_probe_fashion_mnist.json \
         --model_name_or_path outputs/cae_fashion_mnist
 
-`--mode finetune|linear_probe`, `--recipe mae|cae` (defaults that explicit flags override). Without
+`--mode finetune|linear_probe|attentive_probe`, `--recipe mae|cae` (defaults that explicit flags override). Without
 --dataset_name/--train_dir it uses the Fashion-MNIST subset shipped with the package. The logic lives in
 `transformers_mixedae.tasks.image_classification`; this file only parses arguments.
 """

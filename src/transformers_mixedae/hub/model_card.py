@@ -156,7 +156,10 @@ MODEL_FAMILIES = {family.model_type: family for family in (MIXEDAE, CAE)}
 _SPLIT_PREFIXES = {"eval": "validation", "validation": "validation", "test": "test", "predict": "test"}
 _TOP5_PATTERN = re.compile(r"(top_?5|acc(uracy)?_?5|accuracy_top_?5)")
 _TOP1_PATTERN = re.compile(r"^(accuracy|acc|top_?1(_accuracy)?|acc(uracy)?_?1|accuracy_top_?1)$")
-_PROTOCOL_NAMES = {"fine-tuning": "fine-tuning", "linear-probing": "linear probing", "linear probing": "linear probing"}
+_PROTOCOL_NAMES = {
+    "fine-tuning": "fine-tuning", "linear-probing": "linear probing", "linear probing": "linear probing",
+    "attentive-probing": "attentive probing", "attentive probing": "attentive probing",
+}
 
 
 # ---------------------------------------------------------------------------------------------- inputs
