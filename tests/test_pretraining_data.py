@@ -1,5 +1,6 @@
 """Pre-training data across ranks: when one rank is over `--max_skipped_fraction`, every rank stops together."""
 
+import logging
 import types
 
 import pytest
@@ -29,3 +30,21 @@ def test_every_rank_stops_together_when_one_rank_is_over_the_skip_limit(tmp_path
     PretrainingData.check_skipped_fraction(rank_state(0))  # nobody over the limit: training goes on
     with pytest.raises(RuntimeError, match=r"Another rank could not decode more than --max_skipped_fraction 0\.05"):
         PretrainingData.check_skipped_fraction(rank_state(1))
+
+
+def test_without_a_validation_split_every_task_skips_evaluation_with_a_warning(caplog):
+    from types import SimpleNamespace
+
+    from accelerate import PartialState
+
+    from transformers_mixedae.tasks.masked_image_modeling_data import PretrainingData
+
+    PartialState(cpu=True)  # accelerate's logger needs its state
+
+    def must_not_run(model, step):
+        raise AssertionError("evaluated without a validation split")
+
+    data = SimpleNamespace(datasets=SimpleNamespace(validation=None), _evaluate=must_not_run)
+    caplog.set_level(logging.WARNING)
+    assert PretrainingData.evaluate(data, model=None, step=3) == {}
+    assert "No validation split: skipping evaluation." in caplog.text

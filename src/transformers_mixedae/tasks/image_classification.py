@@ -254,9 +254,6 @@ class ClassificationData(PretrainingData):
     @torch.no_grad()
     def _evaluate(self, model, step: int) -> dict[str, float]:
         """Top-1 / top-5 accuracy (the shipped `evaluate` metric) and loss on the validation split, all ranks."""
-        if self.datasets.validation is None:
-            logger.warning("No validation split: skipping evaluation.", main_process_only=True)
-            return {}
         # The unwrapped model: DDP's forward would synchronise buffers, and ranks may hold different batch counts.
         module = self.accelerator.unwrap_model(model)
         was_training = module.training

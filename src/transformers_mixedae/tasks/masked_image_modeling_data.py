@@ -404,8 +404,12 @@ class PretrainingData:
     def evaluate(self, model, step: int) -> dict[str, float]:
         """kNN and linear probe on frozen encoder features, validation reconstruction loss, PNG grids.
 
-        Runs on a forked RNG: evaluating (or not) never changes the random numbers training draws afterwards.
+        Runs on a forked RNG: evaluating (or not) never changes the random numbers training draws afterwards. Without
+        a validation split there is nothing to evaluate (for every task): a warning, no metrics.
         """
+        if self.datasets.validation is None:
+            logger.warning("No validation split: skipping evaluation.", main_process_only=True)
+            return {}
         devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(derived_seed(self.training_args.seed, 2))
@@ -414,9 +418,6 @@ class PretrainingData:
     def _evaluate(self, model, step: int) -> dict[str, float]:
         results: dict[str, float] = {}
         validation = self.datasets.validation
-        if validation is None:
-            logger.warning("No validation split: skipping evaluation.", main_process_only=True)
-            return results
         was_training = model.training
         model.eval()
         if self.datasets.label_column_name is not None:

@@ -295,9 +295,6 @@ class SegmentationData(PretrainingData):
 
     def _evaluate(self, model, step: int) -> dict[str, float]:
         """mIoU, mean and overall pixel accuracy (and per-class IoU) of the whole validation set, all ranks."""
-        if self.datasets.validation is None:
-            logger.warning("No validation split: skipping evaluation.", main_process_only=True)
-            return {}
         # The unwrapped model: no collective inside the forward, so ranks may hold different numbers of images.
         module = self.accelerator.unwrap_model(model)
         was_training = module.training
