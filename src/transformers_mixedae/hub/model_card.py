@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +183,46 @@ def load_results(results: Mapping[str, float] | str | os.PathLike | None) -> dic
     }
 
 
+def _eval_results(
+    results: Mapping[str, float],
+    task_type: str,
+    metric_of: Callable[[str, float], tuple[str, str] | None],
+    dataset: str,
+    dataset_name: str | None,
+    protocol: str | None,
+) -> list[EvalResult]:
+    """One `EvalResult` per `split_metric` key of `results` that `metric_of(metric, value)` names as
+    `(metric type, label)`; values are kept as measured."""
+    eval_results = []
+    for key, value in results.items():
+        prefix, _, metric = key.partition("_")
+        split = _SPLIT_PREFIXES.get(prefix)
+        named = metric_of(metric, value) if split is not None and metric else None
+        if named is None:
+            continue
+        metric_type, label = named
+        eval_results.append(
+            EvalResult(
+                task_type=task_type,
+                dataset_type=dataset,
+                dataset_name=dataset_name or dataset,
+                dataset_split=split,
+                metric_type=metric_type,
+                metric_value=value,
+                metric_name=f"{label} ({protocol})" if protocol else label,
+            )
+        )
+    return eval_results
+
+
+def _accuracy_metric(metric: str, value: float) -> tuple[str, str] | None:
+    if _TOP1_PATTERN.match(metric):
+        return "accuracy", "Top-1 accuracy"
+    if _TOP5_PATTERN.search(metric):
+        return "accuracy", "Top-5 accuracy"
+    return None
+
+
 def classification_eval_results(
     results: Mapping[str, float],
     dataset: str,
@@ -192,30 +232,7 @@ def classification_eval_results(
     """`EvalResult`s for the top-1 / top-5 accuracies among `results` (keys such as `eval_accuracy`,
     `eval_top5_accuracy`, `test_accuracy_top1`). Values are kept as measured (fraction or percent)."""
     protocol = _PROTOCOL_NAMES.get(evaluation_protocol or "", evaluation_protocol)
-    eval_results = []
-    for key, value in results.items():
-        prefix, _, metric = key.partition("_")
-        split = _SPLIT_PREFIXES.get(prefix)
-        if split is None or not metric:
-            continue
-        if _TOP1_PATTERN.match(metric):
-            label = "Top-1 accuracy"
-        elif _TOP5_PATTERN.search(metric):
-            label = "Top-5 accuracy"
-        else:
-            continue
-        eval_results.append(
-            EvalResult(
-                task_type="image-classification",
-                dataset_type=dataset,
-                dataset_name=dataset_name or dataset,
-                dataset_split=split,
-                metric_type="accuracy",
-                metric_value=value,
-                metric_name=f"{label} ({protocol})" if protocol else label,
-            )
-        )
-    return eval_results
+    return _eval_results(results, "image-classification", _accuracy_metric, dataset, dataset_name, protocol)
 
 
 # Semantic-segmentation scores (`evaluation.segmentation_metrics`): result key -> (metric type, label).
@@ -226,6 +243,12 @@ _SEGMENTATION_METRICS = {
 }
 
 
+def _segmentation_metric(metric: str, value: float) -> tuple[str, str] | None:
+    if value != value:  # NaN: nothing was measured
+        return None
+    return _SEGMENTATION_METRICS.get(metric)
+
+
 def segmentation_eval_results(
     results: Mapping[str, float],
     dataset: str,
@@ -234,25 +257,8 @@ def segmentation_eval_results(
 ) -> list[EvalResult]:
     """`EvalResult`s for the mean IoU, mean accuracy and pixel accuracy among `results` (`eval_mean_iou`, ...);
     values as measured (fractions)."""
-    eval_results = []
-    for key, value in results.items():
-        prefix, _, metric = key.partition("_")
-        split = _SPLIT_PREFIXES.get(prefix)
-        if split is None or metric not in _SEGMENTATION_METRICS or value != value:  # NaN: nothing was measured
-            continue
-        metric_type, label = _SEGMENTATION_METRICS[metric]
-        eval_results.append(
-            EvalResult(
-                task_type="image-segmentation",
-                dataset_type=dataset,
-                dataset_name=dataset_name or dataset,
-                dataset_split=split,
-                metric_type=metric_type,
-                metric_value=value,
-                metric_name=f"{label} ({evaluation_protocol})" if evaluation_protocol else label,
-            )
-        )
-    return eval_results
+    return _eval_results(results, "image-segmentation", _segmentation_metric, dataset, dataset_name,
+                         evaluation_protocol)
 
 
 def default_model_name(config: PreTrainedConfig) -> str:
