@@ -16,6 +16,8 @@ from transformers_mixedae import MixedAEForPreTraining
 from transformers_mixedae.evaluation.homologous_probe import (
     IMAGENET_DEFAULT_STD,
     can_probe,
+    constant_patch_values,
+    content_ceiling,
     foreground_patches,
     homologous_probe,
 )
@@ -50,6 +52,29 @@ def test_all_query_accuracy_is_the_models_own_for_the_same_noise(model):
     # Random pixels: no constant patch, so the foreground split is every query and gives the same accuracy.
     assert result["num_foreground_queries"] == result["num_queries"] == 2 * 64
     assert result["homologous_topk_accuracy_foreground"] == pytest.approx(result["homologous_topk_accuracy"], abs=1e-6)
+    # Every source is readable from content: a content recogniser could keep only homologous keys.
+    assert result["homologous_topk_ceiling"] == result["homologous_topk_ceiling_foreground"] == 1.0
+
+
+def test_content_ceiling_on_a_hand_computed_sequence():
+    # g = 2, four tokens owned by images 0, 1, 0, 1 (share 2 each). Token 0 is foreground; tokens 1 and 2 are
+    # constant with one value (class a: one token of each image), token 3 constant with another (class b: image 1).
+    slots = torch.tensor([0, 1, 0, 1])
+    foreground = torch.tensor([True, False, False, False])
+    values = torch.tensor([[7], [0], [0], [5]])
+    bound = content_ceiling(slots, foreground, values, group_size=2)
+    # Token 0 keeps itself, then one key of class a, which is image 0's with probability 1/2: (1 + 1/2) / 2.
+    # Class a queries: half of them are image 0's, half image 1's, so 1/2; the only class b query: 1.
+    assert bound.tolist() == [0.75, 0.5, 0.5, 1.0]
+
+
+def test_constant_patch_values_are_equal_exactly_for_equal_constant_patches():
+    std = IMAGENET_DEFAULT_STD
+    pixel_values = torch.full((1, 3, 8, 8), -0.3)
+    pixel_values[0, 2, 4:, 4:] += (1 / 255) / std[2]  # one uint8 level brighter in the blue channel
+    values = constant_patch_values(pixel_values, 4)
+    assert torch.equal(values[0, 0], values[0, 1]) and torch.equal(values[0, 0], values[0, 2])
+    assert torch.equal(values[0, 3] - values[0, 0], torch.tensor([0, 0, 1]))
 
 
 @pytest.mark.parametrize("overrides", [dict(homologous_contrastive_target="attention_logits"),
@@ -90,6 +115,10 @@ def test_foreground_split_counts_exactly_the_non_constant_patches(model):
     assert (result["num_queries"], result["num_foreground_queries"]) == (128, 2 * 17)
     assert 0.0 <= result["homologous_topk_accuracy_foreground"] <= 1.0
     assert result["homologous_topk_chance"] == 0.25
+    # The 47 background queries of a group share one value and are dealt over 4 images: together they can do no
+    # better than the largest owner's share (above chance 1/4, below 1); foreground queries lose only the slots
+    # they must fill with background keys.
+    assert 0.25 < result["homologous_topk_ceiling"] < result["homologous_topk_ceiling_foreground"] <= 1.0
 
 
 def test_chance_level_is_one_over_the_group_size():

@@ -2,9 +2,10 @@
 """Homologous-recognition probe of a MixedAE model: how often homologous top-k attention keeps keys from the query's
 own image, over all patch queries and over foreground queries only.
 
-About half of every Fashion-MNIST image is uniform background, identical across images: no content-based recogniser
-can tell whose background patch a query is, so the all-query accuracy mixes what the model recognises with what
-nobody can. The foreground split measures recognition where it is possible.
+Constant patches (Fashion-MNIST's black border) are identical across images: no content-based recogniser can tell
+whose such patch a query is, so the all-query accuracy mixes what the model recognises with what nobody can. The
+foreground split measures recognition where it is possible, and the content ceiling says how far any recogniser of
+patch content could go on the probed batch.
 
 Probe a saved folder (the first validation images of the bundled dataset by default; prints JSON)::
 
@@ -59,6 +60,59 @@ def foreground_patches(
     return (value_range * std >= threshold).any(dim=-1)
 
 
+def constant_patch_values(pixel_values: torch.Tensor, patch_size: int,
+                          image_std: Sequence[float] = IMAGENET_DEFAULT_STD) -> torch.Tensor:
+    """`(B, N, C)` integers: each patch's mean in uint8 levels up to a per-channel offset, so that two constant patches
+    get equal rows exactly when their pixels are equal (the normalisation mean is not needed for that)."""
+    batch, channels, height, width = pixel_values.shape
+    patches = pixel_values.float().reshape(batch, channels, height // patch_size, patch_size, width // patch_size,
+                                           patch_size)
+    means = patches.mean(dim=(3, 5)).permute(0, 2, 3, 1).reshape(batch, -1, channels)
+    std = torch.as_tensor(image_std, dtype=means.dtype, device=means.device)
+    return torch.round(means * std * 255).long()
+
+
+def content_ceiling(slot_of_kept: torch.Tensor, foreground: torch.Tensor, values: torch.Tensor,
+                    group_size: int) -> torch.Tensor:
+    """`(T,)`: per query, an upper bound of the homologous top-k accuracy that any recogniser reading only patch
+    content can reach on one mixed sequence.
+
+    `slot_of_kept` `(T,)` names each kept token's image, `foreground` `(T,)` says whether it is non-constant and
+    `values` `(T, C)` is its constant value (`constant_patch_values`). The recogniser is granted every non-constant
+    token's source. Constant tokens of equal value are interchangeable across images (positions are dealt at random,
+    so they carry no source either), so:
+
+    - a foreground query of image i keeps its own non-constant tokens, then fills the rest of its own share (T/g
+      patch keys; the [CLS] key is granted on top) from the constant value classes in decreasing order of image i's
+      share of each class (an oracle of those shares: still an upper bound);
+    - a constant query of class v is indistinguishable from every other query of class v: whatever keys they keep,
+      their mean accuracy is at most max_j n_vj / n_v, the share of the most frequent image of v.
+    """
+    num_tokens = slot_of_kept.shape[0]
+    share = num_tokens // group_size
+    slots = slot_of_kept.tolist()
+    class_of = {}
+    counts: dict[tuple, list[int]] = {}
+    for token in range(num_tokens):
+        if not foreground[token]:
+            class_of[token] = tuple(values[token].tolist())
+            counts.setdefault(class_of[token], [0] * group_size)[slots[token]] += 1
+    foreground_bound = []
+    for image in range(group_size):
+        free = share - sum(1 for token in range(num_tokens) if foreground[token] and slots[token] == image)
+        hits = float(share - free)
+        for count in sorted(counts.values(), key=lambda count: count[image] / sum(count), reverse=True):
+            taken = min(free, sum(count))
+            hits += taken * count[image] / sum(count)
+            free -= taken
+        foreground_bound.append(hits / share)
+    return torch.tensor([
+        foreground_bound[slots[token]] if foreground[token] else max(counts[class_of[token]]) / sum(
+            counts[class_of[token]])
+        for token in range(num_tokens)
+    ])
+
+
 @torch.no_grad()
 def homologous_probe(
     model: torch.nn.Module,
@@ -80,7 +134,9 @@ def homologous_probe(
         constant in its image (max - min of its un-normalised pixels below `threshold` in every channel; see
         `foreground_patches`), NaN when there is none; per homologous layer the fraction of kept patch keys
         (summed over heads and queries) from the query's image, averaged over layers, as the model does;
-        `homologous_topk_chance`: 1/g; `homologous_contrastive_loss`: the model's (NaN when it has none);
+        `homologous_topk_chance`: 1/g; `homologous_topk_ceiling` and `homologous_topk_ceiling_foreground`: the
+        most a recogniser of patch content could reach on this batch and mixing (`content_ceiling`), averaged over
+        queries; `homologous_contrastive_loss`: the model's (NaN when it has none);
         `reconstruction_loss`: the model's on the batch;
         `num_queries` and `num_foreground_queries`: patch queries per layer and head.
     """
@@ -122,11 +178,17 @@ def homologous_probe(
     foreground_accuracy = (
         float((hits.float() / kept.clamp(min=1).float()).mean()) if num_foreground else math.nan
     )
+    values = constant_patch_values(pixel_values, config.patch_size, image_std)[image, mixing.ids_keep]
+    ceiling = torch.stack([content_ceiling(mixing.slot_of_kept.cpu(), foreground_query[group].cpu(),
+                                           values[group].cpu(), group_size) for group in range(mixing.num_groups)])
     contrastive = outputs.homologous_contrastive_loss
     return {
         "homologous_topk_accuracy": float(outputs.homologous_topk_accuracy),
         "homologous_topk_accuracy_foreground": foreground_accuracy,
         "homologous_topk_chance": 1.0 / group_size,
+        "homologous_topk_ceiling": float(ceiling.mean()),
+        "homologous_topk_ceiling_foreground": (float(ceiling[foreground_query.cpu()].mean()) if num_foreground
+                                               else math.nan),
         "homologous_contrastive_loss": float(contrastive) if contrastive is not None else math.nan,
         "reconstruction_loss": float(outputs.reconstruction_loss),
         "num_queries": int(foreground_query.numel()),
