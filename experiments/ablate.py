@@ -402,6 +402,10 @@ class RunInterrupted(Exception):
     """`run_pretraining` stopped on SIGTERM (after writing a checkpoint): the run has no result, stop the grid."""
 
 
+def _final_foreground_accuracy(curve: list[dict]) -> float | None:
+    return curve[-1].get("homologous_topk_accuracy_foreground") if curve else None
+
+
 RUN_METRICS = ("eval_knn_accuracy", "eval_linear_probe_accuracy", "eval_loss", "train_loss")
 
 
@@ -426,6 +430,7 @@ def run_one(arm: Arm, size: SizePreset, steps: int, seed: int, run_dir: Path, pr
         "wall_seconds": wall_seconds,
         "train_samples_per_second": results.get("train_samples_per_second"),
         "final_homologous_topk_accuracy": curve[-1]["homologous_topk_accuracy"] if curve else None,
+        "final_homologous_topk_accuracy_foreground": _final_foreground_accuracy(curve),
         **{key: results.get(key) for key in RUN_METRICS},
         "topk_curve": curve,
         "command": "python examples/run_mim.py " + " ".join(shlex.quote(part) for part in argv),
@@ -499,6 +504,7 @@ SUMMARY_METRICS = (
     "eval_loss",
     "train_loss",
     "final_homologous_topk_accuracy",
+    "final_homologous_topk_accuracy_foreground",
     "wall_seconds",
 )
 RUN_COLUMNS = ("arm", "seed", "model_type", "steps", "images_seen", *SUMMARY_METRICS, "train_samples_per_second")
@@ -507,7 +513,7 @@ SUMMARY_COLUMNS = ("arm", "label", "num_seeds") + tuple(
 )
 MARKDOWN_COLUMNS = (
     "arm", "what it is", "seeds", "kNN top-1 (%)", "linear probe top-1 (%)", "LP vs MAE (pts)",
-    "dense mIoU (%)", "eval loss", "top-k acc. (final)", "min / run",
+    "dense mIoU (%)", "eval loss", "top-k acc. (final)", "top-k acc. foreground (final)", "min / run",
 )
 
 
@@ -559,6 +565,8 @@ def markdown_table(summary: list[dict]) -> str:
             _cell(row["eval_mean_iou_mean"], row["eval_mean_iou_std"], 100),
             _cell(row["eval_loss_mean"], row["eval_loss_std"], digits=3),
             _cell(row["final_homologous_topk_accuracy_mean"], row["final_homologous_topk_accuracy_std"], digits=3),
+            _cell(row["final_homologous_topk_accuracy_foreground_mean"],
+                  row["final_homologous_topk_accuracy_foreground_std"], digits=3),
             f"{minutes:.1f}" if minutes is not None else "n/a",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -743,6 +751,8 @@ def load_result(run_dir: Path, settings: list[str]) -> dict | None:
             f"{path} was produced with other settings:\n  {record.get('settings')}\nnot\n  {settings}\n"
             "Use another --output_dir (or delete that run folder) to run this grid."
         )
+    # Records written before the foreground accuracy had its own field carry it in their curve.
+    record.setdefault("final_homologous_topk_accuracy_foreground", _final_foreground_accuracy(record.get("topk_curve")))
     return record
 
 

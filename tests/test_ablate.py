@@ -45,6 +45,8 @@ def test_two_arm_grid_writes_tables_plots_curve_and_resumes(ablate, tmp_path):
             assert 0.0 <= float(row[metric]) <= 1.0
     assert rows[0]["final_homologous_topk_accuracy"] == ""  # MAE has no homologous attention
     assert 0.0 <= float(rows[1]["final_homologous_topk_accuracy"]) <= 1.0
+    assert float(rows[1]["final_homologous_topk_accuracy_foreground"]) == pytest.approx(
+        result["records"][1]["topk_curve"][-1]["homologous_topk_accuracy_foreground"])
 
     columns, summary = read_csv(tmp_path / "summary.csv")
     assert tuple(columns) == ablate.SUMMARY_COLUMNS
@@ -72,6 +74,13 @@ def test_two_arm_grid_writes_tables_plots_curve_and_resumes(ablate, tmp_path):
     again = ablate.main(argv)
     assert again["trained"] == 0 and len(again["records"]) == 2
     assert result_file.stat().st_mtime_ns == written
+    # A record from before the foreground field existed gets it from its curve.
+    old_record = json.loads(result_file.read_text())
+    del old_record["final_homologous_topk_accuracy_foreground"]
+    result_file.write_text(json.dumps(old_record))
+    loaded = ablate.main(argv)["records"][1]
+    assert loaded["final_homologous_topk_accuracy_foreground"] == full["topk_curve"][-1][
+        "homologous_topk_accuracy_foreground"]
     with pytest.raises(SystemExit, match="other settings"):
         ablate.main([*argv[:-4], "--steps", "3", "--output_dir", str(tmp_path)])
 
