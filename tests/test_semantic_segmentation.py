@@ -25,6 +25,7 @@ from transformers_mixedae.tasks.semantic_segmentation import (
     build_segmentation_model,
     default_out_indices,
     run_semantic_segmentation,
+    segmentation_image_processor,
 )
 from transformers_mixedae.tasks.semantic_segmentation_args import SegmentationArguments, parse_segmentation_arguments
 from transformers_mixedae.tasks.semantic_segmentation_data import SegmentationData, read_label_map
@@ -220,6 +221,25 @@ def test_sliding_windows_average_to_the_whole_image(tmp_path, ade_folder):
     torch.testing.assert_close(slid, whole, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("rescale_size, expected", [(None, 16), (32, 32)])
+def test_rescale_size_sets_the_scale_of_training_evaluation_and_the_saved_processor(tmp_path, ade_folder,
+                                                                                     rescale_size, expected):
+    from accelerate import Accelerator
+
+    model_args, data_args, training_args, segmentation_args = arguments(tmp_path, ade_folder, crop_size=16,
+                                                                        rescale_size=rescale_size)
+    model = build_segmentation_model(model_args, segmentation_args, "mixedae", {0: "a", 1: "b", 2: "c", 3: "d"})
+    data = SegmentationData(data_args, training_args, segmentation_args, Accelerator(cpu=True))
+    processor = segmentation_image_processor(model.config.backbone_config, segmentation_args)
+    data.build_loaders(model.config, 4, processor)
+    # mmseg's img_scale: the short side (4x for the long side), before the random ratio in training.
+    assert data.train_transform.transform.transform.scale == (4 * expected, expected)
+    assert data.evaluation_transform.scale == (4 * expected, expected)
+    assert processor.size == {"height": expected, "width": expected}
+    image = Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8))
+    assert data.evaluation_transform(image, np.zeros((20, 24), dtype=np.uint8))["pixel_values"].shape[1] == expected
+
+
 def test_reduce_labels_in_data_and_processor(tmp_path):
     annotation = Image.fromarray(np.array([[0, 1, 2], [3, 255, 1]], dtype=np.uint8), mode="L")
     reduced = read_label_map(annotation, reduce_labels=True, num_labels=3)
@@ -257,6 +277,7 @@ def test_post_process_semantic_segmentation_resizes_to_each_image():
     [
         (["--eval_mode", "sliding"], r"--eval_mode 'sliding' is not valid: choose one of \('whole', 'slide'\)"),
         (["--crop_size", "0"], "--crop_size 0 is not valid"),
+        (["--rescale_size", "-64"], "--rescale_size -64 is not valid: a short side in pixels >= 1"),
         (["--eval_stride", "600"], "--eval_stride 600 is not valid: at most --crop_size 512"),
         (["--out_indices", "3", "5", "7"], "--multi_scale_neck takes exactly 4 stages"),
         (["--out_indices", "5", "3", "7", "9"], "increasing, distinct stage indices"),
@@ -284,6 +305,10 @@ def test_id2label_from_a_json_file(tmp_path):
 def test_task_errors_before_training(tmp_path, ade_folder):
     with pytest.raises(ValueError, match="--crop_size 18 is not valid: a multiple of the backbone's patch size 4"):
         run_semantic_segmentation(*arguments(tmp_path / "a", ade_folder, crop_size=18))
+    with pytest.raises(ValueError, match="--rescale_size 30 is not valid: a multiple of the backbone's patch size 4, "
+                                         "e.g. 28"):
+        run_semantic_segmentation(*arguments(tmp_path / "g", ade_folder, rescale_size=30))
+    assert not (tmp_path / "g").exists()
     with pytest.raises(ValueError, match=r"--out_indices \[1, 2, 3, 6\] is not valid: stages of a 4-layer backbone"):
         run_semantic_segmentation(*arguments(tmp_path / "b", ade_folder, out_indices=[1, 2, 3, 6]))
     with pytest.raises(ValueError, match=r"--out_indices \[1, 2\] is not valid: the auxiliary head reads the third"):

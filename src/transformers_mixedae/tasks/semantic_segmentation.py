@@ -127,12 +127,13 @@ def build_segmentation_model(
 
 
 def segmentation_image_processor(backbone_config, segmentation_args: SegmentationArguments):
-    """The processor saved with the model: resize to the training crop (a multiple of the patch size, so any
-    image gives a valid input), normalise; `do_reduce_labels` as trained; `post_process_semantic_segmentation`
-    gives the class-id map at each image's own size (what `pipeline("image-segmentation")` calls)."""
-    crop = segmentation_args.crop_size
+    """The processor saved with the model: resize to the evaluation scale (`--rescale_size`, default the training
+    crop; a multiple of the patch size, so any image gives a valid input), square, normalise; `do_reduce_labels` as
+    trained; `post_process_semantic_segmentation` gives the class-id map at each image's own size (what
+    `pipeline("image-segmentation")` calls)."""
+    side = segmentation_args.resolved_rescale_size
     return pil_image_processor_class(backbone_config)(
-        size={"height": crop, "width": crop}, do_center_crop=False, do_reduce_labels=segmentation_args.reduce_labels,
+        size={"height": side, "width": side}, do_center_crop=False, do_reduce_labels=segmentation_args.reduce_labels,
     )
 
 
@@ -166,16 +167,20 @@ class SemanticSegmentationTask(TrainingTask):
         self.data: SegmentationData | None = None
 
     def check_arguments(self) -> None:
-        """The crop against the patch size and `--out_indices` against the depth, before anything is written."""
+        """The crop and rescale sizes against the patch size and `--out_indices` against the depth, before anything
+        is written."""
         overrides = _backbone_overrides(self.model_args, self.segmentation_args, self.model_type)
         config_class = CONFIG_MAPPING[self.model_type]
         if self.model_args.model_name_or_path:
             config = config_class.from_pretrained(self.model_args.model_name_or_path, **overrides)
         else:
             config = config_class(**overrides)
-        crop, patch_size = self.segmentation_args.crop_size, config.patch_size
-        check_argument(crop % patch_size == 0, "crop_size", crop,
-                       f"a multiple of the backbone's patch size {patch_size}, e.g. {max(1, crop // patch_size) * patch_size}")
+        patch_size = config.patch_size
+        for name in ("crop_size", "rescale_size"):
+            side = getattr(self.segmentation_args, name)
+            check_argument(side is None or side % patch_size == 0, name, side,
+                           f"a multiple of the backbone's patch size {patch_size}, "
+                           f"e.g. {max(1, (side or 0) // patch_size) * patch_size}")
         _stages(self.segmentation_args, config.num_hidden_layers)
 
     def label_names(self) -> dict[int, str]:
@@ -230,13 +235,14 @@ class SemanticSegmentationTask(TrainingTask):
 
     def description(self) -> str:
         args = self.segmentation_args
-        return (f"UperNet segmentation on {self.model_type}, crop {args.crop_size}, layer decay {args.layer_decay}, "
+        return (f"UperNet segmentation on {self.model_type}, crop {args.crop_size} of images rescaled to "
+                f"{args.resolved_rescale_size}, layer decay {args.layer_decay}, "
                 f"auxiliary head {args.auxiliary_loss_weight if args.auxiliary_head else 'off'}, "
                 f"evaluation {args.eval_mode}")
 
     def recipe_arguments(self) -> dict[str, Any]:
         args = self.segmentation_args
-        return {"crop_size": args.crop_size, "layer_decay": args.layer_decay, "reduce_labels": args.reduce_labels,
+        return {"crop_size": args.crop_size, "rescale_size": args.resolved_rescale_size, "layer_decay": args.layer_decay, "reduce_labels": args.reduce_labels,
                 "photometric_distortion": args.photometric_distortion, "cat_max_ratio": args.cat_max_ratio,
                 "auxiliary_loss_weight": args.auxiliary_loss_weight if args.auxiliary_head else None}
 

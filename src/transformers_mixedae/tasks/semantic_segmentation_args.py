@@ -52,6 +52,13 @@ class SegmentationArguments:
                           "down by one."},
     )
     crop_size: int = field(default=512, metadata={"help": "Training crop side in pixels (MAE/CAE on ADE20K: 512)."})
+    rescale_size: int | None = field(
+        default=None,
+        metadata={"help": "Short side images are rescaled to (long side at most 4x), before the random 0.5-2 ratio "
+                          "in training and as is for evaluation and the saved image processor: mmseg's img_scale "
+                          "(2048, 512) on ADE20K. Default: --crop_size. Larger than the crop, training crops see "
+                          "part of each image at the evaluation scale."},
+    )
     photometric_distortion: bool = field(
         default=True, metadata={"help": "mmseg's photometric distortion of training images (brightness, contrast, "
                                         "saturation, hue)."},
@@ -107,6 +114,7 @@ class SegmentationArguments:
         else:
             self.id2label_map = None
         check_argument(_positive_int(self.crop_size), "crop_size", self.crop_size, "a side in pixels >= 1, e.g. 512")
+        _check_optional(self, ("rescale_size",), _positive_int, "a short side in pixels >= 1, e.g. 512")
         check_argument(_finite(self.cat_max_ratio) and 0 < self.cat_max_ratio <= 1, "cat_max_ratio",
                        self.cat_max_ratio, "a fraction in (0, 1] (1 turns the redraw off)")
         check_argument(self.eval_mode in EVAL_MODES, "eval_mode", self.eval_mode, f"choose one of {EVAL_MODES}")
@@ -135,6 +143,9 @@ class SegmentationArguments:
             check_argument(_positive_int(getattr(self, name)), name, getattr(self, name), "a channel count >= 1")
 
     @property
+    def resolved_rescale_size(self) -> int:
+        return self.rescale_size if self.rescale_size is not None else self.crop_size
+
     def resolved_eval_stride(self) -> int:
         return self.eval_stride if self.eval_stride is not None else max(1, (2 * self.crop_size) // 3)
 

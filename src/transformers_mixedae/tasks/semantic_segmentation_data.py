@@ -62,8 +62,8 @@ from .semantic_segmentation_args import SegmentationArguments, label_map_column
 logger = get_logger(__name__)
 
 NUM_VISUALIZED_IMAGES = 4
-# Rescale bounds of the recipe as multiples of the crop: ADE20K's (2048, 512) for crop 512.
-SCALE_PER_CROP = (4, 1)
+# Rescale bounds of the recipe as multiples of the short side: ADE20K's (2048, 512).
+SCALE_PER_SHORT_SIDE = (4, 1)
 
 
 class PairedTransform:
@@ -215,7 +215,8 @@ class SegmentationData(PretrainingData):
         self.num_labels = num_labels
         self.patch_size = config.backbone_config.patch_size
         crop = segmentation.crop_size
-        scale = (SCALE_PER_CROP[0] * crop, SCALE_PER_CROP[1] * crop)
+        short_side = segmentation.resolved_rescale_size
+        scale = (SCALE_PER_SHORT_SIDE[0] * short_side, SCALE_PER_SHORT_SIDE[1] * short_side)
         augmentation = SegmentationTrainTransform(
             crop_size=crop, scale=scale, cat_max_ratio=segmentation.cat_max_ratio,
             photometric_distortion=segmentation.photometric_distortion, normalize=False,
