@@ -95,10 +95,13 @@ MODELS = {
     "vitmae": "transformers ViTMAEForPreTraining (mask 0.75), the anchor",
     "mixedae-mae": "MixedAE in MAE mode (r=1, mask 0.75, no segment embedding, no HA, no HC)",
     "mixedae": "MixedAE r=0.25, homologous attention on all layers, contrastive weight 0.1",
+    "mixedae-logits-hc": "the same with the contrastive term on the homologous layers' attention logits and no "
+    "segment embedding (the recognition design of docs/ablations.md)",
     "cae": "CAEForPreTraining, official token target with random ids (tokenizer not run), package defaults for "
     "regressor/decoder/drop path, 50% block masking",
 }
 ANCHOR = "vitmae"
+MIXING_MODELS = ("mixedae", "mixedae-logits-hc")  # groups of 4 images
 # torch's default picks the for-loop on CPU and foreach on CUDA; run_mim.py uses fused where torch has it.
 ADAMW_IMPLEMENTATIONS = {"default": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 TABLE_COLUMNS = (
@@ -161,7 +164,7 @@ def build_mixedae_mae(size: str, attn: str):
     return MixedAEForPreTraining(config)
 
 
-def build_mixedae(size: str, attn: str):
+def build_mixedae(size: str, attn: str, **design):
     from transformers_mixedae import MixedAEForPreTraining
 
     config = _mixedae_config(
@@ -171,8 +174,13 @@ def build_mixedae(size: str, attn: str):
         mask_ratio=0.0,
         homologous_attention_layers=None,
         homologous_contrastive_weight=0.1,
+        **design,
     )
     return MixedAEForPreTraining(config)
+
+
+def build_mixedae_logits_hc(size: str, attn: str):
+    return build_mixedae(size, attn, homologous_contrastive_target="attention_logits", segment_embedding="none")
 
 
 def build_cae(size: str, attn: str):
@@ -203,7 +211,8 @@ def model_inputs(model, pixel_values: torch.Tensor) -> dict:
     return inputs
 
 
-BUILDERS = {"vitmae": build_vitmae, "mixedae-mae": build_mixedae_mae, "mixedae": build_mixedae, "cae": build_cae}
+BUILDERS = {"vitmae": build_vitmae, "mixedae-mae": build_mixedae_mae, "mixedae": build_mixedae,
+            "mixedae-logits-hc": build_mixedae_logits_hc, "cae": build_cae}
 
 
 # ---------------------------------------------------------------------------------------------- official CAE
@@ -1032,7 +1041,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.models = [] if args.official_cae_repo is not None else list(MODELS)
     else:
         args.models = parse_list(args.models, MODELS, "models")
-    if args.batch_size < 1 or ("mixedae" in args.models and args.batch_size % 4):
+    if args.batch_size < 1 or (set(MIXING_MODELS) & set(args.models) and args.batch_size % 4):
         raise SystemExit(f"--batch-size {args.batch_size} must be a positive multiple of 4 (MixedAE groups 4 images)")
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit("--repeats must be >= 1 and --warmup >= 0")

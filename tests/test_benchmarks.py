@@ -58,7 +58,7 @@ def test_main_prints_table_and_writes_json(bench, tmp_path, capsys):
 
     rows = {row["model"]: row for row in on_disk["rows"]}
     assert set(rows) == set(bench.MODELS)
-    for name in ("vitmae", "mixedae-mae", "mixedae"):
+    for name in ("vitmae", "mixedae-mae", "mixedae", "mixedae-logits-hc"):
         row = rows[name]
         assert row["status"] == "ok", row["error"]
         assert (row["size"], row["precision"], row["attn"], row["batch_size"]) == ("micro", "fp32", "eager", 4)
@@ -70,6 +70,8 @@ def test_main_prints_table_and_writes_json(bench, tmp_path, capsys):
     # MAE mode does MAE's work exactly; the full model adds the contrastive similarity and top-k attention.
     assert rows["mixedae-mae"]["flops_per_step"] == rows["vitmae"]["flops_per_step"]
     assert rows["mixedae"]["flops_per_step"] > rows["vitmae"]["flops_per_step"]
+    # The recognition design moves the contrastive term to the attention logits: a different count, same kernels.
+    assert rows["mixedae-logits-hc"]["flops_per_step"] != rows["mixedae"]["flops_per_step"]
     # CAE is measured once the package has it, and is otherwise a reported gap, not a crash.
     assert rows["cae"]["status"] in ("ok", "unavailable")
     if rows["cae"]["status"] == "unavailable":
