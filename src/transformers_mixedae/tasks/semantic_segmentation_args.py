@@ -146,6 +146,7 @@ class SegmentationArguments:
     def resolved_rescale_size(self) -> int:
         return self.rescale_size if self.rescale_size is not None else self.crop_size
 
+    @property
     def resolved_eval_stride(self) -> int:
         return self.eval_stride if self.eval_stride is not None else max(1, (2 * self.crop_size) // 3)
 
