@@ -59,6 +59,7 @@ if importlib.util.find_spec("transformers_mixedae") is None and os.path.isdir(_S
 import transformers_mixedae  # noqa: F401  (registers the models)
 from transformers import HfArgumentParser
 
+from transformers_mixedae.evaluation.dense_probe import dense_benchmark_tensors, run_dense_probe
 from transformers_mixedae.evaluation.homologous_probe import can_probe, homologous_probe, validation_batch
 from transformers_mixedae.models.presets import ViTSize
 from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
@@ -490,6 +491,29 @@ def _store_segmentation(record: dict, results: dict, settings: str, seeds: int) 
         record[key], _ = mean_std([results[str(seed)][key] for seed in range(seeds) if str(seed) in results])
 
 
+DENSE_PROBE_METRICS = ("mean_iou", "mean_accuracy", "overall_accuracy")
+
+
+def dense_probe_runs(records: list[dict], output_dir: Path) -> int:
+    """Adds the frozen dense linear probe (`evaluation.dense_probe`, bundled dense benchmark at 64 px) to every
+    record without it and saves the record; the scenes are decoded once. Returns the number probed."""
+    pending = [record for record in records if record.get("dense_probe_mean_iou") is None]
+    if not pending:
+        return 0
+    data = dense_benchmark_tensors()
+    for record in pending:
+        run_dir = output_dir / "runs" / record["arm"] / f"seed_{record['seed']}"
+        start = time.perf_counter()
+        result = run_dense_probe(str(run_dir), data=data)
+        for key in DENSE_PROBE_METRICS:
+            record[f"dense_probe_{key}"] = result[key]
+        record["dense_probe_seconds"] = time.perf_counter() - start
+        save_record(run_dir, record)
+        print(f"{record['arm']} seed {record['seed']}: dense linear probe mIoU {100 * result['mean_iou']:.1f} %",
+              flush=True)
+    return len(pending)
+
+
 def save_record(run_dir: Path, record: dict) -> None:
     temporary = run_dir / (RESULT_FILENAME + ".tmp")
     temporary.write_text(json.dumps(record, indent=2))
@@ -501,6 +525,7 @@ SUMMARY_METRICS = (
     "eval_knn_accuracy",
     "eval_linear_probe_accuracy",
     "eval_mean_iou",
+    "dense_probe_mean_iou",
     "eval_loss",
     "train_loss",
     "final_homologous_topk_accuracy",
@@ -513,7 +538,7 @@ SUMMARY_COLUMNS = ("arm", "label", "num_seeds") + tuple(
 )
 MARKDOWN_COLUMNS = (
     "arm", "what it is", "seeds", "kNN top-1 (%)", "linear probe top-1 (%)", "LP vs MAE (pts)",
-    "dense mIoU (%)", "eval loss", "top-k acc. (final)", "top-k acc. foreground (final)", "min / run",
+    "dense mIoU (%)", "dense linear mIoU (%)", "eval loss", "top-k acc. (final)", "top-k acc. foreground (final)", "min / run",
 )
 
 
@@ -563,6 +588,7 @@ def markdown_table(summary: list[dict]) -> str:
             _cell(row["eval_linear_probe_accuracy_mean"], row["eval_linear_probe_accuracy_std"], 100),
             delta,
             _cell(row["eval_mean_iou_mean"], row["eval_mean_iou_std"], 100),
+            _cell(row["dense_probe_mean_iou_mean"], row["dense_probe_mean_iou_std"], 100),
             _cell(row["eval_loss_mean"], row["eval_loss_std"], digits=3),
             _cell(row["final_homologous_topk_accuracy_mean"], row["final_homologous_topk_accuracy_std"], digits=3),
             _cell(row["final_homologous_topk_accuracy_foreground_mean"],
@@ -725,7 +751,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Worker processes, each single-threaded with its share of the runs (default 1: this "
                         "process, torch's thread count). On a small CPU, --jobs <cores> avoids thread contention.")
     parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # "k/n": a worker of --jobs n
-    parser.add_argument("--report_only", action="store_true", help="Only rebuild tables and plots from results.")
+    parser.add_argument("--dense_probe", action="store_true",
+                        help="Also score every finished run with the frozen dense linear probe on the bundled dense "
+                        "benchmark (evaluation.dense_probe, about a minute per run; runs that have it are skipped).")
+    parser.add_argument("--report_only", action="store_true",
+                        help="Only rebuild tables and plots from results (with --dense_probe, probe the runs that lack "
+                        "it first).")
     args = parser.parse_args(argv)
     unknown = [name for name in args.arms.split(",") if name and name not in ARMS]
     if unknown:
@@ -877,6 +908,8 @@ def main(argv: list[str] | None = None) -> dict:
         record = load_result(run_dir, _without_output_dir(run_arguments(arm, size, steps, seed, run_dir)))
         if record is not None:
             records.append(record)
+    if args.dense_probe:
+        dense_probe_runs(records, output_dir)
     summary = report(records)
     print((output_dir / "summary.md").read_text(), flush=True)
     print(f"{len(records)} of {len(plan)} runs have results ({trained} trained by this process); "

@@ -2,6 +2,7 @@
 the top-k curve, resuming, and the arms' configurations (never a timing or an accuracy)."""
 
 import csv
+import functools
 import importlib
 import json
 from pathlib import Path
@@ -29,7 +30,7 @@ def read_csv(path: Path) -> tuple[list[str], list[dict]]:
         return reader.fieldnames, list(reader)
 
 
-def test_two_arm_grid_writes_tables_plots_curve_and_resumes(ablate, tmp_path):
+def test_two_arm_grid_writes_tables_plots_curve_and_resumes(ablate, tmp_path, monkeypatch):
     argv = ["--size", "tiny", "--arms", "mae,full", "--seeds", "1", "--steps", "2", "--output_dir", str(tmp_path)]
     result = ablate.main(argv)
     assert result["trained"] == 2
@@ -81,6 +82,20 @@ def test_two_arm_grid_writes_tables_plots_curve_and_resumes(ablate, tmp_path):
     loaded = ablate.main(argv)["records"][1]
     assert loaded["final_homologous_topk_accuracy_foreground"] == full["topk_curve"][-1][
         "homologous_topk_accuracy_foreground"]
+
+    # --dense_probe scores the finished runs (without training) and the tables gain its column (here on 16 training
+    # scenes at 32 px, to keep the test short).
+    monkeypatch.setattr(ablate, "dense_benchmark_tensors",
+                        functools.partial(ablate.dense_benchmark_tensors, image_size=32, max_train_images=16))
+    probed = ablate.main([*argv, "--report_only", "--dense_probe"])
+    assert probed["trained"] == 0
+    for record in probed["records"]:
+        assert 0.0 <= record["dense_probe_mean_iou"] <= 1.0
+        assert json.loads((tmp_path / "runs" / record["arm"] / "seed_0" / ablate.RESULT_FILENAME).read_text())[
+            "dense_probe_mean_iou"] == record["dense_probe_mean_iou"]
+    _, rows = read_csv(tmp_path / "runs.csv")
+    assert [float(row["dense_probe_mean_iou"]) for row in rows] == [
+        record["dense_probe_mean_iou"] for record in probed["records"]]
     with pytest.raises(SystemExit, match="other settings"):
         ablate.main([*argv[:-4], "--steps", "3", "--output_dir", str(tmp_path)])
 
