@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 
 # Run from a checkout without installing: fall back to the repository's src/ folder.
 _SOURCE_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
@@ -501,6 +502,7 @@ def dense_probe_runs(records: list[dict], output_dir: Path) -> int:
     if not pending:
         return 0
     data = dense_benchmark_tensors()
+    transformers.logging.set_verbosity_error()  # each backbone leaves the decoder's weights unused, as expected
     for record in pending:
         run_dir = output_dir / "runs" / record["arm"] / f"seed_{record['seed']}"
         start = time.perf_counter()
