@@ -755,7 +755,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # "k/n": a worker of --jobs n
     parser.add_argument("--dense_probe", action="store_true",
                         help="Also score every finished run with the frozen dense linear probe on the bundled dense "
-                        "benchmark (evaluation.dense_probe, about a minute per run; runs that have it are skipped).")
+                        "benchmark (evaluation.dense_probe, a few CPU minutes per run; runs that have it are skipped).")
     parser.add_argument("--report_only", action="store_true",
                         help="Only rebuild tables and plots from results (with --dense_probe, probe the runs that lack "
                         "it first).")

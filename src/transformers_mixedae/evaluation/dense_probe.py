@@ -5,8 +5,8 @@ The encoder stays frozen; a linear classifier (MAE's linear-probe head: BatchNor
 image-level probe's `train_linear_probe`) is trained on the last layer's patch features to predict each patch's
 majority class, and is scored at pixel level: its patch logits are upsampled bilinearly to the label map and the
 mean IoU comes from one confusion matrix over the whole validation split. The linear segmentation evaluation of
-self-supervised ViTs, it isolates the features from a fine-tuning recipe, so it separates pre-training methods that
-a short UperNet fine-tune (which retrains the encoder) cannot, and it runs in a minute on a CPU.
+self-supervised ViTs, it scores the features themselves, not a fine-tuning recipe (which retrains the encoder and
+can wash differences out), and it runs in minutes on a CPU.
 
 Probe a saved pre-training (or classification) folder on the bundled dense benchmark (prints JSON)::
 
