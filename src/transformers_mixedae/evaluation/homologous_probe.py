@@ -39,6 +39,14 @@ def can_probe(model: torch.nn.Module) -> bool:
     )
 
 
+def _patch_pixels(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """`(B, N, C, p*p)` float32: each patch's pixels per channel, patches in raster order."""
+    batch, channels, height, width = pixel_values.shape
+    patches = pixel_values.float().reshape(batch, channels, height // patch_size, patch_size, width // patch_size,
+                                           patch_size)
+    return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels, patch_size * patch_size)
+
+
 def foreground_patches(
     pixel_values: torch.Tensor,
     patch_size: int,
@@ -51,10 +59,7 @@ def foreground_patches(
     channel, so the un-normalised range of a patch is its normalised range times `image_std`. A patch is constant when
     that range is below `threshold` in every channel.
     """
-    batch, channels, height, width = pixel_values.shape
-    patches = pixel_values.float().reshape(batch, channels, height // patch_size, patch_size, width // patch_size,
-                                           patch_size)
-    patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels, patch_size * patch_size)
+    patches = _patch_pixels(pixel_values, patch_size)
     value_range = patches.amax(dim=-1) - patches.amin(dim=-1)  # (B, N, C)
     std = torch.as_tensor(image_std, dtype=value_range.dtype, device=value_range.device)
     return (value_range * std >= threshold).any(dim=-1)
@@ -64,10 +69,7 @@ def constant_patch_values(pixel_values: torch.Tensor, patch_size: int,
                           image_std: Sequence[float] = IMAGENET_DEFAULT_STD) -> torch.Tensor:
     """`(B, N, C)` integers: each patch's mean in uint8 levels up to a per-channel offset, so that two constant patches
     get equal rows exactly when their pixels are equal (the normalisation mean is not needed for that)."""
-    batch, channels, height, width = pixel_values.shape
-    patches = pixel_values.float().reshape(batch, channels, height // patch_size, patch_size, width // patch_size,
-                                           patch_size)
-    means = patches.mean(dim=(3, 5)).permute(0, 2, 3, 1).reshape(batch, -1, channels)
+    means = _patch_pixels(pixel_values, patch_size).mean(dim=-1)  # (B, N, C)
     std = torch.as_tensor(image_std, dtype=means.dtype, device=means.device)
     return torch.round(means * std * 255).long()
 
