@@ -540,7 +540,8 @@ SUMMARY_COLUMNS = ("arm", "label", "num_seeds") + tuple(
 )
 MARKDOWN_COLUMNS = (
     "arm", "what it is", "seeds", "kNN top-1 (%)", "linear probe top-1 (%)", "LP vs MAE (pts)",
-    "dense mIoU (%)", "dense linear mIoU (%)", "eval loss", "top-k acc. (final)", "top-k acc. foreground (final)", "min / run",
+    "dense mIoU (%)", "dense linear mIoU (%)", "eval loss", "top-k acc. (final)", "top-k acc. foreground (final)",
+    "min / run",
 )
 
 

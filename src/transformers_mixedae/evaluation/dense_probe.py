@@ -60,8 +60,8 @@ def patch_features(backbone: torch.nn.Module, pixel_values: torch.Tensor,
     backbone.eval()
     try:
         device = next(backbone.parameters()).device
-        maps = [backbone(pixel_values=pixel_values[start : start + batch_size].to(device)).feature_maps[-1].float().cpu()
-                for start in range(0, pixel_values.shape[0], batch_size)]
+        maps = [backbone(pixel_values=pixel_values[start : start + batch_size].to(device)).feature_maps[-1]
+                .float().cpu() for start in range(0, pixel_values.shape[0], batch_size)]
     finally:
         backbone.train(was_training)
     return torch.cat(maps)
@@ -109,8 +109,12 @@ def dense_linear_probe(
     }
 
 
-def dense_benchmark_tensors(image_size: int = DEFAULT_IMAGE_SIZE, max_train_images: int | None = DEFAULT_MAX_TRAIN_IMAGES,
-                            data_dir: str | None = None, dataset_name: str | None = None) -> dict[str, Any]:
+def dense_benchmark_tensors(
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    max_train_images: int | None = DEFAULT_MAX_TRAIN_IMAGES,
+    data_dir: str | None = None,
+    dataset_name: str | None = None,
+) -> dict[str, Any]:
     """Both splits of a segmentation source (the bundled dense benchmark by default) as tensors: images rescaled
     to short side `image_size` (square scenes: `image_size` x `image_size`), ImageNet-normalised, label maps
     resized with nearest neighbour to the same size; the first `max_train_images` training images (None: all) and
@@ -129,8 +133,8 @@ def dense_benchmark_tensors(image_size: int = DEFAULT_IMAGE_SIZE, max_train_imag
                  for example in dataset]
         shapes = {tuple(pair["labels"].shape) for pair in pairs}
         if len(shapes) != 1:
-            raise ValueError(f"{loaded.source} {name}: images of several shapes after rescaling ({sorted(shapes)[:3]}); "
-                             "the dense probe needs one size: use square images")
+            raise ValueError(f"{loaded.source} {name}: images of several shapes after rescaling "
+                             f"({sorted(shapes)[:3]}); the dense probe needs one size: use square images")
         splits[name] = (torch.stack([pair["pixel_values"] for pair in pairs]),
                         torch.stack([pair["labels"] for pair in pairs]))
     id2label = loaded.id2label
@@ -179,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help=f"Side the scenes are rescaled to (default {DEFAULT_IMAGE_SIZE}, their own).")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="Epochs of the patch classifier.")
     parser.add_argument("--max_train_images", type=int, default=DEFAULT_MAX_TRAIN_IMAGES,
-                        help=f"Training scenes whose patches train the classifier (default {DEFAULT_MAX_TRAIN_IMAGES}).")
+                        help="Training scenes whose patches train the classifier "
+                        f"(default {DEFAULT_MAX_TRAIN_IMAGES}).")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if min(args.image_size, args.epochs, args.max_train_images) < 1:

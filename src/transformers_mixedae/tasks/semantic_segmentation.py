@@ -242,7 +242,8 @@ class SemanticSegmentationTask(TrainingTask):
 
     def recipe_arguments(self) -> dict[str, Any]:
         args = self.segmentation_args
-        return {"crop_size": args.crop_size, "rescale_size": args.resolved_rescale_size, "layer_decay": args.layer_decay, "reduce_labels": args.reduce_labels,
+        return {"crop_size": args.crop_size, "rescale_size": args.resolved_rescale_size,
+                "layer_decay": args.layer_decay, "reduce_labels": args.reduce_labels,
                 "photometric_distortion": args.photometric_distortion, "cat_max_ratio": args.cat_max_ratio,
                 "auxiliary_loss_weight": args.auxiliary_loss_weight if args.auxiliary_head else None}
 
