@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..data.segmentation_transforms import SegmentationEvaluationTransform
 from ..models.image_processing_mixedae import SEGMENTATION_IGNORE_INDEX
+from .eval_mode import eval_mode
 from .frozen_features import train_linear_probe
 from .segmentation_metrics import confusion_matrix, segmentation_scores
 
@@ -56,14 +57,10 @@ def patch_labels(labels: torch.Tensor, patch_size: int, num_labels: int,
 def patch_features(backbone: torch.nn.Module, pixel_values: torch.Tensor,
                    batch_size: int = FEATURE_BATCH_SIZE) -> torch.Tensor:
     """`(B, C, h, w)`: the backbone's last feature map for every image, in eval mode (the mode is restored)."""
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        device = next(backbone.parameters()).device
+    device = next(backbone.parameters()).device
+    with eval_mode(backbone):
         maps = [backbone(pixel_values=pixel_values[start : start + batch_size].to(device)).feature_maps[-1]
                 .float().cpu() for start in range(0, pixel_values.shape[0], batch_size)]
-    finally:
-        backbone.train(was_training)
     return torch.cat(maps)
 
 

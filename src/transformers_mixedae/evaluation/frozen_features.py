@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .eval_mode import eval_mode
+
 KNN_NEIGHBOURS = 20
 KNN_TEMPERATURE = 0.07
 LINEAR_PROBE_BATCH_NORM_EPS = 1e-6
@@ -364,10 +366,8 @@ def extract_features(
     encoder = module.base_model if use_base_model and hasattr(module, "base_model") else module
     device = accelerator.device if accelerator is not None else next(encoder.parameters()).device
     per_batch_gather = accelerator is not None and _is_prepared_by_accelerate(dataloader)
-    was_training = encoder.training
-    encoder.eval()
     features, labels = [], []
-    try:
+    with eval_mode(encoder):
         for batch in dataloader:
             if labels_key not in batch:
                 raise KeyError(f"feature extraction needs {labels_key!r} in every batch; got keys {sorted(batch)}")
@@ -380,8 +380,6 @@ def extract_features(
                 batch_features, batch_labels = accelerator.gather_for_metrics((batch_features, batch_labels))
             features.append(batch_features.cpu())
             labels.append(batch_labels.cpu())
-    finally:
-        encoder.train(was_training)
     hidden_size = getattr(getattr(encoder, "config", None), "hidden_size", 0)
     all_features = torch.cat(features) if features else torch.zeros(0, hidden_size)
     all_labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)

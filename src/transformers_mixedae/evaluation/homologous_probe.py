@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .eval_mode import eval_mode
+
 # A patch is *constant* (background) when, in every channel, max - min of its un-normalised pixels (in [0, 1]) is
 # below half a uint8 level: at uint8 precision, all its pixels are equal.
 CONSTANT_PATCH_THRESHOLD = 0.5 / 255
@@ -157,18 +159,15 @@ def homologous_probe(
     noise = torch.rand(usable // group_size, num_patches, generator=torch.Generator().manual_seed(seed)).to(device)
 
     encoder = model.vit
-    was_training = model.training
     devices = [device] if device.type == "cuda" else []
-    model.eval()
     encoder.record_homologous_topk_per_query = True
     try:
-        with torch.random.fork_rng(devices=devices):
+        with eval_mode(model), torch.random.fork_rng(devices=devices):
             outputs = model(pixel_values=pixel_values, noise=noise)
         counts = encoder.__dict__.pop("homologous_topk_query_counts")  # (layers, B/g, num_kept, 2)
     finally:
         encoder.record_homologous_topk_per_query = False
         encoder.__dict__.pop("homologous_topk_query_counts", None)
-        model.train(was_training)
 
     mixing = model.draw_mixing(usable, num_patches, noise, device=device)
     foreground = foreground_patches(pixel_values, config.patch_size, image_std, threshold)  # (B, N)

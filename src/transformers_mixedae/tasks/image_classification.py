@@ -45,6 +45,7 @@ from ..data import (
 from ..data.rand_augment import auto_augment_off
 from ..data.transforms import ClassificationTrainTransform
 from ..data.batch_augmentation import MixupCutmix, random_erase, soft_target_cross_entropy
+from ..evaluation.eval_mode import eval_mode
 from ..evaluation.frozen_features import LINEAR_PROBE_BATCH_NORM_EPS, LINEAR_PROBE_INIT_STD, Accuracy, _gather_uneven
 from .image_classification_args import (
     PROBE_MODES,
@@ -256,17 +257,15 @@ class ClassificationData(PretrainingData):
         """Top-1 / top-5 accuracy (the shipped `evaluate` metric) and loss on the validation split, all ranks."""
         # The unwrapped model: DDP's forward would synchronise buffers, and ranks may hold different batch counts.
         module = self.accelerator.unwrap_model(model)
-        was_training = module.training
-        module.eval()
         logits, labels = [torch.zeros(0, module.config.num_labels)], [torch.zeros(0, dtype=torch.long)]
-        for batch in self._evaluation_loader(self.datasets.validation, self.data_args.max_eval_samples):
-            if "pixel_values" not in batch:
-                continue
-            with self.accelerator.autocast():
-                outputs = module(pixel_values=batch["pixel_values"].to(self.accelerator.device))
-            logits.append(outputs.logits.float().cpu())
-            labels.append(batch["labels"].cpu())
-        module.train(was_training)
+        with eval_mode(module):
+            for batch in self._evaluation_loader(self.datasets.validation, self.data_args.max_eval_samples):
+                if "pixel_values" not in batch:
+                    continue
+                with self.accelerator.autocast():
+                    outputs = module(pixel_values=batch["pixel_values"].to(self.accelerator.device))
+                logits.append(outputs.logits.float().cpu())
+                labels.append(batch["labels"].cpu())
         all_logits, all_labels = torch.cat(logits), torch.cat(labels)
         if self.accelerator.num_processes > 1:
             all_logits = _gather_uneven(self.accelerator, all_logits)

@@ -33,12 +33,18 @@ from ..data import (
     pretraining_transform_for_model_type,
     synchronized_batches,
 )
+from ..evaluation.eval_mode import eval_mode
 from ..evaluation.frozen_features import evaluate_frozen_features, extract_features
 from ..evaluation.homologous_probe import can_probe, homologous_probe
+from ..evaluation.visualization import (
+    mixed_samples,
+    save_homologous_attention_figure,
+    save_reconstruction_grid,
+    to_display,
+)
 from ..models.modeling_mixedae import mixing_assignment
 from ..training.arguments import DataArguments, ModelArguments, PretrainingEvaluationArguments, TrainingArguments
 from ..training.records import SKIPPED_SAMPLES_NAME, write_skipped_samples
-from ..evaluation.visualization import mixed_samples, save_homologous_attention_figure, save_reconstruction_grid, to_display
 
 logger = get_logger(__name__)
 
@@ -418,13 +424,11 @@ class PretrainingData:
     def _evaluate(self, model, step: int) -> dict[str, float]:
         results: dict[str, float] = {}
         validation = self.datasets.validation
-        was_training = model.training
-        model.eval()
-        if self.datasets.label_column_name is not None:
-            results.update(self.frozen_feature_metrics(model))
-        results.update(self._reconstruction_loss_and_pictures(model, validation, step))
-        results.update(self.homologous_probe_metrics(model, validation))
-        model.train(was_training)
+        with eval_mode(model):
+            if self.datasets.label_column_name is not None:
+                results.update(self.frozen_feature_metrics(model))
+            results.update(self._reconstruction_loss_and_pictures(model, validation, step))
+            results.update(self.homologous_probe_metrics(model, validation))
         return results
 
     def homologous_probe_metrics(self, model, validation) -> dict[str, float]:

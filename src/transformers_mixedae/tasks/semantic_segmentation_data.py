@@ -48,6 +48,7 @@ from ..data.streaming import (
     _image_column_undecoded,
     _rank_stream,
 )
+from ..evaluation.eval_mode import eval_mode
 from ..evaluation.segmentation_metrics import confusion_matrix, reduce_reference_labels, segmentation_scores
 from ..evaluation.visualization import save_image_rows, to_display
 from ..training.arguments import DataArguments, TrainingArguments
@@ -298,30 +299,20 @@ class SegmentationData(PretrainingData):
         """mIoU, mean and overall pixel accuracy (and per-class IoU) of the whole validation set, all ranks."""
         # The unwrapped model: no collective inside the forward, so ranks may hold different numbers of images.
         module = self.accelerator.unwrap_model(model)
-        was_training = module.training
-        module.eval()
         device = self.accelerator.device
         confusion = torch.zeros(self.num_labels, self.num_labels, dtype=torch.int64, device=device)
         pictures: dict[str, list[np.ndarray]] = {"image": [], "ground truth": [], "prediction": []}
         images = torch.zeros((), dtype=torch.int64, device=device)
-        for batch in self._validation_batches():
-            for pixels, labels in same_size_groups(batch["pixel_values"], batch["labels"]):
-                pixel_values = self.normalize_batch(pixels.to(device))
-                logits = self.segment(module, pixel_values)
-                labels = labels.to(device)
-                logits = F.interpolate(logits, size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=False)
-                predictions = logits.argmax(dim=1)
-                confusion += confusion_matrix(predictions, labels, self.num_labels, SEGMENTATION_IGNORE_INDEX)
-                images += len(labels)
-                shown = min(NUM_VISUALIZED_IMAGES - len(pictures["image"]), len(labels))
-                if shown > 0 and self.accelerator.is_main_process:
-                    resized = F.interpolate(pixel_values[:shown].float(), size=tuple(labels.shape[-2:]),
-                                            mode="bilinear", align_corners=False)
-                    transform = self.evaluation_transform
-                    pictures["image"] += list(to_display(resized, transform.mean, transform.std))
-                    pictures["ground truth"] += [colour_label_maps(item, self.num_labels) for item in labels[:shown]]
-                    pictures["prediction"] += [colour_label_maps(item, self.num_labels) for item in predictions[:shown]]
-        module.train(was_training)
+        with eval_mode(module):
+            for batch in self._validation_batches():
+                for pixels, labels in same_size_groups(batch["pixel_values"], batch["labels"]):
+                    pixel_values, labels = self.normalize_batch(pixels.to(device)), labels.to(device)
+                    logits = F.interpolate(self.segment(module, pixel_values), size=tuple(labels.shape[-2:]),
+                                           mode="bilinear", align_corners=False)
+                    predictions = logits.argmax(dim=1)
+                    confusion += confusion_matrix(predictions, labels, self.num_labels, SEGMENTATION_IGNORE_INDEX)
+                    images += len(labels)
+                    self._collect_pictures(pictures, pixel_values, labels, predictions)
         if self.accelerator.num_processes > 1:
             confusion = self.accelerator.reduce(confusion, reduction="sum")
             images = self.accelerator.reduce(images, reduction="sum")
@@ -332,6 +323,19 @@ class SegmentationData(PretrainingData):
             save_image_rows(Path(self.training_args.output_dir) / "visualizations" / f"step_{step}_segmentation.png",
                             pictures)
         return self.scores(confusion, int(images))
+
+    def _collect_pictures(self, pictures: dict[str, list[np.ndarray]], pixel_values: torch.Tensor,
+                          labels: torch.Tensor, predictions: torch.Tensor) -> None:
+        """Add image | ground truth | prediction rows until `NUM_VISUALIZED_IMAGES` (main process only)."""
+        shown = min(NUM_VISUALIZED_IMAGES - len(pictures["image"]), len(labels))
+        if shown <= 0 or not self.accelerator.is_main_process:
+            return
+        resized = F.interpolate(pixel_values[:shown].float(), size=tuple(labels.shape[-2:]), mode="bilinear",
+                                align_corners=False)
+        transform = self.evaluation_transform
+        pictures["image"] += list(to_display(resized, transform.mean, transform.std))
+        pictures["ground truth"] += [colour_label_maps(item, self.num_labels) for item in labels[:shown]]
+        pictures["prediction"] += [colour_label_maps(item, self.num_labels) for item in predictions[:shown]]
 
     def scores(self, confusion: torch.Tensor, num_images: int) -> dict[str, float]:
         scores = segmentation_scores(confusion)
