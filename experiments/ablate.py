@@ -256,6 +256,12 @@ ARMS = {
             contrastive_target="attention_logits", segment_embedding="decoder"),
         Arm("qk_hc_no_segment", "HC on query-key cosines of the HA layers, no segment embedding",
             contrastive_target="queries_keys", segment_embedding="none"),
+        Arm("logits_hc3_no_segment", "HC 3.0 on attention logits, no segment embedding",
+            contrastive_target="attention_logits", segment_embedding="none", contrastive_weight=3.0),
+        Arm("logits_hc_no_segment_last_half", "HC on attention logits, no segment embedding, HA on the last half",
+            contrastive_target="attention_logits", segment_embedding="none", homologous_attention="last_half"),
+        Arm("logits_hc_no_segment_anneal", "HC on attention logits, no segment embedding, k annealed over the "
+            "first half", contrastive_target="attention_logits", segment_embedding="none", topk_anneal_fraction=0.5),
     )
 }
 # The documented grid (docs/ablations.md); the homologous-recognition arms run when named with --arms.

@@ -184,6 +184,13 @@ def test_recognition_arms_set_only_their_fields_and_run_with_max_steps(ablate):
         "logits_hc": {"homologous_contrastive_target": "attention_logits"},
         "logits_hc_no_segment": {"homologous_contrastive_target": "attention_logits", "segment_embedding": "none"},
         "qk_hc_no_segment": {"homologous_contrastive_target": "queries_keys", "segment_embedding": "none"},
+        "logits_hc3_no_segment": {"homologous_contrastive_target": "attention_logits", "segment_embedding": "none",
+                                  "homologous_contrastive_weight": 3.0},
+        "logits_hc_no_segment_last_half": {"homologous_contrastive_target": "attention_logits",
+                                           "segment_embedding": "none", "homologous_attention_layers": [2, 3]},
+        "logits_hc_no_segment_anneal": {"homologous_contrastive_target": "attention_logits",
+                                        "segment_embedding": "none", "homologous_topk_schedule": "linear",
+                                        "homologous_topk_anneal_steps": 50},
     }
     for name, changed in expected.items():
         overrides = ablate.arm_config_overrides(ablate.ARMS[name], size, steps=100)
