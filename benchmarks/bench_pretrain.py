@@ -62,10 +62,34 @@ if importlib.util.find_spec("transformers_mixedae") is None and os.path.isdir(_S
     sys.path.insert(0, _SOURCE_FOLDER)
 
 from transformers_mixedae.models.presets import VIT_PRESETS, ViTSize, vit_config_kwargs  # noqa: E402
+from transformers_mixedae.training.arguments import parse_config_overrides  # noqa: E402
+
+# The README's main job (MixedAE on the bundled Fashion-MNIST); the "main-job" size reads its model from this file so
+# that the row measures what the main job trains, whatever the file says today.
+MAIN_JOB_CONFIG = os.path.join(os.path.dirname(_SOURCE_FOLDER), "examples", "configs", "mixedae_fashion_mnist.json")
+
+
+def main_job_size(path: str = MAIN_JOB_CONFIG) -> dict:
+    """`SIZES` entry of the main job's encoder and decoder; CAE gets a regressor and decoder of the encoder's width
+    and depth 2 (the ablation grid's CAE arm at this size)."""
+    with open(path) as handle:
+        job = json.load(handle)
+    fields = parse_config_overrides(job.get("config_overrides"))
+    encoder = ViTSize(
+        hidden_size=fields["hidden_size"], num_hidden_layers=fields["num_hidden_layers"],
+        num_attention_heads=fields["num_attention_heads"], intermediate_size=fields["intermediate_size"],
+        patch_size=job["patch_size"], image_size=job["image_size"],
+    )
+    decoder = {name: value for name, value in fields.items() if name.startswith("decoder_")}
+    cae = dict(decoder_hidden_size=encoder.hidden_size, regressor_num_layers=2, decoder_num_layers=2,
+               decoder_num_attention_heads=encoder.num_attention_heads, mask_min_num_patches=4)
+    return dict(encoder=encoder, decoder=decoder, cae=cae)
+
 
 # Encoder sizes (ViT-Ti/S/B at 224 px, patch 16, from `transformers_mixedae.models.presets`) and MAE's decoder (512 wide,
-# 8 layers, 16 heads) for ViTMAE and MixedAE. "micro" is a 32 px toy for the unit test and quick smoke runs; it is
-# not in the default list.
+# 8 layers, 16 heads) for ViTMAE and MixedAE. "micro" is a 32 px toy for the unit test and quick smoke runs;
+# "main-job" is the README main job's model (32 px, patch 4; run it at that job's --batch-size 64). Neither is in the
+# default list.
 MAE_DECODER = dict(
     decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16, decoder_intermediate_size=2048
 )
@@ -88,6 +112,7 @@ SIZES = {
         ),
     ),
     **{name: dict(encoder=VIT_PRESETS[name], decoder=MAE_DECODER) for name in ("tiny", "small", "base")},
+    "main-job": main_job_size(),
 }
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 ATTENTION = ("eager", "sdpa")

@@ -222,3 +222,20 @@ def test_ours_against_the_official_cae(bench, tmp_path, capsys):
             assert row["flops_per_step"] == official["flops_per_step"] > 0
             assert row["step_time_ratio"] > 0 and row["memory_ratio"] > 0
         assert official["step_time_ratio"] == official["memory_ratio"] == 1.0
+
+
+def test_main_job_size_is_the_main_job_configs_model(bench, tmp_path):
+    job = json.loads(Path(bench.MAIN_JOB_CONFIG).read_text())
+    size = bench.SIZES["main-job"]
+    assert (size["encoder"].image_size, size["encoder"].patch_size) == (job["image_size"], job["patch_size"])
+    overrides = dict(item.split("=") for item in job["config_overrides"].split(","))
+    assert size["encoder"].hidden_size == int(overrides["hidden_size"])
+    assert size["encoder"].num_hidden_layers == int(overrides["num_hidden_layers"])
+    assert size["decoder"] == {name: int(value) for name, value in overrides.items() if name.startswith("decoder_")}
+    # Another main job gives another row: the size follows the file, not a copy of its numbers.
+    other = dict(job, image_size=64, config_overrides=job["config_overrides"].replace("num_hidden_layers=6",
+                                                                                       "num_hidden_layers=3"))
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(other))
+    changed = bench.main_job_size(str(path))
+    assert (changed["encoder"].image_size, changed["encoder"].num_hidden_layers) == (64, 3)
