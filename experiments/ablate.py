@@ -260,6 +260,9 @@ ARMS = {
             contrastive_target="attention_logits", segment_embedding="none", contrastive_weight=3.0),
         Arm("logits_hc_no_segment_last_half", "HC on attention logits, no segment embedding, HA on the last half",
             contrastive_target="attention_logits", segment_embedding="none", homologous_attention="last_half"),
+        Arm("logits_hc1_no_segment_last_half", "HC 1.0 on attention logits, no segment embedding, HA on the last "
+            "half", contrastive_target="attention_logits", segment_embedding="none", contrastive_weight=1.0,
+            homologous_attention="last_half"),
         Arm("logits_hc_no_segment_anneal", "HC on attention logits, no segment embedding, k annealed over the "
             "first half", contrastive_target="attention_logits", segment_embedding="none", topk_anneal_fraction=0.5),
     )
@@ -672,7 +675,8 @@ def plot_accuracy(summary: list[dict], records: list[dict], path: Path, size_nam
     axis.set_xticklabels([row["arm"] for row in summary], rotation=35, ha="right")
     axis.set_ylabel("Fashion-MNIST validation top-1 (%)")
     seeds = max((row["num_seeds"] for row in summary), default=0)
-    axis.set_title(f"Ablation grid, size {size_name}: {steps} steps x {batch_size} images, up to {seeds} seeds "
+    # Two lines: with few arms the axis is narrower than a one-line title, which tight_layout then clips.
+    axis.set_title(f"Ablation grid, size {size_name}: {steps} steps x {batch_size} images,\nup to {seeds} seeds "
                    "per arm (dotted: MAE's means)", fontsize=10)
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -722,7 +726,7 @@ def plot_topk_curves(records: list[dict], arm_order: list[str], path: Path, size
         if plotted:
             axis.legend(fontsize=7)
     axes[0].set_title("Kept patch keys from the query's own image", fontsize=10)
-    axes[1].set_title("Homologous contrastive term (final-layer tokens; HA logits for logits_* / qk_* arms)",
+    axes[1].set_title("Homologous contrastive term\n(final-layer tokens; HA logits for logits_* / qk_* arms)",
                       fontsize=10)
     if not plotted:
         axes[0].text(0.5, 0.5, "no arm with homologous attention", ha="center", transform=axes[0].transAxes)
