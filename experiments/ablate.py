@@ -695,8 +695,10 @@ def plot_topk_curves(records: list[dict], arm_order: list[str], path: Path, size
     panels = (("homologous_topk_accuracy", "homologous top-k accuracy"),
               ("homologous_contrastive_loss", "homologous contrastive loss"))
     chances: dict[str, set] = {metric: set() for metric, _ in panels}
+    # tab10 repeats its colours after ten arms, and a screen of every design has more.
+    colours = plt.get_cmap("tab20" if len(arm_order) > 10 else "tab10").colors
     plotted = False
-    for name in arm_order:
+    for index, name in enumerate(arm_order):
         curves = [record["topk_curve"] for record in records if record["arm"] == name and record.get("topk_curve")]
         if not curves:
             continue
@@ -713,7 +715,8 @@ def plot_topk_curves(records: list[dict], arm_order: list[str], path: Path, size
             means = [mean for mean, _ in stats]
             stds = [std or 0.0 for _, std in stats]
             line = axis.plot(steps, means, marker="o" if is_full else None, linewidth=2.5 if is_full else 1.0,
-                             label=f"{name} (n={len(curves)})", zorder=3 if is_full else 2)[0]
+                             color=colours[index % len(colours)], label=f"{name} (n={len(curves)})",
+                             zorder=3 if is_full else 2)[0]
             if is_full:
                 axis.fill_between(steps, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)],
                                   color=line.get_color(), alpha=0.2)
@@ -723,15 +726,23 @@ def plot_topk_curves(records: list[dict], arm_order: list[str], path: Path, size
         axis.set_xlabel("optimizer step")
         axis.set_ylabel(title)
         axis.grid(alpha=0.3)
-        if plotted:
-            axis.legend(fontsize=7)
     axes[0].set_title("Kept patch keys from the query's own image", fontsize=10)
     axes[1].set_title("Homologous contrastive term\n(final-layer tokens; HA logits for logits_* / qk_* arms)",
                       fontsize=10)
     if not plotted:
         axes[0].text(0.5, 0.5, "no arm with homologous attention", ha="center", transform=axes[0].transAxes)
     figure.suptitle("Homologous recognition on a fixed validation batch during pre-training", fontsize=11)
-    figure.tight_layout()
+    legend_rows = 0
+    if plotted:  # one legend for both panels, below them, so that no curve is hidden behind it
+        entries = {}
+        for axis in axes:
+            for handle, label in zip(*axis.get_legend_handles_labels()):
+                entries.setdefault(label, handle)
+        columns = 3
+        legend_rows = -(-len(entries) // columns)
+        figure.legend(list(entries.values()), list(entries), loc="lower center", ncol=columns, fontsize=8)
+    figure.set_size_inches(12.0, 4.5 + 0.22 * legend_rows)
+    figure.tight_layout(rect=(0, 0.22 * legend_rows / (4.5 + 0.22 * legend_rows), 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
