@@ -1,4 +1,4 @@
-"""evaluation.eval_mode: the model is evaluated in eval mode and handed back in the mode it had."""
+"""evaluation.eval_mode: the model is evaluated in eval mode and every submodule is handed back in the mode it had."""
 
 import pytest
 from torch import nn
@@ -25,3 +25,12 @@ def test_eval_mode_restores_training_when_the_evaluation_raises():
         with eval_mode(model):
             raise RuntimeError("evaluation failed")
     assert all(module.training for module in model.modules())
+
+
+def test_eval_mode_gives_back_mixed_modes_as_they_were():
+    # A linear probe holds its frozen encoder in eval mode while the head trains; evaluating must keep it so.
+    model = _model().train()
+    model[0].eval()
+    with eval_mode(model):
+        assert not any(module.training for module in model.modules())
+    assert [module.training for module in model.modules()] == [True, False, True]
