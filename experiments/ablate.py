@@ -741,8 +741,9 @@ def plot_topk_curves(records: list[dict], arm_order: list[str], path: Path, size
         columns = 3
         legend_rows = -(-len(entries) // columns)
         figure.legend(list(entries.values()), list(entries), loc="lower center", ncol=columns, fontsize=8)
-    figure.set_size_inches(12.0, 4.5 + 0.22 * legend_rows)
-    figure.tight_layout(rect=(0, 0.22 * legend_rows / (4.5 + 0.22 * legend_rows), 1, 1))
+    legend_height = 0.22 * legend_rows  # inches below the panels
+    figure.set_size_inches(12.0, 4.5 + legend_height)
+    figure.tight_layout(rect=(0, legend_height / (4.5 + legend_height), 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
