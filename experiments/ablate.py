@@ -196,10 +196,11 @@ SIZES = {
 @dataclass(frozen=True)
 class Arm:
     """One configuration of the grid. MixedAE fields are always written out; `homologous_attention` is
-    "all", "none" or "last_half" of the encoder layers, `topk` "share" (N*r + 1, the homologous share plus
+    "all", "none", "last_half" or "last" (the final layer only) of the encoder layers, `topk` "share" (N*r + 1, the homologous share plus
     [CLS]) or "twice_share" (2*N*r + 1).
 
-    The homologous-recognition design fields (`contrastive_target`, `projection_dim`, `topk_anneal_fraction`) came
+    The homologous-recognition design fields (`contrastive_target`, `projection_dim`, `topk_anneal_fraction`,
+    `selection`) came
     after the first grid: they are written into `--config_overrides` only when an arm sets them away from the
     config defaults, so the settings (and skipped results) of the earlier arms are unchanged.
     `topk_anneal_fraction` > 0 selects `homologous_topk_schedule="linear"` over that fraction of the run's steps.
@@ -218,6 +219,7 @@ class Arm:
     contrastive_target: str = "encoder_output"
     projection_dim: int | None = None
     topk_anneal_fraction: float = 0.0
+    selection: str = "per_head"
     pretrain: bool = True  # False: evaluate the randomly initialised encoder (0 steps), a floor for the grid
 
 
@@ -265,6 +267,15 @@ ARMS = {
             homologous_attention="last_half"),
         Arm("logits_hc_no_segment_anneal", "HC on attention logits, no segment embedding, k annealed over the "
             "first half", contrastive_target="attention_logits", segment_embedding="none", topk_anneal_fraction=0.5),
+        Arm("logits_hc1_no_segment_last", "HC 1.0 on attention logits, no segment embedding, HA on the last layer",
+            contrastive_target="attention_logits", segment_embedding="none", contrastive_weight=1.0,
+            homologous_attention="last"),
+        Arm("logits_hc1_no_segment_head_mean", "HC 1.0 on head-averaged attention logits, no segment embedding, "
+            "one kept set per query", contrastive_target="attention_logits", segment_embedding="none",
+            contrastive_weight=1.0, selection="head_mean"),
+        Arm("logits_hc1_no_segment_last_half_head_mean", "HC 1.0 on head-averaged attention logits, no segment "
+            "embedding, one kept set per query, HA on the last half", contrastive_target="attention_logits",
+            segment_embedding="none", contrastive_weight=1.0, homologous_attention="last_half", selection="head_mean"),
     )
 }
 # The documented grid (docs/ablations.md); the homologous-recognition arms run when named with --arms.
@@ -282,7 +293,9 @@ def arm_config_overrides(arm: Arm, size: SizePreset, steps: int | None = None) -
     num_layers = size.encoder.num_hidden_layers
     num_patches = size.encoder.num_patches
     homologous_share = round(num_patches * (1 - arm.mask_ratio) * arm.mixing_ratio)
-    layers = {"all": None, "none": [], "last_half": list(range(num_layers // 2, num_layers))}[arm.homologous_attention]
+    layers = {
+        "all": None, "none": [], "last_half": list(range(num_layers // 2, num_layers)), "last": [num_layers - 1]
+    }[arm.homologous_attention]
     topk = {"share": None, "twice_share": 2 * homologous_share + 1}[arm.topk]
     return {
         **size.encoder.encoder_kwargs(),
@@ -312,6 +325,8 @@ def recognition_overrides(arm: Arm, size: SizePreset, steps: int) -> dict:
     if arm.topk_anneal_fraction > 0:
         overrides["homologous_topk_schedule"] = "linear"
         overrides["homologous_topk_anneal_steps"] = max(1, round(arm.topk_anneal_fraction * steps))
+    if arm.selection != "per_head":
+        overrides["homologous_selection"] = arm.selection
     return overrides
 
 

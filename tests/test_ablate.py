@@ -194,6 +194,16 @@ def test_recognition_arms_set_only_their_fields_and_run_with_max_steps(ablate):
         "logits_hc_no_segment_anneal": {"homologous_contrastive_target": "attention_logits",
                                         "segment_embedding": "none", "homologous_topk_schedule": "linear",
                                         "homologous_topk_anneal_steps": 50},
+        "logits_hc1_no_segment_last": {"homologous_contrastive_target": "attention_logits",
+                                       "segment_embedding": "none", "homologous_contrastive_weight": 1.0,
+                                       "homologous_attention_layers": [3]},
+        "logits_hc1_no_segment_head_mean": {"homologous_contrastive_target": "attention_logits",
+                                            "segment_embedding": "none", "homologous_contrastive_weight": 1.0,
+                                            "homologous_selection": "head_mean"},
+        "logits_hc1_no_segment_last_half_head_mean": {
+            "homologous_contrastive_target": "attention_logits", "segment_embedding": "none",
+            "homologous_contrastive_weight": 1.0, "homologous_attention_layers": [2, 3],
+            "homologous_selection": "head_mean"},
     }
     for name, changed in expected.items():
         overrides = ablate.arm_config_overrides(ablate.ARMS[name], size, steps=100)

@@ -50,6 +50,7 @@ MIXEDAE_FIELDS = dict(
     homologous_contrastive_target=(["encoder_output", "attention_logits", "queries_keys"], ["logits"]),
     homologous_projection_dim=([None, 8], [0, -4]),
     homologous_topk_schedule=(["constant", "linear"], ["cosine"]),
+    homologous_selection=(["per_head", "head_mean"], ["mean"]),
     homologous_topk_anneal_steps=([3], [0, -1]),
     classifier_pooling=(["mean", "cls"], ["max"]),
 )
@@ -187,6 +188,8 @@ def mixedae_violations(values: dict) -> list[tuple[str, ...]]:
         violations.append(("homologous_projection_dim",))
     elif projection is not None and target != "encoder_output":
         violations.append(("homologous_projection_dim", "homologous_contrastive_target"))
+    if values["homologous_selection"] not in ("per_head", "head_mean"):
+        violations.append(("homologous_selection",))
     schedule, anneal_steps = values["homologous_topk_schedule"], values["homologous_topk_anneal_steps"]
     if schedule not in ("constant", "linear"):
         violations.append(("homologous_topk_schedule",))

@@ -337,6 +337,39 @@ def test_keep_mask_equals_sorted_topk_threshold_with_ties():
     assert not keep.requires_grad
 
 
+def test_head_mean_keep_mask_is_the_topk_of_the_head_averaged_logits_shared_by_every_head():
+    # Head 0 ranks key 1 first, head 1 ranks key 2 first; their mean ranks key 3 first (second in both heads).
+    logits = torch.tensor([[[0.0, 9.0, 0.0, 6.0], [0.0, 0.0, 9.0, 6.0]]]).view(1, 2, 1, 4).expand(1, 2, 4, 4)
+    keep = homologous_keep_mask(logits, 1, head_mean=True)
+    assert keep.shape == (1, 1, 4, 4)
+    assert keep[0, 0, 1:].tolist() == [[False, False, False, True]] * 3
+    assert keep[0, 0, 0].all()  # [CLS] keeps every key
+    per_head = homologous_keep_mask(logits, 1)
+    assert per_head[0, :, 1].tolist() == [[False, True, False, False], [False, False, True, False]]
+
+
+@pytest.mark.parametrize("target", ["attention_logits", "queries_keys"])
+def test_head_mean_selection_trains_the_head_averaged_scores_the_selection_reads(target):
+    query, key, value = (torch.randn(1, 2, 7, 3) for _ in range(3))
+    sources = [0, 1, 2, 0, 1, 2]
+    context = HomologousAttentionContext(segment_ids=torch.tensor([[-1, *sources]]), topk=3, head_mean_selection=True,
+                                         contrastive_target=target, contrastive_temperature=0.5)
+    _, weights = homologous_topk_attention_forward(torch.nn.Module(), query, key, value, None, 0.25, 0.0, context)
+    q, k = query[0, :, 1:], key[0, :, 1:]
+    if target == "attention_logits":
+        scores = (q @ k.transpose(-1, -2) * 0.25).mean(0)
+    else:
+        unit_q, unit_k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+        scores = (unit_q @ unit_k.transpose(-1, -2) / 0.5).mean(0)
+    expected = hand_supervised_info_nce(scores.tolist(), sources)
+    assert context.contrastive_losses[0].item() == pytest.approx(expected, rel=1e-5)
+    # Both heads attend to the same keys: the 3 largest head-averaged logits of each patch query.
+    mean_logits = (query[0] @ key[0].transpose(-1, -2) * 0.25).mean(0)
+    expected_keep = mean_logits >= mean_logits.sort(dim=-1, descending=True).values[:, 2:3]
+    for head in range(2):
+        assert torch.equal(weights[0, head, 1:] > 0, expected_keep[1:])
+
+
 # ---------------------------------------------------------------------------------------------- contrastive loss
 def test_homologous_contrastive_loss_is_low_for_separated_sources_and_high_for_swapped():
     segment_ids = torch.tensor([[0, 1, 0, 1, 0, 1]])
@@ -425,11 +458,11 @@ def test_attention_contrastive_target_enters_the_loss_and_reaches_the_homologous
     assert outputs.homologous_contrastive_loss.grad_fn is None and torch.equal(outputs.loss, outputs.reconstruction_loss)
 
 
-def test_attention_contrastive_target_is_the_same_on_every_path():
-    config = tiny_mixedae_config(homologous_contrastive_target="attention_logits")
-    eager = randomise_(MixedAEForPreTraining(config)).train()
-    sdpa = MixedAEForPreTraining(tiny_mixedae_config(homologous_contrastive_target="attention_logits",
-                                                     attn_implementation="sdpa")).train()
+@pytest.mark.parametrize("selection", ["per_head", "head_mean"])
+def test_attention_contrastive_target_is_the_same_on_every_path(selection):
+    design = dict(homologous_contrastive_target="attention_logits", homologous_selection=selection)
+    eager = randomise_(MixedAEForPreTraining(tiny_mixedae_config(**design))).train()
+    sdpa = MixedAEForPreTraining(tiny_mixedae_config(**design, attn_implementation="sdpa")).train()
     sdpa.load_state_dict(eager.state_dict())
     sdpa.vit.homologous_attention_path = "sdpa_mask"  # recomputes the logits for the contrastive term
     images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
@@ -437,6 +470,11 @@ def test_attention_contrastive_target_is_the_same_on_every_path():
     torch.testing.assert_close(actual.homologous_contrastive_loss, expected.homologous_contrastive_loss, atol=1e-5,
                                rtol=0)
     torch.testing.assert_close(actual.loss, expected.loss, atol=1e-5, rtol=0)
+    assert actual.homologous_topk_accuracy.item() == expected.homologous_topk_accuracy.item()
+    expected.loss.backward()
+    actual.loss.backward()
+    for (name, reference), parameter in zip(eager.named_parameters(), sdpa.parameters()):
+        torch.testing.assert_close(parameter.grad, reference.grad, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
 def test_decoder_segment_embedding_tells_the_decoder_and_not_the_encoder():
@@ -681,6 +719,7 @@ def test_bad_inputs_raise_clear_errors():
         (dict(homologous_projection_dim=8, homologous_contrastive_target="queries_keys"),
          "homologous_projection_dim=8 projects the encoder output, but homologous_contrastive_target='queries_keys'"),
         (dict(homologous_topk_schedule="cosine"), "homologous_topk_schedule='cosine' must be 'constant' or 'linear'"),
+        (dict(homologous_selection="mean"), "homologous_selection='mean' must be 'per_head'"),
         (dict(homologous_topk_schedule="linear"),
          "homologous_topk_schedule='linear' needs homologous_topk_anneal_steps > 0"),
         (dict(homologous_topk_anneal_steps=-1), "homologous_topk_anneal_steps=-1 must be >= 0"),
@@ -708,16 +747,19 @@ def test_config_round_trips_through_json(tmp_path):
     assert loaded.to_dict() == config.to_dict()
     assert loaded.resolved_homologous_attention_layers() == [1] and loaded.group_size == 2
     designs = tiny_mixedae_config(segment_embedding="decoder", homologous_projection_dim=8,
-                                  homologous_topk_schedule="linear", homologous_topk_anneal_steps=100)
+                                  homologous_topk_schedule="linear", homologous_topk_anneal_steps=100,
+                                  homologous_selection="head_mean")
     designs.save_pretrained(tmp_path / "designs")
     assert MixedAEConfig.from_pretrained(tmp_path / "designs").to_dict() == designs.to_dict()
     # A config.json written before the recognition fields existed loads with today's behaviour.
     old = {key: value for key, value in config.to_dict().items() if not key.startswith(
-        ("homologous_contrastive_target", "homologous_projection", "homologous_topk_schedule", "homologous_topk_anneal"))}
-    assert len(old) == len(config.to_dict()) - 4
+        ("homologous_contrastive_target", "homologous_projection", "homologous_topk_schedule", "homologous_topk_anneal",
+         "homologous_selection"))}
+    assert len(old) == len(config.to_dict()) - 5
     restored = MixedAEConfig.from_dict(old)
     assert (restored.homologous_contrastive_target, restored.homologous_projection_dim,
-            restored.homologous_topk_schedule) == ("encoder_output", None, "constant")
+            restored.homologous_topk_schedule, restored.homologous_selection) == (
+        "encoder_output", None, "constant", "per_head")
 
 
 # ---------------------------------------------------------------------------------------------- input dtypes

@@ -84,6 +84,12 @@ class MixedAEConfig(MaskedViTConfig):
             With `homologous_contrastive_target="encoder_output"`: width of a projection head (Linear, GELU, Linear;
             pre-training only, dropped downstream) between the encoder output and the contrastive term. `None`: no
             head, the encoder output itself.
+        homologous_selection (`str`, defaults to `"per_head"`):
+            How homologous attention picks the kept keys. `"per_head"`: every head keeps the `homologous_topk` keys of
+            its own largest logits. `"head_mean"`: the keys are picked once per query from the logits averaged over
+            the heads and every head attends to that same set, so each head's logits need only contribute to the
+            ranking; the `"attention_logits"` and `"queries_keys"` contrastive targets are then computed on the
+            head-averaged scores, which is what the selection reads.
         homologous_topk_schedule (`str`, defaults to `"constant"`):
             `"constant"`: every patch query keeps `homologous_topk` keys from the first step. `"linear"`: the number
             kept falls linearly from every key (global attention) at step 0 to `homologous_topk` at step
@@ -127,6 +133,7 @@ class MixedAEConfig(MaskedViTConfig):
     homologous_contrastive_temperature: float | int = 0.1
     homologous_contrastive_target: str = "encoder_output"
     homologous_projection_dim: int | None = None
+    homologous_selection: str = "per_head"
     homologous_topk_schedule: str = "constant"
     homologous_topk_anneal_steps: int = 0
     norm_pix_loss: bool = True
@@ -238,6 +245,11 @@ class MixedAEConfig(MaskedViTConfig):
                     f"homologous_contrastive_target={self.homologous_contrastive_target!r}: set the target to "
                     "'encoder_output' or the projection to None."
                 )
+        if self.homologous_selection not in ("per_head", "head_mean"):
+            raise ValueError(
+                f"homologous_selection={self.homologous_selection!r} must be 'per_head' (each head keeps its own "
+                "top-k keys) or 'head_mean' (one set per query, from the head-averaged logits)."
+            )
         if self.homologous_topk_schedule not in ("constant", "linear"):
             raise ValueError(
                 f"homologous_topk_schedule={self.homologous_topk_schedule!r} must be 'constant' or 'linear'."

@@ -242,7 +242,8 @@ class HomologousAttentionContext:
     """What homologous top-k attention needs to know about a batch of mixed sequences.
 
     `segment_ids` is `(num_sequences, 1 + num_kept)`: the slot (source image in the group) of every
-    token, -1 for [CLS]. `need_weights` asks for the attention weights (`output_attentions`), which the
+    token, -1 for [CLS]. `head_mean_selection` picks one set of kept keys per query from the head-averaged logits
+    (`homologous_selection="head_mean"`) instead of one per head. `need_weights` asks for the attention weights (`output_attentions`), which the
     fused path does not produce. `path` forces one of `HOMOLOGOUS_ATTENTION_PATHS` (benchmarks, tests); `None`
     follows `homologous_attention_path`. `contrastive_target` (`"attention_logits"` or `"queries_keys"`, `None` for
     none) makes every homologous layer append its supervised InfoNCE term to `contrastive_losses` (with gradient
@@ -256,6 +257,7 @@ class HomologousAttentionContext:
 
     segment_ids: torch.Tensor
     topk: int
+    head_mean_selection: bool = False
     need_weights: bool = False
     path: str | None = None
     contrastive_target: str | None = None
@@ -268,12 +270,15 @@ class HomologousAttentionContext:
 
 
 @torch.no_grad()
-def homologous_keep_mask(logits: torch.Tensor, topk: int) -> torch.Tensor:
+def homologous_keep_mask(logits: torch.Tensor, topk: int, head_mean: bool = False) -> torch.Tensor:
     """`(B, heads, L, L)` boolean mask of the `topk` largest logits of every patch query row; [CLS] keeps all.
+    With `head_mean`, `(B, 1, L, L)`: the rows of the logits averaged over the heads, one set shared by every head.
 
     Selection is not differentiable, so it runs outside autograd; an unsorted top-k and its minimum give the
     same k-th largest value as a sorted one, for less work. Ties with the k-th value are all kept.
     """
+    if head_mean:
+        logits = logits.mean(dim=1, keepdim=True)
     kth_largest = logits.topk(min(topk, logits.shape[-1]), dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
     kth_largest[:, :, 0] = float("-inf")  # the [CLS] query keeps every key
     return logits >= kth_largest
@@ -347,7 +352,9 @@ def homologous_topk_attention_forward(
         if attention_mask is not None:
             raise ValueError("the 'sdpa_mask' homologous attention path takes no additive attention_mask.")
         with torch.no_grad():
-            keep = homologous_keep_mask(attention_logits(query, key, None, scaling), homologous.topk)
+            keep = homologous_keep_mask(
+                attention_logits(query, key, None, scaling), homologous.topk, homologous.head_mean_selection
+            )
         attn_output = nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=keep, dropout_p=dropout, scale=scaling
         ).transpose(1, 2).contiguous()
@@ -355,7 +362,7 @@ def homologous_topk_attention_forward(
         logits = None
     else:
         logits = attention_logits(query, key, attention_mask, scaling)
-        keep = homologous_keep_mask(logits, homologous.topk)
+        keep = homologous_keep_mask(logits, homologous.topk, homologous.head_mean_selection)
         attn_output, attn_weights = attention_from_logits(
             module, torch.where(keep, logits, float("-inf")), value, dropout
         )
@@ -391,7 +398,8 @@ def attention_contrastive_loss(
     `"attention_logits"`: on the attention logits themselves (the `logits` of the single pass, or recomputed), so
     that same-source keys are pushed above the others in exactly the ranking the top-k selection reads.
     `"queries_keys"`: on cosine similarities of queries and keys divided by the temperature (trains their
-    directions only).
+    directions only). With `head_mean_selection`, on those scores averaged over the heads (what the selection
+    reads).
     """
     if homologous.contrastive_target == "attention_logits":
         if logits is None:
@@ -401,6 +409,8 @@ def attention_contrastive_loss(
         queries = nn.functional.normalize(query[:, :, 1:].float(), dim=-1)
         keys = nn.functional.normalize(key[:, :, 1:].float(), dim=-1)
         similarity = queries @ keys.transpose(-1, -2) / homologous.contrastive_temperature
+    if homologous.head_mean_selection:
+        similarity = similarity.mean(dim=1, keepdim=True)
     return supervised_info_nce(similarity, homologous.segment_ids[:, None, 1:])
 
 
@@ -635,6 +645,7 @@ class MixedAEModel(MixedAEPreTrainedModel):
             homologous = HomologousAttentionContext(
                 segment_ids=mixing.segment_ids(),
                 topk=self.config.resolved_homologous_topk(mixing.num_patches, self.homologous_training_step),
+                head_mean_selection=self.config.homologous_selection == "head_mean",
                 need_weights=bool(kwargs.get("output_attentions", self.config.output_attentions)),
                 per_query=self.record_homologous_topk_per_query,
                 path=self.homologous_attention_path,
