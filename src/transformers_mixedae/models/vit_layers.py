@@ -281,14 +281,65 @@ class ViTAttention(nn.Module):
         return self.o_proj(attn_output), attn_weights
 
 
+class MLPWithRecomputedGELU(torch.autograd.Function):
+    """`fc2(gelu(fc1(x)))` whose backward pass recomputes the GELU from `fc1`'s output instead of keeping its own
+    output (which `fc2` would otherwise save as its input).
+
+    Autograd keeps both `(..., intermediate_size)` tensors of every MLP, the largest activations of a transformer
+    block; this keeps one, for one extra elementwise GELU per backward pass. Values and gradients are those of the
+    plain layers: the same matmuls, `aten.gelu_backward` for the GELU, and under autocast the same reduced-precision
+    operands (the input is saved as the linear layers see it).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden_states, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
+        pre_activation = nn.functional.linear(hidden_states, fc1_weight, fc1_bias)  # (..., intermediate_size)
+        ctx.save_for_backward(hidden_states.to(pre_activation.dtype), pre_activation, fc1_weight, fc2_weight)
+        ctx.dtypes = (hidden_states.dtype, fc1_bias.dtype, fc2_bias.dtype)
+        return nn.functional.linear(nn.functional.gelu(pre_activation), fc2_weight, fc2_bias)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        hidden_states, pre_activation, fc1_weight, fc2_weight = ctx.saved_tensors
+        input_dtype, fc1_bias_dtype, fc2_bias_dtype = ctx.dtypes
+        needs_input, needs_fc1_weight, needs_fc1_bias, needs_fc2_weight, needs_fc2_bias = ctx.needs_input_grad
+        compute_dtype = pre_activation.dtype
+        grad_output = grad_output.to(compute_dtype)
+        rows = grad_output.flatten(0, -2)  # (tokens, hidden_size)
+        grad_fc2_weight = grad_fc2_bias = grad_input = grad_fc1_weight = grad_fc1_bias = None
+        if needs_fc2_weight:
+            activation = nn.functional.gelu(pre_activation).flatten(0, -2)
+            grad_fc2_weight = (rows.T @ activation).to(fc2_weight.dtype)
+        if needs_fc2_bias:
+            grad_fc2_bias = rows.sum(0).to(fc2_bias_dtype)
+        grad_pre_activation = torch.ops.aten.gelu_backward(grad_output @ fc2_weight.to(compute_dtype), pre_activation)
+        pre_activation_rows = grad_pre_activation.flatten(0, -2)  # (tokens, intermediate_size)
+        if needs_input:
+            grad_input = (grad_pre_activation @ fc1_weight.to(compute_dtype)).to(input_dtype)
+        if needs_fc1_weight:
+            grad_fc1_weight = (pre_activation_rows.T @ hidden_states.flatten(0, -2)).to(fc1_weight.dtype)
+        if needs_fc1_bias:
+            grad_fc1_bias = pre_activation_rows.sum(0).to(fc1_bias_dtype)
+        return grad_input, grad_fc1_weight, grad_fc1_bias, grad_fc2_weight, grad_fc2_bias
+
+
 class ViTMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str):
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.activation_fn = ACT2FN[hidden_act]
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        # transformers' "gelu" is the exact (erf) GELU that `MLPWithRecomputedGELU` recomputes; other activations
+        # keep autograd's path. An attribute, so a test or a benchmark can switch the saving off.
+        self.recompute_activation = hidden_act == "gelu"
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.recompute_activation and torch.is_grad_enabled() and (
+            hidden_states.requires_grad or self.fc1.weight.requires_grad or self.fc2.weight.requires_grad
+        ):
+            return MLPWithRecomputedGELU.apply(
+                hidden_states, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
+            )
         return self.fc2(self.activation_fn(self.fc1(hidden_states)))
 
 
