@@ -196,13 +196,12 @@ SIZES = {
 @dataclass(frozen=True)
 class Arm:
     """One configuration of the grid. MixedAE fields are always written out; `homologous_attention` is
-    "all", "none", "last_half" or "last" (the final layer only) of the encoder layers, `topk` "share" (N*r + 1, the homologous share plus
-    [CLS]) or "twice_share" (2*N*r + 1).
+    "all", "none", "last_half" or "last" (the final layer only) of the encoder layers, `topk` "share" (N*r + 1, the
+    homologous share plus [CLS]) or "twice_share" (2*N*r + 1).
 
     The homologous-recognition design fields (`contrastive_target`, `projection_dim`, `topk_anneal_fraction`,
-    `selection`) came
-    after the first grid: they are written into `--config_overrides` only when an arm sets them away from the
-    config defaults, so the settings (and skipped results) of the earlier arms are unchanged.
+    `selection`) came after the first grid: they are written into `--config_overrides` only when an arm sets them
+    away from the config defaults, so the settings (and skipped results) of the earlier arms are unchanged.
     `topk_anneal_fraction` > 0 selects `homologous_topk_schedule="linear"` over that fraction of the run's steps.
     """
 

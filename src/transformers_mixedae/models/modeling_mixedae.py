@@ -243,13 +243,13 @@ class HomologousAttentionContext:
 
     `segment_ids` is `(num_sequences, 1 + num_kept)`: the slot (source image in the group) of every
     token, -1 for [CLS]. `head_mean_selection` picks one set of kept keys per query from the head-averaged logits
-    (`homologous_selection="head_mean"`) instead of one per head. `need_weights` asks for the attention weights (`output_attentions`), which the
-    fused path does not produce. `path` forces one of `HOMOLOGOUS_ATTENTION_PATHS` (benchmarks, tests); `None`
-    follows `homologous_attention_path`. `contrastive_target` (`"attention_logits"` or `"queries_keys"`, `None` for
-    none) makes every homologous layer append its supervised InfoNCE term to `contrastive_losses` (with gradient
-    when `contrastive_gradient`; `contrastive_temperature` divides the query-key cosines). `topk_accuracies`
-    collects, per homologous layer, the fraction of kept
-    patch keys that come from the query's own source image (a diagnostic, no gradient). With `per_query`,
+    (`homologous_selection="head_mean"`) instead of one per head. `need_weights` asks for the attention weights
+    (`output_attentions`), which the fused path does not produce. `path` forces one of
+    `HOMOLOGOUS_ATTENTION_PATHS` (benchmarks, tests); `None` follows `homologous_attention_path`. `contrastive_target`
+    (`"attention_logits"` or `"queries_keys"`, `None` for none) makes every homologous layer append its supervised
+    InfoNCE term to `contrastive_losses` (with gradient when `contrastive_gradient`; `contrastive_temperature` divides
+    the query-key cosines). `topk_accuracies` collects, per homologous layer, the fraction of kept patch keys that
+    come from the query's own source image (a diagnostic, no gradient). With `per_query`,
     `topk_query_counts` also collects, per homologous layer, `(num_sequences, num_kept, 2)` integer counts for every
     patch query summed over heads: [..., 0] kept patch keys from the query's own image, [..., 1] kept patch keys
     (the per-query diagnostic of `evaluation.homologous_probe`; off in training).
