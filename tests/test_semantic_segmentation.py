@@ -321,7 +321,9 @@ def test_task_errors_before_training(tmp_path, ade_folder):
         run_semantic_segmentation(*arguments(tmp_path / "d", ade_folder, num_labels=3))
 
 
-@pytest.mark.parametrize("name", ["ade20k_upernet_mae.json", "segment_fashion_mnist_dense.json"])
+@pytest.mark.parametrize(
+    "name", ["ade20k_upernet_mae.json", "segment_fashion_mnist_dense.json", "segment_fashion_mnist_dense_64px.json"]
+)
 def test_presets_parse(name, ade_folder):
     model_args, data_args, training_args, segmentation_args = parse_segmentation_arguments(
         [str(REPOSITORY / "examples" / "configs" / name), "--data_dir", str(ade_folder), "--model_type", "mixedae"]
@@ -332,6 +334,8 @@ def test_presets_parse(name, ade_folder):
         assert (training_args.warmup_steps, training_args.max_steps, training_args.weight_decay) == (1500, 160000, 0.05)
         assert segmentation_args.out_indices == [4, 6, 8, 12] and segmentation_args.auxiliary_loss_weight == 0.4
         assert segmentation_args.reduce_labels and segmentation_args.num_labels == 150
+    if name.endswith("_64px.json"):  # the bundled scenes at their own size, long enough to learn item classes
+        assert (segmentation_args.crop_size, segmentation_args.rescale_size, training_args.num_train_epochs) == (64, 64, 8)
 
 
 def test_the_cards_usage_snippet_runs_on_the_saved_folder(launched_run, ade_folder, tmp_path, monkeypatch):
