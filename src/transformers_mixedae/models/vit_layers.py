@@ -295,31 +295,31 @@ class MLPWithRecomputedGELU(torch.autograd.Function):
     def forward(ctx, hidden_states, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
         pre_activation = nn.functional.linear(hidden_states, fc1_weight, fc1_bias)  # (..., intermediate_size)
         ctx.save_for_backward(hidden_states.to(pre_activation.dtype), pre_activation, fc1_weight, fc2_weight)
-        ctx.dtypes = (hidden_states.dtype, fc1_bias.dtype, fc2_bias.dtype)
+        ctx.input_dtype = hidden_states.dtype
         return nn.functional.linear(nn.functional.gelu(pre_activation), fc2_weight, fc2_bias)
 
     @staticmethod
     def backward(ctx, grad_output):
         hidden_states, pre_activation, fc1_weight, fc2_weight = ctx.saved_tensors
-        input_dtype, fc1_bias_dtype, fc2_bias_dtype = ctx.dtypes
         needs_input, needs_fc1_weight, needs_fc1_bias, needs_fc2_weight, needs_fc2_bias = ctx.needs_input_grad
         compute_dtype = pre_activation.dtype
         grad_output = grad_output.to(compute_dtype)
         rows = grad_output.flatten(0, -2)  # (tokens, hidden_size)
+        # A Linear's bias has its weight's dtype, so the weights give both gradients theirs.
         grad_fc2_weight = grad_fc2_bias = grad_input = grad_fc1_weight = grad_fc1_bias = None
         if needs_fc2_weight:
             activation = nn.functional.gelu(pre_activation).flatten(0, -2)
             grad_fc2_weight = (rows.T @ activation).to(fc2_weight.dtype)
         if needs_fc2_bias:
-            grad_fc2_bias = rows.sum(0).to(fc2_bias_dtype)
+            grad_fc2_bias = rows.sum(0).to(fc2_weight.dtype)
         grad_pre_activation = torch.ops.aten.gelu_backward(grad_output @ fc2_weight.to(compute_dtype), pre_activation)
         pre_activation_rows = grad_pre_activation.flatten(0, -2)  # (tokens, intermediate_size)
         if needs_input:
-            grad_input = (grad_pre_activation @ fc1_weight.to(compute_dtype)).to(input_dtype)
+            grad_input = (grad_pre_activation @ fc1_weight.to(compute_dtype)).to(ctx.input_dtype)
         if needs_fc1_weight:
             grad_fc1_weight = (pre_activation_rows.T @ hidden_states.flatten(0, -2)).to(fc1_weight.dtype)
         if needs_fc1_bias:
-            grad_fc1_bias = pre_activation_rows.sum(0).to(fc1_bias_dtype)
+            grad_fc1_bias = pre_activation_rows.sum(0).to(fc1_weight.dtype)
         return grad_input, grad_fc1_weight, grad_fc1_bias, grad_fc2_weight, grad_fc2_bias
 
 
