@@ -131,8 +131,11 @@ def test_hub_dataset_name_goes_to_load_dataset_with_streaming_and_token(shard_di
 
     monkeypatch.setattr(loading.datasets, "load_dataset", fake_load_dataset)
     loaded = load_image_dataset("ILSVRC/imagenet-1k", streaming=True, token=True)
-    assert calls == [("ILSVRC/imagenet-1k", None, {"streaming": True, "token": True, "cache_dir": None})]
+    assert calls == [("ILSVRC/imagenet-1k", None,
+                      {"streaming": True, "token": True, "cache_dir": None, "revision": None})]
     assert loaded.source == "ILSVRC/imagenet-1k" and loaded.num_labels == NUM_CLASSES
+    load_image_dataset("timm/imagenet-1k-wds", revision="refs/convert/parquet")
+    assert calls[-1][2]["revision"] == "refs/convert/parquet"
 
 
 def test_embedded_default_dataset_has_ten_balanced_classes():

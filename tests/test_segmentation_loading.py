@@ -5,6 +5,7 @@ name the missing folder, the unmatched stems and the missing column."""
 import json
 import shutil
 
+import datasets
 import numpy as np
 import pytest
 
@@ -82,6 +83,35 @@ def test_a_label_map_column_with_another_name_is_found(tmp_path):
     # Named explicitly, a missing column is an error.
     with pytest.raises(ValueError, match="label-map column 'mask' not found"):
         load_segmentation_datasets(dataset_name=str(root), label_column_name="mask")
+
+
+def test_label_maps_in_a_column_named_label_are_found_beside_other_image_columns(tmp_path):
+    """`--label_column_name label` (also the shared flag's default) finds maps called `label` next to another image
+    column (here `depth`), where the one-other-image-column rule alone would not decide."""
+    import pyarrow.parquet as pq
+
+    root = make_parquet_shards(tmp_path / "shards")
+    for path in root.glob("*.parquet"):
+        table = pq.read_table(path).rename_columns(["image", "label"])
+        pq.write_table(table.append_column("depth", table.column("label")), path)
+    assert load_segmentation_datasets(dataset_name=str(root)).label_column_name == "label"
+    # Any other name is taken as given.
+    assert load_segmentation_datasets(dataset_name=str(root), label_column_name="depth").label_column_name == "depth"
+
+
+def test_the_dataset_revision_goes_to_load_dataset(tmp_path, monkeypatch):
+    local = load_segmentation_datasets(dataset_name=str(make_parquet_shards(tmp_path / "shards")))
+    calls = []
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        calls.append((path, name, kwargs))
+        return datasets.DatasetDict({"train": local.train, "validation": local.validation})
+
+    monkeypatch.setattr(segmentation_loading.datasets, "load_dataset", fake_load_dataset)
+    load_segmentation_datasets(dataset_name="scene_parse_150", dataset_config_name="scene_parsing",
+                               revision="refs/convert/parquet")
+    assert calls == [("scene_parse_150", "scene_parsing",
+                      {"streaming": False, "token": None, "revision": "refs/convert/parquet"})]
 
 
 def test_the_shipped_dense_benchmark_loads_with_its_class_names():

@@ -26,12 +26,14 @@ from transformers_mixedae.tasks.semantic_segmentation import (
     default_out_indices,
     run_semantic_segmentation,
     segmentation_image_processor,
+    synchronises_batch_norm,
+    with_synchronised_batch_norm,
 )
 from transformers_mixedae.tasks.semantic_segmentation_args import SegmentationArguments, parse_segmentation_arguments
 from transformers_mixedae.tasks.semantic_segmentation_data import SegmentationData, read_label_map
 
 from helpers import tiny_mixedae_config
-from segmentation_data import TINY_CAE_BACKBONE, arguments, command_line, make_ade_folder
+from segmentation_data import SETTINGS, TINY_CAE_BACKBONE, arguments, command_line, make_ade_folder
 from test_pretraining import free_port
 from tiny_runs import folder_fingerprint
 
@@ -97,6 +99,44 @@ def test_backbone_starts_from_a_pretraining_checkpoint(tmp_path):
 
 def test_default_out_indices_are_the_papers_blocks_for_vit_base():
     assert default_out_indices(12) == [4, 6, 8, 12]  # blocks 3, 5, 7, 11 counted from 0
+    assert default_out_indices(6) == [2, 3, 4, 6]
+
+
+def test_default_out_indices_stay_four_distinct_stages_on_shallow_backbones(tmp_path, ade_folder):
+    # 1/3, 1/2, 2/3 of 4 layers would repeat stage 2: the last four stages instead.
+    assert default_out_indices(4) == [1, 2, 3, 4] and default_out_indices(3) == [0, 1, 2, 3]
+    assert default_out_indices(5) == [1, 2, 3, 5]
+    model_args, _, _, segmentation_args = arguments("unused", ".", out_indices=None)
+    model = build_segmentation_model(model_args, segmentation_args, "mixedae", {0: "a", 1: "b"})
+    assert model.config.backbone_config.out_indices == [1, 2, 3, 4]  # the tiny backbone has 4 layers
+    with pytest.raises(ValueError, match=r"--out_indices \[0, 1, 2\] is not valid: the multi-scale neck takes 4 "
+                                         r"stages, a 2-layer backbone has 3 \(0..2\): pass --multi_scale_neck false"):
+        run_semantic_segmentation(*arguments(tmp_path / "run", ade_folder, out_indices=None,
+                                             config_overrides=SETTINGS["config_overrides"] + ",num_hidden_layers=2"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "processes, device, flag, synchronised",
+    [(2, "cuda", True, True), (1, "cuda", True, False), (2, "cpu", True, False), (2, "cuda", False, False)],
+)
+def test_batch_norm_is_synchronised_on_several_accelerators_only(processes, device, flag, synchronised, tmp_path):
+    model_args, _, _, segmentation_args = arguments("unused", ".", sync_batch_norm=flag)
+    model = build_segmentation_model(model_args, segmentation_args, "mixedae", {0: "a", 1: "b"})
+    batch_norms = [name for name, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    assert len(batch_norms) > 0
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    accelerator = SimpleNamespace(num_processes=processes, device=torch.device(device))
+    converted = with_synchronised_batch_norm(model, segmentation_args, accelerator)
+    assert synchronises_batch_norm(segmentation_args, accelerator) is synchronised
+    kinds = {type(module) for name, module in converted.named_modules() if name in batch_norms}
+    assert kinds == {torch.nn.SyncBatchNorm if synchronised else torch.nn.BatchNorm2d}
+    # Same names and values: the saved folder loads as a plain UperNet.
+    assert {name: tensor for name, tensor in converted.state_dict().items()}.keys() == state.keys()
+    assert all(torch.equal(converted.state_dict()[name], tensor) for name, tensor in state.items())
+    converted.save_pretrained(tmp_path)
+    reloaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path)
+    assert type(reloaded.get_submodule(batch_norms[0])) is torch.nn.BatchNorm2d
 
 
 def test_layer_decay_groups_backbone_and_full_rate_heads():
@@ -255,6 +295,55 @@ def test_reduce_labels_in_data_and_processor(tmp_path):
     assert MixedAEImageProcessorPil().reduce_label(annotation).tolist() == [[0, 1, 2], [3, 255, 1]]
 
 
+def test_label_map_errors_name_the_file(tmp_path):
+    path = tmp_path / "ADE_val_7.png"
+    Image.fromarray(np.array([[0, 9]], dtype=np.uint8), mode="L").save(path)
+    with pytest.raises(ValueError, match=f"the label map {path} holds class id 9"):
+        read_label_map(str(path), reduce_labels=False, num_labels=4)
+    Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).save(path)
+    with pytest.raises(ValueError, match=f"annotation {path}: expected a label map as a single-channel PIL image"):
+        read_label_map({"path": str(path), "bytes": None}, reduce_labels=False, num_labels=4)
+
+
+def test_a_pair_of_other_sizes_is_named(tmp_path):
+    from transformers_mixedae.data import SegmentationEvaluationTransform
+    from transformers_mixedae.tasks.semantic_segmentation_data import PairedTransform, SegmentationStream
+
+    image, annotation = tmp_path / "scene.png", tmp_path / "scene_labels.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
+    Image.fromarray(np.zeros((8, 6), dtype=np.uint8), mode="L").save(annotation)
+    stream = SegmentationStream([], PairedTransform(SegmentationEvaluationTransform(scale=(32, 8))), "image",
+                                "annotation", skip_undecodable=False, reduce_labels=False, num_labels=2)
+    example = {"image": {"path": str(image), "bytes": None}, "annotation": {"path": str(annotation), "bytes": None}}
+    from transformers_mixedae.data.images import load_rgb_image
+
+    with pytest.raises(ValueError, match=f"image {image} with annotation {annotation}: the image is 8x8 .* label map "
+                                         "is 8x6"):
+        stream.decode_example(example, load_rgb_image)
+
+
+def test_a_label_map_turns_with_its_own_exif_orientation(tmp_path):
+    """An annotation saved with an orientation tag is turned as its image is (here 180 degrees)."""
+    labels = np.array([[1, 0, 0], [0, 0, 0]], dtype=np.uint8)
+    path = tmp_path / "rotated.png"
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotate 180
+    Image.fromarray(labels, mode="L").save(path, exif=exif)
+    assert read_label_map(str(path), reduce_labels=False, num_labels=2).tolist() == np.rot90(labels, 2).tolist()
+    untagged = tmp_path / "plain.png"
+    Image.fromarray(labels, mode="L").save(untagged)
+    assert read_label_map(str(untagged), reduce_labels=False, num_labels=2).tolist() == labels.tolist()
+
+
+def test_dataset_class_names_shift_with_reduce_labels():
+    names = {0: "background", 1: "shirt", 2: "bag"}
+    for reduce_labels, expected in ((False, names), (True, {0: "shirt", 1: "bag"})):
+        task = SemanticSegmentationTask(*arguments("unused", ".", num_labels=None, reduce_labels=reduce_labels))
+        task.data = SimpleNamespace(datasets=SimpleNamespace(id2label=names), source="the data")
+        task.accelerator = SimpleNamespace(is_main_process=True)
+        assert task.label_names() == expected
+
+
 def test_post_process_semantic_segmentation_resizes_to_each_image():
     from types import SimpleNamespace
 
@@ -315,6 +404,10 @@ def test_task_errors_before_training(tmp_path, ade_folder):
         run_semantic_segmentation(*arguments(tmp_path / "e", ade_folder, out_indices=[1, 2], multi_scale_neck=False))
     run_semantic_segmentation(*arguments(tmp_path / "f", ade_folder, out_indices=[1, 2], multi_scale_neck=False,
                                          auxiliary_head=False, max_steps=1))
+    with pytest.raises(ValueError, match="--per_device_train_batch_size 1 is not valid: UperNet's BatchNorm layers "
+                                         "need at least 2 images per batch"):
+        run_semantic_segmentation(*arguments(tmp_path / "h", ade_folder, per_device_train_batch_size=1))
+    assert not (tmp_path / "h").exists()
     with pytest.raises(ValueError, match="names no classes: pass --num_labels"):
         run_semantic_segmentation(*arguments(tmp_path / "c", ade_folder, num_labels=None))
     with pytest.raises(ValueError, match="class id 3, outside \\[0, --num_labels 3\\)"):
@@ -360,7 +453,7 @@ def test_saved_processor_resizes_to_the_crop_and_keeps_reduce_labels(model_type,
     model = build_segmentation_model(model_args, segmentation_args, model_type, {0: "a", 1: "b"})
     segmentation_image_processor(model.config.backbone_config, segmentation_args).save_pretrained(tmp_path)
     processor = AutoImageProcessor.from_pretrained(tmp_path)
-    assert processor.do_reduce_labels is True
+    assert processor.do_reduce_labels is True and processor.resample == 2  # bilinear, as the run's evaluation
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8))
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
     assert pixel_values.shape == (1, 3, 24, 24)

@@ -157,6 +157,7 @@ def _load_source(
     streaming: bool,
     token: str | bool | None,
     cache_dir: str | None,
+    revision: str | None = None,
 ) -> tuple[datasets.DatasetDict | datasets.IterableDatasetDict, str]:
     named = [name for name, value in (("dataset_name", dataset_name), ("train_dir", train_dir),
                                       ("data_dir", data_dir)) if value is not None]
@@ -166,7 +167,8 @@ def _load_source(
         raise ValueError("validation_dir needs train_dir")
     if dataset_name is not None:
         loaded = datasets.load_dataset(
-            dataset_name, dataset_config_name, streaming=streaming, token=token, cache_dir=cache_dir
+            dataset_name, dataset_config_name, streaming=streaming, token=token, cache_dir=cache_dir,
+            revision=revision,
         )
         return loaded, dataset_name if dataset_config_name is None else f"{dataset_name} ({dataset_config_name})"
     if train_dir is not None:
@@ -379,6 +381,7 @@ def load_image_dataset(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     validation_split_name: str = VALIDATION_SPLIT,
+    revision: str | None = None,
 ) -> ImageDatasets:
     """Load the train and validation splits of an image dataset and check them.
 
@@ -397,13 +400,14 @@ def load_image_dataset(
         cache_dir: `datasets` cache folder.
         max_train_samples / max_eval_samples: keep only the first N examples (`take` when streaming).
         validation_split_name: split used for validation (ImageNet: `validation`; its `test` has no labels).
+        revision: branch, tag or commit of `dataset_name` (e.g. `refs/convert/parquet`).
 
     Raises:
         ValueError: conflicting sources, a missing folder, an empty split, a missing column or several columns
             that could replace a default name (named).
     """
     loaded, source = _load_source(
-        dataset_name, dataset_config_name, train_dir, validation_dir, data_dir, streaming, token, cache_dir
+        dataset_name, dataset_config_name, train_dir, validation_dir, data_dir, streaming, token, cache_dir, revision
     )
     if TRAIN_SPLIT not in loaded:
         raise ValueError(f"{source} has no {TRAIN_SPLIT!r} split; available splits: {list(loaded)}")

@@ -7,8 +7,9 @@ Three sources, one result (`SegmentationDatasets`, columns named by `image_colum
   `annotations/validation`; each annotation is a PNG of class ids with the stem of its image (`ADE_train_00000001.jpg`
   -> `ADE_train_00000001.png`). A missing folder or an image without annotation (or the reverse) is named in the
   error. The splits become `datasets.Dataset`s of file paths (`datasets.Image` features, decoded by the loader);
-* `dataset_name`: a Hub dataset loaded with `datasets.load_dataset` (streamed or not), e.g. ADE20K's
-  `scene_parse_150` with the columns `image` and `annotation`;
+* `dataset_name`: a Hub dataset loaded with `datasets.load_dataset` (streamed or not, at `revision`), e.g. ADE20K's
+  `scene_parse_150` with the columns `image` and `annotation` (a loading-script dataset, which `datasets` no longer
+  runs: its Parquet export is `revision="refs/convert/parquet"`);
 * neither: the dense benchmark bundled with the package (`data/default_dense/{train,validation}-*.parquet`, columns
   `image` and `annotation`, class names in `provenance.json` under `id2label`).
 
@@ -33,6 +34,7 @@ DEFAULT_DENSE_DIR = Path(__file__).resolve().parent / "default_dense"
 DEFAULT_DENSE_PROVENANCE = DEFAULT_DENSE_DIR / "provenance.json"
 DEFAULT_IMAGE_COLUMN = "image"
 DEFAULT_LABEL_COLUMN = "annotation"
+LABEL_IMAGE_COLUMN = "label"  # what datasets without an `annotation` column most often call their label maps
 # ADEChallengeData2016's split folders.
 ADE_SPLITS = {TRAIN_SPLIT: "training", VALIDATION_SPLIT: "validation"}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -141,13 +143,16 @@ def _holds_encoded_images(feature: Any) -> bool:
 
 
 def _resolve_label_map_column(dataset: Any, image_column_name: str, label_column_name: str, source: str) -> str:
-    """The default label-map column (`annotation`) the data lacks is replaced by its one other image column (e.g. a
-    dataset that calls its maps `label` or `segmentation`); a name given explicitly is used as given."""
+    """The default label-map column (`annotation`) the data lacks is replaced by an image column named `label` (the
+    shared `--label_column_name` default, so also that name given explicitly), else by its one other image column
+    (e.g. `segmentation`); any other name is used as given."""
     features = dataset.features
     if label_column_name != DEFAULT_LABEL_COLUMN or features is None or label_column_name in features:
         return label_column_name
     candidates = [name for name, feature in features.items()
                   if name != image_column_name and _holds_encoded_images(feature)]
+    if LABEL_IMAGE_COLUMN in candidates:
+        candidates = [LABEL_IMAGE_COLUMN]
     if len(candidates) == 1:
         logger.info("%s has no %r column: using its image column %r as the label maps", source,
                     DEFAULT_LABEL_COLUMN, candidates[0])
@@ -165,6 +170,7 @@ def load_segmentation_datasets(
     token: str | bool | None = None,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
+    revision: str | None = None,
 ) -> SegmentationDatasets:
     """Train and validation splits of images and label maps from one source (see the module docstring)."""
     if data_dir is not None and dataset_name is not None:
@@ -179,7 +185,8 @@ def load_segmentation_datasets(
         source, dataset_id = f"ADE-layout folder {data_dir}", "imagefolder"
         image_column_name, label_column_name = DEFAULT_IMAGE_COLUMN, DEFAULT_LABEL_COLUMN
     elif dataset_name is not None:
-        splits = datasets.load_dataset(dataset_name, dataset_config_name, streaming=streaming, token=token)
+        splits = datasets.load_dataset(dataset_name, dataset_config_name, streaming=streaming, token=token,
+                                       revision=revision)
         source = dataset_name if dataset_config_name is None else f"{dataset_name} ({dataset_config_name})"
         dataset_id = dataset_name
     else:

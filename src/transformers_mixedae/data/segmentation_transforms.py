@@ -61,7 +61,8 @@ from .transforms import (
 ADE20K_SCALE = (2048, 512)  # mmseg's img_scale for ADE20K: (long side, short side) bounds
 RATIO_RANGE = (0.5, 2.0)
 CAT_MAX_RATIO = 0.75
-# mmseg's RandomCrop draws this many crops before keeping the last one.
+# Crops drawn at most while one class dominates; the last is kept unchecked. mmseg's RandomCrop checks 10 and may
+# draw an 11th: a rarely reached difference, kept so that the recorded runs reproduce.
 CAT_MAX_RATIO_ATTEMPTS = 10
 BRIGHTNESS_DELTA = 32
 CONTRAST_RANGE = (0.5, 1.5)

@@ -131,6 +131,7 @@ def load_run_datasets(data_args: DataArguments, training_args: TrainingArguments
     return load_image_dataset(
         dataset_name=data_args.dataset_name,
         dataset_config_name=data_args.dataset_config_name,
+        revision=data_args.dataset_revision,
         train_dir=data_args.train_dir,
         validation_dir=data_args.validation_dir,
         streaming=data_args.streaming,

@@ -23,6 +23,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from transformers import CONFIG_MAPPING, PreTrainedModel, UperNetConfig, UperNetForSemanticSegmentation
+from transformers.image_utils import PILImageResampling
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
 from ..data import SEGMENTATION_IGNORE_INDEX
@@ -43,11 +44,17 @@ DEFAULT_LEARNING_RATE = 1e-4
 DEFAULT_WEIGHT_DECAY = 0.05
 DEFAULT_ADAM_BETA2 = 0.999
 MAX_LISTED_KEYS = 6
+# Where torch's SyncBatchNorm synchronises (on other devices it raises in a multi-process run).
+SYNC_BATCH_NORM_DEVICES = ("cuda", "xpu", "hpu")
 
 
 def default_out_indices(num_layers: int) -> list[int]:
-    """Stages at 1/3, 1/2, 2/3 and all of the depth: 4 6 8 12 for ViT-B (the papers' blocks 3 5 7 11, 0-based)."""
-    return [num_layers // 3, num_layers // 2, (2 * num_layers) // 3, num_layers]
+    """Stages at 1/3, 1/2, 2/3 and all of the depth: 4 6 8 12 for ViT-B (the papers' blocks 3 5 7 11, 0-based). Under
+    6 layers that rule repeats a stage, and the last four stages are used instead (1 2 3 4 for 4 layers)."""
+    stages = [num_layers // 3, num_layers // 2, (2 * num_layers) // 3, num_layers]
+    if len(set(stages)) < len(stages):
+        stages = list(range(max(num_layers - 3, 0), num_layers + 1))
+    return stages
 
 
 def backbone_class(model_type: str) -> type:
@@ -70,6 +77,11 @@ def _stages(segmentation_args: SegmentationArguments, num_layers: int) -> dict:
     check_argument(
         max(out_indices) <= num_layers and len(set(out_indices)) == len(out_indices), "out_indices", out_indices,
         f"stages of a {num_layers}-layer backbone are 0..{num_layers}, distinct; pass --out_indices explicitly",
+    )
+    check_argument(
+        not segmentation_args.multi_scale_neck or len(out_indices) == 4, "out_indices", out_indices,
+        f"the multi-scale neck takes 4 stages, a {num_layers}-layer backbone has {num_layers + 1} (0..{num_layers}): "
+        "pass --multi_scale_neck false",
     )
     # UperNet's auxiliary FCN head reads the third feature map (transformers' `auxiliary_in_index`, 2).
     check_argument(
@@ -126,14 +138,33 @@ def build_segmentation_model(
     return model
 
 
+def synchronises_batch_norm(segmentation_args: SegmentationArguments, accelerator: Accelerator) -> bool:
+    """Whether the run's BatchNorm layers become SyncBatchNorm: `--sync_batch_norm`, several processes, and a device
+    on which torch synchronises them."""
+    return (segmentation_args.sync_batch_norm and accelerator.num_processes > 1
+            and accelerator.device.type in SYNC_BATCH_NORM_DEVICES)
+
+
+def with_synchronised_batch_norm(
+    model: UperNetForSemanticSegmentation, segmentation_args: SegmentationArguments, accelerator: Accelerator
+) -> UperNetForSemanticSegmentation:
+    """`model` with SyncBatchNorm in place of its BatchNorm layers when `synchronises_batch_norm`, else as it is. The
+    parameters and buffers keep their names, so the saved folder loads as a plain UperNet."""
+    if not synchronises_batch_norm(segmentation_args, accelerator):
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def segmentation_image_processor(backbone_config, segmentation_args: SegmentationArguments):
     """The processor saved with the model: resize to the evaluation scale (`--rescale_size`, default the training
     crop; a multiple of the patch size, so any image gives a valid input), square, normalise; `do_reduce_labels` as
     trained; `post_process_semantic_segmentation` gives the class-id map at each image's own size (what
     `pipeline("image-segmentation")` calls)."""
     side = segmentation_args.resolved_rescale_size
+    # Bilinear, as the run's evaluation rescales images.
     return pil_image_processor_class(backbone_config)(
-        size={"height": side, "width": side}, do_center_crop=False, do_reduce_labels=segmentation_args.reduce_labels,
+        size={"height": side, "width": side}, resample=PILImageResampling.BILINEAR, do_center_crop=False,
+        do_reduce_labels=segmentation_args.reduce_labels,
     )
 
 
@@ -167,8 +198,8 @@ class SemanticSegmentationTask(TrainingTask):
         self.data: SegmentationData | None = None
 
     def check_arguments(self) -> None:
-        """The crop and rescale sizes against the patch size and `--out_indices` against the depth, before anything
-        is written."""
+        """The crop and rescale sizes against the patch size, `--out_indices` against the depth and the batch size
+        against the BatchNorm layers, before anything is written."""
         overrides = _backbone_overrides(self.model_args, self.segmentation_args, self.model_type)
         config_class = CONFIG_MAPPING[self.model_type]
         if self.model_args.model_name_or_path:
@@ -182,11 +213,23 @@ class SemanticSegmentationTask(TrainingTask):
                            f"a multiple of the backbone's patch size {patch_size}, "
                            f"e.g. {max(1, (side or 0) // patch_size) * patch_size}")
         _stages(self.segmentation_args, config.num_hidden_layers)
+        # The heads' BatchNorm layers (pyramid pooling down to 1 x 1) cannot train on statistics of one image.
+        batch_size = self.training_args.per_device_train_batch_size
+        if synchronises_batch_norm(self.segmentation_args, self.accelerator):
+            batch_size *= self.accelerator.num_processes
+        check_argument(batch_size >= 2, "per_device_train_batch_size", self.training_args.per_device_train_batch_size,
+                       "UperNet's BatchNorm layers need at least 2 images per batch: pass 2 or more (or train on "
+                       "several GPUs with --sync_batch_norm)")
 
     def label_names(self) -> dict[int, str]:
-        """id -> name: `--id2label`, else the dataset's names, else the ids; `--num_labels` must agree."""
+        """id -> name: `--id2label`, else the dataset's names (without class 0 and shifted down under
+        `--reduce_labels`, as the labels are), else the ids; `--num_labels` must agree."""
         segmentation = self.segmentation_args
-        names = segmentation.id2label_map or self.data.datasets.id2label
+        names = segmentation.id2label_map
+        if names is None and self.data.datasets.id2label is not None:
+            names = self.data.datasets.id2label
+            if segmentation.reduce_labels:
+                names = {index - 1: name for index, name in names.items() if index > 0}
         num_labels = segmentation.num_labels
         # (--id2label and --num_labels were checked against each other with the arguments: only the dataset's names
         # can disagree here.)
@@ -208,6 +251,7 @@ class SemanticSegmentationTask(TrainingTask):
         self.data = SegmentationData(self.data_args, self.training_args, self.segmentation_args, self.accelerator)
         id2label = self.label_names()
         model = build_segmentation_model(self.model_args, self.segmentation_args, self.model_type, id2label)
+        model = with_synchronised_batch_norm(model, self.segmentation_args, self.accelerator)
         processor = segmentation_image_processor(model.config.backbone_config, self.segmentation_args)
         self.data.build_loaders(model.config, len(id2label), processor)
         return model, self.data

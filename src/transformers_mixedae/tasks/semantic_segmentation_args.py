@@ -96,6 +96,13 @@ class SegmentationArguments:
     auxiliary_loss_weight: float = field(default=0.4, metadata={"help": "Weight of the auxiliary head's loss."})
     head_hidden_size: int = field(default=512, metadata={"help": "Channels of the UperNet head (mmseg: 512)."})
     auxiliary_channels: int = field(default=256, metadata={"help": "Channels of the auxiliary FCN head."})
+    sync_batch_norm: bool = field(
+        default=True,
+        metadata={"help": "On several GPUs, turn the heads' and neck's BatchNorm layers into SyncBatchNorm so that "
+                          "their statistics cover the global batch (the MAE/CAE recipe's SyncBN; with 2 crops per "
+                          "GPU, per-device statistics are noisy). torch synchronises batch norm on accelerators only: "
+                          "on CPU each process keeps its own."},
+    )
     save_visualizations: bool = field(
         default=True, metadata={"help": "Write image | ground truth | prediction PNGs at every evaluation."}
     )

@@ -35,7 +35,7 @@ from ..data import (
     SkippedSampleStats,
     label_map_to_tensor,
 )
-from ..data.images import open_image
+from ..data.images import UndecodableImageError, apply_exif_orientation, image_identifier, open_image
 from ..data.segmentation_loading import SegmentationDatasets, load_segmentation_datasets
 from ..data import streaming
 from ..data.streaming import (
@@ -82,19 +82,25 @@ class PairedTransform:
         return self.transform(image, labels, generator=generator)
 
 
-def read_label_map(value: Any, reduce_labels: bool, num_labels: int, identifier: str = "") -> torch.Tensor:
-    """An annotation (`{"bytes", "path"}` dict, PIL image, path) -> `(H, W)` int64 class ids, with `reduce_labels`
-    applied; a class id outside [0, num_labels) other than the ignore index raises a `ValueError` with the fix."""
-    labels = label_map_to_tensor(open_image(value))
+def read_label_map(value: Any, reduce_labels: bool, num_labels: int) -> torch.Tensor:
+    """An annotation (`{"bytes", "path"}` dict, PIL image, path) -> `(H, W)` int64 class ids, turned by its own EXIF
+    orientation as images are, with `reduce_labels` applied. A map that is not single-channel, or holds a class id
+    outside [0, num_labels) other than the ignore index, raises a `ValueError` naming the file and the fix."""
+    try:
+        labels = label_map_to_tensor(apply_exif_orientation(open_image(value)))
+    except UndecodableImageError:
+        raise
+    except ValueError as error:
+        raise ValueError(f"annotation {image_identifier(value)}: {error}") from error
     if reduce_labels:
         labels = reduce_reference_labels(labels, SEGMENTATION_IGNORE_INDEX)
     known = labels[labels != SEGMENTATION_IGNORE_INDEX]
     if known.numel() and (int(known.min()) < 0 or int(known.max()) >= num_labels):
         bad = int(known.max()) if int(known.max()) >= num_labels else int(known.min())
         raise ValueError(
-            f"the label map {identifier or ''} holds class id {bad}, outside [0, --num_labels {num_labels}) and not the "
-            f"ignore index {SEGMENTATION_IGNORE_INDEX}: raise --num_labels, or pass --reduce_labels for ADE20K-style "
-            "maps (0 = other)"
+            f"the label map {image_identifier(value)} holds class id {bad}, outside [0, --num_labels {num_labels}) and "
+            f"not the ignore index {SEGMENTATION_IGNORE_INDEX}: raise --num_labels, or pass --reduce_labels for "
+            "ADE20K-style maps (0 = other)"
         )
     return labels
 
@@ -120,8 +126,13 @@ class SegmentationStream(DecodedImageStream):
 
     def decode_example(self, example: dict[str, Any], decode: Callable[[Any], Any]) -> dict[str, Any]:
         image = decode(example[self.image_column_name])
-        labels = read_label_map(example[self.label_map_column], self.reduce_labels, self.num_labels)
-        return dict(self.transform((image, labels)))
+        annotation = example[self.label_map_column]
+        labels = read_label_map(annotation, self.reduce_labels, self.num_labels)
+        try:
+            return dict(self.transform((image, labels)))
+        except ValueError as error:  # e.g. an annotation of another size: name the pair
+            raise ValueError(f"image {image_identifier(example[self.image_column_name])} with annotation "
+                             f"{image_identifier(annotation)}: {error}") from error
 
 
 class ListCollator(SkipAwareCollator):
@@ -198,6 +209,7 @@ class SegmentationData(PretrainingData):
             data_dir=segmentation_args.data_dir,
             dataset_name=data_args.dataset_name,
             dataset_config_name=data_args.dataset_config_name,
+            revision=data_args.dataset_revision,
             streaming=data_args.streaming,
             image_column_name=data_args.image_column_name,
             label_column_name=label_map_column(data_args),

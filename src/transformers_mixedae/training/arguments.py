@@ -155,6 +155,12 @@ class DataArguments:
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_revision: str | None = field(
+        default=None,
+        metadata={"help": "Branch, tag or commit of --dataset_name, e.g. refs/convert/parquet: the Hub's Parquet "
+                          "export of a dataset that only has a loading script (such as scene_parse_150), which "
+                          "datasets no longer runs."},
+    )
     train_dir: str | None = field(
         default=None,
         metadata={"help": "Local folder of training images (class sub-folders), Parquet shards or WebDataset .tar shards."},
