@@ -223,3 +223,63 @@ def test_exif_orientation_is_applied_as_in_the_training_pipeline():
     pixels = raw(opened, return_tensors="pt").pixel_values[0]
     assert pixels.shape == (3, 40, 30)
     assert torch.equal(pixels, torch.from_numpy(np.array(decode_rgb(data))).permute(2, 0, 1))
+
+
+# ---------------------------------------------------------------------------------------------- segmentation maps
+def _nearest(labels: np.ndarray, width: int, height: int) -> np.ndarray:
+    return np.array(Image.fromarray(labels).resize((width, height), Image.NEAREST)).astype(np.int64)
+
+
+def test_segmentation_maps_become_labels_resized_and_cropped_as_the_images():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (300, 400)).astype(np.uint8)
+    image = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    # MAE's transform: short side to 256 (300 x 400 -> 256 x 341), centre crop 224 (rows 16.., columns 58..).
+    batch = MixedAEImageProcessorPil()(image, segmentation_maps=Image.fromarray(labels, mode="L"), return_tensors="pt")
+    assert batch["pixel_values"].shape == (1, 3, 224, 224) and batch["labels"].dtype == torch.int64
+    assert torch.equal(batch["labels"][0], torch.from_numpy(_nearest(labels, 341, 256)[16:240, 58:282]))
+    # The square resize of the segmentation run's processor, on a list of integer arrays.
+    square = MixedAEImageProcessorPil(size={"height": 24, "width": 24}, do_center_crop=False)
+    batch = square([image, image], segmentation_maps=[labels, labels.astype(np.int64)], return_tensors="pt")
+    assert batch["labels"].shape == (2, 24, 24)
+    assert torch.equal(batch["labels"][1], torch.from_numpy(_nearest(labels, 24, 24)))
+    assert "labels" not in square(image, return_tensors="pt")
+
+
+def test_segmentation_maps_are_reduced_as_configured_or_asked():
+    labels = np.array([[0, 1], [4, 255]], dtype=np.uint8)
+    image = np.zeros((2, 2, 3), dtype=np.uint8)
+    settings = dict(size={"height": 2, "width": 2}, do_center_crop=False, return_tensors="np")
+    reduced = [[255, 0], [3, 255]]
+    assert MixedAEImageProcessorPil(do_reduce_labels=True)(image, segmentation_maps=labels, **settings)[
+        "labels"][0].tolist() == reduced
+    assert MixedAEImageProcessorPil()(image, segmentation_maps=labels, **settings)["labels"][0].tolist() == [
+        [0, 1], [4, 255]]
+    assert MixedAEImageProcessorPil()(image, segmentation_maps=labels, do_reduce_labels=True, **settings)[
+        "labels"][0].tolist() == reduced
+    assert MixedAEImageProcessorPil(do_reduce_labels=True).reduce_label(labels).tolist() == reduced
+
+
+def test_cae_processor_gives_masks_and_labels_together():
+    processor = CAEImageProcessorPil(size={"height": 32, "width": 32}, do_center_crop=False, patch_size=16,
+                                     num_masking_patches=2, mask_min_num_patches=1)
+    labels = np.arange(64 * 48).reshape(48, 64) % 7
+    batch = processor(np.zeros((48, 64, 3), dtype=np.uint8), segmentation_maps=labels, return_bool_masked_pos=True,
+                      return_tensors="pt")
+    assert batch["labels"].shape == (1, 32, 32) and batch["bool_masked_pos"].shape == (1, 4)
+    assert int(batch["bool_masked_pos"].sum()) == 2
+    assert torch.equal(batch["labels"][0], torch.from_numpy(_nearest(labels.astype(np.uint8), 32, 32)))
+
+
+@pytest.mark.parametrize(
+    "maps, message",
+    [
+        ([np.zeros((4, 4), dtype=np.uint8)] * 2, "got 2 segmentation maps for 1 images"),
+        (np.zeros((4, 4), dtype=np.float32), "segmentation map 0 is an array of shape \\(4, 4\\) and dtype float32"),
+        (np.full((4, 4), 300), "segmentation map 0 holds class ids in \\[300, 300\\]"),
+        (np.zeros((4, 4, 3), dtype=np.uint8), "expected class ids: a PIL image of mode L or P"),
+    ],
+)
+def test_bad_segmentation_maps_are_named(maps, message):
+    with pytest.raises(ValueError, match=message):
+        MixedAEImageProcessorPil()(np.zeros((4, 4, 3), dtype=np.uint8), segmentation_maps=maps)

@@ -457,6 +457,11 @@ def test_saved_processor_resizes_to_the_crop_and_keeps_reduce_labels(model_type,
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8))
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
     assert pixel_values.shape == (1, 3, 24, 24)
+    # Label maps as BEiT's processor takes them, reduced as the run read them (1 -> 0, 0 -> ignored).
+    annotation = np.ones((30, 50), dtype=np.uint8)
+    annotation[:, :25] = 0
+    labels = processor(images=image, segmentation_maps=annotation, return_tensors="pt")["labels"]
+    assert labels.shape == (1, 24, 24) and set(labels.unique().tolist()) == {0, 255}
     with torch.no_grad():
         (class_map,) = processor.post_process_semantic_segmentation(model.eval()(pixel_values), target_sizes=[(30, 50)])
     assert class_map.shape == (30, 50)

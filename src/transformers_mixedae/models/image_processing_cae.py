@@ -14,13 +14,12 @@ from typing import Any
 
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.processing_utils import ImagesKwargs
 
-from .image_processing_mixedae import _FallsBackToPil, _MixedAEImageProcessorDefaults
+from .image_processing_mixedae import MixedAEImageProcessorKwargs, _FallsBackToPil, _MixedAEImageProcessorDefaults
 from .masking import mask_generator_from_settings, stack_masks
 
 
-class CAEImageProcessorKwargs(ImagesKwargs, total=False):
+class CAEImageProcessorKwargs(MixedAEImageProcessorKwargs, total=False):
     r"""
     return_bool_masked_pos (`bool`, *optional*, defaults to `False`):
         Add `bool_masked_pos` (True = masked), one mask per image, for the patch grid of the processed images.

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
+from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -29,6 +30,7 @@ from transformers.image_utils import (
     PILImageResampling,
     is_valid_image,
 )
+from transformers.processing_utils import ImagesKwargs
 from transformers.utils import is_torchvision_available, logging
 
 from .rgb_conversion import to_rgb
@@ -108,6 +110,38 @@ def _check_image(index: int, image: Any, do_rescale: bool) -> None:
         )
 
 
+class MixedAEImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
+        ADE20K's convention for `segmentation_maps`: class 0 ("other") becomes 255 (ignored) and every other class
+        id shifts down by one.
+    """
+
+    do_reduce_labels: bool
+
+
+def _label_map_pixels(index: int, label_map: Any, do_reduce_labels: bool) -> np.ndarray:
+    """Segmentation map `index` (PIL image of mode L / P, or integer array `(H, W)`) as an `(H, W, 3)` uint8 image of
+    its class ids, reduced with `do_reduce_labels`, so that the image pipeline can resize and crop it."""
+    labels = np.array(label_map.detach().cpu() if torch.is_tensor(label_map) else label_map)
+    if labels.ndim != 2 or labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"segmentation map {index} is {_describe(label_map)}; expected class ids: a PIL image of mode L or P, or "
+            "an integer array of shape (height, width)."
+        )
+    labels = labels.astype(np.int64)
+    if do_reduce_labels:
+        reduced = labels - 1
+        reduced[(labels == 0) | (labels == SEGMENTATION_IGNORE_INDEX)] = SEGMENTATION_IGNORE_INDEX
+        labels = reduced
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(
+            f"segmentation map {index} holds class ids in [{labels.min()}, {labels.max()}]; the processor takes ids "
+            f"0..255 ({SEGMENTATION_IGNORE_INDEX} = ignored)."
+        )
+    return np.repeat(labels.astype(np.uint8)[..., None], 3, axis=2)
+
+
 class _MixedAEImageProcessorDefaults:
     # MAE: Resize(256, bicubic) on the short side + CenterCrop(224), ImageNet mean/std.
     resample = PILImageResampling.BICUBIC
@@ -124,6 +158,7 @@ class _MixedAEImageProcessorDefaults:
     # rest shifted down, as the training data was read (`reduce_labels`).
     do_reduce_labels = False
     model_input_names = ["pixel_values"]
+    valid_kwargs = MixedAEImageProcessorKwargs
 
     @classmethod
     def from_model_config(cls, config: Any, **kwargs: Any):
@@ -134,12 +169,35 @@ class _MixedAEImageProcessorDefaults:
     def reduce_label(self, label_map: Any) -> np.ndarray:
         """A label map as the model was trained on it: with `do_reduce_labels`, 0 becomes 255 (ignored) and every
         other class id shifts down by one (255 stays 255); unchanged otherwise. Returns an int64 array."""
-        labels = np.array(label_map, dtype=np.int64)
-        if self.do_reduce_labels:
-            reduced = labels - 1
-            reduced[(labels == 0) | (labels == SEGMENTATION_IGNORE_INDEX)] = SEGMENTATION_IGNORE_INDEX
-            labels = reduced
-        return labels
+        return _label_map_pixels(0, label_map, self.do_reduce_labels)[..., 0].astype(np.int64)
+
+    def preprocess(self, images: Any, segmentation_maps: Any = None, **kwargs: Any) -> BatchFeature:
+        """`pixel_values` of `images`; with `segmentation_maps` (one class-id map per image, at the image's size: a PIL
+        image of mode L or P, or an integer array `(H, W)`), also `labels`, int64 `(H, W)` per image: reduced with
+        `do_reduce_labels`, then resized (nearest) and cropped exactly as the images are."""
+        return super().preprocess(images, segmentation_maps, **kwargs)
+
+    def _preprocess_image_like_inputs(
+        self, images: Any, segmentation_maps: Any = None, *args: Any, do_reduce_labels: bool = False,
+        return_tensors: Any = None, **kwargs: Any,
+    ) -> BatchFeature:
+        batch = super()._preprocess_image_like_inputs(images, *args, return_tensors=return_tensors, **kwargs)
+        if segmentation_maps is None:
+            return batch
+        maps = list(segmentation_maps) if isinstance(segmentation_maps, (list, tuple)) else [segmentation_maps]
+        if len(maps) != len(batch["pixel_values"]):
+            raise ValueError(f"got {len(maps)} segmentation maps for {len(batch['pixel_values'])} images; pass one "
+                             "map per image")
+        # The images' own resize and crop, on the ids held as pixels: nearest, nothing rescaled or normalised.
+        map_settings = {**kwargs, "do_rescale": False, "do_normalize": False, "do_convert_rgb": False,
+                        "resample": PILImageResampling.NEAREST, "input_data_format": ChannelDimension.LAST}
+        if "return_bool_masked_pos" in map_settings:
+            map_settings["return_bool_masked_pos"] = False
+        pixels = [_label_map_pixels(index, label_map, do_reduce_labels) for index, label_map in enumerate(maps)]
+        resized = super()._preprocess_image_like_inputs(pixels, *args, return_tensors=None, **map_settings)
+        labels = [np.asarray(item.cpu() if torch.is_tensor(item) else item)[0].astype(np.int64)
+                  for item in resized["pixel_values"]]
+        return BatchFeature(data={**batch, "labels": labels}, tensor_type=return_tensors)
 
     def post_process_semantic_segmentation(
         self, outputs: Any, target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None
