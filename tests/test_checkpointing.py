@@ -169,6 +169,20 @@ def test_another_batch_size_is_refused_unless_allow_recipe_change(tmp_path, fini
                      r"in the checkpoint, 4 now", caplog.text)
 
 
+def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path, finished, caplog):
+    """Rotation must not keep the abandoned run's step_2 over the resumed run's own checkpoints, nor `latest` return
+    to it: it moves to checkpoints/superseded/, kept."""
+    run = interrupted_copy(finished, tmp_path / "run")
+    abandoned = folder_fingerprint(run / "checkpoints" / "step_2")
+    caplog.set_level(logging.WARNING)
+    results = run_pretraining(*arguments(run, resume_from_checkpoint=str(run / "checkpoints" / "step_1"),
+                                         **{**CHECKPOINTED, "save_total_limit": 1}))
+    assert results["train_steps"] == 2
+    assert "the 1 later checkpoint(s) of the abandoned run moved to" in caplog.text
+    assert folder_fingerprint(run / "checkpoints" / "superseded" / "step_2") == abandoned
+    assert list_checkpoints(run) == [run / "checkpoints" / "step_2"]  # the resumed run's own, rotated to 1
+
+
 def test_the_same_recipe_resumes_without_allow_recipe_change(tmp_path, finished):
     run = interrupted_copy(finished, tmp_path / "run", steps=(1,))
     assert run_pretraining(*arguments(run, resume_from_checkpoint="latest", **CHECKPOINTED))["train_steps"] == 2

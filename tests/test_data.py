@@ -157,6 +157,39 @@ def test_max_samples_limit_the_splits(shard_dirs):
     assert len(loaded.train) == 10 and len(loaded.validation) == 3
 
 
+def class_sorted_dataset(num_classes: int = 20, per_class: int = 100) -> datasets.Dataset:
+    """Solid images numbered by id, labels in blocks: an image folder read in class order."""
+    ids = list(range(num_classes * per_class))
+    records = id_records(ids)
+    records["label"] = [sample // per_class for sample in ids]
+    return datasets.Dataset.from_dict(records, features=datasets.Features(
+        {"image": datasets.Image(), "label": datasets.Value("int64")}))
+
+
+def test_sample_limits_take_the_same_random_subset_of_a_class_sorted_dataset():
+    dataset = class_sorted_dataset()
+    limit_samples = loading.limit_samples
+    kept = limit_samples(dataset, 200)
+    labels = kept["label"]
+    assert len(labels) == 200 and len(set(labels)) == 20  # the first 200 would be classes 0 and 1 only
+    assert labels == sorted(labels)  # kept in dataset order
+    assert limit_samples(dataset, 200)["image"] == kept["image"]  # the same subset in every run
+    assert limit_samples(dataset, 5000) is dataset and limit_samples(dataset, None) is dataset
+    streamed = limit_samples(dataset.to_iterable_dataset(), 3)  # a stream keeps its first examples
+    assert [example["label"] for example in streamed] == [0, 0, 0]
+
+
+def test_a_class_sorted_map_style_dataset_larger_than_the_buffer_is_shuffled_across_classes():
+    dataset = class_sorted_dataset()
+    loader = build_pretraining_dataloader(dataset, identify, batch_size=32, seed=0, shuffle_buffer_size=200,
+                                          label_column_name=None)
+    ids = [[int(value) for value in batch["pixel_values"][:, 0]] for batch in loader]
+    assert len(ids) == 2000 // 32 and len({sample for batch in ids for sample in batch}) == len(ids) * 32
+    batches = [[sample // 100 for sample in batch] for batch in ids]
+    # Blocks of 200 consecutive examples of the sorted folder would give batches of 2 to 3 classes.
+    assert np.mean([len(set(batch)) for batch in batches]) > 12
+
+
 @pytest.mark.parametrize("streaming", [True, False])
 @pytest.mark.parametrize("column", ["image_column_name", "label_column_name"])
 def test_missing_column_is_named_with_the_available_ones(shard_dirs, streaming, column):

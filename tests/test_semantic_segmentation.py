@@ -470,7 +470,7 @@ def test_saved_processor_resizes_to_the_crop_and_keeps_reduce_labels(model_type,
 def test_reduce_labels_run_ignores_label_zero(tmp_path, ade_folder):
     """The ADE folder's maps hold 0..3: with --reduce_labels 0 is ignored and 1..3 become the 3 classes."""
     results = run_semantic_segmentation(*arguments(tmp_path, ade_folder, reduce_labels=True, num_labels=3,
-                                                   max_steps=1, max_eval_samples=2))
+                                                   max_steps=1))
     assert {key for key in results if key.startswith("eval_iou_")} == {"eval_iou_0", "eval_iou_1", "eval_iou_2"}
     assert 0.0 <= results["eval_mean_iou"] <= 1.0
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())

@@ -193,6 +193,30 @@ def test_a_non_finite_loss_or_gradient_skips_the_step_counts_it_and_leaves_the_w
     assert all(np.isfinite(losses[step]) for step in (1, 2, 4, 6))
 
 
+def test_a_skipped_fp16_step_lets_the_loss_scaler_back_off_and_train_on():
+    """accelerate's fp16 scaler (a CPU GradScaler here: accelerate gives none on CPU) saw the overflow when the
+    gradients were unscaled for the norm; the skipped step must update it, or the next unscaling raises."""
+    from types import SimpleNamespace
+
+    from transformers_mixedae.training.loop import release_loss_scaler
+
+    layer = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    scaler.scale(layer(torch.tensor([[float("inf"), 1.0]])).sum()).backward()
+    scaler.unscale_(optimizer)  # what clip_grad_norm_ does under fp16
+    release_loss_scaler(SimpleNamespace(scaler=scaler))
+    optimizer.zero_grad(set_to_none=True)
+    assert scaler.get_scale() == 2.0**15
+    before = layer.weight.detach().clone()
+    scaler.scale(layer(torch.ones(1, 2)).sum()).backward()
+    scaler.unscale_(optimizer)  # raised "unscale_() has already been called" without the update
+    scaler.step(optimizer)
+    scaler.update()
+    assert not torch.equal(layer.weight, before)
+    release_loss_scaler(SimpleNamespace(scaler=None))  # fp32 / bf16: nothing to do
+
+
 def test_consecutive_non_finite_steps_stop_the_job_and_leave_the_last_checkpoint_untouched(tmp_path, monkeypatch):
     weights_seen = inject_faults(monkeypatch, {4: "loss", 5: "gradient", 6: "loss"})  # steps 5 to 7
     original_forward = MixedAEForPreTraining.forward

@@ -32,8 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 
 logger = logging.getLogger(__name__)
+
+# The subset `limit_samples` keeps of a map-style dataset, the same whatever the run's seed.
+SUBSET_SEED = 0
 
 DEFAULT_DATASET_DIR = Path(__file__).resolve().parent / "default"
 TRAIN_SPLIT = "train"
@@ -359,11 +363,17 @@ def _label_names(dataset: AnyDataset, label_column_name: str | None) -> list[str
     return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
 
 
-def _limit(dataset: AnyDataset, max_samples: int | None) -> AnyDataset:
+def limit_samples(dataset: AnyDataset, max_samples: int | None) -> AnyDataset:
+    """At most `max_samples` examples (`--max_train_samples` and the like). Of a map-style dataset, a random subset
+    drawn with `SUBSET_SEED` and kept in dataset order: a folder sorted by class gives every class its share, and
+    every run the same examples. Of a stream, the first ones (choosing would mean reading the whole stream)."""
     if max_samples is None:
         return dataset
     if isinstance(dataset, datasets.Dataset):
-        return dataset.select(range(min(max_samples, len(dataset))))
+        if max_samples >= len(dataset):
+            return dataset
+        chosen = np.random.default_rng(SUBSET_SEED).choice(len(dataset), size=max_samples, replace=False)
+        return dataset.select(np.sort(chosen))
     return dataset.take(max_samples)
 
 
@@ -421,8 +431,8 @@ def load_image_dataset(
         if dataset is not None:
             check_image_dataset(dataset, split_name, image_column_name, label_column_name, source)
     return ImageDatasets(
-        train=_limit(train, max_train_samples),
-        validation=None if validation is None else _limit(validation, max_eval_samples),
+        train=limit_samples(train, max_train_samples),
+        validation=None if validation is None else limit_samples(validation, max_eval_samples),
         image_column_name=image_column_name,
         label_column_name=label_column_name,
         label_names=_label_names(train, label_column_name),

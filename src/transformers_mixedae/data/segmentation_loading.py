@@ -26,7 +26,14 @@ from typing import Any
 
 import datasets
 
-from .loading import TRAIN_SPLIT, VALIDATION_SPLIT, _column_names, _limit, bundled_parquet_files, check_image_dataset
+from .loading import (
+    TRAIN_SPLIT,
+    VALIDATION_SPLIT,
+    _column_names,
+    bundled_parquet_files,
+    check_image_dataset,
+    limit_samples,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -204,8 +211,8 @@ def load_segmentation_datasets(
             check_image_dataset(dataset, split, image_column_name, None, source)
             _check_label_column(dataset, split, label_column_name, source)
     return SegmentationDatasets(
-        train=_limit(train, max_train_samples),
-        validation=None if validation is None else _limit(validation, max_eval_samples),
+        train=limit_samples(train, max_train_samples),
+        validation=None if validation is None else limit_samples(validation, max_eval_samples),
         image_column_name=image_column_name,
         label_column_name=label_column_name,
         id2label=id2label,

@@ -469,6 +469,11 @@ def _rank_stream(
     if isinstance(dataset, datasets.IterableDataset):
         # Only the user's own shards (files): a map-style Dataset is cut into as many shards as suit the readers.
         _warn_about_shard_split(dataset, rank, world_size, num_workers)
+    elif shuffle_seed is not None and len(dataset) > shuffle_buffer_size:
+        # The shards below are contiguous and the examples are shuffled within blocks of `shuffle_buffer_size`: over
+        # a folder sorted by class, batches would hold a few classes. One seeded permutation first (the same on
+        # every rank and in every epoch, so positions stay resumable); a dataset within one block needs none.
+        dataset = dataset.shuffle(seed=shuffle_seed)
     stream = _image_column_undecoded(_as_stream(dataset, world_size, num_workers), image_column_name)
     if shuffle_seed is not None:
         # Same seed on every rank and before the split: one shard permutation, cut into disjoint parts. The buffer

@@ -203,7 +203,7 @@ def validation_batch(num_images: int, image_size, dataset_name: str | None = Non
     `(pixel_values, image_std)`."""
     from ..data import EvaluationTransform, build_evaluation_dataloader, load_image_dataset
 
-    loaded = load_image_dataset(dataset_name, dataset_config_name, max_eval_samples=num_images)
+    loaded = load_image_dataset(dataset_name, dataset_config_name)  # not max_eval_samples: a random subset
     transform = EvaluationTransform(image_size)
     loader = build_evaluation_dataloader(
         loaded.validation, transform, batch_size=num_images,

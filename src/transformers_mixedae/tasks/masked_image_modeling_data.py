@@ -23,6 +23,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import gather_object
 
 from ..data.streaming import derived_seed
+from ..data.loading import limit_samples
 from ..data import (
     BatchNormalizer,
     EvaluationTransform,
@@ -353,7 +354,11 @@ class PretrainingData:
 
     # ------------------------------------------------------------------ bad samples
     def skipped_summary(self) -> dict[str, float]:
-        counts = torch.tensor([self.stats.num_skipped, self.stats.num_loaded], dtype=torch.float64)
+        """Undecodable and loaded training images, summed over the ranks. Every rank must call it."""
+        counts = torch.tensor([self.stats.num_skipped, self.stats.num_loaded], dtype=torch.int64,
+                              device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
         return {"train_skipped_samples": int(counts[0]), "train_loaded_samples": int(counts[1])}
 
     def skipped_report(self) -> dict:
@@ -396,7 +401,7 @@ class PretrainingData:
     # ------------------------------------------------------------------ evaluation
     def _evaluation_loader(self, dataset, max_samples: int | None):
         return build_evaluation_dataloader(
-            _head(dataset, max_samples),
+            limit_samples(dataset, max_samples),
             self.evaluation_transform,
             batch_size=self.training_args.per_device_eval_batch_size,
             rank=self.accelerator.process_index,
@@ -443,7 +448,7 @@ class PretrainingData:
         if self.data_args.max_eval_samples is not None:
             count = min(count, self.data_args.max_eval_samples)
         loader = build_evaluation_dataloader(
-            _head(validation, count),
+            _first(validation, count),
             self.evaluation_transform,
             batch_size=count,
             num_workers=0,
@@ -493,7 +498,7 @@ class PretrainingData:
             rank=self.accelerator.process_index,
         )
         loader = build_pretraining_dataloader(
-            _head(validation, self.data_args.max_eval_samples),
+            limit_samples(validation, self.data_args.max_eval_samples),
             augmentation,
             batch_size=max(eval_batch, self.group_size),
             rank=self.accelerator.process_index,
@@ -619,9 +624,8 @@ def _merged_skipped_report(ranks: list[dict], first_rank: int = 0) -> dict:
     }
 
 
-def _head(dataset, count: int | None):
-    if count is None:
-        return dataset
+def _first(dataset, count: int):
+    """The first `count` examples: the homologous probe's fixed batch, comparable across runs."""
     if isinstance(dataset, datasets.Dataset):
         return dataset.select(range(min(count, len(dataset))))
     return dataset.take(count)

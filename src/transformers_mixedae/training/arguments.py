@@ -175,7 +175,11 @@ class DataArguments:
             "pre-training needs no labels, and evaluation then reports the reconstruction loss only."
         },
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training samples."})
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Use only this many training samples: a fixed random subset (the same in every run) of a "
+                          "non-streamed dataset, the first ones of a stream. Likewise the two limits below."},
+    )
     max_eval_samples: int | None = field(
         default=None,
         metadata={
@@ -191,7 +195,8 @@ class DataArguments:
         default=10000,
         metadata={"help": "Examples per shuffle block, per DataLoader worker: after the shard order is shuffled, each "
                   "worker reads this many consecutive examples and permutes them (a resumable shuffle; it also bounds "
-                  "what a resume re-reads)."},
+                  "what a resume re-reads). A non-streamed dataset larger than this is permuted once (seeded) before "
+                  "it is cut into shards, so that a folder sorted by class is not read class by class."},
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes per rank."})
     max_skipped_fraction: float = field(

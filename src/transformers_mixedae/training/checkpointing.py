@@ -27,6 +27,7 @@ from accelerate.logging import get_logger
 logger = get_logger(__name__)
 
 CHECKPOINTS_DIRNAME = "checkpoints"
+SUPERSEDED_DIRNAME = "superseded"  # inside the checkpoints folder: those of an abandoned run
 RUN_STATE_NAME = "run_state.json"
 _STEP_PATTERN = re.compile(r"^step_(\d+)$")
 _TEMPORARY_PREFIX = ".tmp-"
@@ -47,6 +48,28 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
         return []
     found = [(int(m.group(1)), path) for path in root.iterdir() if (m := _STEP_PATTERN.match(path.name))]
     return [path for _, path in sorted(found)]
+
+
+def set_aside_newer_checkpoints(output_dir: str | os.PathLike, checkpoint: Path) -> list[Path]:
+    """Resuming `checkpoint` abandons the checkpoints of `output_dir` written after it: they move to
+    `checkpoints/superseded/` (kept, not deleted), so that rotation keeps the resumed run's own checkpoints and
+    `latest` cannot return to the abandoned run. Returns their new paths (none for a checkpoint of another folder)."""
+    root = checkpoint_root(output_dir)
+    resumed = _STEP_PATTERN.match(Path(checkpoint).name)
+    if resumed is None or not root.is_dir() or Path(checkpoint).resolve().parent != root.resolve():
+        return []
+    newer = [path for path in list_checkpoints(output_dir)
+             if int(_STEP_PATTERN.match(path.name).group(1)) > int(resumed.group(1))]
+    moved = []
+    for path in newer:
+        target = root / SUPERSEDED_DIRNAME / path.name
+        suffix = 1
+        while target.exists():  # set aside by an earlier resume too
+            target, suffix = root / SUPERSEDED_DIRNAME / f"{path.name}.{suffix}", suffix + 1
+        target.parent.mkdir(exist_ok=True)
+        os.replace(path, target)
+        moved.append(target)
+    return moved
 
 
 def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str | os.PathLike) -> Path | None:

@@ -233,6 +233,15 @@ def gradients_are_finite(accelerator: Accelerator, model: torch.nn.Module, max_g
     return bool(torch.isfinite(total_norm))
 
 
+def release_loss_scaler(accelerator: Accelerator) -> None:
+    """After a step skipped as non-finite, under fp16: let the loss scaler back off (it recorded the overflow when
+    `gradients_are_finite` unscaled the gradients) and reset its per-step state, as its own skipped step would;
+    without it the scale never drops and the next step's unscaling fails."""
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None:
+        scaler.update()
+
+
 def train(
     task: TrainingTask,
     accelerator: Accelerator | None = None,
@@ -341,6 +350,7 @@ def train(
                             window_loss += step_loss  # skipped steps stay out of the logged and final losses
                             window_batches += step_batches
                         else:
+                            release_loss_scaler(accelerator)
                             progress.skipped_nonfinite_steps += 1
                             progress.consecutive_nonfinite_steps += 1
                             logger.warning(

@@ -15,7 +15,14 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from transformers import PreTrainedModel
 
-from .checkpointing import CheckpointError, check_checkpoint_is_safe, check_resume_recipe, resolve_checkpoint, save_checkpoint
+from .checkpointing import (
+    CheckpointError,
+    check_checkpoint_is_safe,
+    check_resume_recipe,
+    resolve_checkpoint,
+    save_checkpoint,
+    set_aside_newer_checkpoints,
+)
 from .output_folders import check_model_path, prepare_output_dir
 
 logger = get_logger(__name__)
@@ -37,6 +44,11 @@ def prepare_run_folders(
         # A job restarted with `latest` before its first checkpoint was written still counts as resuming its own run.
         resuming = training_args.resume_from_checkpoint is not None
         prepare_output_dir(output_dir, overwrite=training_args.overwrite_output_dir, resuming=resuming)
+        if checkpoint is not None:
+            moved = set_aside_newer_checkpoints(output_dir, checkpoint)
+            if moved:
+                logger.warning(f"Resuming {checkpoint.name}: the {len(moved)} later checkpoint(s) of the abandoned "
+                               f"run moved to {moved[0].parent} ({', '.join(path.name for path in moved)}).")
     accelerator.wait_for_everyone()
     return output_dir, checkpoint
 
