@@ -146,6 +146,23 @@ def test_recipe_defaults_and_explicit_flags(tmp_path):
     assert args.label_smoothing == 0.1 and training_args.weight_decay == 0.05
 
 
+def test_warm_up_is_the_recipes_epochs_capped_at_half_the_run_and_needs_a_known_epoch(caplog):
+    from transformers_mixedae.tasks.image_classification import ImageClassificationTask
+
+    task = object.__new__(ImageClassificationTask)  # only the arguments matter here
+    task.training_args = TrainingArguments(output_dir="x", warmup_steps=None)
+    task.classification_args = ClassificationArguments(warmup_epochs=5.0)
+    assert task.warmup_steps(steps_per_epoch=10, max_train_steps=1000) == 50
+    caplog.set_level("WARNING")
+    assert task.warmup_steps(steps_per_epoch=10, max_train_steps=60) == 30
+    assert "--warmup_epochs 5.0 is 50 steps, more than half of the 60-step run: warming up over 30" in caplog.text
+    with pytest.raises(ValueError, match="--warmup_epochs 5.0 is not valid: an epoch's length is unknown .* pass "
+                                         "--warmup_steps"):
+        task.warmup_steps(steps_per_epoch=None, max_train_steps=1000)
+    task.training_args = TrainingArguments(output_dir="x", warmup_steps=7)
+    assert task.warmup_steps(steps_per_epoch=None, max_train_steps=1000) == 7
+
+
 def test_resumed_fine_tuning_ends_with_the_same_weights(tmp_path, pretrained):
     # 64 samples / batch 16 / 2 accumulation = 2 steps per epoch: the checkpoint at step 1 lies inside the first
     # epoch, step 3 is in the second; drop path (0.1) draws from the checkpointed RNG.

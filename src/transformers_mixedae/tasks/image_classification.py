@@ -55,7 +55,14 @@ from .image_classification_args import (
     resolve_recipe,
 )
 from ..training.output_folders import check_model_path
-from ..training.arguments import MODEL_TYPES, DataArguments, ModelArguments, TrainingArguments, parse_config_overrides
+from ..training.arguments import (
+    MODEL_TYPES,
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    check_argument,
+    parse_config_overrides,
+)
 from .masked_image_modeling_data import (
     MAX_LISTED_SKIPPED_SAMPLES,
     DataState,
@@ -339,10 +346,20 @@ class ImageClassificationTask(TrainingTask):
             )
         return model, self.data
 
-    def warmup_steps(self, steps_per_epoch: int, max_train_steps: int) -> int:
+    def warmup_steps(self, steps_per_epoch: int | None, max_train_steps: int) -> int:
+        """`--warmup_steps`, else the recipe's `--warmup_epochs` (not `--warmup_ratio`), at most half the run."""
         if self.training_args.warmup_steps is not None:
             return self.training_args.warmup_steps
-        return min(round(self.classification_args.warmup_epochs * steps_per_epoch), max_train_steps // 2)
+        epochs = self.classification_args.warmup_epochs
+        check_argument(steps_per_epoch is not None, "warmup_epochs", epochs,
+                       "an epoch's length is unknown (a stream without split sizes): pass --warmup_steps")
+        steps = round(epochs * steps_per_epoch)
+        if steps > max_train_steps // 2:
+            logger.warning(f"--warmup_epochs {epochs} is {steps} steps, more than half of the {max_train_steps}-step "
+                           f"run: warming up over {max_train_steps // 2} (pass --warmup_steps to choose)",
+                           main_process_only=True)
+            steps = max_train_steps // 2
+        return steps
 
     def build_optimizer(self, model: PreTrainedModel, lr: float):
         args, classification = self.training_args, self.classification_args

@@ -256,7 +256,11 @@ class TrainingArguments:
     adam_beta2: float | None = field(default=None, metadata={"help": "AdamW beta2 (default 0.95 MAE, 0.999 CAE)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers get_scheduler name."})
     warmup_steps: int | None = field(default=None, metadata={"help": "Warm-up optimizer steps."})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "Warm-up fraction when warmup_steps is not set."})
+    warmup_ratio: float = field(
+        default=0.05,
+        metadata={"help": "Warm-up fraction of the run when --warmup_steps is not set (pre-training, segmentation; "
+                          "image classification warms up over --warmup_epochs)."},
+    )
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs (ignored when max_steps is set)."})
     max_steps: int | None = field(
         default=None,

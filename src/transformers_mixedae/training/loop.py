@@ -73,7 +73,9 @@ class TrainingTask:
     def build(self) -> tuple[PreTrainedModel, Any]:
         raise NotImplementedError
 
-    def warmup_steps(self, steps_per_epoch: int, max_train_steps: int) -> int:
+    def warmup_steps(self, steps_per_epoch: int | None, max_train_steps: int) -> int:
+        """`--warmup_steps`, else `--warmup_ratio` of the run; `steps_per_epoch` is None when the epoch size is
+        unknown (a stream without split sizes)."""
         args = self.training_args
         return args.warmup_steps if args.warmup_steps is not None else round(args.warmup_ratio * max_train_steps)
 
@@ -277,9 +279,9 @@ def train(
         raise ValueError(
             "The number of training examples is unknown (streaming without split sizes): pass --max_steps."
         )
+    warmup_steps = task.warmup_steps(steps_per_epoch, max_train_steps)
     if steps_per_epoch is None:
         steps_per_epoch = max_train_steps
-    warmup_steps = task.warmup_steps(steps_per_epoch, max_train_steps)
 
     optimizer = task.build_optimizer(model, lr)
     scheduler = get_scheduler(
