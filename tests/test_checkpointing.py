@@ -183,6 +183,15 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path, fini
     assert list_checkpoints(run) == [run / "checkpoints" / "step_2"]  # the resumed run's own, rotated to 1
 
 
+def test_a_refused_resume_of_an_earlier_checkpoint_leaves_the_later_ones_in_place(tmp_path, finished):
+    run = interrupted_copy(finished, tmp_path / "run")
+    with pytest.raises(ValueError, match="would change the recipe"):
+        run_pretraining(*arguments(run, resume_from_checkpoint=str(run / "checkpoints" / "step_1"),
+                                   per_device_train_batch_size=4, **CHECKPOINTED))
+    assert list_checkpoints(run) == [run / "checkpoints" / "step_1", run / "checkpoints" / "step_2"]
+    assert not (run / "checkpoints" / "superseded").exists()
+
+
 def test_the_same_recipe_resumes_without_allow_recipe_change(tmp_path, finished):
     run = interrupted_copy(finished, tmp_path / "run", steps=(1,))
     assert run_pretraining(*arguments(run, resume_from_checkpoint="latest", **CHECKPOINTED))["train_steps"] == 2

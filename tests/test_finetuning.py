@@ -147,8 +147,11 @@ def test_recipe_defaults_and_explicit_flags(tmp_path):
 
 
 def test_warm_up_is_the_recipes_epochs_capped_at_half_the_run_and_needs_a_known_epoch(caplog):
+    from accelerate import PartialState
+
     from transformers_mixedae.tasks.image_classification import ImageClassificationTask
 
+    PartialState()  # accelerate's logger needs its state
     task = object.__new__(ImageClassificationTask)  # only the arguments matter here
     task.training_args = TrainingArguments(output_dir="x", warmup_steps=None)
     task.classification_args = ClassificationArguments(warmup_epochs=5.0)
@@ -161,6 +164,9 @@ def test_warm_up_is_the_recipes_epochs_capped_at_half_the_run_and_needs_a_known_
         task.warmup_steps(steps_per_epoch=None, max_train_steps=1000)
     task.training_args = TrainingArguments(output_dir="x", warmup_steps=7)
     assert task.warmup_steps(steps_per_epoch=None, max_train_steps=1000) == 7
+    task.training_args = TrainingArguments(output_dir="x", warmup_steps=None)
+    task.classification_args = ClassificationArguments(warmup_epochs=0.0)
+    assert task.warmup_steps(steps_per_epoch=None, max_train_steps=1000) == 0
 
 
 def test_resumed_fine_tuning_ends_with_the_same_weights(tmp_path, pretrained):

@@ -278,8 +278,20 @@ def test_cae_processor_gives_masks_and_labels_together():
         (np.zeros((4, 4), dtype=np.float32), "segmentation map 0 is an array of shape \\(4, 4\\) and dtype float32"),
         (np.full((4, 4), 300), "segmentation map 0 holds class ids in \\[300, 300\\]"),
         (np.zeros((4, 4, 3), dtype=np.uint8), "expected class ids: a PIL image of mode L or P"),
+        (np.zeros((4, 5), dtype=np.uint8), "segmentation map 0 is 4x5 \\(height x width\\) but its image is 4x4"),
     ],
 )
 def test_bad_segmentation_maps_are_named(maps, message):
     with pytest.raises(ValueError, match=message):
         MixedAEImageProcessorPil()(np.zeros((4, 4, 3), dtype=np.uint8), segmentation_maps=maps)
+
+
+def test_a_segmentation_map_turns_with_its_own_exif_orientation(tmp_path):
+    labels = np.array([[1, 0, 0], [0, 0, 2]], dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotate 180
+    Image.fromarray(labels, mode="L").save(tmp_path / "map.png", exif=exif)
+    processor = MixedAEImageProcessorPil(size={"height": 2, "width": 3}, do_center_crop=False)
+    batch = processor(np.zeros((2, 3, 3), dtype=np.uint8), segmentation_maps=Image.open(tmp_path / "map.png"),
+                      return_tensors="np")
+    assert batch["labels"][0].tolist() == np.rot90(labels, 2).tolist()

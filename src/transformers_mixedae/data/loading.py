@@ -408,7 +408,8 @@ def load_image_dataset(
             (`resolve_column_names`); the result holds the names used.
         token: Hub token (`True` = the stored login).
         cache_dir: `datasets` cache folder.
-        max_train_samples / max_eval_samples: keep only the first N examples (`take` when streaming).
+        max_train_samples / max_eval_samples: keep at most N examples (`limit_samples`: a fixed random subset, the
+            first N when streaming).
         validation_split_name: split used for validation (ImageNet: `validation`; its `test` has no labels).
         revision: branch, tag or commit of `dataset_name` (e.g. `refs/convert/parquet`).
 

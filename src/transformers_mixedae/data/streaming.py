@@ -463,13 +463,14 @@ def _rank_stream(
     num_workers: int,
     shuffle_seed: int | None,
     shuffle_buffer_size: int,
+    permute_map_style: bool = True,
 ) -> datasets.IterableDataset:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     if isinstance(dataset, datasets.IterableDataset):
         # Only the user's own shards (files): a map-style Dataset is cut into as many shards as suit the readers.
         _warn_about_shard_split(dataset, rank, world_size, num_workers)
-    elif shuffle_seed is not None and len(dataset) > shuffle_buffer_size:
+    elif permute_map_style and shuffle_seed is not None and len(dataset) > shuffle_buffer_size:
         # The shards below are contiguous and the examples are shuffled within blocks of `shuffle_buffer_size`: over
         # a folder sorted by class, batches would hold a few classes. One seeded permutation first (the same on
         # every rank and in every epoch, so positions stay resumable); a dataset within one block needs none.
@@ -564,14 +565,17 @@ def build_pretraining_dataloader(
     skip_undecodable: bool = True,
     pin_memory: bool = False,
     persistent_workers: bool = False,
+    permute_map_style: bool = True,
 ) -> ImageStreamLoader:
     """Shuffled, rank-split, skip-aware loader of transformed images for pre-training.
 
     `batch_size` is per process. The returned loader must not go through `accelerator.prepare`; call its
     `set_epoch(epoch)` before each epoch. A map-style `Dataset` is turned into a sharded stream first, so both
-    kinds behave the same. See the module docstring for the distributed rules.
+    kinds behave the same; with `permute_map_style`, one larger than `shuffle_buffer_size` is permuted (seeded) first.
+    See the module docstring for the distributed rules.
     """
-    stream = _rank_stream(dataset, image_column_name, rank, world_size, num_workers, seed, shuffle_buffer_size)
+    stream = _rank_stream(dataset, image_column_name, rank, world_size, num_workers, seed, shuffle_buffer_size,
+                          permute_map_style)
     return _build_loader(stream, transform, batch_size, num_workers, drop_last, batch_multiple, image_column_name,
                          label_column_name, skip_undecodable, pin_memory, persistent_workers, seed,
                          shuffle_buffer_size, rank)

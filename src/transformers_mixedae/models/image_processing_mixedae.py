@@ -28,12 +28,14 @@ from transformers.image_utils import (
     IMAGENET_DEFAULT_STD,
     ChannelDimension,
     PILImageResampling,
+    get_image_size,
+    infer_channel_dimension_format,
     is_valid_image,
 )
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import is_torchvision_available, logging
 
-from .rgb_conversion import to_rgb
+from .rgb_conversion import apply_exif_orientation, to_rgb
 
 logger = logging.get_logger(__name__)
 
@@ -123,6 +125,8 @@ class MixedAEImageProcessorKwargs(ImagesKwargs, total=False):
 def _label_map_pixels(index: int, label_map: Any, do_reduce_labels: bool) -> np.ndarray:
     """Segmentation map `index` (PIL image of mode L / P, or integer array `(H, W)`) as an `(H, W, 3)` uint8 image of
     its class ids, reduced with `do_reduce_labels`, so that the image pipeline can resize and crop it."""
+    if isinstance(label_map, Image.Image):
+        label_map = apply_exif_orientation(label_map)  # as images are turned (`to_rgb`)
     labels = np.array(label_map.detach().cpu() if torch.is_tensor(label_map) else label_map)
     if labels.ndim != 2 or labels.dtype.kind not in "iu":
         raise ValueError(
@@ -140,6 +144,15 @@ def _label_map_pixels(index: int, label_map: Any, do_reduce_labels: bool) -> np.
             f"0..255 ({SEGMENTATION_IGNORE_INDEX} = ignored)."
         )
     return np.repeat(labels.astype(np.uint8)[..., None], 3, axis=2)
+
+
+def _height_width(image: Any) -> tuple[int, int]:
+    """An input image's (height, width) as the processor reads it (PIL images turned by their EXIF orientation)."""
+    if isinstance(image, Image.Image):
+        width, height = apply_exif_orientation(image).size
+        return height, width
+    array = image.detach().cpu().numpy() if torch.is_tensor(image) else np.asarray(image)
+    return tuple(get_image_size(array, channel_dim=infer_channel_dimension_format(array)))
 
 
 class _MixedAEImageProcessorDefaults:
@@ -194,6 +207,12 @@ class _MixedAEImageProcessorDefaults:
         if "return_bool_masked_pos" in map_settings:
             map_settings["return_bool_masked_pos"] = False
         pixels = [_label_map_pixels(index, label_map, do_reduce_labels) for index, label_map in enumerate(maps)]
+        for index, (image, label_pixels) in enumerate(zip(images if isinstance(images, (list, tuple)) else [images],
+                                                          pixels)):
+            if not isinstance(image, str) and _height_width(image) != label_pixels.shape[:2]:
+                raise ValueError(f"segmentation map {index} is {label_pixels.shape[0]}x{label_pixels.shape[1]} "
+                                 f"(height x width) but its image is {'x'.join(map(str, _height_width(image)))}; "
+                                 "pass each image's own map, at the image's size")
         resized = super()._preprocess_image_like_inputs(pixels, *args, return_tensors=None, **map_settings)
         labels = [np.asarray(item.cpu() if torch.is_tensor(item) else item)[0].astype(np.int64)
                   for item in resized["pixel_values"]]

@@ -351,9 +351,9 @@ class ImageClassificationTask(TrainingTask):
         if self.training_args.warmup_steps is not None:
             return self.training_args.warmup_steps
         epochs = self.classification_args.warmup_epochs
-        check_argument(steps_per_epoch is not None, "warmup_epochs", epochs,
+        check_argument(steps_per_epoch is not None or not epochs, "warmup_epochs", epochs,
                        "an epoch's length is unknown (a stream without split sizes): pass --warmup_steps")
-        steps = round(epochs * steps_per_epoch)
+        steps = round(epochs * steps_per_epoch) if epochs else 0
         if steps > max_train_steps // 2:
             logger.warning(f"--warmup_epochs {epochs} is {steps} steps, more than half of the {max_train_steps}-step "
                            f"run: warming up over {max_train_steps // 2} (pass --warmup_steps to choose)",

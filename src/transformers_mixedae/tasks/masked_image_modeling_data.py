@@ -439,8 +439,9 @@ class PretrainingData:
 
     def homologous_probe_metrics(self, model, validation) -> dict[str, float]:
         """MixedAE only (mixing and homologous layers): `evaluation.homologous_probe` on a fixed validation batch,
-        the same at every evaluation and on every rank (the first `per_device_eval_batch_size` validation images,
-        at least g, at most `max_eval_samples`, evaluation transform; mixing noise seeded by the run's seed)."""
+        the same at every evaluation and on every rank (the first `per_device_eval_batch_size` images of the
+        validation set as `max_eval_samples` keeps it, at least g, at most `max_eval_samples`, evaluation transform;
+        mixing noise seeded by the run's seed)."""
         unwrapped = self.accelerator.unwrap_model(model)
         if not can_probe(unwrapped):
             return {}
@@ -468,9 +469,9 @@ class PretrainingData:
         }
 
     def frozen_feature_metrics(self, feature_model) -> dict[str, float]:
-        """Weighted kNN and linear probe: bank = the first `max_eval_train_samples` training images, queries = the
-        validation split, both with the evaluation transform. `feature_model` is one of our models (its encoder
-        runs) or any module whose output has `last_hidden_state` (the [CLS] position is used)."""
+        """Weighted kNN and linear probe: bank = `max_eval_train_samples` training images (`limit_samples`),
+        queries = the validation split, both with the evaluation transform. `feature_model` is one of our models
+        (its encoder runs) or any module whose output has `last_hidden_state` (the [CLS] position is used)."""
         bank_loader = self._evaluation_loader(self.datasets.train, self.data_args.max_eval_train_samples)
         query_loader = self._evaluation_loader(self.datasets.validation, self.data_args.max_eval_samples)
         bank_features, bank_labels = extract_features(feature_model, bank_loader, self.accelerator)
@@ -508,6 +509,7 @@ class PretrainingData:
             drop_last=False,
             batch_multiple=self.group_size,
             shuffle_buffer_size=1,
+            permute_map_style=False,  # the recorded evaluation order (mixing groups) of the validation images
             image_column_name=self.datasets.image_column_name,
             label_column_name=None,
         )

@@ -49,8 +49,8 @@ SYNC_BATCH_NORM_DEVICES = ("cuda", "xpu", "hpu")
 
 
 def default_out_indices(num_layers: int) -> list[int]:
-    """Stages at 1/3, 1/2, 2/3 and all of the depth: 4 6 8 12 for ViT-B (the papers' blocks 3 5 7 11, 0-based). Under
-    6 layers that rule repeats a stage, and the last four stages are used instead (1 2 3 4 for 4 layers)."""
+    """Stages at 1/3, 1/2, 2/3 and all of the depth: 4 6 8 12 for ViT-B (the papers' blocks 3 5 7 11, 0-based). Where
+    that rule repeats a stage (under 5 layers), the last four stages are used instead (1 2 3 4 for 4 layers)."""
     stages = [num_layers // 3, num_layers // 2, (2 * num_layers) // 3, num_layers]
     if len(set(stages)) < len(stages):
         stages = list(range(max(num_layers - 3, 0), num_layers + 1))

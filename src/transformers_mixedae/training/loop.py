@@ -38,7 +38,13 @@ from .ema import ModelEma, evaluate_ema, finish_ema
 from .records import TRAIN_LOG_NAME, TrainLog, write_skipped_samples
 from .final_save import log_evaluation, save_then_evaluate, sharded
 from .optim import effective_learning_rate
-from .resume import checkpoint_if_due, prepare_run_folders, resume_if_requested, run_recipe
+from .resume import (
+    checkpoint_if_due,
+    prepare_run_folders,
+    resume_if_requested,
+    run_recipe,
+    set_aside_abandoned_checkpoints,
+)
 
 logger = get_logger(__name__)
 
@@ -235,13 +241,16 @@ def gradients_are_finite(accelerator: Accelerator, model: torch.nn.Module, max_g
     return bool(torch.isfinite(total_norm))
 
 
-def release_loss_scaler(accelerator: Accelerator) -> None:
+def release_loss_scaler(accelerator: Accelerator) -> bool:
     """After a step skipped as non-finite, under fp16: let the loss scaler back off (it recorded the overflow when
     `gradients_are_finite` unscaled the gradients) and reset its per-step state, as its own skipped step would;
-    without it the scale never drops and the next step's unscaling fails."""
+    without it the scale never drops and the next step's unscaling fails. Returns whether a scaler of scale >= 1 took
+    the overflow (an ordinary fp16 overflow, not counted towards `--max_consecutive_nonfinite_steps`)."""
     scaler = getattr(accelerator, "scaler", None)
-    if scaler is not None:
-        scaler.update()
+    if scaler is None:
+        return False
+    scaler.update()
+    return scaler.get_scale() >= 1.0
 
 
 def train(
@@ -298,6 +307,7 @@ def train(
     accelerator.register_for_checkpointing(scheduler, progress, data.state, *([ema] if ema is not None else []))
 
     resume_if_requested(accelerator, checkpoint, progress, recipe, args.allow_recipe_change)
+    set_aside_abandoned_checkpoints(accelerator, output_dir, checkpoint)
     train_log = TrainLog(output_dir / TRAIN_LOG_NAME, enabled=accelerator.is_main_process)
     train_log.keep_until(progress.completed_steps)
     state = LoopState(accelerator, model, progress, max_train_steps, task)
@@ -352,14 +362,19 @@ def train(
                             window_loss += step_loss  # skipped steps stay out of the logged and final losses
                             window_batches += step_batches
                         else:
-                            release_loss_scaler(accelerator)
                             progress.skipped_nonfinite_steps += 1
-                            progress.consecutive_nonfinite_steps += 1
-                            logger.warning(
-                                f"Non-finite loss or gradient at step {progress.completed_steps}: step skipped "
-                                f"({progress.consecutive_nonfinite_steps} in a row).",
-                                main_process_only=True,
-                            )
+                            if release_loss_scaler(accelerator) and bool(torch.isfinite(step_loss)):
+                                # fp16's ordinary overflow, handled by the lowered scale: not a diverging run.
+                                logger.info(f"fp16 gradient overflow at step {progress.completed_steps}: step "
+                                            f"skipped, loss scale now {accelerator.scaler.get_scale():g}",
+                                            main_process_only=True)
+                            else:
+                                progress.consecutive_nonfinite_steps += 1
+                                logger.warning(
+                                    f"Non-finite loss or gradient at step {progress.completed_steps}: step skipped "
+                                    f"({progress.consecutive_nonfinite_steps} in a row).",
+                                    main_process_only=True,
+                                )
                         optimizer.zero_grad(set_to_none=True)
                         step_loss.zero_()
                         step_batches = 0

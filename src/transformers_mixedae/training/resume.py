@@ -44,13 +44,20 @@ def prepare_run_folders(
         # A job restarted with `latest` before its first checkpoint was written still counts as resuming its own run.
         resuming = training_args.resume_from_checkpoint is not None
         prepare_output_dir(output_dir, overwrite=training_args.overwrite_output_dir, resuming=resuming)
-        if checkpoint is not None:
-            moved = set_aside_newer_checkpoints(output_dir, checkpoint)
-            if moved:
-                logger.warning(f"Resuming {checkpoint.name}: the {len(moved)} later checkpoint(s) of the abandoned "
-                               f"run moved to {moved[0].parent} ({', '.join(path.name for path in moved)}).")
     accelerator.wait_for_everyone()
     return output_dir, checkpoint
+
+
+def set_aside_abandoned_checkpoints(accelerator: Accelerator, output_dir: Path, checkpoint: Path | None) -> None:
+    """Once `checkpoint` is resumed, the checkpoints written after it belong to an abandoned run: move them aside
+    (`checkpoints.set_aside_newer_checkpoints`). Called after the resume succeeded, so a refused or failed resume
+    leaves them where they were. Every rank must call it."""
+    if checkpoint is not None and accelerator.is_main_process:
+        moved = set_aside_newer_checkpoints(output_dir, checkpoint)
+        if moved:
+            logger.warning(f"Resumed {checkpoint.name}: the {len(moved)} later checkpoint(s) of the abandoned run "
+                           f"moved to {moved[0].parent} ({', '.join(path.name for path in moved)}).")
+    accelerator.wait_for_everyone()
 
 
 # Training arguments whose change on resume changes the optimisation (a checkpoint records them).
