@@ -15,6 +15,7 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
@@ -127,20 +128,28 @@ class DataState:
         self.stats.reasons = Counter(own.get("reasons", {}))
 
 
-def load_run_datasets(data_args: DataArguments, training_args: TrainingArguments):
-    """The train / validation splits the dataset arguments of `run_mim.py` and `run_image_classification.py` name."""
-    return load_image_dataset(
+def shared_source_arguments(data_args: DataArguments, training_args: TrainingArguments) -> dict[str, Any]:
+    """The loading arguments every task takes from the shared dataset flags: the Hub dataset (name, configuration,
+    revision, token), streaming, the image column and the sample limits."""
+    return dict(
         dataset_name=data_args.dataset_name,
         dataset_config_name=data_args.dataset_config_name,
         revision=data_args.dataset_revision,
-        train_dir=data_args.train_dir,
-        validation_dir=data_args.validation_dir,
         streaming=data_args.streaming,
         image_column_name=data_args.image_column_name,
-        label_column_name=data_args.label_column_name,
         token=training_args.hub_token,
         max_train_samples=data_args.max_train_samples,
         max_eval_samples=data_args.max_eval_samples,
+    )
+
+
+def load_run_datasets(data_args: DataArguments, training_args: TrainingArguments):
+    """The train / validation splits the dataset arguments of `run_mim.py` and `run_image_classification.py` name."""
+    return load_image_dataset(
+        train_dir=data_args.train_dir,
+        validation_dir=data_args.validation_dir,
+        label_column_name=data_args.label_column_name,
+        **shared_source_arguments(data_args, training_args),
     )
 
 

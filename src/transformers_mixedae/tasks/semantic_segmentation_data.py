@@ -57,6 +57,7 @@ from .masked_image_modeling_data import (
     DataState,
     PretrainingData,
     SeededTransform,
+    shared_source_arguments,
 )
 from .semantic_segmentation_args import SegmentationArguments, label_map_column
 
@@ -207,15 +208,8 @@ class SegmentationData(PretrainingData):
         self.tokenizer = None
         self.datasets = load_segmentation_datasets(
             data_dir=segmentation_args.data_dir,
-            dataset_name=data_args.dataset_name,
-            dataset_config_name=data_args.dataset_config_name,
-            revision=data_args.dataset_revision,
-            streaming=data_args.streaming,
-            image_column_name=data_args.image_column_name,
             label_column_name=label_map_column(data_args),
-            token=training_args.hub_token,
-            max_train_samples=data_args.max_train_samples,
-            max_eval_samples=data_args.max_eval_samples,
+            **shared_source_arguments(data_args, training_args),
         )
         self.source = self.datasets.source
         self.stats = SkippedSampleStats(max_recorded=MAX_LISTED_SKIPPED_SAMPLES)
