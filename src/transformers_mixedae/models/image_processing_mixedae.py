@@ -209,9 +209,10 @@ class _MixedAEImageProcessorDefaults:
         pixels = [_label_map_pixels(index, label_map, do_reduce_labels) for index, label_map in enumerate(maps)]
         for index, (image, label_pixels) in enumerate(zip(images if isinstance(images, (list, tuple)) else [images],
                                                           pixels)):
-            if not isinstance(image, str) and _height_width(image) != label_pixels.shape[:2]:
+            image_size = None if isinstance(image, str) else _height_width(image)
+            if image_size is not None and image_size != label_pixels.shape[:2]:
                 raise ValueError(f"segmentation map {index} is {label_pixels.shape[0]}x{label_pixels.shape[1]} "
-                                 f"(height x width) but its image is {'x'.join(map(str, _height_width(image)))}; "
+                                 f"(height x width) but its image is {image_size[0]}x{image_size[1]}; "
                                  "pass each image's own map, at the image's size")
         resized = super()._preprocess_image_like_inputs(pixels, *args, return_tensors=None, **map_settings)
         labels = [np.asarray(item.cpu() if torch.is_tensor(item) else item)[0].astype(np.int64)
