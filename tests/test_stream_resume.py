@@ -165,6 +165,14 @@ def test_a_run_resumed_late_in_an_epoch_decodes_only_the_rest_and_ends_with_the_
         assert torch.equal(expected[name], actual[name]), name
 
 
+def test_an_epoch_cut_short_by_accumulation_decodes_only_the_batches_it_uses(tmp_path, monkeypatch):
+    # 8 batches of 8 per epoch, 3 accumulated per step: 2 steps (6 batches) per epoch, the last 2 batches unused.
+    log = training_transform_log(tmp_path, monkeypatch)
+    run_pretraining(*tiny_runs.arguments(tmp_path / "run", max_steps=3, gradient_accumulation_steps=3,
+                                         max_eval_train_samples=8))
+    assert len(log.read_text().splitlines()) == (6 + 3) * 8  # epoch 0's six batches, then three of epoch 1
+
+
 def test_a_checkpoint_whose_position_does_not_fit_is_replayed_with_a_warning(tmp_path, caplog):
     settings = dict(max_steps=3, save_steps=2, max_eval_train_samples=8)
     run_pretraining(*tiny_runs.arguments(tmp_path / "first", **settings))
