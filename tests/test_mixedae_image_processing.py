@@ -260,6 +260,32 @@ def test_segmentation_maps_are_reduced_as_configured_or_asked():
     assert MixedAEImageProcessorPil(do_reduce_labels=True).reduce_label(labels).tolist() == reduced
 
 
+def test_padding_of_a_crop_larger_than_the_image_is_ignored_not_class_0():
+    labels = np.arange(20 * 20).reshape(20, 20) % 7
+    processor = MixedAEImageProcessorPil(do_resize=False, crop_size={"height": 24, "width": 24})
+    batch = processor(np.zeros((20, 20, 3), dtype=np.uint8), segmentation_maps=labels, return_tensors="np")
+    expected = np.full((24, 24), 255)
+    expected[2:22, 2:22] = labels
+    assert batch["pixel_values"].shape == (1, 3, 24, 24)
+    assert batch["labels"][0].tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_a_batch_of_segmentation_maps_in_one_array_gives_one_label_map_per_image(as_tensor):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (3, 8, 8)).astype(np.uint8)
+    images = rng.integers(0, 255, (3, 8, 8, 3), dtype=np.uint8)
+    processor = MixedAEImageProcessorPil(size={"height": 4, "width": 4}, do_center_crop=False)
+    maps = torch.from_numpy(labels) if as_tensor else labels
+    for batch in (processor(list(images), segmentation_maps=maps, return_tensors="np"),
+                  processor(images, segmentation_maps=maps, return_tensors="np")):
+        assert batch["labels"].shape == (3, 4, 4)
+        for index in range(3):
+            assert batch["labels"][index].tolist() == _nearest(labels[index], 4, 4).tolist()
+    with pytest.raises(ValueError, match="segmentation map 2 is 8x6 \\(height x width\\) but its image is 8x8"):
+        processor(images, segmentation_maps=list(labels[:2]) + [labels[2][:, :6]])
+
+
 def test_cae_processor_gives_masks_and_labels_together():
     processor = CAEImageProcessorPil(size={"height": 32, "width": 32}, do_center_crop=False, patch_size=16,
                                      num_masking_patches=2, mask_min_num_patches=1)

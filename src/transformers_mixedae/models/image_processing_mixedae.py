@@ -31,6 +31,7 @@ from transformers.image_utils import (
     get_image_size,
     infer_channel_dimension_format,
     is_valid_image,
+    make_flat_list_of_images,
 )
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import is_torchvision_available, logging
@@ -123,8 +124,9 @@ class MixedAEImageProcessorKwargs(ImagesKwargs, total=False):
 
 
 def _label_map_pixels(index: int, label_map: Any, do_reduce_labels: bool) -> np.ndarray:
-    """Segmentation map `index` (PIL image of mode L / P, or integer array `(H, W)`) as an `(H, W, 3)` uint8 image of
-    its class ids, reduced with `do_reduce_labels`, so that the image pipeline can resize and crop it."""
+    """Segmentation map `index` (PIL image of mode L / P, or integer array `(H, W)`) as an `(H, W, 3)` uint8 image
+    that the image pipeline can resize and crop: its class ids, reduced with `do_reduce_labels`, in channel 0, and 1
+    in the others, which marks the pixels a crop larger than the image pads with 0 (see `_labels_from_pixels`)."""
     if isinstance(label_map, Image.Image):
         label_map = apply_exif_orientation(label_map)  # as images are turned (`to_rgb`)
     labels = np.array(label_map.detach().cpu() if torch.is_tensor(label_map) else label_map)
@@ -143,7 +145,18 @@ def _label_map_pixels(index: int, label_map: Any, do_reduce_labels: bool) -> np.
             f"segmentation map {index} holds class ids in [{labels.min()}, {labels.max()}]; the processor takes ids "
             f"0..255 ({SEGMENTATION_IGNORE_INDEX} = ignored)."
         )
-    return np.repeat(labels.astype(np.uint8)[..., None], 3, axis=2)
+    pixels = np.ones((*labels.shape, 3), dtype=np.uint8)
+    pixels[..., 0] = labels
+    return pixels
+
+
+def _labels_from_pixels(pixels: Any) -> np.ndarray:
+    """The `(H, W)` int64 class ids of a processed `_label_map_pixels` image `(3, H, W)`: padding (where the marker
+    channel is 0) becomes 255, ignored, rather than class 0."""
+    pixels = np.asarray(pixels.cpu() if torch.is_tensor(pixels) else pixels)
+    labels = pixels[0].astype(np.int64)
+    labels[pixels[1] == 0] = SEGMENTATION_IGNORE_INDEX
+    return labels
 
 
 def _height_width(image: Any) -> tuple[int, int]:
@@ -186,8 +199,9 @@ class _MixedAEImageProcessorDefaults:
 
     def preprocess(self, images: Any, segmentation_maps: Any = None, **kwargs: Any) -> BatchFeature:
         """`pixel_values` of `images`; with `segmentation_maps` (one class-id map per image, at the image's size: a PIL
-        image of mode L or P, or an integer array `(H, W)`), also `labels`, int64 `(H, W)` per image: reduced with
-        `do_reduce_labels`, then resized (nearest) and cropped exactly as the images are."""
+        image of mode L or P, or an integer array `(H, W)`; or an `(N, H, W)` array for N images), also `labels`,
+        int64 `(H, W)` per image: reduced with `do_reduce_labels`, then resized (nearest) and cropped exactly as the
+        images are; where a crop is larger than the image, the padding is labelled 255 (ignored)."""
         return super().preprocess(images, segmentation_maps, **kwargs)
 
     def _preprocess_image_like_inputs(
@@ -197,7 +211,9 @@ class _MixedAEImageProcessorDefaults:
         batch = super()._preprocess_image_like_inputs(images, *args, return_tensors=return_tensors, **kwargs)
         if segmentation_maps is None:
             return batch
-        maps = list(segmentation_maps) if isinstance(segmentation_maps, (list, tuple)) else [segmentation_maps]
+        maps = segmentation_maps if isinstance(segmentation_maps, (list, tuple)) else [segmentation_maps]
+        if len(maps) == 1 and getattr(maps[0], "ndim", None) == 3 and len(maps[0]) == len(batch["pixel_values"]):
+            maps = list(maps[0])  # a batch `(N, H, W)`, one map per image
         if len(maps) != len(batch["pixel_values"]):
             raise ValueError(f"got {len(maps)} segmentation maps for {len(batch['pixel_values'])} images; pass one "
                              "map per image")
@@ -207,16 +223,17 @@ class _MixedAEImageProcessorDefaults:
         if "return_bool_masked_pos" in map_settings:
             map_settings["return_bool_masked_pos"] = False
         pixels = [_label_map_pixels(index, label_map, do_reduce_labels) for index, label_map in enumerate(maps)]
-        for index, (image, label_pixels) in enumerate(zip(images if isinstance(images, (list, tuple)) else [images],
-                                                          pixels)):
+        listed = images if isinstance(images, (list, tuple)) else [images]
+        if not any(isinstance(image, str) for image in listed):  # an (N, H, W, C) array is N images
+            listed = make_flat_list_of_images(images)
+        for index, (image, label_pixels) in enumerate(zip(listed, pixels)):
             image_size = None if isinstance(image, str) else _height_width(image)
             if image_size is not None and image_size != label_pixels.shape[:2]:
                 raise ValueError(f"segmentation map {index} is {label_pixels.shape[0]}x{label_pixels.shape[1]} "
                                  f"(height x width) but its image is {image_size[0]}x{image_size[1]}; "
                                  "pass each image's own map, at the image's size")
         resized = super()._preprocess_image_like_inputs(pixels, *args, return_tensors=None, **map_settings)
-        labels = [np.asarray(item.cpu() if torch.is_tensor(item) else item)[0].astype(np.int64)
-                  for item in resized["pixel_values"]]
+        labels = [_labels_from_pixels(item) for item in resized["pixel_values"]]
         return BatchFeature(data={**batch, "labels": labels}, tensor_type=return_tensors)
 
     def post_process_semantic_segmentation(
