@@ -97,3 +97,35 @@ def make_the_first_loss_nonfinite(monkeypatch, task_class) -> list:
 
     monkeypatch.setattr(task_class, "loss", loss_with_a_nonfinite_first_step)
     return calls
+
+
+def fake_hub(monkeypatch) -> dict:
+    """Replace `huggingface_hub.HfApi` by a recorder: `token`, `created` (repo id, private), `uploaded` (full repo id,
+    folder), `files` (the folder's files, relative, that the upload's ignore patterns leave) and `revision`. Bare
+    names resolve to `user/<name>`, as the Hub does for the logged-in user."""
+    import fnmatch
+    from pathlib import Path
+
+    calls = {}
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls["created"] = (repo_id, private)
+            return type("RepoUrl", (), {"repo_id": repo_id if "/" in repo_id else f"user/{repo_id}"})()
+
+        def create_branch(self, repo_id, branch, exist_ok=False):
+            calls["branch"] = branch
+
+        def upload_folder(self, repo_id, folder_path, commit_message, revision=None, ignore_patterns=None):
+            folder = Path(folder_path)
+            files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+            calls["uploaded"], calls["revision"] = (repo_id, folder), revision
+            calls["files"] = [name for name in files
+                              if not any(fnmatch.fnmatch(name, pattern) for pattern in ignore_patterns or ())]
+            calls["file_contents"] = {name: (folder / name).read_bytes() for name in calls["files"]}
+
+    monkeypatch.setattr("huggingface_hub.HfApi", RecordingApi)
+    return calls

@@ -406,3 +406,20 @@ def test_a_bad_checkpoint_with_overwrite_leaves_the_previous_result(tmp_path, ca
         main(convert_args(tmp_path / "bad.pth", run, "--overwrite_output_dir"))
     assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
     assert fingerprint(run) == before
+
+
+def test_a_non_square_position_table_converts_with_its_image_size():
+    shapes = {
+        "encoder.patch_embed.proj.weight": (384, 3, 16, 16),
+        "encoder.pos_embed": (1, 1 + 14 * 28, 384),
+        "encoder.blocks.0.mlp.fc1.weight": (1536, 384),
+        "encoder.blocks.0.attn.q_bias": (384,),
+        "encoder.blocks.0.gamma_1": (384,),
+    }
+    state_dict = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    with pytest.raises(CAEConversionError, match="392 patches do not form a square grid: pass --image_size"):
+        infer_config(state_dict, pretraining=False)
+    config, _ = infer_config(state_dict, pretraining=False, image_size=(224, 448))
+    assert tuple(config.image_size) == (224, 448)
+    with pytest.raises(CAEConversionError, match=r"--image_size \(448, 448\) with patch size 16 gives 784 patches"):
+        infer_config(state_dict, pretraining=False, image_size=(448, 448))

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from helpers import make_the_first_loss_nonfinite
+from helpers import fake_hub, make_the_first_loss_nonfinite
 from test_finetuning import arguments, pretrained  # noqa: F401 - the fixture
 from transformers_mixedae.tasks.image_classification import run_image_classification
 from transformers_mixedae.tasks.image_classification_args import ClassificationArguments
@@ -123,3 +124,24 @@ def test_skipped_steps_do_not_update_the_ema_and_the_probe_ema_is_folded(tmp_pat
     assert ema.keys() == final.keys()
     encoder = [name for name in ema if name.startswith("cae.")]
     assert encoder and all(torch.equal(ema[name], final[name]) for name in encoder)  # frozen: its average is itself
+
+
+def test_push_to_hub_uploads_the_finished_folder_with_the_ema_under_the_full_id_and_no_token(
+    tmp_path, pretrained, monkeypatch  # noqa: F811
+):
+    calls = fake_hub(monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["examples/run_image_classification.py", "--hub_token", "hf_SECRET",
+                                      "--hub_token=hf_SECRET", "--push_to_hub", "True"])
+    output_dir = tmp_path / "my_run"
+    run_image_classification(*arguments(pretrained / "mixedae", output_dir, push_to_hub=True, hub_token="hf_SECRET",
+                                        model_ema_eval=True, **EMA_SETTINGS))
+    assert calls["token"] == "hf_SECRET" and calls["uploaded"] == ("user/my_run", output_dir)
+    files = calls["files"]
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "all_results.json",
+            "ema/model.safetensors", "ema/README.md"} <= set(files)
+    assert not any(name.startswith("checkpoints/") for name in files)  # optimizer states stay local
+    card = calls["file_contents"]["README.md"].decode()
+    assert "hf_SECRET" not in card and "--hub_token '<HUB_TOKEN>' '--hub_token=<HUB_TOKEN>'" in card
+    assert 'repo_id = "user/my_run"' in card and "name: my_run" in card
+    assert "eval_ema_accuracy" in card  # the card uploaded is the one written after the EMA evaluation
+    assert card.count("Top-5 accuracy") == 1  # eval_ema_top5_accuracy is the EMA's, not the model's

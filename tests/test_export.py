@@ -69,6 +69,16 @@ def test_feature_extraction_export_from_folder_matches_mixedae(tmp_path):
     assert exported.config.model_type == "vit"
 
 
+def test_paths_starting_with_the_home_folder_are_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    MixedAEForPreTraining(tiny_mixedae_config()).save_pretrained(tmp_path / "mixedae")
+
+    folder = export_to_transformers("~/mixedae", "~/vit")
+    assert folder == tmp_path / "vit" and (tmp_path / "vit" / "config.json").is_file()
+    assert not (tmp_path / "~").exists()
+
+
 def test_exported_config_carries_the_architecture():
     config = tiny_mixedae_config(layer_norm_eps=1e-5, qkv_bias=False, hidden_act="gelu_new", hidden_dropout_prob=0.1)
     exported = convert_mixedae_to_vit(MixedAEModel(config))

@@ -22,7 +22,7 @@ from transformers_mixedae import (
     MixedAEForImageClassification,
     MixedAEForPreTraining,
 )
-from transformers_mixedae.hub.model_card import generate_model_card
+from transformers_mixedae.hub.model_card import classification_eval_results, generate_model_card
 from transformers_mixedae.hub.remote_code import save_pretrained_with_remote_code
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
@@ -264,3 +264,11 @@ def test_generated_card_for_cae(workdir):
 
     pixels = generate_model_card(tiny_cae_config(target="pixels"))
     assert "**Non-official pre-training target.**" in pixels.text
+
+
+def test_only_the_models_own_accuracies_reach_the_model_index():
+    results = {"eval_accuracy": 0.5, "eval_top5_accuracy": 0.9, "eval_ema_accuracy": 0.4,
+               "eval_ema_top5_accuracy": 0.7, "eval_knn_top5_accuracy": 0.6, "eval_linear_probe_top5_accuracy": 0.8}
+    reported = {result.metric_name: result.metric_value
+                for result in classification_eval_results(results, "imagefolder", evaluation_protocol="fine-tuning")}
+    assert reported == {"Top-1 accuracy (fine-tuning)": 0.5, "Top-5 accuracy (fine-tuning)": 0.9}

@@ -83,7 +83,7 @@ def test_run_artifacts_cover_what_runs_conversions_and_exports_write():
         "model.safetensors",
         "model-00001-of-00003.safetensors",
         "model.safetensors.index.json",
-        "pytorch_model.bin",  # export with safe_serialization=False
+        "pytorch_model.bin",  # a pickled model written by an older transformers
         "pytorch_model-00001-of-00002.bin",
         "pytorch_model.bin.index.json",
         "config.json",

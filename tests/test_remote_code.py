@@ -2,10 +2,13 @@
 process where `transformers_mixedae` cannot be imported, and gives the outputs of the in-process model."""
 
 import json
+import shutil
 
 import pytest
 import torch
-from helpers import tiny_cae_config, tiny_mixedae_config
+from accelerate import Accelerator
+from transformers import AutoModelForPreTraining
+from helpers import fake_hub, tiny_cae_config, tiny_mixedae_config
 from tiny_checkpoints import random_image, randomise_, tiny_mixedae_processor, tiny_processor_kwargs
 from without_package import run_without_package
 
@@ -13,13 +16,16 @@ from transformers_mixedae import (
     CAEForImageClassification,
     CAEForPreTraining,
     CAEImageProcessorPil,
+    MixedAEBackbone,
     MixedAEConfig,
     MixedAEForImageClassification,
     MixedAEForPreTraining,
     MixedAEImageProcessorPil,
 )
 from transformers_mixedae.hub.export import export_to_transformers
+from transformers_mixedae.hub.model_card import generate_model_card
 from transformers_mixedae.hub.remote_code import check_remote_code_folder, save_pretrained_with_remote_code
+from transformers_mixedae.training.final_save import save_final_model
 
 ATOL = 1e-5
 
@@ -28,6 +34,7 @@ REMOTE_SCRIPT = """
 import torch
 from PIL import Image
 from transformers import (
+    AutoBackbone,
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
@@ -57,6 +64,13 @@ with torch.no_grad():
     outputs["pretraining_logits"] = pretraining_outputs.logits
     classifier = AutoModelForImageClassification.from_pretrained(classification_dir, trust_remote_code=True).eval()
     outputs["classification_logits"] = classifier(inputs["pixel_values"]).logits
+    # AutoBackbone.from_pretrained asks the Hub even for a local folder (transformers 5.24): the class it maps the
+    # config to loads the weights, as in-process.
+    backbone_config = AutoConfig.from_pretrained(pretraining_dir, trust_remote_code=True, out_indices=[1])
+    backbone_class = type(AutoBackbone.from_config(backbone_config, trust_remote_code=True))
+    backbone = backbone_class.from_pretrained(pretraining_dir, out_indices=[1]).eval()
+    outputs["backbone_class"] = type(backbone).__name__
+    outputs["backbone_feature_map"] = backbone(inputs["pixel_values"]).feature_maps[0]
     exported = AutoModel.from_pretrained(exported_dir).eval()
     outputs["exported_class"] = type(exported).__name__
     outputs["exported_features"] = exported(inputs["pixel_values"]).last_hidden_state
@@ -147,6 +161,8 @@ def remote_run(tmp_path_factory):
         )
         expected["cae_pretraining_loss"] = cae_outputs.loss
         expected["cae_pretraining_logits"] = cae_outputs.logits
+        backbone = MixedAEBackbone.from_pretrained(workdir / "pretraining", out_indices=[1]).eval()
+        expected["backbone_feature_map"] = backbone(inputs["pixel_values"]).feature_maps[0]
     run_without_package(REMOTE_SCRIPT, workdir)
     return expected, torch.load(workdir / "outputs.pt"), workdir
 
@@ -160,8 +176,9 @@ def test_the_package_is_not_importable_in_the_remote_process(remote_run):
 
 def test_remote_models_give_the_in_process_outputs(remote_run):
     expected, remote, _ = remote_run
-    assert remote["encoder_class"] == "MixedAEModel"
-    for name in ("features", "pretraining_loss", "pretraining_logits", "classification_logits"):
+    assert remote["encoder_class"] == "MixedAEModel" and remote["backbone_class"] == "MixedAEBackbone"
+    for name in ("features", "pretraining_loss", "pretraining_logits", "classification_logits",
+                 "backbone_feature_map"):
         torch.testing.assert_close(remote[name], expected[name], atol=ATOL, rtol=0, msg=name)
 
 
@@ -199,6 +216,7 @@ def test_folder_layout_and_auto_map(remote_run):
         "AutoModel": "modeling_mixedae.MixedAEModel",
         "AutoModelForPreTraining": "modeling_mixedae.MixedAEForPreTraining",
         "AutoModelForImageClassification": "modeling_mixedae.MixedAEForImageClassification",
+        "AutoBackbone": "modeling_mixedae.MixedAEBackbone",
     }
     processor_config = json.loads((folder / "preprocessor_config.json").read_text())
     assert processor_config["auto_map"]["AutoImageProcessor"] == {
@@ -244,25 +262,40 @@ def test_check_remote_code_folder_reports_leaks(tmp_path):
     assert "vit_layers" in str(error.value) and "imports transformers_mixedae" in str(error.value)
 
 
-def test_push_to_hub_uploads_the_finished_folder(tmp_path, monkeypatch):
-    calls = {}
-
-    class FakeApi:
-        def create_repo(self, repo_id, exist_ok):
-            calls["created"] = repo_id
-            return type("RepoUrl", (), {"repo_id": f"user/{repo_id}"})()
-
-        def upload_folder(self, repo_id, folder_path, commit_message):
-            calls["uploaded"] = (repo_id, sorted(path.name for path in tmp_path.joinpath("out").iterdir()))
-
-    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+def test_push_to_hub_uploads_the_finished_folder_with_the_callers_token_and_privacy(tmp_path, monkeypatch):
+    calls = fake_hub(monkeypatch)
     save_pretrained_with_remote_code(
         MixedAEForPreTraining(tiny_mixedae_config()),
         tmp_path / "out",
         tiny_mixedae_processor(),
         push_to_hub=True,
         repo_id="tiny-mixedae",
+        private=True,
+        token="hf_caller",
     )
-    assert calls["created"] == "tiny-mixedae"
-    repo_id, files = calls["uploaded"]
+    assert calls["token"] == "hf_caller" and calls["created"] == ("tiny-mixedae", True)
+    repo_id, folder = calls["uploaded"]
+    files = sorted(path.name for path in folder.iterdir())
     assert repo_id == "user/tiny-mixedae" and "modeling_mixedae.py" in files and "model.safetensors" in files
+
+
+def test_a_backbone_saves_with_remote_code(tmp_path):
+    backbone = MixedAEBackbone(tiny_mixedae_config(out_indices=[1]))
+    save_pretrained_with_remote_code(backbone, tmp_path / "backbone")
+    auto_map = json.loads((tmp_path / "backbone" / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoBackbone"] == "modeling_mixedae.MixedAEBackbone"
+
+
+def test_a_model_loaded_from_remote_code_is_saved_by_a_run_without_the_stale_code_map(tmp_path):
+    folder = save_pretrained_with_remote_code(MixedAEForPreTraining(tiny_mixedae_config()), tmp_path / "remote",
+                                              tiny_mixedae_processor())
+    assert "trust_remote_code" in generate_model_card(folder).text
+    model = AutoModelForPreTraining.from_pretrained(folder)
+    assert model.config.auto_map  # carried over from the remote-code folder
+
+    save_final_model(Accelerator(cpu=True), model, tiny_mixedae_processor(), tmp_path / "run", {})
+    assert "auto_map" not in json.loads((tmp_path / "run" / "config.json").read_text())
+    assert "trust_remote_code" not in (tmp_path / "run" / "README.md").read_text()
+    # A folder whose config names code files it does not hold gets no trust_remote_code snippet either.
+    shutil.copy(folder / "config.json", tmp_path / "run" / "config.json")
+    assert "trust_remote_code" not in generate_model_card(tmp_path / "run").text

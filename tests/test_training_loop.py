@@ -22,8 +22,11 @@ from tiny_runs import REPOSITORY, RUN_MIM, arguments, command_line, folder_finge
 
 from transformers_mixedae import MixedAEForPreTraining
 from transformers_mixedae.training.checkpointing import list_checkpoints
-from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
+from transformers_mixedae.tasks.image_classification import ImageClassificationTask
+from transformers_mixedae.tasks.masked_image_modeling import MaskedImageModelingTask, run_pretraining
+from transformers_mixedae.tasks.semantic_segmentation import SemanticSegmentationTask
 from transformers_mixedae.training.loop import NonFiniteTrainingError
+from transformers_mixedae.training.output_folders import RUN_RECORD_ARTIFACTS
 from transformers_mixedae.training.records import read_train_log
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
@@ -239,3 +242,15 @@ def test_consecutive_non_finite_steps_stop_the_job_and_leave_the_last_checkpoint
     assert folder_fingerprint(last) == fingerprints[0]  # byte-identical, not rewritten
     assert not list((tmp_path / "checkpoints").glob(".tmp-*")) and not (tmp_path / "model.safetensors").exists()
 
+
+
+def test_the_hub_token_never_reaches_a_tracker(tmp_path):
+    task = MaskedImageModelingTask(*arguments(tmp_path, hub_token="hf_SECRET"))
+    config = task.tracker_config()
+    assert "hub_token" not in config and "hf_SECRET" not in map(str, config.values())
+    assert config["output_dir"] == str(tmp_path)  # the other hyper-parameters are still recorded
+
+
+@pytest.mark.parametrize("task_class", [MaskedImageModelingTask, ImageClassificationTask, SemanticSegmentationTask])
+def test_every_tasks_tracker_folder_is_one_overwrite_removes(task_class):
+    assert task_class.tracker_project in RUN_RECORD_ARTIFACTS

@@ -318,7 +318,7 @@ def infer_config(
     pretraining: bool,
     num_attention_heads: int | None = None,
     decoder_num_attention_heads: int | None = None,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     patch_size: int | None = None,
     **config_overrides,
 ) -> tuple[CAEConfig, list[str]]:
@@ -343,11 +343,13 @@ def infer_config(
                 "through the Python API)."
             )
         image_size = side * patch_size
-    elif (image_size // patch_size) ** 2 != num_patches:
-        raise CAEConversionError(
-            f"--image_size {image_size} with patch size {patch_size} gives {(image_size // patch_size) ** 2} patches, "
-            f"but the position table has {num_patches}."
-        )
+    else:
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+        if (height // patch_size) * (width // patch_size) != num_patches:
+            raise CAEConversionError(
+                f"--image_size {image_size} with patch size {patch_size} gives "
+                f"{(height // patch_size) * (width // patch_size)} patches, but the position table has {num_patches}."
+            )
 
     if num_attention_heads is None:
         if hidden_size not in PRESET_HEADS:
@@ -477,7 +479,7 @@ def convert_cae_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     num_attention_heads: int | None = None,
     decoder_num_attention_heads: int | None = None,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     patch_size: int | None = None,
     encoder_only: bool = False,
     allow_alignment_mismatch: bool = False,

@@ -380,8 +380,8 @@ def load_model_for_export(model_or_path: PreTrainedModel | str | os.PathLike) ->
     """
     if isinstance(model_or_path, PreTrainedModel):
         return model_or_path
-    check_model_path(model_or_path, "model")
-    if Path(model_or_path).expanduser().is_dir() and not (Path(model_or_path).expanduser() / "config.json").is_file():
+    model_or_path = check_model_path(model_or_path, "model")
+    if Path(model_or_path).is_dir() and not (Path(model_or_path) / "config.json").is_file():
         raise FileNotFoundError(
             f"model {str(model_or_path)!r} has no config.json: it is not a folder written by save_pretrained (a "
             "training run writes it into its --output_dir when it finishes; a checkpoints/step_* folder is not one)."
@@ -411,7 +411,6 @@ def export_to_transformers(
     output_dir: str | os.PathLike,
     task: str = "feature-extraction",
     image_processor=None,
-    safe_serialization: bool = True,
     overwrite: bool = False,
 ) -> Path:
     """Save `model_or_path` as a native transformers checkpoint in `output_dir` and return the folder.
@@ -432,9 +431,10 @@ def export_to_transformers(
         OutputDirectoryError: `output_dir` holds an earlier result and `overwrite` is False, or is the model folder.
     """
     _check_task(task)
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).expanduser()
     if not isinstance(model_or_path, PreTrainedModel):
-        source = Path(model_or_path).expanduser()
+        model_or_path = check_model_path(model_or_path, "model")
+        source = Path(model_or_path)
         if source.is_dir() and output_dir.exists() and source.resolve() == output_dir.resolve():
             raise OutputDirectoryError(
                 f"the output folder {str(output_dir)!r} is the model folder itself: the export would replace the "
@@ -452,7 +452,7 @@ def export_to_transformers(
             native_processor = beit_image_processor_from_cae(image_processor, model.config)
         else:
             raise ValueError(f"no native export for {type(model).__name__}; supported: {sorted(ARCHITECTURES)}")
-        native_model.save_pretrained(staging, safe_serialization=safe_serialization)
+        native_model.save_pretrained(staging)  # safetensors: transformers 5 writes no other format
         native_processor.save_pretrained(staging)
     logger.info("exported %s as %s to %s", type(model).__name__, type(native_model).__name__, output_dir)
     return output_dir

@@ -154,7 +154,7 @@ MODEL_FAMILIES = {family.model_type: family for family in (MIXEDAE, CAE)}
 
 # Result keys as written by transformers scripts and `evaluate`: "<split>_<metric>", e.g. "eval_accuracy".
 _SPLIT_PREFIXES = {"eval": "validation", "validation": "validation", "test": "test", "predict": "test"}
-_TOP5_PATTERN = re.compile(r"(top_?5|acc(uracy)?_?5|accuracy_top_?5)")
+_TOP5_PATTERN = re.compile(r"^(top_?5(_accuracy)?|acc(uracy)?_?5|accuracy_top_?5)$")
 _TOP1_PATTERN = re.compile(r"^(accuracy|acc|top_?1(_accuracy)?|acc(uracy)?_?1|accuracy_top_?1)$")
 _PROTOCOL_NAMES = {
     "fine-tuning": "fine-tuning", "linear-probing": "linear probing", "linear probing": "linear probing",
@@ -170,6 +170,18 @@ def _resolve_config(model_or_config) -> tuple[PreTrainedConfig, PreTrainedModel 
         return model_or_config, None, None
     path = Path(model_or_config)
     return AutoConfig.from_pretrained(path), None, path if path.is_dir() else None
+
+
+def ships_remote_code(folder: Path) -> bool:
+    """Whether `folder`'s `config.json` has an `auto_map` whose every module file is in the folder (a map copied
+    from another folder without its code does not make the folder loadable with `trust_remote_code`)."""
+    auto_map = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
+    references = [reference for value in auto_map.values()
+                  for reference in (value if isinstance(value, (list, tuple)) else [value]) if reference]
+    # "<repo>--<module>.<Class>" names code kept in another repository, which `trust_remote_code` fetches.
+    return bool(references) and all(
+        "--" in reference or (folder / f"{reference.rsplit('.', 1)[0]}.py").is_file() for reference in references
+    )
 
 
 def load_results(results: Mapping[str, float] | str | os.PathLike | None) -> dict[str, float]:
@@ -218,7 +230,7 @@ def _eval_results(
 def _accuracy_metric(metric: str, value: float) -> tuple[str, str] | None:
     if _TOP1_PATTERN.match(metric):
         return "accuracy", "Top-1 accuracy"
-    if _TOP5_PATTERN.search(metric):
+    if _TOP5_PATTERN.match(metric):
         return "accuracy", "Top-5 accuracy"
     return None
 
@@ -289,7 +301,7 @@ def generate_model_card(
 
     Args:
         model_or_config: a model, its config, or the checkpoint folder (then `remote_code` is detected from the
-            `auto_map` in its `config.json`).
+            `auto_map` in its `config.json` and the code files it names, next to it).
         results: measured metrics, a dict or the path of `all_results.json`. Accuracies (`eval_accuracy`,
             `eval_top5_accuracy`, ...) go to `model-index` when `eval_dataset` is given; every number is listed in
             the card's results table.
@@ -314,9 +326,7 @@ def generate_model_card(
             f"no model card template for model_type {encoder_config.model_type!r}; known: {sorted(MODEL_FAMILIES)}"
         )
     if remote_code is None:
-        remote_code = bool(getattr(config, "auto_map", None)) or (
-            path is not None and "auto_map" in json.loads((path / "config.json").read_text(encoding="utf-8"))
-        )
+        remote_code = ships_remote_code(path) if path is not None else bool(getattr(config, "auto_map", None))
     measured = load_results(results)
     model_name = model_name or (path.name if path is not None else default_model_name(encoder_config))
     repo_id = repo_id or model_name

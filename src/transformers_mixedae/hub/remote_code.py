@@ -4,7 +4,8 @@
 The folder holds the weights, `config.json` and `preprocessor_config.json` with an `auto_map`, and flat copies
 of the modules that define the classes (`configuration_*.py`, `modeling_*.py`, `vit_layers.py`,
 `image_processing_*.py`). `AutoConfig` / `AutoModel` / `AutoModelForPreTraining` /
-`AutoModelForImageClassification` / `AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)` and
+`AutoModelForImageClassification` / `AutoBackbone` / `AutoImageProcessor.from_pretrained(folder,
+trust_remote_code=True)` and
 `pipeline(..., trust_remote_code=True)` then work where `transformers_mixedae` is not installed.
 
 transformers only writes an `auto_map` entry for the class being saved, and only while that class is registered
@@ -23,6 +24,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from transformers import (
+    AutoBackbone,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
@@ -31,11 +33,14 @@ from transformers import (
 from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
 
+from .upload import upload_folder_to_hub
+
 # The Auto classes our package registers (see `registration.py`), in the order they appear in `auto_map`.
 MODEL_AUTO_CLASSES = {
     "AutoModel": AutoModel,
     "AutoModelForPreTraining": AutoModelForPreTraining,
     "AutoModelForImageClassification": AutoModelForImageClassification,
+    "AutoBackbone": AutoBackbone,
 }
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 
@@ -91,13 +96,15 @@ def save_pretrained_with_remote_code(
 ) -> Path:
     """Save `model` (and `image_processor`) to `output_dir` so that it loads with `trust_remote_code=True`.
 
-    `save_kwargs` go to `model.save_pretrained` (e.g. `safe_serialization`, `max_shard_size`). With
-    `push_to_hub=True` the finished folder is uploaded to `repo_id` (created if needed). Returns the folder.
+    `save_kwargs` go to `model.save_pretrained` (e.g. `max_shard_size`), except the upload's `token`, `private`
+    and `revision`. With `push_to_hub=True` the finished folder is uploaded to `repo_id` (default: the folder's
+    name; created if needed, private with `private=True`). Returns the folder.
     Raises `RuntimeError` if a copied module would import anything that is not in the folder, `transformers`,
     or an installable third-party package.
     """
     if save_kwargs.pop("push_to_hub", False):
         push_to_hub = True  # accept transformers' keyword name too
+    upload_settings = {name: save_kwargs.pop(name) for name in ("token", "private", "revision") if name in save_kwargs}
     output_dir = Path(output_dir)
     config = model.config
     config_class, model_class = type(config), type(model)
@@ -125,7 +132,7 @@ def save_pretrained_with_remote_code(
 
     check_remote_code_folder(output_dir)
     if push_to_hub:
-        _upload_folder(output_dir, repo_id or output_dir.name, commit_message)
+        upload_folder_to_hub(output_dir, repo_id or output_dir.name, commit_message=commit_message, **upload_settings)
     return output_dir
 
 
@@ -136,14 +143,6 @@ def _write_backend_auto_map(processor_config_file: Path, backend_references: dic
     processor_config = json.loads(processor_config_file.read_text(encoding="utf-8"))
     processor_config.setdefault("auto_map", {})["AutoImageProcessor"] = backend_references
     processor_config_file.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _upload_folder(folder: Path, repo_id: str, commit_message: str) -> None:
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    repo_id = api.create_repo(repo_id, exist_ok=True).repo_id
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
 
 
 # ---------------------------------------------------------------------------------------------- checks

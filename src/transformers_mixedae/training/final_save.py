@@ -1,5 +1,6 @@
 # Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
-"""The end of a run: the trained model is saved first, then evaluated, then its results and card are written.
+"""The end of a run: the trained model is saved first, then evaluated, then its results and card are written, and
+with `--push_to_hub` the finished folder is uploaded last (after the EMA model, if any).
 
 Nothing after the save (the final evaluation, its pictures, the model card, the upload) can lose the trained model:
 a failure there raises `FinalStepError`, whose message says what was saved and where.
@@ -18,7 +19,14 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from transformers import PreTrainedModel
 
+from .checkpointing import CHECKPOINTS_DIRNAME
+
 logger = get_logger(__name__)
+
+SECRET_FLAGS = ("--hub_token",)
+REDACTED = "<HUB_TOKEN>"
+# Kept out of the upload: optimizer states and RNG of the training checkpoints, and interrupted writes.
+NOT_UPLOADED = (f"{CHECKPOINTS_DIRNAME}/*", ".tmp-*", "*/.tmp-*")
 
 
 class FinalStepError(RuntimeError):
@@ -63,8 +71,6 @@ def save_then_evaluate(
     accelerator.log({key: value for key, value in results.items() if isinstance(value, (int, float))}, step=step)
     if accelerator.is_main_process:
         write_results_and_card(accelerator.unwrap_model(model), output_dir, results, card_kwargs)
-        if training_args.push_to_hub:
-            push_final_model(accelerator.unwrap_model(model), data.image_processor, output_dir, training_args)
     accelerator.wait_for_everyone()
     return results
 
@@ -88,6 +94,10 @@ def save_final_model(
     if not accelerator.is_main_process:
         return
     unwrapped = _unwrapped(accelerator, model)
+    # A model loaded from a `trust_remote_code` folder keeps that folder's `auto_map`; saved here without the code
+    # files it names, the map would send users without the package to files that are not there.
+    if getattr(unwrapped.config, "auto_map", None):
+        del unwrapped.config.auto_map
     staging = output_dir / ".tmp-final"
     if staging.exists():
         shutil.rmtree(staging)
@@ -113,7 +123,7 @@ def write_results_and_card(model: PreTrainedModel, output_dir: Path, results: di
     temporary = output_dir / ".tmp-all_results.json"
     temporary.write_text(json.dumps(results, indent=2, sort_keys=True))
     os.replace(temporary, results_path)
-    command = " ".join(shlex.quote(part) for part in sys.argv) if sys.argv and sys.argv[0] else None
+    command = " ".join(shlex.quote(part) for part in redacted_arguments(sys.argv)) if sys.argv and sys.argv[0] else None
     staging = output_dir / ".tmp-card"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -130,21 +140,45 @@ def write_results_and_card(model: PreTrainedModel, output_dir: Path, results: di
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def push_final_model(model: PreTrainedModel, image_processor, output_dir: Path, training_args) -> None:
-    repo_id = training_args.hub_model_id or output_dir.name
-    model = getattr(model, "_orig_mod", model)
-    try:
-        model.push_to_hub(repo_id, token=training_args.hub_token)
-        image_processor.push_to_hub(repo_id, token=training_args.hub_token)
-        from huggingface_hub import upload_file
+def redacted_arguments(argv: list[str]) -> list[str]:
+    """`argv` with the value of every secret flag (`--hub_token X`, `--hub_token=X`) replaced by a placeholder, for
+    the model card, which is uploaded and often public."""
+    redacted, hide_next = [], False
+    for part in argv:
+        flag, separator, _ = part.partition("=")
+        if hide_next:
+            redacted.append(REDACTED)
+        elif separator and flag in SECRET_FLAGS:
+            redacted.append(f"{flag}={REDACTED}")
+        else:
+            redacted.append(part)
+        hide_next = part in SECRET_FLAGS
+    return redacted
 
-        upload_file(path_or_fileobj=str(output_dir / "README.md"), path_in_repo="README.md", repo_id=repo_id,
-                    token=training_args.hub_token)
+
+def push_final_folder(model: PreTrainedModel, output_dir: Path, results: dict, training_args,
+                      card_kwargs: dict | None = None) -> str:
+    """Upload the finished `output_dir` (model, image processor, results, card, EMA model and pictures; not the
+    training checkpoints) to `--hub_model_id` (default: the folder's name, in the user's namespace) in one commit.
+    The card is rewritten first with the repository's full id, so that its usage snippets load what was pushed.
+    Returns that id."""
+    from ..hub.upload import resolve_hub_repo, upload_folder_to_hub
+
+    repo_id = training_args.hub_model_id or output_dir.name
+    try:
+        repo_id = resolve_hub_repo(repo_id, token=training_args.hub_token)
+        card = {**(card_kwargs or {}), "repo_id": repo_id, "model_name": repo_id.rsplit("/", 1)[-1]}
+        write_results_and_card(model, output_dir, results, card)
+        upload_folder_to_hub(output_dir, repo_id, token=training_args.hub_token, commit_message="End of training",
+                             ignore_patterns=NOT_UPLOADED)
     except Exception as error:
         raise FinalStepError(
             f"uploading to the Hub repository {repo_id} failed ({type(error).__name__}: {error}). Everything is saved "
-            f"in {output_dir}; upload it later with `huggingface-cli upload {repo_id} {output_dir}`."
+            f"in {output_dir}; upload it later with `hf upload {repo_id} {output_dir} --exclude "
+            f"'{CHECKPOINTS_DIRNAME}/*'`."
         ) from error
+    logger.info(f"Uploaded {output_dir} to the Hub repository {repo_id}")
+    return repo_id
 
 
 def sharded(accelerator: Accelerator) -> bool:

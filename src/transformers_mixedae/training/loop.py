@@ -36,7 +36,7 @@ from transformers import PreTrainedModel, get_scheduler
 from .checkpointing import resolve_checkpoint
 from .ema import ModelEma, evaluate_ema, finish_ema
 from .records import TRAIN_LOG_NAME, TrainLog, write_skipped_samples
-from .final_save import log_evaluation, save_then_evaluate, sharded
+from .final_save import log_evaluation, push_final_folder, save_then_evaluate, sharded
 from .optim import effective_learning_rate
 from .resume import (
     checkpoint_if_due,
@@ -452,6 +452,9 @@ def train(
     if ema is not None:
         results = finish_ema(accelerator, ema, task, data, model, output_dir, results, progress.completed_steps,
                              evaluate=task.model_ema_eval)
+    if args.push_to_hub and accelerator.is_main_process:
+        push_final_folder(unwrapped, output_dir, results, args, task.card_kwargs())
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
 
@@ -502,9 +505,15 @@ def _trackers(report_to: str | None):
     return [name.strip() for name in report_to.split(",")] if report_to != "all" else "all"
 
 
+# Never sent to a tracker: a tracker's hyper-parameters are often shared or public.
+SECRET_ARGUMENTS = ("hub_token",)
+
+
 def _flat_config(*argument_groups) -> dict:
     flat = {}
     for group in argument_groups:
         for key, value in asdict(group).items():
+            if key in SECRET_ARGUMENTS:
+                continue
             flat[key] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
     return flat

@@ -51,6 +51,7 @@ RUN_RECORD_ARTIFACTS = (
     "visualizations",
     "run_mim",  # the tensorboard trackers' folders (`init_trackers(<task's project>)` with `project_dir=output_dir`)
     "run_image_classification",
+    "run_semantic_segmentation",
     "ema",  # the averaged model of a run with --model_ema
 )
 # Also ours, but not proof of an earlier result: a README.md may be the user's own, `.tmp-*` are the leftovers of an
@@ -217,7 +218,7 @@ def staged_output_dir(
     block succeeds, the previous artifacts are removed (with `overwrite`) and the staged entries moved in; when it
     raises, the staging folder is deleted and `output_dir` is exactly as it was (not even created).
     """
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).expanduser()
     check_output_dir(output_dir, overwrite=overwrite, what=what, flag=flag)
     parent = output_dir.absolute().parent
     try:
@@ -262,8 +263,10 @@ def _looks_local(name_or_path: str) -> bool:
     return False
 
 
-def check_model_path(name_or_path: str | os.PathLike, flag: str, *, allow_file: bool = False) -> None:
-    """Refuse a model argument that names a local path which does not exist (or is a file, unless `allow_file`).
+def check_model_path(name_or_path: str | os.PathLike, flag: str, *, allow_file: bool = False) -> str:
+    """Refuse a model argument that names a local path which does not exist (or is a file, unless `allow_file`);
+    return what to load: an existing local path with `~` expanded (`from_pretrained` does not expand it), else the
+    argument unchanged.
 
     A string is taken as a local path if it exists, starts with `/`, `./`, `../` or `~`, has more than one `/`
     (or an OS path separator), or is not a valid Hub repo id; anything else (`owner/name`, `name`) is a Hub id and
@@ -277,7 +280,7 @@ def check_model_path(name_or_path: str | os.PathLike, flag: str, *, allow_file: 
     path = Path(text).expanduser()
     if path.exists():
         if path.is_dir() or allow_file:
-            return
+            return str(path)
         raise NotADirectoryError(
             f"{flag} {text!r} is a file; give the folder that holds the model (its config.json and weights, as "
             "written by save_pretrained), or a Hub id like owner/name."
@@ -287,6 +290,7 @@ def check_model_path(name_or_path: str | os.PathLike, flag: str, *, allow_file: 
             f"{flag} {text!r} is a local {'path' if allow_file else 'folder'} that does not exist; check the path, "
             "or give a Hub id like owner/name."
         )
+    return text
 
 
 __all__ = [
