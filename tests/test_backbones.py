@@ -85,6 +85,18 @@ def test_multi_scale_needs_four_stages(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_multi_scale_stages_changed_after_the_config_was_built_are_refused_as_clearly(family, tmp_path):
+    backbone_class = FAMILIES[family][1]
+    backbone_class(_config(family, out_indices=[1, 2, 3, 4], backbone_multi_scale=True)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"backbone_multi_scale=True .* got out_indices=\[2, 4\]: pass 4 indices"):
+        backbone_class.from_pretrained(tmp_path, out_indices=[2, 4])
+    backbone = backbone_class.from_pretrained(tmp_path)
+    backbone.config.out_indices = [4]
+    with pytest.raises(ValueError, match=r"got out_indices=\[4\]: pass 4 indices"):
+        backbone(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_config_without_backbone_keys_loads_with_defaults(family, tmp_path):
     config = _config(family)
     config.save_pretrained(tmp_path)

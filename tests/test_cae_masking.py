@@ -120,6 +120,23 @@ def test_collator_adds_one_mask_per_example():
     assert batch["bool_masked_pos"].sum(dim=1).tolist() == [6, 6, 6]
 
 
+@pytest.mark.parametrize("generator", [BlockMaskGenerator(4, 6, min_num_patches=2, seed=0),
+                                       RandomMaskGenerator(4, 6, seed=0)], ids=["block", "random"])
+def test_dataloader_workers_draw_their_own_masks_reproducibly(generator):
+    examples = [{"pixel_values": torch.zeros(3, 8, 8)} for _ in range(8)]
+
+    def masks() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        loader = torch.utils.data.DataLoader(examples, batch_size=2, num_workers=2,
+                                             collate_fn=MaskingDataCollator(generator))
+        return [batch["bool_masked_pos"] for batch in loader]
+
+    first = masks()
+    # Batches 0 and 1 come from workers 0 and 1, which start as copies of the same generator.
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[2], first[3])
+    assert all(torch.equal(a, b) for a, b in zip(first, masks()))  # the same again under the same torch seed
+
+
 def test_stack_masks_flattens_in_raster_order():
     mask = np.zeros((2, 3), dtype=bool)
     mask[1, 0] = True

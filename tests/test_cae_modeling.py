@@ -85,6 +85,8 @@ def test_labels_for_all_patches_or_only_the_masked_ones_give_the_same_loss():
     assert torch.allclose(full.main_loss, per_row.main_loss) and torch.allclose(full.main_loss, flat.main_loss)
     expected = torch.nn.functional.cross_entropy(full.logits.reshape(-1, 50), selected)
     assert torch.allclose(full.main_loss, expected)
+    for dtype in (torch.int32, torch.int16, torch.uint8):  # ids of any integer type give the same loss
+        assert torch.equal(model(pixel_values, bool_masked_pos=mask, labels=labels.to(dtype)).main_loss, full.main_loss)
 
 
 def test_pixel_target_is_the_non_official_normalised_pixel_mse():

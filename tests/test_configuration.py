@@ -68,7 +68,7 @@ CAE_FIELDS = dict(
     num_masking_patches=([1, 3, 6], [0, 64, -1]),
     mask_min_num_patches=([1, 2, 16], [0, -2]),
     mask_max_num_patches=([None, 4], [0, -1]),
-    mask_min_aspect=([0.3, 1.0], [0.0, -1.0]),
+    mask_min_aspect=([0.3, 1.0], [0.0, -1.0, 2.0]),
     mask_max_aspect=([None, 3.0], [0.1]),
     align_loss_weight=([2.0, 0.0], [-1.0]),
     classifier_pooling=(["mean", "cls"], ["max"]),
@@ -223,6 +223,8 @@ def cae_violations(values: dict) -> list[tuple[str, ...]]:
         violations.append(("mask_min_aspect",))
     elif values["mask_max_aspect"] is not None and values["mask_max_aspect"] < values["mask_min_aspect"]:
         violations.append(("mask_max_aspect", "mask_min_aspect"))
+    elif values["mask_max_aspect"] is None and values["mask_min_aspect"] > 1:
+        violations.append(("mask_min_aspect", "mask_max_aspect"))
     if values["target"] not in ("tokens", "pixels"):
         violations.append(("target",))
     if values["target"] == "tokens" and values["vocab_size"] < 2:

@@ -39,6 +39,14 @@ def test_pil_numpy_and_torch_inputs_agree(to_input):
     torch.testing.assert_close(actual, expected)
 
 
+def test_a_non_square_model_size_crops_inside_the_image_without_padding():
+    assert evaluation_sizes((224, 448))["size"] == {"height": 256, "width": 512}
+    processor = MixedAEImageProcessorPil(**evaluation_sizes((32, 64)), do_normalize=False)
+    white = Image.fromarray(np.full((30, 30, 3), 255, dtype=np.uint8))
+    pixels = processor(white, return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 32, 64) and bool((pixels == 1.0).all())  # padding would be 0
+
+
 def test_grayscale_and_rgba_images_become_three_channels():
     processor = MixedAEImageProcessorPil(**evaluation_sizes(32))
     batch = processor([photo(mode="L"), photo(mode="RGBA")], return_tensors="pt")["pixel_values"]

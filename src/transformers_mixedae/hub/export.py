@@ -122,18 +122,10 @@ def _encoder_settings(config: PreTrainedConfig) -> dict:
     }
 
 
-def _default_processor_settings(image_hw: tuple[int, int]) -> dict:
-    """Our evaluation transform for a model trained at `image_hw`: short side / 0.875 and a centre crop."""
-    height, width = image_hw
-    if height == width:
-        return evaluation_sizes(height)
-    return {"size": {"height": height, "width": width}, "do_center_crop": False}
-
-
 def _native_image_processor(native_class: type, image_processor, default_class: type, image_hw: tuple[int, int]):
     """`native_class` with the resize / crop / normalisation of `image_processor` (or of our default transform)."""
     if image_processor is None:
-        image_processor = default_class(**_default_processor_settings(image_hw))
+        image_processor = default_class(**evaluation_sizes(image_hw))  # our evaluation transform
     settings = image_processor.to_dict()
     return native_class(**{key: settings[key] for key in STANDARD_PROCESSOR_SETTINGS if key in settings})
 

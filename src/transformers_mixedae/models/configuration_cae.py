@@ -135,6 +135,11 @@ class CAEConfig(MaskedViTConfig):
                 f"mask_max_aspect={self.mask_max_aspect} must be >= mask_min_aspect={self.mask_min_aspect} (or None "
                 "for 1 / mask_min_aspect)."
             )
+        if self.mask_max_aspect is None and self.mask_min_aspect > 1:
+            raise ValueError(
+                f"mask_min_aspect={self.mask_min_aspect} > 1 with mask_max_aspect=None, which means 1 / mask_min_aspect "
+                f"= {1 / self.mask_min_aspect:g}, below the minimum: use mask_min_aspect <= 1, or set mask_max_aspect."
+            )
         if self.mask_type == "block" and min(self.grid_size) < 2:
             raise ValueError(
                 f"block masking needs a patch grid of at least 2x2, got {self.grid_size[0]}x{self.grid_size[1]} "

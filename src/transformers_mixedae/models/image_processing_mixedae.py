@@ -331,13 +331,16 @@ MixedAEImageProcessor._pil_class = MixedAEImageProcessorPil
 
 
 def evaluation_sizes(image_size: int | Sequence[int], crop_fraction: float = 224 / 256) -> dict:
-    """Processor keyword arguments for a model trained at `image_size` (an int, or `(height, width)`): short side
-    `min(height, width) / crop_fraction`, then a centre crop of `image_size` (MAE's 224/256 ratio by default)."""
+    """Processor keyword arguments for a model trained at `image_size` (an int, or `(height, width)`): a resize to
+    `image_size / crop_fraction`, then a centre crop of `image_size` (MAE's 224/256 ratio by default). Square sizes
+    resize the short side, keeping the aspect ratio (MAE's transform); non-square ones resize to that rectangle, so
+    the crop never reaches past the image (which would pad it)."""
     height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    return {
-        "size": {"shortest_edge": round(min(height, width) / crop_fraction)},
-        "crop_size": {"height": height, "width": width},
-    }
+    if height == width:
+        size = {"shortest_edge": round(height / crop_fraction)}
+    else:
+        size = {"height": round(height / crop_fraction), "width": round(width / crop_fraction)}
+    return {"size": size, "crop_size": {"height": height, "width": width}}
 
 
 __all__ = ["MixedAEImageProcessor", "MixedAEImageProcessorPil", "evaluation_sizes"]

@@ -48,7 +48,30 @@ class MaskBlock:
     newly_masked: int
 
 
-class BlockMaskGenerator:
+class _OwnStreamPerWorker:
+    """A generator's own random source, split per DataLoader worker.
+
+    Workers start as copies of the main process's collator or image processor, generator state included, so without
+    this every worker would draw the same sequence of masks. In a worker, a generator that made its own source
+    re-seeds it once from the worker's seed (which DataLoader derives from torch's RNG, per worker and per epoch)
+    mixed with its own `seed`: the workers draw different masks, and a run seeded with `torch.manual_seed` draws the
+    same ones again. A source passed in as `rng` is the caller's and is left alone."""
+
+    def _init_stream(self, seed: int | None, rng: Any, new_stream: Callable[[int | None], Any]) -> None:
+        self.rng = rng if rng is not None else new_stream(seed)
+        self._seed, self._new_stream = seed, (new_stream if rng is None else None)
+        self._worker_seed: int | None = None
+
+    def _stream(self):
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self._new_stream is not None and info.seed != self._worker_seed:
+            self._worker_seed = info.seed
+            entropy = [info.seed] if self._seed is None else [info.seed, self._seed]
+            self.rng = self._new_stream(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        return self.rng
+
+
+class BlockMaskGenerator(_OwnStreamPerWorker):
     """BEiT block-wise masking with CAE's exact count.
 
     Blocks are added until exactly `num_masking_patches` patches are masked. For each block (at most 10 attempts):
@@ -98,7 +121,7 @@ class BlockMaskGenerator:
         self.max_num_patches = num_masking_patches if max_num_patches is None else max_num_patches
         self.min_aspect, self.max_aspect = min_aspect, max_aspect
         self.log_aspect_range = (math.log(min_aspect), math.log(max_aspect))
-        self.rng = rng if rng is not None else random.Random(seed)
+        self._init_stream(seed, rng, random.Random)
 
     @property
     def num_patches(self) -> int:
@@ -130,6 +153,7 @@ class BlockMaskGenerator:
 
     def generate_with_blocks(self) -> tuple[np.ndarray, list[MaskBlock]]:
         """A mask and the blocks that built it, in order (for inspection and tests)."""
+        self._stream()
         mask = np.zeros((self.height, self.width), dtype=bool)
         blocks: list[MaskBlock] = []
         masked = 0
@@ -152,7 +176,7 @@ class BlockMaskGenerator:
         return self.generate_with_blocks()[0]
 
 
-class RandomMaskGenerator:
+class RandomMaskGenerator(_OwnStreamPerWorker):
     """Exactly `num_masking_patches` patches chosen uniformly without replacement (CAE's `--mask_generator random`).
 
     Args:
@@ -172,7 +196,7 @@ class RandomMaskGenerator:
         self.height, self.width = _grid(input_size)
         _check_count(num_masking_patches, self.height * self.width)
         self.num_masking_patches = num_masking_patches
-        self.rng = rng if rng is not None else np.random.default_rng(seed)
+        self._init_stream(seed, rng, np.random.default_rng)
 
     @property
     def num_patches(self) -> int:
@@ -183,7 +207,7 @@ class RandomMaskGenerator:
 
     def __call__(self) -> np.ndarray:
         mask = np.zeros(self.num_patches, dtype=bool)
-        mask[self.rng.choice(self.num_patches, self.num_masking_patches, replace=False)] = True
+        mask[self._stream().choice(self.num_patches, self.num_masking_patches, replace=False)] = True
         return mask.reshape(self.height, self.width)
 
 

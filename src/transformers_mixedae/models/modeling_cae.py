@@ -360,7 +360,7 @@ def select_masked_labels(labels: torch.Tensor, bool_masked_pos: torch.Tensor, vo
         raise ValueError(
             f"`labels` contains token ids outside [0, {vocab_size}) (vocab_size), e.g. {selected[invalid][0].item()}."
         )
-    return selected
+    return selected.long()  # cross-entropy takes int64 targets; int32 / int16 ids are as good
 
 
 def normalized_pixel_targets(

@@ -248,6 +248,8 @@ class BackboneOnEncoder:
     """
 
     def add_backbone_neck(self, config) -> None:
+        # Again here: `from_pretrained(..., out_indices=...)` sets stages after the config validated itself.
+        config.validate_backbone()
         self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
         self.multi_scale = MultiScaleNeck(config.hidden_size) if config.backbone_multi_scale else None
 
@@ -284,6 +286,7 @@ class BackboneOnEncoder:
             if stage in self.out_features
         )
         if self.multi_scale is not None:
+            self.config.validate_backbone()  # the stages may have been changed on the config since
             feature_maps = self.multi_scale(feature_maps)
         return BackboneOutput(
             feature_maps=feature_maps, hidden_states=outputs.hidden_states, attentions=outputs.attentions
