@@ -92,3 +92,39 @@ def test_other_activations_and_inference_take_autograds_path(monkeypatch):
     with pytest.raises(AssertionError, match="the recomputing path ran"):
         gelu.fc2.requires_grad_(True)
         gelu(torch.randn(2, 8))
+
+
+class LowRankAdapted(torch.nn.Module):
+    """A LoRA-style replacement of a Linear layer: the frozen layer plus a trainable low-rank update."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int = 2):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.down = torch.nn.Linear(base.in_features, rank, bias=False)
+        self.up = torch.nn.Linear(rank, base.out_features, bias=False)
+        torch.nn.init.normal_(self.up.weight)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.base(inputs) + self.up(self.down(inputs))
+
+
+def test_hooks_and_adapted_layers_get_their_forward_called():
+    mlp, _ = mlp_pair()
+    calls = []
+    mlp.fc1.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
+    mlp(torch.randn(2, 8, requires_grad=True)).sum().backward()
+    assert calls == [(2, 32)]  # the hook ran, as it does under torch.no_grad()
+
+    mlp, _ = mlp_pair()
+    inputs = torch.randn(2, 8)
+    with torch.no_grad():
+        expected = mlp.fc2(mlp.activation_fn(mlp.fc1(inputs)))
+    mlp.fc1 = LowRankAdapted(mlp.fc1)
+    output = mlp(inputs)
+    output.sum().backward()
+    assert not torch.allclose(output, expected)  # the adapter's update is part of the output ...
+    assert mlp.fc1.down.weight.grad is not None  # ... and is trained

@@ -45,6 +45,7 @@ from .vit_layers import (
     ViTLayer,
     ViTMLP,
     drop_path_rates,
+    fixed,
     init_linear_and_layernorm,
     patchify,
     sincos_2d_position_embedding,
@@ -203,7 +204,7 @@ class CAEEmbeddings(ViTEmbeddings):
     ) -> torch.Tensor:
         patch_tokens = self.patch_embeddings(pixel_values, interpolate_pos_encoding)  # (B, N, D)
         position_embeddings = position_table_for_grid(
-            self.position_embeddings, self.patch_embeddings.grid_size, grid_of(pixel_values, self.config.patch_size)
+            self.position_table(), self.patch_embeddings.grid_size, grid_of(pixel_values, self.config.patch_size)
         ).to(patch_tokens.dtype)  # (1, 1 + N, D)
         patch_tokens = patch_tokens + position_embeddings[:, 1:, :]
         if bool_masked_pos is not None:
@@ -240,7 +241,7 @@ class CAERegressorLayer(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = DropPath(drop_path)
         # The official block always owns its LayerScale; with a non-positive init value it is frozen at 1.
-        trainable = config.decoder_layer_scale_init_value > 0
+        trainable = self.layer_scale_trainable = config.decoder_layer_scale_init_value > 0
         self.layer_scale_init_value = float(config.decoder_layer_scale_init_value) if trainable else 1.0
         self.lambda_1 = nn.Parameter(torch.full((width,), self.layer_scale_init_value), requires_grad=trainable)
         self.lambda_2 = nn.Parameter(torch.full((width,), self.layer_scale_init_value), requires_grad=trainable)
@@ -262,10 +263,12 @@ class CAERegressorLayer(GradientCheckpointingLayer):
             value_states=self.layernorm_value(keys_values),
             **kwargs,
         )
-        hidden_states = queries + self.drop_path(self.lambda_1 * self.dropout(attention_output))
+        lambda_1, lambda_2 = (self.lambda_1, self.lambda_2) if self.layer_scale_trainable else (
+            fixed(self.lambda_1), fixed(self.lambda_2))
+        hidden_states = queries + self.drop_path(lambda_1 * self.dropout(attention_output))
         hidden_states = self.layernorm_after(hidden_states)
         mlp_output = self.dropout(self.mlp(hidden_states))
-        return hidden_states + self.drop_path(self.lambda_2 * mlp_output)
+        return hidden_states + self.drop_path(lambda_2 * mlp_output)
 
 
 class CAERegressor(nn.Module):
@@ -289,7 +292,7 @@ class CAERegressor(nn.Module):
 
     def patch_positions(self, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         """`(1, H*W, decoder_hidden_size)` positions of the patches (no [CLS] slot)."""
-        return position_table_for_grid(self.position_embeddings, self.grid_size, grid)[:, 1:, :].to(dtype)
+        return position_table_for_grid(fixed(self.position_embeddings), self.grid_size, grid)[:, 1:, :].to(dtype)
 
     def forward(
         self, visible_latents: torch.Tensor, masked_positions: torch.Tensor, visible_positions: torch.Tensor

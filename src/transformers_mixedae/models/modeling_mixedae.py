@@ -43,6 +43,7 @@ from .vit_layers import (
     attention_logits,
     check_pixel_values,
     drop_path_rates,
+    fixed,
     init_linear_and_layernorm,
     interpolate_position_embedding,
     patchify,
@@ -225,7 +226,7 @@ class MixedAEEmbeddings(ViTEmbeddings):
         patch_tokens = self.patch_embeddings(pixel_values, interpolate_pos_encoding)  # (B, N, D)
         grid = (pixel_values.shape[2] // self.config.patch_size, pixel_values.shape[3] // self.config.patch_size)
         position_embeddings = interpolate_position_embedding(
-            self.position_embeddings, self.patch_embeddings.grid_size, grid
+            self.position_table(), self.patch_embeddings.grid_size, grid
         )  # (1, 1 + N, D)
         patch_tokens = patch_tokens + position_embeddings[:, 1:, :]
         if mixing is not None:
@@ -455,7 +456,8 @@ class MixedAEDecoder(nn.Module):
             patch_tokens = patch_tokens + self.segment_embeddings(image_slot)[:, None, :]
         cls_tokens = hidden_states[:, :1, :].repeat_interleave(mixing.group_size, dim=0)  # (B, 1, Dd)
         hidden_states = torch.cat([cls_tokens, patch_tokens], dim=1)
-        hidden_states = hidden_states + interpolate_position_embedding(self.decoder_pos_embed, self.grid_size, grid)
+        positions = interpolate_position_embedding(fixed(self.decoder_pos_embed), self.grid_size, grid)  # (1, 1 + N, Dd)
+        hidden_states = hidden_states + positions
         for layer in self.decoder_layers:
             hidden_states = layer(hidden_states, None)
         logits = self.decoder_pred(self.decoder_norm(hidden_states))
@@ -861,6 +863,7 @@ class MixedAEForImageClassification(ImageClassifierOnEncoder, MixedAEPreTrainedM
     def __init__(self, config: MixedAEConfig):
         super().__init__(config)
         self.vit = MixedAEModel(config)
+        self.vit.embeddings.train_positions()  # MAE's fine-tuning trains the position table it starts from
         self.add_classification_head(config)
         self.post_init()
 
@@ -876,6 +879,7 @@ class MixedAEBackbone(BackboneOnEncoder, BackboneMixin, MixedAEPreTrainedModel):
         # A backbone never mixes, so the segment embeddings would be parameters without gradients (DDP errors on
         # them); a checkpoint's copy is reported as unused, like the decoder.
         self.vit.embeddings.segment_embeddings = None
+        self.vit.embeddings.train_positions()  # as in fine-tuning (MAE's dense transfer trains it too)
         self.add_backbone_neck(config)
         self.post_init()
 

@@ -98,9 +98,17 @@ class PatchEmbeddings(nn.Module):
         check_pixel_values(pixel_values, self.num_channels, self.image_size, self.patch_size, interpolate_pos_encoding)
 
 
+def fixed(parameter: nn.Parameter) -> torch.Tensor:
+    """A parameter built frozen (`requires_grad=False`), as the forward pass must use it: detached. `from_pretrained`
+    hands loaded tensors back as trainable parameters, so the flag alone does not keep a fixed table fixed."""
+    return parameter.detach()
+
+
 class ViTEmbeddings(nn.Module):
-    """[CLS] token, patch embeddings and a frozen `(1, 1 + num_patches, hidden_size)` position table, which the
-    model's `_init_weights` fills with a 2-D sin-cos table. Subclasses add positions and choose the tokens."""
+    """[CLS] token, patch embeddings and a `(1, 1 + num_patches, hidden_size)` position table, which the model's
+    `_init_weights` fills with a 2-D sin-cos table. The table is fixed (MAE's and CAE's pre-training, CAE's
+    fine-tuning) unless `train_positions()` makes it a trained parameter (MAE's fine-tuning). Subclasses add
+    positions and choose the tokens."""
 
     def __init__(self, config):
         super().__init__()
@@ -112,6 +120,16 @@ class ViTEmbeddings(nn.Module):
         self.position_embeddings = nn.Parameter(
             torch.zeros(1, self.patch_embeddings.num_patches + 1, config.hidden_size), requires_grad=False
         )
+        self.trains_positions = False
+
+    def train_positions(self) -> None:
+        """Train the position table from here on (it starts from the sin-cos values or the loaded ones)."""
+        self.trains_positions = True
+        self.position_embeddings.requires_grad_(True)
+
+    def position_table(self) -> torch.Tensor:
+        """`(1, 1 + num_patches, hidden_size)`, as the forward pass uses it: see `train_positions`."""
+        return self.position_embeddings if self.trains_positions else fixed(self.position_embeddings)
 
     def prepend_cls_token(self, patch_tokens: torch.Tensor, position_embeddings: torch.Tensor) -> torch.Tensor:
         """`(B, n, D)` patch tokens -> `(B, 1 + n, D)`: [CLS] plus its position (row 0 of the `(1, 1 + N, D)`
@@ -323,6 +341,18 @@ class MLPWithRecomputedGELU(torch.autograd.Function):
         return grad_input, grad_fc1_weight, grad_fc1_bias, grad_fc2_weight, grad_fc2_bias
 
 
+def _plain_linear(module: nn.Module) -> bool:
+    """Whether `module` is an `nn.Linear` whose `forward` may be skipped for its weights: no adapter in its place
+    (LoRA, quantised layers), no forward hook (user hooks; accelerate's offloading, which moves the weights in
+    `forward`), weights in memory."""
+    return (
+        type(module) is nn.Linear
+        and not (module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"))
+        and not (torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks)
+        and module.weight.device.type != "meta"
+    )
+
+
 class ViTMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str):
         super().__init__()
@@ -334,8 +364,12 @@ class ViTMLP(nn.Module):
         self.recompute_activation = hidden_act == "gelu"
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.recompute_activation and torch.is_grad_enabled() and (
-            hidden_states.requires_grad or self.fc1.weight.requires_grad or self.fc2.weight.requires_grad
+        if (
+            self.recompute_activation
+            and torch.is_grad_enabled()
+            and _plain_linear(self.fc1)
+            and _plain_linear(self.fc2)
+            and (hidden_states.requires_grad or self.fc1.weight.requires_grad or self.fc2.weight.requires_grad)
         ):
             return MLPWithRecomputedGELU.apply(
                 hidden_states, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
