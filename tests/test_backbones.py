@@ -129,6 +129,18 @@ def test_feature_map_shapes(family, out_indices, size):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_sizes_that_are_not_patch_multiples_are_padded_at_the_bottom_right(family):
+    config = _config(family, out_indices=[4])
+    backbone = AutoBackbone.from_config(config).eval()
+    pixel_values = torch.randn(1, 3, 30, 37)
+    padded = torch.nn.functional.pad(pixel_values, (0, 3, 0, 2))  # to 32 x 40, with zeros (patches of 4 and 8)
+    with torch.no_grad():
+        feature_map = backbone(pixel_values).feature_maps[0]
+        assert feature_map.shape == (1, config.hidden_size, 32 // config.patch_size, 40 // config.patch_size)
+        assert torch.equal(feature_map, backbone(padded).feature_maps[0])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_multi_scale_strides(family):
     config = _config(family, out_indices=[1, 2, 3, 4], backbone_multi_scale=True, patch_size=16, image_size=64)
     backbone = AutoBackbone.from_config(config).eval()

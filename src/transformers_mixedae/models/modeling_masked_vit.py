@@ -258,9 +258,10 @@ class BackboneOnEncoder:
     @auto_docstring
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput:
         r"""
-        Any input size works whose height and width are multiples of `patch_size`: the encoder's position
-        embeddings follow the patch grid. Returns `feature_maps`, one `(batch_size, hidden_size, height / p, width / p)`
-        map per stage of `config.out_features` (or the 4 multi-scale maps).
+        Any input size works: the encoder's position embeddings follow the patch grid, and a height or width that is
+        not a multiple of `patch_size` p is zero-padded at the bottom / right up to one (as ViTDet does; detection
+        image processors give such sizes). Returns `feature_maps`, one `(batch_size, hidden_size, ceil(height / p),
+        ceil(width / p))` map per stage of `config.out_features` (or the 4 multi-scale maps).
 
         Example:
 
@@ -275,7 +276,11 @@ class BackboneOnEncoder:
         [(1, 64, 12, 8), (1, 64, 12, 8)]
         ```
         """
-        grid = (pixel_values.shape[2] // self.config.patch_size, pixel_values.shape[3] // self.config.patch_size)
+        patch_size = self.config.patch_size
+        pad_height, pad_width = -pixel_values.shape[2] % patch_size, -pixel_values.shape[3] % patch_size
+        if pad_height or pad_width:
+            pixel_values = nn.functional.pad(pixel_values, (0, pad_width, 0, pad_height))
+        grid = (pixel_values.shape[2] // patch_size, pixel_values.shape[3] // patch_size)
         # Dense tasks train and infer at sizes other than the pre-training one, so positions always follow the grid.
         kwargs.pop("interpolate_pos_encoding", None)
         outputs = self.base_model(pixel_values, interpolate_pos_encoding=True, **kwargs)
