@@ -262,6 +262,21 @@ def test_meta_device_load_path_initialises_every_tensor_like_init(tmp_path):
             assert torch.all(module.lambda_1 == 0.1)
 
 
+def test_a_model_split_with_its_regressor_offloaded_to_disk_gives_the_same_loss(tmp_path):
+    torch.manual_seed(0)
+    model = CAEForPreTraining(tiny_cae_config()).eval()
+    model.save_pretrained(tmp_path / "model")
+    pixel_values, mask, labels = pixels(), fixed_mask(), token_labels()
+    with torch.no_grad():
+        expected = model(pixel_values, bool_masked_pos=mask, labels=labels).loss
+    device_map = {"cae": "cpu", "encoder_to_regressor": "cpu", "encoder_to_regressor_norm": "cpu",
+                  "regressor": "disk", "decoder": "cpu"}
+    offloaded = CAEForPreTraining.from_pretrained(tmp_path / "model", device_map=device_map,
+                                                  offload_folder=tmp_path / "offload").eval()
+    with torch.no_grad():
+        assert torch.allclose(offloaded(pixel_values, bool_masked_pos=mask, labels=labels).loss, expected)
+
+
 # ---------------------------------------------------------------------------------------------- save / load / Auto
 @pytest.mark.parametrize("model_class", [CAEModel, CAEForPreTraining, CAEForImageClassification])
 def test_save_load_round_trip(tmp_path, model_class):

@@ -290,18 +290,21 @@ class CAERegressor(nn.Module):
         )
         self.layernorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
 
-    def patch_positions(self, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-        """`(1, H*W, decoder_hidden_size)` positions of the patches (no [CLS] slot)."""
-        return position_table_for_grid(fixed(self.position_embeddings), self.grid_size, grid)[:, 1:, :].to(dtype)
-
     def forward(
-        self, visible_latents: torch.Tensor, masked_positions: torch.Tensor, visible_positions: torch.Tensor
-    ) -> torch.Tensor:
-        batch_size, num_masked = masked_positions.shape[:2]
-        queries = self.mask_token.to(visible_latents.dtype).expand(batch_size, num_masked, -1)
+        self, visible_latents: torch.Tensor, bool_masked_pos: torch.Tensor, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted latents of the masked patches `(B, num_masked, Dd)` and their positions (the decoder's queries
+        take them too). The position table is read here, inside `forward`, where accelerate's offloading has moved
+        this module's tensors in."""
+        batch_size = visible_latents.shape[0]
+        positions = position_table_for_grid(fixed(self.position_embeddings), self.grid_size, grid)[:, 1:, :]
+        positions = positions.to(visible_latents.dtype).expand(batch_size, -1, -1)  # (B, H*W, Dd), no [CLS] slot
+        masked_positions = select_tokens(positions, bool_masked_pos)  # (B, num_masked, Dd)
+        visible_positions = select_tokens(positions, ~bool_masked_pos)  # (B, num_visible, Dd)
+        queries = self.mask_token.to(visible_latents.dtype).expand(batch_size, masked_positions.shape[1], -1)
         for layer in self.layers:
             queries = layer(queries, visible_latents, masked_positions, visible_positions)
-        return self.layernorm(queries)
+        return self.layernorm(queries), masked_positions
 
 
 # ---------------------------------------------------------------------------------------------- 4. decoder
@@ -609,10 +612,8 @@ class CAEForPreTraining(CAEPreTrainedModel):
             )
             target_latents = self.project(target_outputs.last_hidden_state[:, 1:, :])  # (B, num_masked, Dd)
 
-        positions = self.regressor.patch_positions(grid, visible_latents.dtype).expand(batch_size, -1, -1)
-        masked_positions = select_tokens(positions, bool_masked_pos)
-        visible_positions = select_tokens(positions, ~bool_masked_pos)
-        predicted_latents = self.regressor(visible_latents, masked_positions, visible_positions)  # (B, num_masked, Dd)
+        # (B, num_masked, Dd) each
+        predicted_latents, masked_positions = self.regressor(visible_latents, bool_masked_pos, grid)
         logits = self.decoder(predicted_latents, masked_positions)  # (B, num_masked, vocab_size or p**2 * C)
 
         loss, main_loss, align_loss = self.forward_loss(
