@@ -272,3 +272,11 @@ def test_only_the_models_own_accuracies_reach_the_model_index():
     reported = {result.metric_name: result.metric_value
                 for result in classification_eval_results(results, "imagefolder", evaluation_protocol="fine-tuning")}
     assert reported == {"Top-1 accuracy (fine-tuning)": 0.5, "Top-5 accuracy (fine-tuning)": 0.9}
+
+
+def test_local_folders_named_in_the_evaluation_data_stay_out_of_the_card():
+    config = tiny_mixedae_config(num_labels=3, architectures=["MixedAEForImageClassification"])
+    card = generate_model_card(config, {"eval_accuracy": 0.5}, eval_dataset="imagefolder",
+                               eval_dataset_name="image folders /home/me/data/train, ~/data/validation")
+    assert "/home/me" not in str(card) and "~/data" not in str(card)
+    assert card.data.eval_results[0].dataset_name == "image folders train, validation"

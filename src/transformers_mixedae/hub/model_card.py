@@ -184,6 +184,15 @@ def ships_remote_code(folder: Path) -> bool:
     )
 
 
+def without_local_paths(text: str | None) -> str | None:
+    """`text` with every absolute or home-relative path shortened to its last component: a run's data source names
+    the local folder it read ("ADE-layout folder /home/me/data/ADE"), which does not belong in a public card."""
+    if text is None:
+        return None
+    return " ".join(Path(word).name if word.startswith(("/", "~")) and len(word) > 1 else word
+                    for word in text.split(" "))
+
+
 def load_results(results: Mapping[str, float] | str | os.PathLike | None) -> dict[str, float]:
     """Numeric entries of a results dict or of an `all_results.json` file (others, e.g. dataset names, dropped)."""
     if results is None:
@@ -339,6 +348,7 @@ def generate_model_card(
 
     eval_results = []
     if eval_dataset is not None:
+        eval_dataset_name = without_local_paths(eval_dataset_name)
         eval_results = classification_eval_results(measured, eval_dataset, eval_dataset_name, evaluation_protocol)
         eval_results += segmentation_eval_results(measured, eval_dataset, eval_dataset_name, evaluation_protocol)
     card_data = ModelCardData(
