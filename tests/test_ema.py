@@ -110,6 +110,19 @@ def test_resume_with_another_decay_is_refused_unless_allowed(tmp_path, pretraine
     assert json.loads((resumed / "ema" / "all_results.json").read_text())["ema_updates"] == 2
 
 
+def test_turning_the_ema_on_or_off_at_a_resume_is_refused_even_when_changes_are_allowed(tmp_path, pretrained):  # noqa: F811
+    with_ema = dict(EMA_SETTINGS, max_steps=1)
+    without_ema = {key: value for key, value in with_ema.items() if not key.startswith("model_ema")}
+    for first, second, message in ((with_ema, without_ema, "written with --model_ema, and this run is without it"),
+                                   (without_ema, with_ema, "written without --model_ema, and this run is with it")):
+        first_run, resumed = tmp_path / f"first_{len(first)}", tmp_path / f"resumed_{len(first)}"
+        run_image_classification(*arguments(pretrained / "mixedae", first_run, **first))
+        shutil.copytree(first_run / "checkpoints" / "step_1", resumed / "checkpoints" / "step_1")
+        with pytest.raises(CheckpointError, match=message + ".*even with --allow_recipe_change"):
+            run_image_classification(*arguments(pretrained / "mixedae", resumed, resume_from_checkpoint="latest",
+                                                allow_recipe_change=True, **dict(second, max_steps=2)))
+
+
 def test_skipped_steps_do_not_update_the_ema_and_the_probe_ema_is_folded(tmp_path, pretrained, monkeypatch):  # noqa: F811
     from transformers_mixedae.tasks.image_classification import ImageClassificationTask
 

@@ -6,6 +6,7 @@ import shutil
 import datasets
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForImageClassification
@@ -121,8 +122,7 @@ def test_layer_decay_groups_have_the_right_learning_rates():
         "vit.layers.0.mlp.fc1.weight": (0.25, 0.05),
         "vit.layers.0.mlp.fc1.bias": (0.25, 0.0),
         "vit.layers.1.attention.q_proj.weight": (0.5, 0.05),
-        "vit.layernorm.weight": (1.0, 0.0),
-        "fc_norm.weight": (1.0, 0.0),
+        "fc_norm.weight": (1.0, 0.0),  # mean pooling: fc_norm replaces the encoder's final norm (MAE)
         "classifier.weight": (1.0, 0.05),
     }
     for name, value in expected.items():
@@ -227,3 +227,42 @@ def test_linear_probe_with_lars_finishes_and_each_optimizer_is_built(tmp_path, p
         if mode == "linear_probe":
             assert {group["weight_decay"] for group in built.param_groups} == {0.0}
             assert [len(group["params"]) for group in built.param_groups] == [1, 1]  # the Linear's weight, its bias
+
+
+def test_validation_labels_outside_the_training_classes_are_refused_before_training(tmp_path, pretrained):
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    for split, labels in (("train", [0, 1, 2] * 4), ("validation", [0, 1, 2, 3])):
+        images = [Image.new("RGB", (8, 8), (index * 20, 0, 0)) for index in range(len(labels))]
+        folder = tmp_path / "data" / split
+        folder.mkdir(parents=True)
+        datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
+            str(folder / f"{split}-00000-of-00001.parquet"))
+    model_args, data_args, training_args, classification_args = arguments(pretrained / "mixedae", tmp_path / "run")
+    data_args.train_dir, data_args.validation_dir = str(tmp_path / "data" / "train"), str(tmp_path / "data" / "validation")
+    with pytest.raises(ValueError, match=r"the validation split of .* has labels \[3\] that are not classes of the "
+                                         r"training split \(0\.\.2\)"):
+        run_image_classification(model_args, data_args, training_args, classification_args)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before the first step
+
+
+def test_a_non_square_model_is_fine_tuned_and_evaluated_at_its_own_shape(tmp_path):
+    MixedAEForPreTraining(MixedAEConfig(**{**TINY_MIXEDAE, "image_size": [16, 32]})).save_pretrained(tmp_path / "wide")
+    results = run_image_classification(*arguments(tmp_path / "wide", tmp_path / "run"))
+    assert results["train_steps"] == 2 and 0.0 <= results["eval_accuracy"] <= 1.0
+    assert AutoModelForImageClassification.from_pretrained(tmp_path / "run").config.image_size == [16, 32]
+
+
+def test_labels_given_as_config_overrides_are_refused_naming_where_they_come_from(tmp_path, pretrained):
+    model_args, data_args, training_args, classification_args = arguments(pretrained / "mixedae", tmp_path)
+    model_args.config_overrides = "id2label={0:'a'},label2id={'a':0}"
+    with pytest.raises(ValueError, match=r"--config_overrides sets id2label, label2id, which a classifier takes from "
+                                         r"the dataset's labels \(10 classes here\)"):
+        run_image_classification(model_args, data_args, training_args, classification_args)
+
+
+def test_mixup_with_an_odd_batch_is_refused_before_anything_is_built(tmp_path, pretrained):
+    with pytest.raises(ValueError, match=r"--per_device_train_batch_size 7 is not valid: it must be even when "
+                                         r"Mixup/CutMix is on"):
+        run_image_classification(*arguments(pretrained / "mixedae", tmp_path / "run", per_device_train_batch_size=7,
+                                            mixup=0.8, cutmix=1.0))
+    assert not (tmp_path / "run").exists()

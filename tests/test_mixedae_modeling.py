@@ -661,12 +661,16 @@ def test_pretrained_encoder_loads_into_downstream_classes_without_missing_encode
     assert not info["missing_keys"] and all(k.startswith("decoder.") for k in info["unexpected_keys"])
     classifier, info = MixedAEForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
     assert all(not key.startswith("vit.") for key in info["missing_keys"])
+    # MAE's fine-tuning with mean pooling: the final norm and the mixing-only segment embeddings stay behind.
+    assert {key for key in info["unexpected_keys"] if key.startswith("vit.")} == {
+        "vit.layernorm.weight", "vit.layernorm.bias", "vit.embeddings.segment_embeddings.weight"}
     images = pixels(2)
     with torch.no_grad():
         # Downstream the encoder runs with global attention on unmixed images: same features as the pre-trained
-        # encoder run without mixing.
+        # encoder run without mixing (here before the final norm, which mean pooling replaces by fc_norm).
         torch.testing.assert_close(encoder(images).last_hidden_state, pretraining.vit(images).last_hidden_state)
-        torch.testing.assert_close(classifier.vit(images).last_hidden_state, encoder(images).last_hidden_state)
+        expected = encoder(images, output_hidden_states=True).hidden_states[-1]
+        torch.testing.assert_close(classifier.vit(images).last_hidden_state, expected)
     assert torch.equal(encoder.embeddings.segment_embeddings.weight, pretraining.vit.embeddings.segment_embeddings.weight)
 
 
@@ -859,7 +863,9 @@ MIXEDAE_DECODER_KEYS = [
 MIXEDAE_KEYS = {
     MixedAEModel: MIXEDAE_ENCODER_KEYS,
     MixedAEForPreTraining: [f"vit.{key}" for key in MIXEDAE_ENCODER_KEYS] + MIXEDAE_DECODER_KEYS,
-    MixedAEForImageClassification: [f"vit.{key}" for key in MIXEDAE_ENCODER_KEYS]
+    # Mean pooling (MAE's fine-tuning): no final encoder norm but fc_norm; never mixing: no segment embeddings.
+    MixedAEForImageClassification: [f"vit.{key}" for key in MIXEDAE_ENCODER_KEYS
+                                    if not key.startswith(("layernorm.", "embeddings.segment_embeddings."))]
     + ["fc_norm.weight", "fc_norm.bias", "classifier.weight", "classifier.bias"],
 }
 

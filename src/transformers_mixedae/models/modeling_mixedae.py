@@ -862,7 +862,11 @@ class MixedAEForPreTraining(MixedAEPreTrainedModel):
 class MixedAEForImageClassification(ImageClassifierOnEncoder, MixedAEPreTrainedModel):
     def __init__(self, config: MixedAEConfig):
         super().__init__(config)
-        self.vit = MixedAEModel(config)
+        # MAE's fine-tuning: mean pooling drops the encoder's final LayerNorm for a new `fc_norm` (a checkpoint's
+        # `vit.layernorm` is then reported as unused); [CLS] pooling keeps it.
+        self.vit = MixedAEModel(config, add_final_layernorm=config.classifier_pooling != "mean")
+        # A classifier never mixes: segment embeddings would be parameters without gradients, which DDP refuses.
+        self.vit.embeddings.segment_embeddings = None
         self.vit.embeddings.train_positions()  # MAE's fine-tuning trains the position table it starts from
         self.add_classification_head(config)
         self.post_init()

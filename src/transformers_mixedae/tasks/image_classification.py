@@ -114,6 +114,13 @@ def build_classification_model(
     head (in the config) and a frozen encoder."""
     model_class = classification_class(model_type)
     overrides = parse_config_overrides(model_args.config_overrides, model_class.config_class)
+    given_labels = sorted(set(overrides) & {"num_labels", "id2label", "label2id"})
+    if given_labels:
+        raise ValueError(
+            f"--config_overrides sets {', '.join(given_labels)}, which a classifier takes from the dataset's labels "
+            f"({len(label_names)} classes here): remove {'them' if len(given_labels) > 1 else 'it'}, and name the "
+            "classes in the data (a ClassLabel column, or the image folders' names)."
+        )
     for name in ("image_size", "patch_size"):
         if getattr(model_args, name) is not None:
             overrides[name] = getattr(model_args, name)
@@ -217,15 +224,32 @@ class ClassificationData(PretrainingData):
                 f"the label column {self.datasets.label_column_name!r} of {self.source} is not a ClassLabel, so the "
                 "number of classes is unknown when streaming; cast it to ClassLabel or load without --streaming."
             )
-        values = sorted(train.unique(self.datasets.label_column_name))
+        column = self.datasets.label_column_name
+        values = sorted(train.unique(column))
         if values != list(range(len(values))):
-            raise ValueError(f"labels of {self.source} must be ClassLabel or the integers 0..C-1; found {values[:10]}")
+            raise ValueError(
+                f"labels of {self.source} must be ClassLabel or the integers 0..C-1; the training split has "
+                f"{len(values)} distinct values, {values[:10]}{' ...' if len(values) > 10 else ''}. If "
+                "--max_train_samples took a subset that misses a class, take more samples or cast the column to "
+                "ClassLabel."
+            )
+        validation = self.datasets.validation
+        if isinstance(validation, datasets.Dataset):
+            # Checked now: otherwise the first evaluation, after training, would fail on a class the model lacks.
+            unknown = sorted(set(validation.unique(column)) - set(values))
+            if unknown:
+                raise ValueError(
+                    f"the validation split of {self.source} has labels {unknown[:10]} that are not classes of the "
+                    f"training split (0..{len(values) - 1}): fix the validation labels (an unlabelled split, -1, cannot "
+                    "be evaluated), or cast both columns to one ClassLabel."
+                )
         return [str(value) for value in values]
 
     def build_loaders(self, config) -> None:
         self.config = config
         self.model_type = config.model_type
-        self.image_size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        # (height, width): a non-square model is trained and evaluated at its own shape.
+        self.image_size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)
         # uint8 out of the data workers, normalised on the device by `model_inputs`.
         args = self.classification_args
         augmentation = ClassificationTrainTransform(
@@ -330,6 +354,13 @@ class ImageClassificationTask(TrainingTask):
 
     def check_arguments(self) -> None:
         parse_config_overrides(self.model_args.config_overrides, classification_class(self.model_type).config_class)
+        batch_size = self.training_args.per_device_train_batch_size
+        # Batch-mode Mixup/CutMix pairs image i with image B-1-i (timm's): an odd batch mixes its middle image, and
+        # a batch of 1 its only image, with itself.
+        check_argument(not self.classification_args.mixup_active or batch_size % 2 == 0,
+                       "per_device_train_batch_size", batch_size,
+                       "it must be even when Mixup/CutMix is on (--mixup / --cutmix, or the recipe's), which pairs "
+                       "the images of a batch; or pass --mixup 0 --cutmix 0")
 
     def build(self):
         self.data = ClassificationData(self.data_args, self.training_args, self.accelerator, self.classification_args)

@@ -107,7 +107,8 @@ class ClassificationArguments:
         default=0.5, metadata={"help": "Probability of CutMix instead of Mixup when both are enabled."}
     )
     mixup_mode: str = field(default="batch", metadata={"help": f"One of {MIXUP_MODES}: one lam per batch."})
-    reprob: float = field(default=0.0, metadata={"help": "Random erasing probability per image (MAE recipe 0.25)."})
+    reprob: float = field(default=0.0, metadata={"help": "Random erasing probability per image (off unless given; MAE's and CAE's ImageNet commands, and our "
+                          "ImageNet configs, pass 0.25)."})
     remode: str = field(
         default="pixel", metadata={"help": f"Random erasing fill, one of {ERASE_MODES}: per-pixel normal noise."}
     )

@@ -175,7 +175,8 @@ class PretrainingData:
         self.data_args = data_args
         self.training_args = training_args
         self.accelerator = accelerator
-        self.image_size = self.config.image_size if isinstance(self.config.image_size, int) else self.config.image_size[0]
+        image_size = self.config.image_size
+        self.image_size = image_size if isinstance(image_size, int) else tuple(image_size)  # (height, width)
         self.group_size = getattr(self.config, "group_size", 1)
         if training_args.per_device_train_batch_size % self.group_size:
             raise ValueError(

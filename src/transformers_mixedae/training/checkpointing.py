@@ -166,6 +166,11 @@ def check_checkpoint_is_safe(checkpoint: str | os.PathLike) -> None:
             ) from error
 
 
+# Recipe entries (None = off) whose switching on or off changes what a checkpoint holds, with their flags: a run with
+# an EMA checkpoints the average, one without does not, so neither resumes the other.
+STATE_SHAPING_ARGUMENTS = {"model_ema_decay": "--model_ema"}
+
+
 def check_resume_recipe(checkpoint: Path, recipe: dict[str, Any], allow_change: bool) -> None:
     """Refuse to resume `checkpoint` with another recipe: another model always; another batch size, learning
     rate, schedule or seed unless `allow_change` (then a warning lists what changed)."""
@@ -187,6 +192,14 @@ def check_resume_recipe(checkpoint: Path, recipe: dict[str, Any], allow_change: 
             "for. Use the same --model_type, --model_name_or_path and --config_overrides, or start a new run in "
             "another --output_dir."
         )
+    for key, flag in STATE_SHAPING_ARGUMENTS.items():
+        if key in changed and (saved[key] is None) != (recipe[key] is None):
+            raise CheckpointError(
+                f"{checkpoint} was written {'without' if saved[key] is None else 'with'} {flag}, and this run is "
+                f"{'with' if saved[key] is None else 'without'} it: the checkpoint holds {'no' if saved[key] is None else 'a'} "
+                f"state for it, so it cannot resume this run, even with --allow_recipe_change. Resume with the "
+                f"checkpoint's setting, or start a new run in another --output_dir."
+            )
     if not allow_change:
         raise CheckpointError(
             f"resuming {checkpoint} would change the recipe ({listed}). Resume with the same values, or pass "
