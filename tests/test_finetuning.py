@@ -1,7 +1,10 @@
 """Fine-tuning and linear probing behind examples/run_image_classification.py: tiny in-process runs."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import datasets
 import pytest
@@ -12,6 +15,8 @@ from torch import nn
 from transformers import AutoModelForImageClassification
 
 from helpers import make_the_first_loss_nonfinite
+from test_pretraining import free_port
+from tiny_runs import RUN_IMAGE_CLASSIFICATION
 import transformers_mixedae  # noqa: F401
 from transformers_mixedae.models.configuration_cae import CAEConfig
 from transformers_mixedae.models.configuration_mixedae import MixedAEConfig
@@ -266,3 +271,17 @@ def test_mixup_with_an_odd_batch_is_refused_before_anything_is_built(tmp_path, p
         run_image_classification(*arguments(pretrained / "mixedae", tmp_path / "run", per_device_train_batch_size=7,
                                             mixup=0.8, cutmix=1.0))
     assert not (tmp_path / "run").exists()
+
+
+def test_mixedae_fine_tuning_on_two_processes_trains_every_parameter_it_has(tmp_path, pretrained):
+    # A real launch (torchrun, gloo): DDP refuses a parameter that gets no gradient (the segment embeddings, which
+    # only pre-training's mixing uses, were one), at the second step.
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(RUN_IMAGE_CLASSIFICATION), "--model_name_or_path", str(pretrained / "mixedae"),
+               "--output_dir", str(tmp_path / "run"), "--max_steps", "3", "--max_train_samples", "64",
+               "--max_eval_samples", "16", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8",
+               "--logging_steps", "1", "--attn_implementation", "eager"]
+    completed = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                               timeout=600)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert json.loads((tmp_path / "run" / "all_results.json").read_text())["train_steps"] == 3
