@@ -20,6 +20,8 @@ from transformers_mixedae.evaluation.homologous_probe import (
     content_ceiling,
     foreground_patches,
     homologous_probe,
+    main,
+    validation_batch,
 )
 from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
 
@@ -204,6 +206,23 @@ def test_cli_probes_a_saved_folder(tmp_path):
     assert 0 < result["num_foreground_queries"] < result["num_queries"]  # Fashion-MNIST has uniform background
     for key in ("homologous_topk_accuracy", "homologous_topk_accuracy_foreground"):
         assert 0.0 <= result[key] <= 1.0
+
+
+@pytest.mark.parametrize("segment_embedding", ["encoder", "decoder"])
+def test_cli_without_segment_embedding_probes_the_model_with_them_removed(tmp_path, segment_embedding, capsys):
+    torch.manual_seed(0)
+    model = MixedAEForPreTraining(tiny_mixedae_config(image_size=16, segment_embedding=segment_embedding)).eval()
+    with torch.no_grad():  # large enough to change which keys the top-k keeps
+        for embedding in (model.vit.embeddings.segment_embeddings, model.decoder.segment_embeddings):
+            if embedding is not None:
+                embedding.weight.normal_(std=5.0)
+    model.save_pretrained(tmp_path)
+    probed = main([str(tmp_path), "--num_images", "8", "--seed", "4", "--without_segment_embedding"])
+    model.vit.embeddings.segment_embeddings = model.decoder.segment_embeddings = None
+    pixel_values, image_std = validation_batch(8, 16)
+    assert probed == pytest.approx(homologous_probe(model, pixel_values, seed=4, image_std=image_std))
+    assert probed != pytest.approx(main([str(tmp_path), "--num_images", "8", "--seed", "4"]))
+    capsys.readouterr()
 
 
 def test_ablate_topk_probe_records_the_foreground_accuracy_from_the_package_probe(model, monkeypatch):

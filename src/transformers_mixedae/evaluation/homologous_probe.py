@@ -222,6 +222,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the mixing noise (default 0).")
     parser.add_argument("--dataset_name", default=None, help="Hub dataset (default: the bundled Fashion-MNIST).")
     parser.add_argument("--dataset_config_name", default=None)
+    parser.add_argument(
+        "--without_segment_embedding", action="store_true",
+        help="Measure with the segment embeddings removed (encoder or decoder), so that only content and position "
+             "can tell a patch's source: recognition through the embedding alone falls to chance.",
+    )
     args = parser.parse_args(argv)
 
     import transformers_mixedae  # noqa: F401  (registers the models)
@@ -230,6 +235,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = AutoModelForPreTraining.from_pretrained(args.model)
     if not can_probe(model):
         parser.exit(2, f"{args.model}: not a MixedAE model with mixing and homologous attention layers.\n")
+    if args.without_segment_embedding:
+        model.vit.embeddings.segment_embeddings = None
+        model.decoder.segment_embeddings = None
     image_size = model.config.image_size
     pixel_values, image_std = validation_batch(args.num_images, image_size, args.dataset_name,
                                                args.dataset_config_name)
