@@ -19,6 +19,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 
 from ..models.presets import vit_size_name
+from .remote_code import local_auto_map_references
 
 DEFAULT_TAGS = ("vision", "image-feature-extraction", "masked-image-modeling", "self-supervised-learning")
 
@@ -176,11 +177,9 @@ def ships_remote_code(folder: Path) -> bool:
     """Whether `folder`'s `config.json` has an `auto_map` whose every module file is in the folder (a map copied
     from another folder without its code does not make the folder loadable with `trust_remote_code`)."""
     auto_map = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
-    references = [reference for value in auto_map.values()
-                  for reference in (value if isinstance(value, (list, tuple)) else [value]) if reference]
-    # "<repo>--<module>.<Class>" names code kept in another repository, which `trust_remote_code` fetches.
-    return bool(references) and all(
-        "--" in reference or (folder / f"{reference.rsplit('.', 1)[0]}.py").is_file() for reference in references
+    # References to another repository ("<repo>--<module>.<Class>") are fetched by `trust_remote_code` itself.
+    return bool(auto_map) and all(
+        (folder / f"{reference.split('.')[0]}.py").is_file() for reference in local_auto_map_references(auto_map)
     )
 
 

@@ -160,7 +160,8 @@ def check_remote_code_folder(folder: str | os.PathLike) -> list[str]:
         config_file = folder / config_name
         if not config_file.is_file():
             continue
-        for reference in _iter_references(json.loads(config_file.read_text(encoding="utf-8")).get("auto_map", {})):
+        auto_map = json.loads(config_file.read_text(encoding="utf-8")).get("auto_map", {})
+        for reference in local_auto_map_references(auto_map):
             module = reference.split(".")[0]
             referenced.add(module)
             if not (folder / f"{module}.py").is_file():
@@ -193,7 +194,8 @@ def check_remote_code_folder(folder: str | os.PathLike) -> list[str]:
     return sorted(f"{module}.py" for module in visited)
 
 
-def _iter_references(auto_map: dict) -> Iterator[str]:
+def local_auto_map_references(auto_map: dict) -> Iterator[str]:
+    """The `"module.Class"` references of an `auto_map` whose code is meant to sit next to it."""
     for value in auto_map.values():
         values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
         for reference in values:

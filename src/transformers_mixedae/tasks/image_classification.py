@@ -248,8 +248,7 @@ class ClassificationData(PretrainingData):
     def build_loaders(self, config) -> None:
         self.config = config
         self.model_type = config.model_type
-        # (height, width): a non-square model is trained and evaluated at its own shape.
-        self.image_size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)
+        self.image_size = config.image_size  # int or (height, width): the transforms take both
         # uint8 out of the data workers, normalised on the device by `model_inputs`.
         args = self.classification_args
         augmentation = ClassificationTrainTransform(

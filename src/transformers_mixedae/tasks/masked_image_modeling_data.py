@@ -175,8 +175,7 @@ class PretrainingData:
         self.data_args = data_args
         self.training_args = training_args
         self.accelerator = accelerator
-        image_size = self.config.image_size
-        self.image_size = image_size if isinstance(image_size, int) else tuple(image_size)  # (height, width)
+        self.image_size = self.config.image_size  # int or (height, width): the transforms take both
         self.group_size = getattr(self.config, "group_size", 1)
         if training_args.per_device_train_batch_size % self.group_size:
             raise ValueError(

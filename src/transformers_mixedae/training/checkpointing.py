@@ -193,12 +193,13 @@ def check_resume_recipe(checkpoint: Path, recipe: dict[str, Any], allow_change: 
             "another --output_dir."
         )
     for key, flag in STATE_SHAPING_ARGUMENTS.items():
-        if key in changed and (saved[key] is None) != (recipe[key] is None):
+        had = saved.get(key) is not None
+        if key in changed and had != (recipe[key] is not None):
             raise CheckpointError(
-                f"{checkpoint} was written {'without' if saved[key] is None else 'with'} {flag}, and this run is "
-                f"{'with' if saved[key] is None else 'without'} it: the checkpoint holds {'no' if saved[key] is None else 'a'} "
-                f"state for it, so it cannot resume this run, even with --allow_recipe_change. Resume with the "
-                f"checkpoint's setting, or start a new run in another --output_dir."
+                f"{checkpoint} was written {'with' if had else 'without'} {flag}, and this run is "
+                f"{'without' if had else 'with'} it: the checkpoint holds {'a' if had else 'no'} state for it, so it "
+                "cannot resume this run, even with --allow_recipe_change. Resume with the checkpoint's setting, or "
+                "start a new run in another --output_dir."
             )
     if not allow_change:
         raise CheckpointError(
