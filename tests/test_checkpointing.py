@@ -27,6 +27,7 @@ from torch import nn
 from transformers_mixedae.training.checkpointing import list_checkpoints
 from transformers_mixedae.hub.convert_cae_checkpoint import load_official_state_dict
 from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
+from transformers_mixedae.training.loop import TrainingCallback
 from transformers_mixedae.models.tokenizer_dalle import load_dalle_encoder
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
@@ -167,6 +168,39 @@ def test_another_batch_size_is_refused_unless_allow_recipe_change(tmp_path, fini
     assert results["train_steps"] == 2
     assert re.search(rf"Resuming {re.escape(str(checkpoint))} with a changed recipe: .*per_device_train_batch_size: 8 "
                      r"in the checkpoint, 4 now", caplog.text)
+
+
+class OptimizerSettings(TrainingCallback):
+    """Records the optimizer's per-group settings when the loop starts (after a resume) and at each logged step."""
+
+    KEYS = ("lr", "initial_lr", "weight_decay", "betas")
+
+    def __init__(self):
+        self.at_step = {}
+
+    def record(self, state):
+        groups = state.accelerator._optimizers[0].param_groups
+        self.at_step[state.progress.completed_steps] = [{key: group[key] for key in self.KEYS} for group in groups]
+
+    on_train_begin = record
+
+    def on_log(self, state, logs):
+        self.record(state)
+
+
+def test_a_changed_learning_rate_weight_decay_and_betas_take_effect_on_resume(tmp_path, finished):
+    """Loading a checkpoint brings back its optimizer's settings; with --allow_recipe_change the new ones must win,
+    as in a fresh run of the new recipe at the same step (the moments and the schedule's position stay resumed)."""
+    run = interrupted_copy(finished, tmp_path / "run", steps=(1,))
+    new_recipe = dict(learning_rate=1e-2, weight_decay=0.3, adam_beta2=0.5, **CHECKPOINTED)
+    fresh, resumed = OptimizerSettings(), OptimizerSettings()
+    run_pretraining(*arguments(tmp_path / "fresh", **new_recipe), callbacks=[fresh])
+    run_pretraining(*arguments(run, resume_from_checkpoint="latest", allow_recipe_change=True, **new_recipe),
+                    callbacks=[resumed])
+    assert resumed.at_step[1] == fresh.at_step[1]
+    assert {group["weight_decay"] for group in resumed.at_step[1]} == {0.0, 0.3}
+    assert {group["betas"] for group in resumed.at_step[1]} == {(0.9, 0.5)}
+    assert resumed.at_step[2] == fresh.at_step[2]
 
 
 def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path, finished, caplog):

@@ -28,6 +28,7 @@ from transformers_mixedae.training.arguments import (
     parse_run_arguments,
 )
 from transformers_mixedae.tasks.masked_image_modeling_data import SeededTransform
+from transformers_mixedae.training.checkpointing import list_checkpoints
 
 from tiny_runs import TINY_CAE, TINY_MIXEDAE  # noqa: E402
 
@@ -213,16 +214,21 @@ def test_parse_config_overrides():
         parse_config_overrides("hidden_size")
 
 
-def test_two_cpu_processes_see_disjoint_data_and_keep_identical_weights(tmp_path):
-    # A real launch (torchrun, gloo), as `accelerate launch --multi_gpu --num_processes 2` does on a CPU machine.
+def launch_two_processes(output_dir, *mode):
+    """tests/scripts/two_process_pretraining.py under a real launch (torchrun, gloo), as `accelerate launch
+    --multi_gpu --num_processes 2` does on a CPU machine."""
     script = Path(__file__).parent / "scripts" / "two_process_pretraining.py"
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(script), str(tmp_path)],
+         str(script), str(output_dir), *mode],
         env=environment, capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
+
+
+def test_two_cpu_processes_see_disjoint_data_and_keep_identical_weights(tmp_path):
+    launch_two_processes(tmp_path)
     seen = [json.loads((tmp_path / f"seen_{rank}.json").read_text()) for rank in (0, 1)]
     # The first 16 images each rank augmented are its training batches (2 steps x 8); evaluation comes after.
     train_seen = [set(images[:16]) for images in seen]
@@ -232,6 +238,14 @@ def test_two_cpu_processes_see_disjoint_data_and_keep_identical_weights(tmp_path
     assert weights[0] == weights[1]
     results = json.loads((tmp_path / "all_results.json").read_text())
     assert results["train_steps"] == 2 and results["train_loaded_samples"] == 32  # both ranks, summed
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path):
+    # Before, the signalled rank went into the checkpoint's collectives alone: gloo failed with mismatched sizes.
+    launch_two_processes(tmp_path, "sigterm_rank_1")
+    results = [json.loads((tmp_path / f"results_{rank}.json").read_text()) for rank in (0, 1)]
+    assert [(result["stopped_by_signal"], result["train_steps"]) for result in results] == [(True, 2), (True, 2)]
+    assert list_checkpoints(tmp_path) == [tmp_path / "checkpoints" / "step_2"]
 
 
 def test_failed_final_save_leaves_the_previous_final_model_untouched(tmp_path, monkeypatch):

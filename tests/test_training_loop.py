@@ -220,6 +220,19 @@ def test_a_skipped_fp16_step_lets_the_loss_scaler_back_off_and_train_on():
     assert not release_loss_scaler(SimpleNamespace(scaler=None))  # fp32 / bf16: a real non-finite step
 
 
+@pytest.mark.parametrize(("norm", "finite"), [(None, True), (1.5, True), (float("nan"), False),
+                                              (torch.tensor(2.0), True), (torch.tensor(float("inf")), False)])
+def test_the_finite_check_reads_every_kind_of_norm_accelerate_returns(norm, finite):
+    """DeepSpeed's `clip_grad_norm_` gives `None` before its first step and a float after; the others a tensor.
+    `torch.isfinite` raised a TypeError on both DeepSpeed kinds, at the first optimizer step."""
+    from types import SimpleNamespace
+
+    from transformers_mixedae.training.loop import gradients_are_finite
+
+    accelerator = SimpleNamespace(clip_grad_norm_=lambda parameters, max_norm: norm)
+    assert gradients_are_finite(accelerator, torch.nn.Linear(2, 1), 1.0) is finite
+
+
 def test_consecutive_non_finite_steps_stop_the_job_and_leave_the_last_checkpoint_untouched(tmp_path, monkeypatch):
     weights_seen = inject_faults(monkeypatch, {4: "loss", 5: "gradient", 6: "loss"})  # steps 5 to 7
     original_forward = MixedAEForPreTraining.forward
@@ -242,6 +255,38 @@ def test_consecutive_non_finite_steps_stop_the_job_and_leave_the_last_checkpoint
     assert folder_fingerprint(last) == fingerprints[0]  # byte-identical, not rewritten
     assert not list((tmp_path / "checkpoints").glob(".tmp-*")) and not (tmp_path / "model.safetensors").exists()
 
+
+
+def test_an_accelerator_accumulating_otherwise_than_the_arguments_is_refused_before_anything_runs(tmp_path):
+    from accelerate import Accelerator
+
+    with pytest.raises(ValueError, match=r"^the Accelerator passed in accumulates 1 batches per optimizer step, the "
+                                         r"arguments ask for --gradient_accumulation_steps 2: build it with "
+                                         r"Accelerator\(gradient_accumulation_steps=2, \.\.\.\)"):
+        run_pretraining(*arguments(tmp_path / "run", gradient_accumulation_steps=2), accelerator=Accelerator(cpu=True))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_warm_up_as_long_as_the_run_is_named(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    run_pretraining(*arguments(tmp_path, max_steps=2, warmup_steps=2))
+    assert "the warm-up (2 steps) is as long as the run or longer (2 steps): the learning rate never reaches its " \
+           "peak nor decays. Shorten the warm-up or train longer." in caplog.text
+
+
+def test_every_accepted_scheduler_runs_from_the_warm_up_and_length_alone():
+    from transformers import get_scheduler
+
+    from transformers_mixedae.training.arguments import SCHEDULERS
+
+    for name in SCHEDULERS:
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=1, num_training_steps=4)
+        optimizer.step()
+        scheduler.step()
+        assert scheduler.get_last_lr()[0] > 0, name
 
 
 def test_the_hub_token_never_reaches_a_tracker(tmp_path):

@@ -15,6 +15,12 @@ from pathlib import Path
 from typing import Any
 
 MODEL_TYPES = ("mixedae", "cae")
+# transformers' `get_scheduler` names that run from the warm-up and run length alone; the others need a metric
+# (`reduce_lr_on_plateau`, `greedy`) or extra settings this command line does not take (`cosine_with_min_lr`,
+# `warmup_stable_decay`, ...), and would only fail at the first optimizer step.
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+)
 # How a user writes "no value" on the command line (`--label_column_name none`).
 NONE_SPELLINGS = ("none", "null", "")
 
@@ -254,7 +260,9 @@ class TrainingArguments:
     )
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float | None = field(default=None, metadata={"help": "AdamW beta2 (default 0.95 MAE, 0.999 CAE)."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers get_scheduler name."})
+    lr_scheduler_type: str = field(
+        default="cosine", metadata={"help": f"transformers get_scheduler name, one of {', '.join(SCHEDULERS)}."}
+    )
     warmup_steps: int | None = field(default=None, metadata={"help": "Warm-up optimizer steps."})
     warmup_ratio: float = field(
         default=0.05,
@@ -315,11 +323,8 @@ class TrainingArguments:
                         "a whole number >= 0")
         check_argument(_finite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio,
                        "a fraction in [0, 1)")
-        from transformers import SchedulerType
-
-        schedulers = [scheduler.value for scheduler in SchedulerType]
-        check_argument(self.lr_scheduler_type in schedulers, "lr_scheduler_type", self.lr_scheduler_type,
-                       f"choose one of {schedulers}")
+        check_argument(self.lr_scheduler_type in SCHEDULERS, "lr_scheduler_type", self.lr_scheduler_type,
+                       f"choose one of {list(SCHEDULERS)}")
 
 
 @dataclass

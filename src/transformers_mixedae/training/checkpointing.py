@@ -171,16 +171,16 @@ def check_checkpoint_is_safe(checkpoint: str | os.PathLike) -> None:
 STATE_SHAPING_ARGUMENTS = {"model_ema_decay": "--model_ema"}
 
 
-def check_resume_recipe(checkpoint: Path, recipe: dict[str, Any], allow_change: bool) -> None:
+def check_resume_recipe(checkpoint: Path, recipe: dict[str, Any], allow_change: bool) -> bool:
     """Refuse to resume `checkpoint` with another recipe: another model always; another batch size, learning
-    rate, schedule or seed unless `allow_change` (then a warning lists what changed)."""
+    rate, schedule or seed unless `allow_change` (then a warning lists what changed). Returns whether it changed."""
     state = read_run_state(checkpoint)
     saved = (state or {}).get("recipe")
     if not saved:
-        return
+        return False
     changed = {key: (saved.get(key), value) for key, value in recipe.items() if key in saved and saved[key] != value}
     if not changed:
-        return
+        return False
     listed = "; ".join(_describe_change(key, before, after) for key, (before, after) in changed.items())
     if "parameter_shapes" in changed or "model_type" in changed:
         if "model_type" in changed:
@@ -207,6 +207,7 @@ def check_resume_recipe(checkpoint: Path, recipe: dict[str, Any], allow_change: 
             "--allow_recipe_change to continue with the new ones."
         )
     logger.warning(f"Resuming {checkpoint} with a changed recipe: {listed}.", main_process_only=True)
+    return True
 
 
 def _describe_change(key: str, before: Any, after: Any) -> str:

@@ -196,6 +196,15 @@ class TerminationRequest:
             signal.signal(signal.SIGTERM, self._previous)
         return False
 
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """Whether any process got SIGTERM: every rank must stop at the same step, or the ranks that stop would wait
+        in the checkpoint's collectives while the others wait in the next step's (a preemption notice often reaches
+        one node first). One scalar all-reduce per optimizer step, only when there are several processes."""
+        if accelerator.num_processes == 1:
+            return self.requested
+        flag = torch.tensor(float(self.requested), device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
 
 def _in_main_thread() -> bool:
     import threading
@@ -238,7 +247,9 @@ def gradients_are_finite(accelerator: Accelerator, model: torch.nn.Module, max_g
     non-finite step before the optimizer applies it."""
     parameters = [p for p in model.parameters() if p.grad is not None]
     total_norm = accelerator.clip_grad_norm_(parameters, max_grad_norm if max_grad_norm else float("inf"))
-    return bool(torch.isfinite(total_norm))
+    if total_norm is None:  # DeepSpeed before its first step: it keeps the norm, clips and skips overflows itself
+        return True
+    return bool(torch.isfinite(torch.as_tensor(total_norm)))  # DeepSpeed gives a float, the others a tensor
 
 
 def release_loss_scaler(accelerator: Accelerator) -> bool:
@@ -268,6 +279,15 @@ def train(
             log_with=_trackers(args.report_to),
             project_dir=args.output_dir,
         )
+    elif accelerator.gradient_accumulation_steps != args.gradient_accumulation_steps:
+        # The batch size, learning-rate scaling and epoch length follow the arguments, the optimizer steps follow
+        # the accelerator: a mismatch would train another recipe than the one recorded, without a word.
+        raise ValueError(
+            f"the Accelerator passed in accumulates {accelerator.gradient_accumulation_steps} batches per optimizer "
+            f"step, the arguments ask for --gradient_accumulation_steps {args.gradient_accumulation_steps}: build "
+            f"it with Accelerator(gradient_accumulation_steps={args.gradient_accumulation_steps}, ...) or pass the "
+            "same value in the arguments."
+        )
     task.accelerator = accelerator
     warn_if_sharding_is_not_applied(accelerator)
     refuse_what_sharding_breaks(accelerator, task)
@@ -289,6 +309,12 @@ def train(
             "The number of training examples is unknown (streaming without split sizes): pass --max_steps."
         )
     warmup_steps = task.warmup_steps(steps_per_epoch, max_train_steps)
+    if 0 < max_train_steps <= warmup_steps:
+        logger.warning(
+            f"the warm-up ({warmup_steps} steps) is as long as the run or longer ({max_train_steps} steps): the learning "
+            f"rate never reaches its peak{'' if args.lr_scheduler_type.startswith('constant') else ' nor decays'}. "
+            "Shorten the warm-up or train longer.", main_process_only=True,
+        )
     if steps_per_epoch is None:
         steps_per_epoch = max_train_steps
 
@@ -306,7 +332,7 @@ def train(
     # The scheduler is stepped by hand once per optimizer step (accelerate would step it once per process).
     accelerator.register_for_checkpointing(scheduler, progress, data.state, *([ema] if ema is not None else []))
 
-    resume_if_requested(accelerator, checkpoint, progress, recipe, args.allow_recipe_change)
+    resume_if_requested(accelerator, checkpoint, progress, recipe, args.allow_recipe_change, optimizer, scheduler)
     set_aside_abandoned_checkpoints(accelerator, output_dir, checkpoint)
     train_log = TrainLog(output_dir / TRAIN_LOG_NAME, enabled=accelerator.is_main_process)
     train_log.keep_until(progress.completed_steps)
@@ -423,7 +449,7 @@ def train(
                         callback.on_evaluate(state, eval_results)
                     task.train_mode(model)
 
-                stopped_by_signal = termination.requested
+                stopped_by_signal = termination.agreed(accelerator)
                 saved = checkpoint_if_due(accelerator, args, output_dir, progress, window_loss, window_batches,
                                           stopping=stopped_by_signal, recipe=recipe)
                 if saved is not None:
@@ -444,6 +470,9 @@ def train(
         write_skipped_samples(output_dir, skipped_report)
     if stopped_by_signal:
         results["stopped_by_signal"] = True
+        # As at the end of a finished run: a rank that tears its process group down while another still writes
+        # its records leaves gloo's threads waiting when the DDP wrapper is freed (measured: both ranks hung).
+        accelerator.wait_for_everyone()
         accelerator.end_training()
         return results
     task.before_save(accelerator.unwrap_model(model))

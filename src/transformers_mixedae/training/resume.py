@@ -94,18 +94,27 @@ def run_recipe(
     return json.loads(json.dumps(recipe, default=str))  # as a checkpoint's run_state.json gives it back
 
 
+# What a param group holds of the recipe (not of the step): `load_state` brings back the checkpoint's values.
+_GROUP_SETTINGS = ("initial_lr", "weight_decay", "betas", "momentum")
+
+
 def resume_if_requested(
     accelerator: Accelerator,
     checkpoint: Path | None,
     progress: Any,
     recipe: dict[str, Any],
     allow_recipe_change: bool,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> None:
     """Load the whole state of `checkpoint` (from `prepare_run_folders`) once it is known to hold this model and
-    recipe (see `check_resume_recipe`)."""
+    recipe (see `check_resume_recipe`). When the recipe changed (`allow_recipe_change`), the `optimizer` and
+    `scheduler` keep the checkpoint's moments and position in the schedule but take this run's learning rate, weight
+    decay and betas: loading the checkpoint would otherwise bring its own back and silently undo the change."""
     if checkpoint is None:
         return
-    check_resume_recipe(checkpoint, recipe, allow_recipe_change)
+    changed = check_resume_recipe(checkpoint, recipe, allow_recipe_change)
+    settings = _recipe_settings(optimizer, scheduler) if changed and optimizer is not None else None
     try:
         accelerator.load_state(str(checkpoint))
     except Exception as error:  # noqa: BLE001 - whatever broke, the message must name the checkpoint
@@ -113,7 +122,29 @@ def resume_if_requested(
             f"loading {checkpoint} failed ({type(error).__name__}: {error}). It is damaged or was written by another "
             "model or version; resume from another checkpoint, or start over with --overwrite_output_dir."
         ) from error
+    if settings is not None:
+        _apply_recipe_settings(optimizer, scheduler, settings)
     logger.info(f"Resumed from {checkpoint} at step {progress.completed_steps}", main_process_only=True)
+
+
+def _recipe_settings(optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[list[dict[str, Any]], list | None]:
+    groups = [{key: group[key] for key in _GROUP_SETTINGS if key in group} for group in optimizer.param_groups]
+    return groups, list(scheduler.base_lrs) if scheduler is not None else None
+
+
+def _apply_recipe_settings(optimizer: torch.optim.Optimizer, scheduler: Any, settings: tuple) -> None:
+    groups, base_lrs = settings
+    for group, values in zip(optimizer.param_groups, groups, strict=True):
+        group.update(values)
+    if base_lrs is None:
+        return
+    scheduler.base_lrs = base_lrs
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        # The rate of the step being resumed under the new schedule, as the scheduler's last step would have set it.
+        rates = [base * factor(scheduler.last_epoch) for base, factor in zip(base_lrs, scheduler.lr_lambdas)]
+        for group, rate in zip(optimizer.param_groups, rates):
+            group["lr"] = rate
+        scheduler._last_lr = rates
 
 
 def checkpoint_if_due(
