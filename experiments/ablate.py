@@ -408,6 +408,9 @@ class TopkProbe(TrainingCallback):
             "step": int(step),
             "homologous_topk_accuracy": probe["homologous_topk_accuracy"],
             "homologous_topk_accuracy_foreground": probe["homologous_topk_accuracy_foreground"],
+            "homologous_topk_accuracy_other_keys": probe["homologous_topk_accuracy_other_keys"],
+            "homologous_topk_accuracy_other_keys_foreground": probe["homologous_topk_accuracy_other_keys_foreground"],
+            "homologous_own_key_kept": probe["homologous_own_key_kept"],
         }
         if not math.isnan(probe["homologous_contrastive_loss"]):
             point["homologous_contrastive_loss"] = probe["homologous_contrastive_loss"]

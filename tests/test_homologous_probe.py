@@ -13,6 +13,7 @@ import torch
 from helpers import tiny_mixedae_config
 from tiny_runs import REPOSITORY, TINY_MIXEDAE, arguments
 from transformers_mixedae import MixedAEForPreTraining
+from transformers_mixedae.models import modeling_mixedae
 from transformers_mixedae.evaluation.homologous_probe import (
     IMAGENET_DEFAULT_STD,
     can_probe,
@@ -27,7 +28,7 @@ from transformers_mixedae.tasks.masked_image_modeling import run_pretraining
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 PROBE_KEYS = ("eval_homologous_topk_accuracy", "eval_homologous_topk_accuracy_foreground",
-              "eval_homologous_contrastive_loss")
+              "eval_homologous_topk_accuracy_other_keys", "eval_homologous_contrastive_loss")
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +124,32 @@ def test_foreground_split_counts_exactly_the_non_constant_patches(model):
     assert 0.25 < result["homologous_topk_ceiling"] < result["homologous_topk_ceiling_foreground"] <= 1.0
 
 
+def test_other_keys_accuracy_leaves_each_querys_own_key_out_of_both_counts():
+    from transformers_mixedae.evaluation.homologous_probe import _accuracy
+
+    # One layer, one group, two queries: [own-image keys kept, keys kept, own key kept].
+    counts = torch.tensor([[[[3, 4, 1], [1, 4, 0]]]])
+    assert _accuracy(counts) == 4 / 8 and _accuracy(counts, other_keys=True) == pytest.approx(3 / 7)
+    first = torch.tensor([[True, False]])
+    assert _accuracy(counts, first) == 3 / 4 and _accuracy(counts, first, other_keys=True) == pytest.approx(2 / 3)
+
+
+def test_a_selection_keeping_only_the_querys_own_key_is_right_for_free_and_nothing_else(model, monkeypatch):
+    """What a position-following selection does in the extreme: the all-key accuracy is perfect, the other-keys
+    accuracy has no key left to be right about, and the chance level without the own key is (T/g - 1) / (T - 1)."""
+    def own_key_only(logits, topk, head_mean=False):
+        keep = torch.eye(logits.shape[-1], dtype=torch.bool).expand(logits.shape).clone()
+        keep[:, :, 0] = True
+        keep[:, :, :, 0] = True
+        return keep
+
+    monkeypatch.setattr(modeling_mixedae, "homologous_keep_mask", own_key_only)
+    result = homologous_probe(model, torch.randn(8, 3, 32, 32), seed=2)
+    assert result["homologous_topk_accuracy"] == 1.0 and result["homologous_own_key_kept"] == 1.0
+    assert result["homologous_topk_accuracy_other_keys"] == 0.0
+    assert result["homologous_topk_chance_other_keys"] == (64 // 4 - 1) / (64 - 1)
+
+
 def test_chance_level_is_one_over_the_group_size():
     torch.manual_seed(0)
     model = MixedAEForPreTraining(tiny_mixedae_config(mixing_ratio=0.5))
@@ -167,9 +194,11 @@ def test_the_per_query_diagnostic_changes_no_output_or_gradient(model):
         assert torch.equal(left, right)
     for left, right in zip(plain_grads, recorded_grads):
         assert (left is None and right is None) or torch.equal(left, right)
-    assert counts.shape == (2, 2, 64, 2)  # (homologous layers, groups, kept queries, [own-image hits, kept keys])
+    # (homologous layers, groups, kept queries, [own-image hits, kept keys, heads keeping the query's own key])
+    assert counts.shape == (2, 2, 64, 3)
     per_layer = counts[..., 0].sum(dim=(1, 2)).float() / counts[..., 1].sum(dim=(1, 2)).float()
     assert torch.equal(per_layer.mean(), plain.homologous_topk_accuracy)
+    assert (counts[..., 2] <= counts[..., 0]).all() and counts[..., 2].max() <= model.config.num_attention_heads
 
 
 @pytest.mark.parametrize(
@@ -225,7 +254,7 @@ def test_cli_without_segment_embedding_probes_the_model_with_them_removed(tmp_pa
     capsys.readouterr()
 
 
-def test_ablate_topk_probe_records_the_foreground_accuracy_from_the_package_probe(model, monkeypatch):
+def test_ablate_topk_probe_records_the_package_probes_accuracies(model, monkeypatch):
     import importlib
 
     monkeypatch.syspath_prepend(str(REPOSITORY / "experiments"))
@@ -239,6 +268,9 @@ def test_ablate_topk_probe_records_the_foreground_accuracy_from_the_package_prob
         "step": 3,
         "homologous_topk_accuracy": expected["homologous_topk_accuracy"],
         "homologous_topk_accuracy_foreground": expected["homologous_topk_accuracy_foreground"],
+        "homologous_topk_accuracy_other_keys": expected["homologous_topk_accuracy_other_keys"],
+        "homologous_topk_accuracy_other_keys_foreground": expected["homologous_topk_accuracy_other_keys_foreground"],
+        "homologous_own_key_kept": expected["homologous_own_key_kept"],
         "homologous_contrastive_loss": expected["homologous_contrastive_loss"],
         "reconstruction_loss": expected["reconstruction_loss"],
         "train_loss": 1.5,

@@ -138,7 +138,12 @@ def homologous_probe(
         constant in its image (max - min of its un-normalised pixels below `threshold` in every channel; see
         `foreground_patches`), NaN when there is none; per homologous layer the fraction of kept patch keys
         (summed over heads and queries) from the query's image, averaged over layers, as the model does;
-        `homologous_topk_chance`: 1/g; `homologous_topk_ceiling` and `homologous_topk_ceiling_foreground`: the
+        `homologous_topk_chance`: 1/g, the accuracy of keys drawn at random;
+        `homologous_topk_accuracy_other_keys` and `homologous_topk_accuracy_other_keys_foreground`: the same two
+        with each query's own key left out of the kept and the homologous keys (a selection that follows position
+        keeps it, and is right about it for free), `homologous_topk_chance_other_keys`: their chance level
+        (T/g - 1) / (T - 1) for T kept patches per mixed sequence; `homologous_own_key_kept`: the fraction of
+        (query, selection head, layer) triples that kept the query's own key; `homologous_topk_ceiling` and `homologous_topk_ceiling_foreground`: the
         most a recogniser of patch content could reach on this batch and mixing (`content_ceiling`), averaged over
         queries; `homologous_contrastive_loss`: the model's (NaN when it has none);
         `reconstruction_loss`: the model's on the batch;
@@ -173,12 +178,10 @@ def homologous_probe(
     foreground = foreground_patches(pixel_values, config.patch_size, image_std, threshold)  # (B, N)
     image = torch.arange(mixing.num_groups, device=device)[:, None] * group_size + mixing.slot_of_kept[None, :]
     foreground_query = foreground[image, mixing.ids_keep]  # (B/g, num_kept)
-    hits = counts[..., 0][:, foreground_query].sum(dim=-1)
-    kept = counts[..., 1][:, foreground_query].sum(dim=-1)
     num_foreground = int(foreground_query.sum())
-    foreground_accuracy = (
-        float((hits.float() / kept.clamp(min=1).float()).mean()) if num_foreground else math.nan
-    )
+    foreground_accuracy = _accuracy(counts, foreground_query) if num_foreground else math.nan
+    num_kept = mixing.ids_keep.shape[-1]
+    selection_heads = 1 if config.homologous_selection == "head_mean" else config.num_attention_heads
     values = constant_patch_values(pixel_values, config.patch_size, image_std)[image, mixing.ids_keep]
     ceiling = torch.stack([content_ceiling(mixing.slot_of_kept.cpu(), foreground_query[group].cpu(),
                                            values[group].cpu(), group_size) for group in range(mixing.num_groups)])
@@ -187,6 +190,12 @@ def homologous_probe(
         "homologous_topk_accuracy": float(outputs.homologous_topk_accuracy),
         "homologous_topk_accuracy_foreground": foreground_accuracy,
         "homologous_topk_chance": 1.0 / group_size,
+        "homologous_topk_accuracy_other_keys": _accuracy(counts, other_keys=True),
+        "homologous_topk_accuracy_other_keys_foreground": (
+            _accuracy(counts, foreground_query, other_keys=True) if num_foreground else math.nan
+        ),
+        "homologous_topk_chance_other_keys": (num_kept // group_size - 1) / (num_kept - 1),
+        "homologous_own_key_kept": float(counts[..., 2].float().mean() / selection_heads),
         "homologous_topk_ceiling": float(ceiling.mean()),
         "homologous_topk_ceiling_foreground": (float(ceiling[foreground_query.cpu()].mean()) if num_foreground
                                                else math.nan),
@@ -195,6 +204,19 @@ def homologous_probe(
         "num_queries": int(foreground_query.numel()),
         "num_foreground_queries": num_foreground,
     }
+
+
+def _accuracy(counts: torch.Tensor, queries: torch.Tensor | None = None, other_keys: bool = False) -> float:
+    """From `(layers, B/g, num_kept, 3)` per-query counts: per layer, the fraction of kept patch keys (summed over heads
+    and the `queries`, a `(B/g, num_kept)` mask, default all) from the query's own image, averaged over layers, as
+    the model's own diagnostic. `other_keys` leaves each query's own key out of both counts: a selection that keeps
+    it is right about it for free (it is homologous by definition), so its chance level is no longer 1/g."""
+    counts = counts[:, queries] if queries is not None else counts.flatten(1, 2)  # (layers, queries, 3)
+    hits, kept = counts[..., 0].sum(dim=-1), counts[..., 1].sum(dim=-1)
+    if other_keys:
+        own = counts[..., 2].sum(dim=-1)
+        hits, kept = hits - own, kept - own
+    return float((hits.float() / kept.clamp(min=1).float()).mean())
 
 
 def validation_batch(num_images: int, image_size, dataset_name: str | None = None,

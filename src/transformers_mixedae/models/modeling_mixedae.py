@@ -251,9 +251,10 @@ class HomologousAttentionContext:
     InfoNCE term to `contrastive_losses` (with gradient when `contrastive_gradient`; `contrastive_temperature` divides
     the query-key cosines). `topk_accuracies` collects, per homologous layer, the fraction of kept patch keys that
     come from the query's own source image (a diagnostic, no gradient). With `per_query`,
-    `topk_query_counts` also collects, per homologous layer, `(num_sequences, num_kept, 2)` integer counts for every
-    patch query summed over heads: [..., 0] kept patch keys from the query's own image, [..., 1] kept patch keys
-    (the per-query diagnostic of `evaluation.homologous_probe`; off in training).
+    `topk_query_counts` also collects, per homologous layer, `(num_sequences, num_kept, 3)` integer counts for every
+    patch query summed over heads: [..., 0] kept patch keys from the query's own image, [..., 1] kept patch keys,
+    [..., 2] heads that kept the query's own key (counted in both others) (the per-query diagnostic of
+    `evaluation.homologous_probe`; off in training).
     """
 
     segment_ids: torch.Tensor
@@ -275,14 +276,15 @@ def homologous_keep_mask(logits: torch.Tensor, topk: int, head_mean: bool = Fals
     """`(B, heads, L, L)` boolean mask of the `topk` largest logits of every patch query row; [CLS] keeps all.
     With `head_mean`, `(B, 1, L, L)`: the rows of the logits averaged over the heads, one set shared by every head.
 
-    Selection is not differentiable, so it runs outside autograd; an unsorted top-k and its minimum give the
-    same k-th largest value as a sorted one, for less work. Ties with the k-th value are all kept.
+    Selection is not differentiable, so it runs outside autograd. Exactly `topk` keys per row: keeping every key
+    tied with the k-th value kept more than k in about 15% of the rows under bf16 autocast, where logits tie often.
     """
     if head_mean:
         logits = logits.mean(dim=1, keepdim=True)
-    kth_largest = logits.topk(min(topk, logits.shape[-1]), dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-    kth_largest[:, :, 0] = float("-inf")  # the [CLS] query keeps every key
-    return logits >= kth_largest
+    kept = logits.topk(min(topk, logits.shape[-1]), dim=-1, sorted=False).indices
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, kept, True)
+    keep[:, :, 0] = True  # the [CLS] query keeps every key
+    return keep
 
 
 # The two ways to run homologous attention; both keep exactly the same keys and give the same values and gradients
@@ -381,9 +383,11 @@ def homologous_topk_attention_forward(
             (kept_patch_keys & same_source).sum().float() / kept_patch_keys.sum().clamp(min=1).float()
         )
         if homologous.per_query:
-            homologous.topk_query_counts.append(
-                torch.stack([(kept_patch_keys & same_source).sum(dim=(1, 3)), kept_patch_keys.sum(dim=(1, 3))], -1)
-            )
+            homologous.topk_query_counts.append(torch.stack([
+                (kept_patch_keys & same_source).sum(dim=(1, 3)),
+                kept_patch_keys.sum(dim=(1, 3)),
+                kept_patch_keys.diagonal(dim1=-2, dim2=-1).sum(dim=1),
+            ], -1))
     return attn_output, attn_weights
 
 
@@ -592,7 +596,7 @@ def _peek_model_type(pretrained_model_name_or_path, kwargs: dict) -> str | None:
 @auto_docstring(custom_intro="The bare MixedAE ViT encoder; on plain images it is a standard ViT with global attention.")
 class MixedAEModel(MixedAEPreTrainedModel):
     # Per-query homologous diagnostic (`evaluation.homologous_probe`): when set, a forward with mixing stores
-    # `homologous_topk_query_counts`, `(num_homologous_layers, B/g, num_kept, 2)` (see `HomologousAttentionContext`).
+    # `homologous_topk_query_counts`, `(num_homologous_layers, B/g, num_kept, 3)` (see `HomologousAttentionContext`).
     # Off by default; it changes no output and no gradient.
     record_homologous_topk_per_query: bool = False
     # Forces one of `HOMOLOGOUS_ATTENTION_PATHS` ("single_pass", "sdpa_mask") in the homologous layers; `None` follows

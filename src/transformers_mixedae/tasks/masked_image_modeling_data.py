@@ -477,6 +477,7 @@ class PretrainingData:
         return {
             "eval_homologous_topk_accuracy": probe["homologous_topk_accuracy"],
             "eval_homologous_topk_accuracy_foreground": probe["homologous_topk_accuracy_foreground"],
+            "eval_homologous_topk_accuracy_other_keys": probe["homologous_topk_accuracy_other_keys"],
             "eval_homologous_contrastive_loss": probe["homologous_contrastive_loss"],
         }
 
