@@ -1,6 +1,7 @@
 """WebDataset `.tar` shards as `--train_dir` / `--validation_dir` (and as a dataset folder): loading, column detection,
 decoding, bad images, the warning about shard counts that do not split evenly over processes and workers."""
 
+import gzip
 import io
 import json
 import logging
@@ -188,6 +189,23 @@ def test_shards_and_image_files_cannot_be_mixed(shard_folders, tmp_path):
         load_image_dataset(train_dir=str(train_dir), validation_dir=str(tmp_path / "images"))
 
 
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tgz"])
+def test_a_data_dir_with_split_folders_of_plain_or_gzipped_shards(tmp_path, suffix):
+    for split, first in (("train", 0), ("validation", 50)):
+        for shard in write_shards(tmp_path / "data" / split, labelled(2, first_seed=first), 1, first_key=first):
+            if suffix != ".tar":
+                with gzip.open(shard.with_name(shard.stem + suffix), "wb") as packed:
+                    packed.write(shard.read_bytes())
+                shard.unlink()
+    loaded = load_image_dataset(data_dir=str(tmp_path / "data"))  # was: an empty imagefolder
+    assert (loaded.image_column_name, loaded.label_column_name) == ("jpg", "cls")
+    assert [example["cls"] for example in undecoded(loaded.validation)] == [50 % 3, 51 % 3]
+    assert len(loaded.train) == 2
+    by_split = load_image_dataset(train_dir=str(tmp_path / "data" / "train"),
+                                  validation_dir=str(tmp_path / "data" / "validation"))
+    assert [example["cls"] for example in undecoded(by_split.validation)] == [50 % 3, 51 % 3]
+
+
 @pytest.mark.parametrize("streaming_", [False, True])
 def test_a_dataset_folder_of_shards_given_as_dataset_name_detects_the_columns(tmp_path, streaming_):
     # What `--dataset_name timm/imagenet-1k-wds` loads, with a local folder in place of the Hub repository.
@@ -212,6 +230,20 @@ def test_a_corrupt_image_in_a_shard_is_skipped_and_named(tmp_path, streaming_):
     assert (loader.stats.num_loaded, loader.stats.num_skipped) == (7, 1)
     ((identifier, reason),) = loader.stats.skipped
     assert identifier == "000005.jpg" and reason.startswith("OSError: ")
+
+
+@pytest.mark.parametrize("streaming_", [False, True])
+def test_a_sample_stored_with_another_image_extension_is_named_by_key_and_shard_with_the_cause(tmp_path, streaming_):
+    # The builder reads its columns from the first samples: the .png sample comes without a `jpg` value.
+    samples = labelled(6)
+    samples[4] = {"png": image_bytes(4, "png"), "cls": b"1"}
+    shards = write_shards(tmp_path / "train", samples, 2)
+    loaded = load_image_dataset(train_dir=str(tmp_path / "train"), streaming=streaming_)
+    loader = build_evaluation_dataloader(loaded.train, TRANSFORM, 8, image_column_name="jpg", label_column_name="cls")
+    assert [len(batch["pixel_values"]) for batch in loader] == [5]
+    ((identifier, reason),) = loader.stats.skipped
+    assert identifier == f"000004 in {shards[1]}"  # was "<NoneType>"
+    assert reason.startswith("no 'jpg' image. WebDataset columns are the file extensions of the first samples read")
 
 
 def test_a_tiny_pretraining_run_on_shards_lists_a_corrupt_image(tmp_path, single_torch_thread):  # noqa: F811

@@ -9,7 +9,8 @@ Three sources, one result (`ImageDatasets`):
 * `dataset_name` -> `load_dataset(dataset_name, dataset_config_name, streaming=..., token=...)`, e.g.
   `ILSVRC/imagenet-1k` with `streaming=True` and a token that has accepted the dataset's terms;
 * `train_dir` / `validation_dir` (or `data_dir` with split sub-folders) -> Parquet shards when the folder
-  holds `*.parquet` files, WebDataset shards (`webdataset` builder) when it holds `*.tar` files (each sample
+  holds `*.parquet` files, WebDataset shards (`webdataset` builder) when it holds `*.tar` (or gzipped `*.tar.gz`,
+  `*.tgz`) files (each sample
   a group of files with a common key, e.g. `000001.jpg` + `000001.cls`; the columns are the extensions),
   otherwise `imagefolder` (class sub-folders give the labels).
 
@@ -104,8 +105,11 @@ def _parquet_files(directory: Path) -> list[str]:
     return sorted(str(path) for path in directory.rglob("*.parquet"))
 
 
+TAR_SUFFIXES = ("*.tar", "*.tar.gz", "*.tgz")  # what the `webdataset` builder reads (it streams compressed tars)
+
+
 def _tar_files(directory: Path) -> list[str]:
-    return sorted(str(path) for path in directory.rglob("*.tar"))
+    return sorted(str(path) for pattern in TAR_SUFFIXES for path in directory.rglob(pattern))
 
 
 def _folder_kind(directory: Path) -> str:
@@ -147,7 +151,7 @@ def _load_from_directories(
     except (FileNotFoundError, ValueError, datasets.exceptions.DataFilesNotFoundError) as error:
         raise ValueError(
             f"no image files found in {', '.join(map(str, directories.values()))} ({error}). Give folders that hold "
-            "images (in class sub-folders for labels) or Parquet shards."
+            "images (in class sub-folders for labels), Parquet shards or WebDataset .tar shards."
         ) from error
     return loaded, f"imagefolder {', '.join(map(str, directories.values()))}"
 
@@ -180,11 +184,13 @@ def _load_source(
     if data_dir is not None:
         if not Path(data_dir).is_dir():
             raise ValueError(f"data_dir {data_dir!r} does not exist or is not a directory")
-        builder = "parquet" if _parquet_files(Path(data_dir)) else "imagefolder"
+        builder = _folder_kind(Path(data_dir))
         try:
             loaded = datasets.load_dataset(builder, data_dir=data_dir, streaming=streaming, cache_dir=cache_dir)
         except (FileNotFoundError, datasets.exceptions.DataFilesNotFoundError) as error:
-            raise ValueError(f"no image or Parquet files found in data_dir {data_dir!r}: {error}") from error
+            raise ValueError(
+                f"no image files, Parquet or WebDataset .tar shards found in data_dir {data_dir!r}: {error}"
+            ) from error
         return loaded, f"{builder} {data_dir}"
     files = default_dataset_files()
     loaded = datasets.load_dataset("parquet", data_files=files, streaming=streaming, cache_dir=cache_dir)
@@ -366,7 +372,11 @@ def _label_names(dataset: AnyDataset, label_column_name: str | None) -> list[str
 def limit_samples(dataset: AnyDataset, max_samples: int | None) -> AnyDataset:
     """At most `max_samples` examples (`--max_train_samples` and the like). Of a map-style dataset, a random subset
     drawn with `SUBSET_SEED` and kept in dataset order: a folder sorted by class gives every class its share, and
-    every run the same examples. Of a stream, the first ones (choosing would mean reading the whole stream)."""
+    every run the same examples. Of a stream, `take(max_samples)` (choosing would mean reading the whole stream):
+    exactly that many examples, but not always the stream's first ones. Once split over processes and DataLoader
+    workers, each reader takes its share from its own shards, so which examples are used depends on the number of
+    processes and workers (compare evaluation numbers of streamed runs at the same layout, or evaluate on a
+    map-style split)."""
     if max_samples is None:
         return dataset
     if isinstance(dataset, datasets.Dataset):

@@ -197,6 +197,17 @@ class DecodedImageStream(torch.utils.data.IterableDataset):
     def _missing_column(self, column: str, example: dict[str, Any]) -> ValueError:
         return ValueError(f"column {column!r} not found in the data stream; available columns: {sorted(example)}")
 
+    def _missing_image(self, example: dict[str, Any]) -> UndecodableImageError:
+        """An example whose image column is empty, named by its WebDataset key and shard when it has them."""
+        name = example.get("__key__")
+        where = f"{name} in {example['__url__']}" if name and example.get("__url__") else name or "<no key>"
+        return UndecodableImageError(
+            where,
+            f"no {self.image_column_name!r} image. WebDataset columns are the file extensions of the first samples "
+            "read: a sample stored with another extension (.png among .jpg) comes without it. Store every image "
+            "of the shards with one extension.",
+        )
+
     def _block_order(self, size: int, worker_id: int, block: int) -> list[int]:
         if self.shuffle_buffer_size == 1 or size == 1:
             return list(range(size))
@@ -257,6 +268,8 @@ class DecodedImageStream(torch.utils.data.IterableDataset):
                 if column not in example:
                     raise self._missing_column(column, example)
             try:
+                if example[self.image_column_name] is None:
+                    raise self._missing_image(example)
                 item = self.decode_example(example, decode)
             except UndecodableImageError as error:
                 if not self.skip_undecodable:

@@ -4,8 +4,8 @@
 Conversion policy (the same for training and evaluation):
 
 * EXIF orientation is applied first, so a photo is seen the way a viewer shows it.
-* Transparency (`RGBA`, `LA`, `PA`, premultiplied `RGBa`/`La`, palette images with a transparent index) is
-  composited over a **white** background. Dropping alpha would reveal whatever colour the encoder left under
+* Transparency (`RGBA`, `LA`, `PA`, premultiplied `RGBa`/`La`, and palette, grey or RGB images with a
+  transparent colour key) is composited over a **white** background. Dropping alpha would reveal whatever colour the encoder left under
   fully transparent pixels (often black or noise); white is how the images are shown on a page.
 * 16-bit and 32-bit integer images (`I;16*`, `I`) are read as unsigned 16-bit intensities (how Pillow hands
   over 16-bit PNG and TIFF data) and scaled by 255 / 65535, clipping values outside [0, 65535].
@@ -25,6 +25,8 @@ from PIL import ExifTags, Image, ImageOps
 
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+# Modes whose PNGs can name one transparent value (`tRNS`: an index, a grey level or a colour) instead of an alpha band.
+COLOUR_KEY_MODES = frozenset({"P", "L", "1", "RGB"})
 ORIENTATION_TAG = ExifTags.Base.Orientation
 _UINT16_MAX = 65535.0
 
@@ -62,10 +64,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB version of `image` following the module's conversion policy."""
     image = apply_exif_orientation(image)
     mode = image.mode
+    if mode in ALPHA_MODES or (mode in COLOUR_KEY_MODES and "transparency" in image.info):
+        return _composite_on_white(image)
     if mode == "RGB":
         return image
-    if mode in ALPHA_MODES or (mode == "P" and "transparency" in image.info):
-        return _composite_on_white(image)
     if mode in SIXTEEN_BIT_MODES or mode == "F":
         gray = _scaled_to_uint8(np.asarray(image), mode)
         return Image.fromarray(gray).convert("RGB")
