@@ -265,3 +265,18 @@ def test_configs_are_rejected_naming_the_field_or_train_with_a_finite_loss(confi
         outputs = model_class(config)(**random_inputs(config))
         assert torch.isfinite(outputs.loss), values
 
+
+
+@pytest.mark.parametrize(("config_class", "model_class", "field", "value", "message"),
+                         [(MixedAEConfig, MixedAEForPreTraining, "mixing_ratio", 0.3, "1/mixing_ratio must be an integer"),
+                          (CAEConfig, CAEForPreTraining, "num_masking_patches", 99, "num_masking_patches=99 must be")],
+                         ids=["mixedae", "cae"])
+def test_a_field_set_after_construction_is_validated_when_a_model_is_built(config_class, model_class, field, value,
+                                                                            message):
+    # Before, `config.mixing_ratio = 0.3` built a model with groups of round(1 / 0.3) = 3 images, without a word.
+    geometry = dict(num_masking_patches=6) if config_class is CAEConfig else {}
+    config = config_class(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          image_size=16, patch_size=4, **geometry)
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=message):
+        model_class(config)

@@ -52,7 +52,9 @@ class MixedAEConfig(MaskedViTConfig):
             r: every image shows a fraction r of the kept positions of its group of g = 1/r images. 1.0 is plain MAE.
         mask_ratio (`float`, defaults to 0.0):
             Fraction of positions hidden from every image of a group before mixing. Mixing alone hides 1 - r of each
-            image; `mixing_ratio=1.0, mask_ratio=0.75` is exactly MAE.
+            image; `mixing_ratio=1.0, mask_ratio=0.75` is exactly MAE. (MAE truncates the number of kept patches,
+            this config rounds it: the two agree whenever N * (1 - mask_ratio) is whole, as at 0.75 on a 14 x 14
+            or 16 x 16 grid, and differ by one patch otherwise, e.g. 20 against 19 at 0.9 on 14 x 14.)
         segment_embedding (`str`, defaults to `"encoder"`):
             Where a learnable per-slot (source image within the group) embedding is added. `"encoder"`: to each
             image's patch tokens before mixing, so the encoder is told every token's source (which can make

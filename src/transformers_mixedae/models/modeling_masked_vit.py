@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 import torch
 from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from safetensors import SafetensorError, safe_open
 import torch.nn.functional as F
 from torch import nn
@@ -82,6 +83,16 @@ class MaskedViTPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
     _can_record_outputs = {"hidden_states": ViTLayer, "attentions": ViTAttention}
     _input_embed_layer = "patch_embeddings"
+
+    def __init__(self, config, *inputs, **kwargs):
+        # The config's validators run when it is built, not when a field is set afterwards (`config.mixing_ratio =
+        # 0.3`, or `from_pretrained(path, out_indices=...)`, which sets its keyword arguments on the loaded config):
+        # check again before the model is shaped by it, with the validator's own message.
+        try:
+            config.validate()
+        except StrictDataclassClassValidationError as error:
+            raise ValueError(str(error.__cause__ or error)) from error
+        super().__init__(config, *inputs, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
