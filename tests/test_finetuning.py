@@ -285,3 +285,29 @@ def test_mixedae_fine_tuning_on_two_processes_trains_every_parameter_it_has(tmp_
                                timeout=600)
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert json.loads((tmp_path / "run" / "all_results.json").read_text())["train_steps"] == 3
+
+
+def test_re_fine_tuning_at_another_size_resamples_a_trained_position_table_and_keeps_a_fixed_one_exact(tmp_path,
+                                                                                                     pretrained):
+    from accelerate import PartialState
+
+    from transformers_mixedae.models.vit_layers import interpolate_position_embedding, sincos_2d_position_embedding
+    from transformers_mixedae.tasks.image_classification import build_classification_model
+
+    PartialState(cpu=True)  # the run's logger needs it, as under a training run
+    def built_at_32_px(checkpoint):
+        model_args = ModelArguments(model_name_or_path=str(checkpoint), image_size=32)
+        return build_classification_model(model_args, ClassificationArguments(recipe="mae"), "mixedae", ["a", "b", "c"])
+
+    # After pre-training the table is the fixed sin-cos one: the 8 x 8 table is computed, not resampled.
+    table = built_at_32_px(pretrained / "mixedae").vit.embeddings.position_embeddings
+    assert torch.equal(table, sincos_2d_position_embedding(8, 8, 32, row_first=False))
+    # After fine-tuning at 16 px the table is trained: it is resampled (before, it was reset to sin-cos).
+    classifier = MixedAEForImageClassification(MixedAEConfig(**TINY, num_labels=3))
+    with torch.no_grad():
+        classifier.vit.embeddings.position_embeddings.add_(torch.randn_like(classifier.vit.embeddings.position_embeddings))
+    classifier.save_pretrained(tmp_path / "fine_tuned")
+    trained = classifier.vit.embeddings.position_embeddings.detach()
+    table = built_at_32_px(tmp_path / "fine_tuned").vit.embeddings.position_embeddings
+    assert torch.equal(table, interpolate_position_embedding(trained, (4, 4), (8, 8)))
+    assert table.requires_grad  # still trained, as MAE's fine-tuning does

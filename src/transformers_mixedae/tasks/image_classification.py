@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from torch import nn
-from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedModel
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
 from ..data import (
@@ -46,6 +46,7 @@ from ..data.rand_augment import auto_augment_off
 from ..data.transforms import ClassificationTrainTransform
 from ..data.batch_augmentation import MixupCutmix, random_erase, soft_target_cross_entropy
 from ..evaluation.eval_mode import eval_mode
+from ..models.vit_layers import interpolate_position_embedding, sincos_2d_position_embedding
 from ..evaluation.frozen_features import LINEAR_PROBE_BATCH_NORM_EPS, LINEAR_PROBE_INIT_STD, Accuracy, _gather_uneven
 from .image_classification_args import (
     PROBE_MODES,
@@ -139,9 +140,12 @@ def build_classification_model(
     if model_args.attn_implementation:
         overrides["attn_implementation"] = model_args.attn_implementation
     if model_args.model_name_or_path:
-        model = model_class.from_pretrained(
-            model_args.model_name_or_path, **overrides, **labels, ignore_mismatched_sizes=True
+        model, loading_info = model_class.from_pretrained(
+            model_args.model_name_or_path, **overrides, **labels, ignore_mismatched_sizes=True,
+            output_loading_info=True,
         )
+        if any(key.endswith(POSITION_TABLE) for key, *_ in loading_info["mismatched_keys"]):
+            resize_trained_position_table(model, model_args.model_name_or_path)
     else:
         model = model_class(model_class.config_class(**overrides, **labels))
     if classification_args.mode == "linear_probe":
@@ -151,6 +155,29 @@ def build_classification_model(
     if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     return model
+
+
+POSITION_TABLE = "embeddings.position_embeddings"
+
+
+def resize_trained_position_table(model: PreTrainedModel, model_name_or_path: str) -> None:
+    """A checkpoint fine-tuned at another image size: resample its trained position table to the new grid
+    (bicubic, as MAE, BEiT and DeiT do before fine-tuning at a higher resolution). `from_pretrained` re-initialised
+    the table of the new shape to the fixed sin-cos one, which is right (and exact) when the checkpoint's table was
+    the fixed sin-cos table of its own grid, as after pre-training, and undoes the fine-tuning otherwise."""
+    source = AutoModel.from_pretrained(model_name_or_path).embeddings
+    table, grid = source.position_embeddings.detach(), source.patch_embeddings.grid_size
+    fixed_tables = [sincos_2d_position_embedding(*grid, table.shape[-1], row_first) for row_first in (True, False)]
+    if any(torch.allclose(table, fixed, atol=1e-6) for fixed in fixed_tables):
+        return
+    embeddings = model.base_model.embeddings
+    with torch.no_grad():
+        embeddings.position_embeddings.copy_(
+            interpolate_position_embedding(table, grid, embeddings.patch_embeddings.grid_size)
+        )
+    logger.info(f"The trained position table of {model_name_or_path} was resampled from a {grid[0]} x {grid[1]} to "
+                f"a {embeddings.patch_embeddings.grid_size[0]} x {embeddings.patch_embeddings.grid_size[1]} grid.",
+                main_process_only=True)
 
 
 def add_linear_probe_head(model: PreTrainedModel) -> None:
