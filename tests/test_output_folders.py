@@ -350,3 +350,15 @@ def test_existing_folders_pass_and_files_only_where_allowed(tmp_path):
         check_model_path(str(tmp_path / "weights.pth"), "model")
     with pytest.raises(FileNotFoundError, match=r"^--checkpoint '\./x\.pth' is a local path that does not exist"):
         check_model_path("./x.pth", "--checkpoint", allow_file=True)
+
+
+def test_staging_folders_left_by_an_interrupted_write_are_named_and_kept(tmp_path, caplog):
+    left = tmp_path / ".tmp-out-12345-abcdef01"  # a SIGKILLed export's staging folder
+    write_files(left, {"model.safetensors": b"partial"})
+    write_files(tmp_path / ".tmp-other-1-00000000", {"config.json": b"{}"})  # another output's: not named
+    caplog.set_level(logging.WARNING)
+    with staged_output_dir(tmp_path / "out", overwrite=False, what="export") as staging:
+        write_files(staging, {"config.json": b"{}"})
+    assert (f"{tmp_path}: 1 staging folder(s) of an earlier export into out that did not finish "
+            f"(.tmp-out-12345-abcdef01/); delete them if no other write is running.") in caplog.text
+    assert (left / "model.safetensors").read_bytes() == b"partial"  # never removed: it may be another writer's

@@ -15,6 +15,7 @@ or picture is left next to new weights; any other file in the folder is kept and
 """
 
 import fnmatch
+import glob
 import os
 import shutil
 import uuid
@@ -221,6 +222,13 @@ def staged_output_dir(
     output_dir = Path(output_dir).expanduser()
     check_output_dir(output_dir, overwrite=overwrite, what=what, flag=flag)
     parent = output_dir.absolute().parent
+    leftovers = sorted(parent.glob(f".tmp-{glob.escape(output_dir.name)}-*")) if parent.is_dir() else []
+    if leftovers:
+        # Not removed: one may belong to a write still running (another process, or another machine on a shared disk).
+        logger.warning(
+            "%s: %d staging folder(s) of an earlier %s into %s that did not finish (%s); delete them if no other "
+            "write is running.", parent, len(leftovers), what, output_dir.name, _listing(leftovers),
+        )
     try:
         parent.mkdir(parents=True, exist_ok=True)
         # Not `tempfile.mkdtemp`: its 0700 mode would move in with the folder; `mkdir` follows the umask.
