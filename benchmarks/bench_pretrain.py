@@ -10,7 +10,8 @@ and the contrastive loss; CAE when the package has it) and measures, in the same
   that load from other processes falls on all of them alike;
 * the model FLOPs of one forward + backward, counted by `torch.utils.flop_counter.FlopCounterMode`
   (the optimizer step is not counted; fused SDPA kernels are counted with the eager formula, without
-  the backward's recomputation, so eager and SDPA rows count the same work);
+  the backward's recomputation, so eager and SDPA rows count the same work, except MixedAE's SDPA rows: its masked
+  homologous path computes the logits once more, without gradient, to select the kept keys);
 * the achieved FLOP/s as a fraction of a large square matmul timed on the same device and dtype
   (fp32, or bf16 for autocast runs) in the same run;
 * peak memory of one step: live tensor bytes (parameters, buffers, optimizer state, input) at the

@@ -138,12 +138,16 @@ def profile_models(names: list[str], args, device, pixel_values) -> list[dict]:
             finally:
                 for function in reversed(undo):
                     function()
+            # On a GPU the kernels' own time, not the host's time to launch them.
+            on_device = device.type == "cuda"
             for event in profiler.key_averages():
                 key = event.key
                 if key.startswith("region::") or key.startswith("autograd::engine::evaluate_function"):
-                    run["total_ms"][key] += event.cpu_time_total / 1e3 / args.steps
+                    total = event.device_time_total if on_device else event.cpu_time_total
+                    run["total_ms"][key] += total / 1e3 / args.steps
                 else:
-                    run["self_ms"][key] += event.self_cpu_time_total / 1e3 / args.steps
+                    own = event.self_device_time_total if on_device else event.self_cpu_time_total
+                    run["self_ms"][key] += own / 1e3 / args.steps
                 run["counts"][key] += event.count / args.steps
     for index in range(args.steps):
         for run in rotation(index):
@@ -210,6 +214,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--limit", type=int, default=25, help="rows per table")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be at least 1 and --warmup at least 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

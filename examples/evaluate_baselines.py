@@ -13,6 +13,7 @@ import torch
 from accelerate import Accelerator
 
 import transformers_mixedae  # noqa: F401
+from transformers_mixedae.cli import run_cli
 from transformers_mixedae.tasks.masked_image_modeling import MaskedImageModelingTask, build_pretraining_model
 from transformers_mixedae.training.arguments import parse_run_arguments
 from transformers_mixedae.tasks.masked_image_modeling_data import PretrainingData, RawPixelFeatures
@@ -20,6 +21,13 @@ from transformers_mixedae.tasks.masked_image_modeling_data import PretrainingDat
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args, evaluation_args = parse_run_arguments(argv)
+    if model_args.model_name_or_path:
+        # It would load the checkpoint and report it as the random encoder.
+        raise ValueError(
+            f"--model_name_or_path {model_args.model_name_or_path} is not valid here: the baselines are raw pixels and "
+            "a randomly initialised encoder built from --model_type and --config_overrides. To evaluate a checkpoint, "
+            "run run_mim.py with it and --max_steps 0."
+        )
     MaskedImageModelingTask(model_args, data_args, training_args, evaluation_args)  # fills pre-training's defaults
     logging.basicConfig(level=logging.INFO)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -36,4 +44,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, program="evaluate_baselines.py")

@@ -49,3 +49,12 @@ def test_run_image_classification_names_a_missing_local_model_in_one_line(tmp_pa
     assert_one_error_line(process, 1, f"run_image_classification.py: error: --model_name_or_path '{model}' is a local "
                                       "folder that does not exist; check the path, or give a Hub id like owner/name.")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_evaluate_baselines_refuses_a_checkpoint_it_would_report_as_the_random_encoder_in_one_line(tmp_path):
+    process = run_script(REPOSITORY / "examples" / "evaluate_baselines.py", "--model_name_or_path", "owner/model",
+                         cwd=tmp_path)
+    assert_one_error_line(process, 2, "evaluate_baselines.py: error: --model_name_or_path owner/model is not valid "
+                                      "here: the baselines are raw pixels and a randomly initialised encoder built "
+                                      "from --model_type and --config_overrides. To evaluate a checkpoint, run "
+                                      "run_mim.py with it and --max_steps 0.")

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import datasets
@@ -357,9 +358,38 @@ def test_former_flag_names_still_work_with_a_warning_and_name_the_new_one(tmp_pa
             [str(config), "--max_train_steps", "7", "--activation_checkpointing"])
     assert (training_args.max_steps, training_args.save_steps, training_args.save_total_limit) == (7, 5, None)
     assert model_args.gradient_checkpointing is True
-    with pytest.raises(ValueError, match=r"--max_train_steps 7 and --max_steps 8 set the same thing; pass only "
-                                         r"--max_steps\."):
+    with pytest.raises(ValueError, match=r"^--max_train_steps and --max_steps set the same thing; pass only "
+                                         r"--max_steps\.$"):
         parse_run_arguments(["--max_train_steps", "7", "--max_steps", "8"])
+    with pytest.raises(ValueError, match=r"^--checkpoints_total_limit and --save_total_limit set the same thing"):
+        parse_run_arguments(["--save_total_limit", "2", "--checkpoints_total_limit=3"])  # was: 3, silently
+
+
+def test_a_flag_under_either_name_overrides_a_json_value_under_either_name(tmp_path):
+    # Before, a deprecated flag over a JSON value (or a new flag over a JSON deprecated key) was called a conflict.
+    old_in_file, new_in_file = tmp_path / "old.json", tmp_path / "new.json"
+    old_in_file.write_text(json.dumps({"max_train_steps": 10, "checkpointing_steps": 4}))
+    new_in_file.write_text(json.dumps({"max_steps": 10, "save_steps": 4}))
+    for config in (old_in_file, new_in_file):
+        for flags in (["--max_steps", "20", "--save_steps", "5"], ["--max_train_steps", "20", "--checkpointing_steps=5"]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                training_args = parse_run_arguments([str(config), *flags])[2]
+            assert (training_args.max_steps, training_args.save_steps) == (20, 5), (config.name, flags)
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({"max_train_steps": 10, "max_steps": 10}))
+    with pytest.raises(ValueError, match=r"both.json sets both max_train_steps and max_steps, the same thing"):
+        parse_run_arguments([str(both)])
+
+
+def test_optional_numbers_take_none_on_the_command_line_as_null_in_json(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"save_total_limit": 3, "save_steps": 7}))
+    training_args = parse_run_arguments([str(config), "--save_total_limit", "none", "--save_steps=null"])[2]
+    assert (training_args.save_total_limit, training_args.save_steps) == (None, None)  # every checkpoint kept, none due
+    assert parse_run_arguments(["--save_total_limit", "4"])[2].save_total_limit == 4
+    with pytest.raises(SystemExit):  # any other word is still not a number
+        parse_run_arguments(["--save_total_limit", "all"])
 
 
 def test_the_engine_gives_the_model_its_optimizer_step_for_the_annealed_topk(tmp_path, caplog):

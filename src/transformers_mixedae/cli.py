@@ -15,8 +15,8 @@ file rather than the command line). Any other exception is a bug: it propagates 
 environment variable `TRANSFORMERS_MIXEDAE_TRACEBACK=1` shows the traceback of user errors too.
 
 Under `accelerate launch`, the launcher turns a non-zero exit of the training process into its own
-`subprocess.CalledProcessError` traceback, which buries the one-line message; launch with
-`accelerate launch -q ...` (`--quiet`) to keep only the line and the exit status.
+`subprocess.CalledProcessError` traceback, which buries the one-line message, and into status 1; `accelerate launch
+-q ...` (`--quiet`) keeps only the line, still with status 1. A single process run with `python` keeps its status.
 """
 
 import os

@@ -279,7 +279,9 @@ class TrainingArguments:
     seed: int = field(default=0, metadata={"help": "Seed for weights, data order, augmentation and masks."})
     logging_steps: int = field(default=10, metadata={"help": "Log every this many optimizer steps."})
     save_steps: int | None = field(default=None, metadata={"help": "Save a checkpoint every N optimizer steps."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep only the newest K checkpoints."})
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep only the newest K checkpoints (none: keep every one)."}
+    )
     checkpointing_steps: int | None = _deprecated_alias("save_steps")
     checkpoints_total_limit: int | None = _deprecated_alias("save_total_limit")
     resume_from_checkpoint: str | None = field(
@@ -308,8 +310,10 @@ class TrainingArguments:
                            "logging_steps", "max_consecutive_nonfinite_steps")
         for name in positive_counts:
             check_argument(_positive_int(getattr(self, name)), name, getattr(self, name), "a whole number >= 1")
-        _check_optional(self, ("save_steps", "eval_steps", "save_total_limit"), _positive_int,
+        _check_optional(self, ("save_steps", "eval_steps"), _positive_int,
                         "a whole number >= 1 (leave it out to turn it off)")
+        _check_optional(self, ("save_total_limit",), _positive_int,
+                        "a whole number >= 1 (none keeps every checkpoint)")
         _check_optional(self, ("max_steps",), lambda value: isinstance(value, int) and value >= 0,
                         "a whole number of optimizer steps >= 0 (0 evaluates the model as built, without training)")
         check_argument(_finite(self.num_train_epochs) and self.num_train_epochs > 0, "num_train_epochs",
@@ -438,6 +442,74 @@ def merge_config_overrides(*layers: str | None) -> str | None:
     return ",".join(merged.values()) or None
 
 
+def _warn_deprecated(old_name: str) -> None:
+    warnings.warn(
+        f"--{old_name} is deprecated; use --{DEPRECATED_ALIASES[old_name]} (the name transformers' TrainingArguments "
+        "uses).", FutureWarning, stacklevel=4,
+    )
+
+
+def _renamed_deprecated_flags(argv: list[str]) -> list[str]:
+    """`--max_train_steps 10` -> `--max_steps 10` (and `--flag=value`), so that a deprecated flag on the command line
+    overrides a JSON config's value under either name, as any flag does; both names on the command line conflict."""
+    given = {token[2:].split("=", 1)[0] for token in argv if token.startswith("--")}
+    renamed = []
+    for token in argv:
+        name, separator, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if name in DEPRECATED_ALIASES:
+            new_name = DEPRECATED_ALIASES[name]
+            if new_name in given:
+                raise ValueError(f"--{name} and --{new_name} set the same thing; pass only --{new_name}.")
+            _warn_deprecated(name)
+            token = f"--{new_name}{separator}{value}"
+        renamed.append(token)
+    return renamed
+
+
+def _renamed_deprecated_keys(values: dict[str, Any], argv_path: str) -> dict[str, Any]:
+    """A JSON config's deprecated keys under their new names; both names in one file conflict."""
+    renamed = {}
+    for key, value in values.items():
+        if key in DEPRECATED_ALIASES:
+            if DEPRECATED_ALIASES[key] in values:
+                raise ValueError(f"{argv_path} sets both {key} and {DEPRECATED_ALIASES[key]}, the same thing; keep only "
+                                 f"{DEPRECATED_ALIASES[key]}.")
+            _warn_deprecated(key)
+            key = DEPRECATED_ALIASES[key]
+        renamed[key] = value
+    return renamed
+
+
+def _optional_numbers(dataclass_types: tuple) -> set[str]:
+    """Fields typed `int | None` or `float | None`: `none` on the command line gives them None, as `null` in JSON."""
+    names = set()
+    for dataclass_type in dataclass_types:
+        for name, hint in typing.get_type_hints(dataclass_type).items():
+            arguments = set(typing.get_args(hint))
+            if type(None) in arguments and arguments - {type(None)} <= {int, float} and len(arguments) > 1:
+                names.add(name)
+    return names
+
+
+def _flags_set_to_none(argv: list[str], dataclass_types: tuple) -> tuple[list[str], set[str]]:
+    """Take `--flag none` (`null`, `--flag=none`) of optional numeric flags out of `argv` (argparse would read the
+    word as a number); returns the rest and the names to set to None after parsing."""
+    optional = _optional_numbers(dataclass_types)
+    kept, nulls, index = [], set(), 0
+    while index < len(argv):
+        token = argv[index]
+        name, separator, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if not separator and name in optional and index + 1 < len(argv):
+            value = argv[index + 1]
+        if name in optional and value.strip().lower() in NONE_SPELLINGS and (separator or index + 1 < len(argv)):
+            nulls.add(name)
+            index += 1 if separator else 2
+            continue
+        kept.append(token)
+        index += 1
+    return kept, nulls
+
+
 def parse_run_arguments(
     argv: list[str] | None = None,
     dataclass_types: tuple = (ModelArguments, DataArguments, TrainingArguments, PretrainingEvaluationArguments),
@@ -447,7 +519,8 @@ def parse_run_arguments(
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(dataclass_types)
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _renamed_deprecated_flags(list(sys.argv[1:] if argv is None else argv))
+    argv, nulls = _flags_set_to_none(argv, dataclass_types)
     defaults: dict[str, Any] = {}
     if argv and argv[0].endswith(".json"):
         config_path = Path(argv[0])
@@ -461,6 +534,7 @@ def parse_run_arguments(
             raise ValueError(f"{argv[0]} must hold a JSON object of argument names and values.")
         # Keys starting with "_" are comments (the ImageNet presets state the paper's number in "_comment").
         defaults = {key: value for key, value in defaults.items() if not key.startswith("_")}
+        defaults = _renamed_deprecated_keys(defaults, argv_path=str(config_path))
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(defaults) - known)
         if unknown:
@@ -468,6 +542,9 @@ def parse_run_arguments(
         parser.set_defaults(**defaults)
         argv = argv[1:]
     parsed = parser.parse_args_into_dataclasses(args=argv)
+    for arguments in parsed:
+        for name in nulls & set(type(arguments).__dataclass_fields__):
+            setattr(arguments, name, None)
     if defaults.get("config_overrides"):
         for arguments in parsed:
             if hasattr(arguments, "config_overrides"):
