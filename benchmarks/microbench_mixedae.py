@@ -500,7 +500,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--json", default=None, help="write every row, the machine and the load average here")
     args = parser.parse_args(argv)
     if args.batch_size < 4 or args.batch_size % 4:
-        parser.error(f"--batch-size {args.batch_size}: MixedAE mixes groups of 4 images (r = 0.25), give a multiple of 4")
+        parser.error(
+            f"--batch-size {args.batch_size}: MixedAE mixes groups of 4 images (r = 0.25), give a multiple of 4"
+        )
     sections = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:

@@ -10,8 +10,8 @@ Three sources, one result (`ImageDatasets`):
   `ILSVRC/imagenet-1k` with `streaming=True` and a token that has accepted the dataset's terms;
 * `train_dir` / `validation_dir` (or `data_dir` with split sub-folders) -> Parquet shards when the folder
   holds `*.parquet` files, WebDataset shards (`webdataset` builder) when it holds `*.tar` (or gzipped `*.tar.gz`,
-  `*.tgz`) files (each sample
-  a group of files with a common key, e.g. `000001.jpg` + `000001.cls`; the columns are the extensions),
+  `*.tgz`) files (each sample a group of files with a common key, e.g. `000001.jpg` + `000001.cls`; the columns
+  are the extensions),
   otherwise `imagefolder` (class sub-folders give the labels).
 
 Column names: when the image (label) column keeps its default name `image` (`label`) and the data has no such

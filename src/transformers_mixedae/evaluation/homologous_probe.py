@@ -143,9 +143,10 @@ def homologous_probe(
         with each query's own key left out of the kept and the homologous keys (a selection that follows position
         keeps it, and is right about it for free), `homologous_topk_chance_other_keys`: their chance level
         (T/g - 1) / (T - 1) for T kept patches per mixed sequence; `homologous_own_key_kept`: the fraction of
-        (query, selection head, layer) triples that kept the query's own key; `homologous_topk_ceiling` and `homologous_topk_ceiling_foreground`: the
-        most a recogniser of patch content could reach on this batch and mixing (`content_ceiling`), averaged over
-        queries; `homologous_contrastive_loss`: the model's (NaN when it has none);
+        (query, selection head, layer) triples that kept the query's own key;
+        `homologous_topk_ceiling` and `homologous_topk_ceiling_foreground`: the most a recogniser of patch content
+        could reach on this batch and mixing (`content_ceiling`), averaged over queries;
+        `homologous_contrastive_loss`: the model's (NaN when it has none);
         `reconstruction_loss`: the model's on the batch;
         `num_queries` and `num_foreground_queries`: patch queries per layer and head.
     """

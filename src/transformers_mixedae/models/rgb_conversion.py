@@ -5,8 +5,9 @@ Conversion policy (the same for training and evaluation):
 
 * EXIF orientation is applied first, so a photo is seen the way a viewer shows it.
 * Transparency (`RGBA`, `LA`, `PA`, premultiplied `RGBa`/`La`, and palette, grey or RGB images with a
-  transparent colour key) is composited over a **white** background. Dropping alpha would reveal whatever colour the encoder left under
-  fully transparent pixels (often black or noise); white is how the images are shown on a page.
+  transparent colour key) is composited over a **white** background. Dropping alpha would reveal whatever colour
+  the encoder left under fully transparent pixels (often black or noise); white is how the images are shown on a
+  page.
 * 16-bit and 32-bit integer images (`I;16*`, `I`) are read as unsigned 16-bit intensities (how Pillow hands
   over 16-bit PNG and TIFF data) and scaled by 255 / 65535, clipping values outside [0, 65535].
 * Float images (`F`) are taken as intensities in [0, 1] when all finite values lie there; otherwise they are

@@ -472,8 +472,8 @@ def _renamed_deprecated_keys(values: dict[str, Any], argv_path: str) -> dict[str
     for key, value in values.items():
         if key in DEPRECATED_ALIASES:
             if DEPRECATED_ALIASES[key] in values:
-                raise ValueError(f"{argv_path} sets both {key} and {DEPRECATED_ALIASES[key]}, the same thing; keep only "
-                                 f"{DEPRECATED_ALIASES[key]}.")
+                raise ValueError(f"{argv_path} sets both {key} and {DEPRECATED_ALIASES[key]}, the same thing; keep "
+                                 f"only {DEPRECATED_ALIASES[key]}.")
             _warn_deprecated(key)
             key = DEPRECATED_ALIASES[key]
         renamed[key] = value

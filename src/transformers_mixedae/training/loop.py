@@ -310,10 +310,11 @@ def train(
         )
     warmup_steps = task.warmup_steps(steps_per_epoch, max_train_steps)
     if 0 < max_train_steps <= warmup_steps:
+        decays = "" if args.lr_scheduler_type.startswith("constant") else " nor decays"
         logger.warning(
-            f"the warm-up ({warmup_steps} steps) is as long as the run or longer ({max_train_steps} steps): the learning "
-            f"rate never reaches its peak{'' if args.lr_scheduler_type.startswith('constant') else ' nor decays'}. "
-            "Shorten the warm-up or train longer.", main_process_only=True,
+            f"the warm-up ({warmup_steps} steps) is as long as the run or longer ({max_train_steps} steps): the "
+            f"learning rate never reaches its peak{decays}. Shorten the warm-up or train longer.",
+            main_process_only=True,
         )
     if steps_per_epoch is None:
         steps_per_epoch = max_train_steps
