@@ -5,9 +5,9 @@ for runs that are not one grid: the homologous top-k accuracy over the run (all 
 record that has a curve, and its kNN, linear-probe and, where the record holds one, UperNet mIoU.
 
     python experiments/plot_records.py --output docs/ablations/main_grid/forty_epochs.png \
-        docs/ablations/main_grid/*_3720_steps_seed_0.json
+        docs/ablations/main_grid/*_3720_steps_seed_*.json
 
-Each record is labelled with its arm and its length in steps; one seed per record, so no spread is drawn.
+Each record is one run, labelled with its arm, seed and length in steps; no spread is drawn.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def plot_records(records: list[dict], output: Path, title: str) -> None:
             continue
         steps = [point["step"] for point in curve]
         line, = curves.plot(steps, [point["homologous_topk_accuracy"] for point in curve],
-                            label=f"{record['arm']} ({record['steps']} steps)")
+                            label=f"{record['arm']} seed {record.get('seed', 0)} ({record['steps']} steps)")
         curves.plot(steps, [point["homologous_topk_accuracy_foreground"] for point in curve], linestyle="--",
                     color=line.get_color())
     curves.axhline(0.25, color="grey", linewidth=0.8, linestyle=":")
@@ -57,11 +57,11 @@ def plot_records(records: list[dict], output: Path, title: str) -> None:
     for index, record in enumerate(records):
         values = [100 * record[key] if record.get(key) is not None else 0.0 for key in scores]
         positions = [position + index * width for position in range(len(scores))]
-        drawn = bars.bar(positions, values, width, label=record["arm"])
+        drawn = bars.bar(positions, values, width, label=f"{record['arm']} seed {record.get('seed', 0)}")
         bars.bar_label(drawn, fmt="%.1f", fontsize=6)
     bars.set_xticks([position + width * (len(records) - 1) / 2 for position in range(len(scores))],
                     [SCORES[key] for key in scores])
-    bars.set(ylabel="%", title="frozen features and dense transfer (one seed each)")
+    bars.set(ylabel="%", title="frozen features and dense transfer (one bar per run)")
     bars.legend(fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
