@@ -311,3 +311,33 @@ def test_re_fine_tuning_at_another_size_resamples_a_trained_position_table_and_k
     table = built_at_32_px(tmp_path / "fine_tuned").vit.embeddings.position_embeddings
     assert torch.equal(table, interpolate_position_embedding(trained, (4, 4), (8, 8)))
     assert table.requires_grad  # still trained, as MAE's fine-tuning does
+
+
+def test_a_fine_tuned_head_follows_the_datas_class_names(tmp_path):
+    """Same classes in another order: the rows follow the names. Other classes: a fresh head. Before, the trained
+    head was reused row for row whenever the number of classes matched."""
+    from accelerate import PartialState
+
+    from transformers_mixedae.tasks.image_classification import build_classification_model
+
+    PartialState(cpu=True)
+    torch.manual_seed(0)
+    classifier = MixedAEForImageClassification(
+        MixedAEConfig(**TINY, num_labels=3, id2label={0: "cat", 1: "dog", 2: "fox"})
+    )
+    with torch.no_grad():
+        classifier.classifier.bias.normal_()  # as after training: the rows of the bias differ
+    classifier.save_pretrained(tmp_path / "fine_tuned")
+    trained = classifier.classifier.weight.detach().clone(), classifier.classifier.bias.detach().clone()
+
+    def head_for(label_names):
+        model_args = ModelArguments(model_name_or_path=str(tmp_path / "fine_tuned"))
+        model = build_classification_model(model_args, ClassificationArguments(recipe="mae"), "mixedae", label_names)
+        return model.classifier.weight.detach(), model.classifier.bias.detach()
+
+    weight, bias = head_for(["cat", "dog", "fox"])
+    assert torch.equal(weight, trained[0]) and torch.equal(bias, trained[1])
+    weight, bias = head_for(["fox", "cat", "dog"])
+    assert torch.equal(weight, trained[0][[2, 0, 1]]) and torch.equal(bias, trained[1][[2, 0, 1]])
+    weight, bias = head_for(["car", "bus", "van"])
+    assert not torch.isclose(weight, trained[0]).any() and torch.equal(bias, torch.zeros(3))  # xavier, zero bias

@@ -146,6 +146,8 @@ def build_classification_model(
         )
         if any(key.endswith(POSITION_TABLE) for key, *_ in loading_info["mismatched_keys"]):
             resize_trained_position_table(model, model_args.model_name_or_path)
+        if classification_args.mode == "finetune":
+            match_head_to_labels(model, model_args.model_name_or_path, label_names)
     else:
         model = model_class(model_class.config_class(**overrides, **labels))
     if classification_args.mode == "linear_probe":
@@ -178,6 +180,36 @@ def resize_trained_position_table(model: PreTrainedModel, model_name_or_path: st
     logger.info(f"The trained position table of {model_name_or_path} was resampled from a {grid[0]} x {grid[1]} to "
                 f"a {embeddings.patch_embeddings.grid_size[0]} x {embeddings.patch_embeddings.grid_size[1]} grid.",
                 main_process_only=True)
+
+
+def match_head_to_labels(model: PreTrainedModel, model_name_or_path: str, label_names: list[str]) -> None:
+    """A classifier checkpoint with as many classes as the data keeps its trained head (its shape fits), row `i` for
+    the checkpoint's class `i`. When the data names the same classes in another order, the rows are reordered to
+    follow the names; when it names other classes, the head starts anew, initialised as the model initialises it
+    (a head trained for other classes is no better a start than a fresh one, and it looks like one that fits)."""
+    source = AutoConfig.from_pretrained(model_name_or_path)
+    trained_head = any(name.endswith("ForImageClassification") for name in source.architectures or [])
+    if not trained_head or source.num_labels != len(label_names):
+        return  # no head, or one of another shape, which `from_pretrained` already initialised anew
+    source_names = [source.id2label[index] for index in range(source.num_labels)]
+    if source_names == label_names:
+        return
+    head = model.classifier
+    if sorted(source_names) == sorted(label_names):
+        order = torch.tensor([source_names.index(name) for name in label_names])
+        with torch.no_grad():
+            head.weight.copy_(head.weight[order])
+            head.bias.copy_(head.bias[order])
+        logger.info(f"The head of {model_name_or_path} follows the data's class order.", main_process_only=True)
+        return
+    for parameter in head.parameters():
+        parameter._is_hf_initialized = False  # loaded, so `transformers.initialization` would leave it as it is
+    model._init_weights(head)
+    logger.warning(
+        f"{model_name_or_path} was fine-tuned for other classes ({', '.join(source_names[:5])}"
+        f"{', ...' if len(source_names) > 5 else ''}) than the data's ({', '.join(label_names[:5])}"
+        f"{', ...' if len(label_names) > 5 else ''}): its classification head starts anew.", main_process_only=True,
+    )
 
 
 def add_linear_probe_head(model: PreTrainedModel) -> None:
