@@ -208,7 +208,20 @@ def _two_rank_extraction():
     torch.testing.assert_close(features[order], reference[reference_labels.argsort()], atol=1e-5, rtol=1e-4)
 
 
-def test_extract_features_gathers_uneven_ranks():
+def _two_rank_gather_with_an_empty_rank():
+    """Runs in each of two gloo processes: rank 1 has no rows and, as a feature model without a config leaves it,
+    no width either; the gather must give rank 0's rows on both (it failed on the mismatched widths)."""
+    from transformers_mixedae.evaluation.frozen_features import _gather_uneven
+
+    accelerator = Accelerator(cpu=True)
+    assert accelerator.num_processes == 2
+    first = accelerator.process_index == 0
+    features = _gather_uneven(accelerator, torch.arange(6.0).view(3, 2) if first else torch.zeros(0, 0))
+    labels = _gather_uneven(accelerator, torch.tensor([4, 5, 6]) if first else torch.zeros(0, dtype=torch.long))
+    assert torch.equal(features, torch.arange(6.0).view(3, 2)) and labels.tolist() == [4, 5, 6]
+
+
+def run_on_two_ranks(function_name: str) -> None:
     # A fresh interpreter: `debug_launcher` forks, and forking after this process has run torch ops (OpenMP
     # thread pools) or built an Accelerator (a process-wide state singleton) can hang the children.
     tests_dir = Path(__file__).resolve().parent
@@ -216,7 +229,7 @@ def test_extract_features_gathers_uneven_ranks():
         "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
         "from accelerate import debug_launcher\n"
         "import test_evaluation\n"
-        "debug_launcher(test_evaluation._two_rank_extraction, num_processes=2)\n"
+        f"debug_launcher(test_evaluation.{function_name}, num_processes=2)\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -224,3 +237,11 @@ def test_extract_features_gathers_uneven_ranks():
         env=env, capture_output=True, text=True, timeout=180, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_rank_without_rows_joins_the_feature_gather():
+    run_on_two_ranks("_two_rank_gather_with_an_empty_rank")
+
+
+def test_extract_features_gathers_uneven_ranks():
+    run_on_two_ranks("_two_rank_extraction")

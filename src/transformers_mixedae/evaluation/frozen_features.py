@@ -334,6 +334,12 @@ def _gather_uneven(accelerator: Any, tensor: torch.Tensor) -> torch.Tensor:
     # at its end, but these rows are all genuine (the padding is removed here, by count).
     count = torch.tensor([tensor.shape[0]], device=accelerator.device)
     counts = accelerator.gather(count).tolist()
+    if tensor.ndim > 1:
+        # A rank without rows may not know their width (a feature model without a config gives (0, 0)): use the
+        # others', or the gather below would meet tensors of different widths.
+        width = int(accelerator.gather(torch.tensor([tensor.shape[1]], device=accelerator.device)).max())
+        if tensor.shape[0] == 0 and tensor.shape[1] != width:
+            tensor = tensor.new_zeros((0, width, *tensor.shape[2:]))
     padded = accelerator.pad_across_processes(tensor.to(accelerator.device), dim=0)
     gathered = accelerator.gather(padded).cpu()
     rows = padded.shape[0]
