@@ -70,6 +70,13 @@ def _deprecated_alias(new_name: str):
     return field(default=NOT_GIVEN, metadata={"help": f"Deprecated: the former name of --{new_name}."})
 
 
+def _warn_deprecated(old_name: str) -> None:
+    warnings.warn(
+        f"--{old_name} is deprecated; use --{DEPRECATED_ALIASES[old_name]} (the name transformers' TrainingArguments "
+        "uses).", FutureWarning, stacklevel=4,
+    )
+
+
 def _apply_deprecated_aliases(arguments: Any) -> None:
     """Copy each deprecated flag that was given into its new name (see `DEPRECATED_ALIASES`), warning once."""
     for old_name, new_name in DEPRECATED_ALIASES.items():
@@ -81,11 +88,7 @@ def _apply_deprecated_aliases(arguments: Any) -> None:
             raise ValueError(
                 f"--{old_name} {value!r} and --{new_name} {current!r} set the same thing; pass only --{new_name}."
             )
-        warnings.warn(
-            f"--{old_name} is deprecated; use --{new_name} (the name transformers' TrainingArguments uses).",
-            FutureWarning,
-            stacklevel=4,
-        )
+        _warn_deprecated(old_name)
         setattr(arguments, new_name, value)
         setattr(arguments, old_name, NOT_GIVEN)
 
@@ -442,13 +445,6 @@ def merge_config_overrides(*layers: str | None) -> str | None:
     return ",".join(merged.values()) or None
 
 
-def _warn_deprecated(old_name: str) -> None:
-    warnings.warn(
-        f"--{old_name} is deprecated; use --{DEPRECATED_ALIASES[old_name]} (the name transformers' TrainingArguments "
-        "uses).", FutureWarning, stacklevel=4,
-    )
-
-
 def _renamed_deprecated_flags(argv: list[str]) -> list[str]:
     """`--max_train_steps 10` -> `--max_steps 10` (and `--flag=value`), so that a deprecated flag on the command line
     overrides a JSON config's value under either name, as any flag does; both names on the command line conflict."""
@@ -466,13 +462,13 @@ def _renamed_deprecated_flags(argv: list[str]) -> list[str]:
     return renamed
 
 
-def _renamed_deprecated_keys(values: dict[str, Any], argv_path: str) -> dict[str, Any]:
+def _renamed_deprecated_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
     """A JSON config's deprecated keys under their new names; both names in one file conflict."""
     renamed = {}
     for key, value in values.items():
         if key in DEPRECATED_ALIASES:
             if DEPRECATED_ALIASES[key] in values:
-                raise ValueError(f"{argv_path} sets both {key} and {DEPRECATED_ALIASES[key]}, the same thing; keep "
+                raise ValueError(f"{source} sets both {key} and {DEPRECATED_ALIASES[key]}, the same thing; keep "
                                  f"only {DEPRECATED_ALIASES[key]}.")
             _warn_deprecated(key)
             key = DEPRECATED_ALIASES[key]
@@ -534,7 +530,7 @@ def parse_run_arguments(
             raise ValueError(f"{argv[0]} must hold a JSON object of argument names and values.")
         # Keys starting with "_" are comments (the ImageNet presets state the paper's number in "_comment").
         defaults = {key: value for key, value in defaults.items() if not key.startswith("_")}
-        defaults = _renamed_deprecated_keys(defaults, argv_path=str(config_path))
+        defaults = _renamed_deprecated_keys(defaults, source=str(config_path))
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(defaults) - known)
         if unknown:
