@@ -1,7 +1,7 @@
 # Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
 """Resume benchmark: time to the first new optimizer step after a resume late in an epoch, against a fresh start.
 
-One run, repeats interleaved (fresh, resume, replay, fresh, ...), wall clock from the call of `run_pretraining`
+One run, repeats interleaved in a rotating order (fresh, resume, replay; resume, replay, fresh; ...), wall clock from the call of `run_pretraining`
 (model built, checkpoint loaded, data opened) to the end of the first optimizer step (logging every step; a
 callback stops the run there). The data: `--images` JPEGs of `--jpeg-size` px (smooth random colour fields with
 noise, so decoding costs what a photo of that size costs), written as `--shards` Parquet shards (ImageNet's Hub
@@ -171,8 +171,13 @@ def main() -> None:
 
         measured = {"fresh": [], "resume": [], "replay": []}
         decoded = {}
+        modes = list(measured)
+        orders = []
         for repeat in range(args.repeats):
-            for mode in measured:
+            # Each repeat starts one mode later, so that a warm-up or a neighbour's load does not fall on one mode.
+            order = modes[repeat % len(modes):] + modes[: repeat % len(modes)]
+            orders.append(order)
+            for mode in order:
                 output_dir = root / f"{mode}_{repeat}"
                 training = {}
                 if mode != "fresh":
@@ -190,6 +195,7 @@ def main() -> None:
         "settings": {key: value for key, value in vars(args).items() if key != "output"},
         "batches_per_epoch": batches_per_epoch,
         "seconds_to_first_new_step": measured,
+        "order_of_modes_per_repeat": orders,
         "median_seconds": medians,
         "training_images_decoded_before_first_new_step": decoded,
         "ratio_resume_over_fresh": medians["resume"] / medians["fresh"],
