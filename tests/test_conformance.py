@@ -160,21 +160,29 @@ def test_save_load_round_trip_is_safetensors_and_gives_identical_outputs(family,
 @pytest.mark.parametrize("kind", KINDS)
 def test_fixed_position_tables_stay_fixed_after_loading(family, kind, tmp_path):
     # Pre-training keeps every sin-cos table fixed (MAE, CAE); fine-tuning trains the encoder's for MixedAE (MAE's
-    # recipe) and keeps it fixed for CAE (CAE's). Loading must not change which, though it hands tensors back as
-    # trainable parameters.
+    # recipe) and keeps it fixed for CAE (CAE's). Loading must not change which, though the loader hands tensors back
+    # as trainable parameters: a trainable parameter without gradient stops DDP (find_unused_parameters=False).
     overrides = {"decoder_layer_scale_init_value": 0.0} if family.name == "cae" else {}
-    build(family, kind, **overrides).save_pretrained(tmp_path)
-    for model in (build(family, kind, **overrides), getattr(family, kind).from_pretrained(tmp_path)):
+    fresh = build(family, kind, **overrides)
+    fresh.save_pretrained(tmp_path)
+    loaded = getattr(family, kind).from_pretrained(tmp_path)
+    flags = {name: parameter.requires_grad for name, parameter in fresh.named_parameters()}
+    assert {name: parameter.requires_grad for name, parameter in loaded.named_parameters()} == flags
+    for model in (fresh, loaded):
         model.train()
         outputs = model(**inputs_for(family, kind))
         loss = outputs.loss if kind == "pretraining" else sum(value.float().sum() for value in tensors_of(outputs).values())
         loss.backward()
         trained = {name for name, parameter in model.named_parameters()
                    if parameter.grad is not None and parameter.grad.abs().sum() > 0}
+        if kind != "model":  # the trained kinds (a bare MixedAEModel without mixing leaves its segment table out)
+            assert [name for name, parameter in model.named_parameters()
+                    if parameter.requires_grad and parameter.grad is None] == [], type(model).__name__
         fixed = [name for name, _ in model.named_parameters()
                  if name.endswith(("position_embeddings", "decoder_pos_embed"))
                  or ("regressor" in name and name.endswith(("lambda_1", "lambda_2")))]  # CAE's scale frozen at 1
         trains_positions = family.name == "mixedae" and kind == "classification"
+        assert all(flags[name] == (name in trained) for name in fixed)
         assert fixed and {name for name in fixed if name in trained} == (
             {name for name in fixed if name.endswith("embeddings.position_embeddings")} if trains_positions else set()
         ), type(model).__name__

@@ -94,11 +94,26 @@ class MaskedViTPreTrainedModel(PreTrainedModel):
             raise ValueError(str(error.__cause__ or error)) from error
         super().__init__(config, *inputs, **kwargs)
 
+    def post_init(self) -> None:
+        super().post_init()
+        # Built frozen (fixed sin-cos tables, layer scales held at 1): remembered by name, since loading replaces them.
+        self._frozen_parameter_names = frozenset(
+            name for name, parameter in self.named_parameters() if not parameter.requires_grad
+        )
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, naming a truncated or corrupt weight file and how to replace it."""
+        """`PreTrainedModel.from_pretrained`, naming a truncated or corrupt weight file and how to replace it, and with
+        the parameters the model builds frozen frozen again: the loader hands every loaded tensor back trainable, and a
+        trainable parameter without gradient stops DistributedDataParallel at the second step."""
         with naming_corrupt_checkpoints(pretrained_model_name_or_path, kwargs.get("subfolder")):
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        frozen = getattr(model, "_frozen_parameter_names", frozenset())
+        for name, parameter in model.named_parameters():
+            if name in frozen:
+                parameter.requires_grad_(False)
+        return loaded
 
     def get_input_embeddings(self) -> PatchEmbeddings:
         return self.base_model.embeddings.patch_embeddings
