@@ -1,11 +1,16 @@
 """Tiny configurations shared by the tests (<= 2 layers, < 1M parameters)."""
 
 import functools
+import sys
 
 import pytest
 import torch
 
 from transformers_mixedae import CAEConfig, CAEForPreTraining, MixedAEConfig, MixedAEForPreTraining
+
+# torchrun with two local processes; `--standalone` lets the rendezvous pick and hold a free port itself (a port
+# probed here and handed over could be taken by another process in between).
+TORCHRUN_TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 def tiny_mixedae_config(**overrides) -> MixedAEConfig:

@@ -168,7 +168,7 @@ def test_load_official_pth_containers(tmp_path, official):
     torch.save({f"module.{key}": value for key, value in official.items()}, tmp_path / "b.pth")
     assert load_official_state_dict(tmp_path / "b.pth").keys() == official.keys()
     assert load_official_state_dict(FIXTURE).keys() == official.keys()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_official_state_dict(tmp_path / "missing.pth")
 
 

@@ -134,10 +134,18 @@ def test_deepspeed_zero2_trains_a_tiny_run_that_loads(tmp_path):
                     reason="accelerate 1.15 applies FSDP only on GPUs and other accelerators (on CPU it runs "
                            "MULTI_CPU data parallel), and no GPU is here")
 def test_fsdp_checkpoints_resume_and_the_final_model_loads(tmp_path):
-    run_launched(tmp_path, "fsdp_full_shard.yaml", max_steps=2, save_steps=2)
-    run_launched(tmp_path, "fsdp_full_shard.yaml", max_steps=4, save_steps=2, resume_from_checkpoint="latest")
-    assert (tmp_path / "run" / "checkpoints" / "step_4").is_dir()
-    assert AutoModelForPreTraining.from_pretrained(tmp_path / "run").config.model_type == "mixedae"
+    settings = dict(max_steps=4, save_steps=2, save_total_limit=5)
+    run_launched(tmp_path / "whole", "fsdp_full_shard.yaml", **settings)
+    shutil.copytree(tmp_path / "whole" / "run" / "checkpoints" / "step_2",
+                    tmp_path / "resumed" / "run" / "checkpoints" / "step_2")
+    output = run_launched(tmp_path / "resumed", "fsdp_full_shard.yaml", resume_from_checkpoint="latest", **settings)
+    assert "Resumed from" in output and "at step 2" in output
+    assert (tmp_path / "resumed" / "run" / "checkpoints" / "step_4").is_dir()
+    # Sharded states are gathered for the final save; a resumed run ends where the uninterrupted one did.
+    expected, actual = (load_file(str(tmp_path / name / "run" / "model.safetensors")) for name in ("whole", "resumed"))
+    assert expected.keys() == actual.keys()
+    assert all(torch.allclose(expected[key], actual[key], rtol=0, atol=1e-6) for key in expected)
+    assert AutoModelForPreTraining.from_pretrained(tmp_path / "resumed" / "run").config.model_type == "mixedae"
 
 
 def run_launched(tmp_path, config: str, processes: int | None = None, **overrides) -> str:

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import datasets
 import pytest
@@ -14,8 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForImageClassification
 
-from helpers import make_the_first_loss_nonfinite
-from test_pretraining import free_port
+from helpers import TORCHRUN_TWO_PROCESSES, make_the_first_loss_nonfinite
 from tiny_runs import RUN_IMAGE_CLASSIFICATION
 import transformers_mixedae  # noqa: F401
 from transformers_mixedae.models.configuration_cae import CAEConfig
@@ -276,8 +274,7 @@ def test_mixup_with_an_odd_batch_is_refused_before_anything_is_built(tmp_path, p
 def test_mixedae_fine_tuning_on_two_processes_trains_every_parameter_it_has(tmp_path, pretrained):
     # A real launch (torchrun, gloo): DDP refuses a parameter that gets no gradient (the segment embeddings, which
     # only pre-training's mixing uses, were one), at the second step.
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(RUN_IMAGE_CLASSIFICATION), "--model_name_or_path", str(pretrained / "mixedae"),
+    command = [*TORCHRUN_TWO_PROCESSES, str(RUN_IMAGE_CLASSIFICATION), "--model_name_or_path", str(pretrained / "mixedae"),
                "--output_dir", str(tmp_path / "run"), "--max_steps", "3", "--max_train_samples", "64",
                "--max_eval_samples", "16", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8",
                "--logging_steps", "1", "--attn_implementation", "eager"]

@@ -178,14 +178,23 @@ def test_same_noise_gives_identical_outputs_and_noise_changes_them():
     assert not torch.equal(first.mask, other.mask)
 
 
-def test_segment_embedding_tags_each_slot():
+def test_segment_embedding_tags_each_token_with_its_source_images_slot():
     model = randomise_(MixedAEForPreTraining(tiny_mixedae_config()))
-    assert model.vit.embeddings.segment_embeddings.weight.shape == (4, 32)
+    weight = model.vit.embeddings.segment_embeddings.weight
+    assert weight.shape == (4, 32)
     without = MixedAEForPreTraining(tiny_mixedae_config(segment_embedding="none"))
     assert without.vit.embeddings.segment_embeddings is None
     without.load_state_dict(model.state_dict(), strict=False)
     images, noise = pixels(8), torch.rand(2, NUM_PATCHES)
-    assert not torch.allclose(model(images, noise=noise).logits, without(images, noise=noise).logits)
+    mixing = MixedAEMixing.from_noise(noise, group_size=4, num_kept=NUM_PATCHES // 4)
+    with torch.no_grad():
+        added = model.vit.embeddings(images, mixing=mixing) - without.vit.embeddings(images, mixing=mixing)
+        # The source image of every mixed token, read back through `mix` from tokens that hold their image's index.
+        image_index = torch.arange(8.0)[:, None, None].expand(8, NUM_PATCHES, 1)
+        source_slot = mixing.mix(image_index)[..., 0].long() % 4  # (B/g, num_kept)
+    assert source_slot.unique().tolist() == [0, 1, 2, 3]
+    assert torch.equal(added[:, 0], torch.zeros_like(added[:, 0]))  # [CLS] belongs to no image
+    torch.testing.assert_close(added[:, 1:], weight[source_slot].detach(), rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- homologous attention
@@ -452,6 +461,7 @@ def test_attention_contrastive_target_enters_the_loss_and_reaches_the_homologous
     outputs.homologous_contrastive_loss.backward()
     assert attention["vit.layers.1.attention.k_proj"].weight.grad.abs().sum() > 0
     # Layer 1 reads layer 0's output, so layer 0 gets gradient too; the decoder and layer 1's values do not.
+    assert attention["vit.layers.0.attention.k_proj"].weight.grad.abs().sum() > 0
     assert model.vit.layers[1].attention.v_proj.weight.grad is None
     assert all(parameter.grad is None for parameter in model.decoder.parameters())
     without_weight = MixedAEForPreTraining(tiny_mixedae_config(homologous_contrastive_target=target,

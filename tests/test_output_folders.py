@@ -325,7 +325,7 @@ def test_a_staged_write_is_refused_before_the_block_runs(tmp_path):
 @pytest.mark.parametrize("hub_id", ["owner/name", "name", "google/vit-base-patch16-224", "cae_base.pth"])
 def test_hub_ids_pass_untouched(hub_id, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    check_model_path(hub_id, "--model_name_or_path")
+    assert check_model_path(hub_id, "--model_name_or_path") == hub_id
 
 
 @pytest.mark.parametrize(
@@ -341,11 +341,15 @@ def test_missing_local_paths_are_named_with_the_fix(path, tmp_path, monkeypatch)
         check_model_path(path, "--model_name_or_path")
 
 
-def test_existing_folders_pass_and_files_only_where_allowed(tmp_path):
-    check_model_path(str(tmp_path), "model")
-    check_model_path(tmp_path, "model")
+def test_existing_folders_pass_and_files_only_where_allowed(tmp_path, monkeypatch):
+    assert check_model_path(str(tmp_path), "model") == str(tmp_path)
+    assert check_model_path(tmp_path, "model") == str(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "folder").mkdir()
+    assert check_model_path("~/folder", "model") == str(tmp_path / "folder")  # from_pretrained does not expand ~
     (tmp_path / "weights.pth").write_bytes(b"x")
-    check_model_path(str(tmp_path / "weights.pth"), "--checkpoint", allow_file=True)
+    weights = str(tmp_path / "weights.pth")
+    assert check_model_path(weights, "--checkpoint", allow_file=True) == weights
     with pytest.raises(NotADirectoryError, match=r"^model '.*weights\.pth' is a file; give the folder that holds"):
         check_model_path(str(tmp_path / "weights.pth"), "model")
     with pytest.raises(FileNotFoundError, match=r"^--checkpoint '\./x\.pth' is a local path that does not exist"):

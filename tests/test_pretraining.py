@@ -5,9 +5,7 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from transformers_mixedae.training.arguments import (
 from transformers_mixedae.tasks.masked_image_modeling_data import SeededTransform
 from transformers_mixedae.training.checkpointing import list_checkpoints
 
+from helpers import TORCHRUN_TWO_PROCESSES  # noqa: E402
 from tiny_runs import TINY_CAE, TINY_MIXEDAE  # noqa: E402
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
@@ -86,12 +85,6 @@ def test_end_to_end_produces_loadable_model_pictures_and_results(tmp_path, model
     model = AutoModelForPreTraining.from_pretrained(tmp_path)
     assert model.config.model_type == model_type and model.config.image_size == 16
     assert not list(tmp_path.glob(".tmp-*"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def final_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -221,8 +214,7 @@ def launch_two_processes(output_dir, *mode):
     script = Path(__file__).parent / "scripts" / "two_process_pretraining.py"
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(script), str(output_dir), *mode],
+        [*TORCHRUN_TWO_PROCESSES, str(script), str(output_dir), *mode],
         env=environment, capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
@@ -382,14 +374,16 @@ def test_a_flag_under_either_name_overrides_a_json_value_under_either_name(tmp_p
         parse_run_arguments([str(both)])
 
 
-def test_optional_numbers_take_none_on_the_command_line_as_null_in_json(tmp_path):
+def test_optional_numbers_take_none_on_the_command_line_as_null_in_json(tmp_path, capsys):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"save_total_limit": 3, "save_steps": 7}))
     training_args = parse_run_arguments([str(config), "--save_total_limit", "none", "--save_steps=null"])[2]
     assert (training_args.save_total_limit, training_args.save_steps) == (None, None)  # every checkpoint kept, none due
     assert parse_run_arguments(["--save_total_limit", "4"])[2].save_total_limit == 4
-    with pytest.raises(SystemExit):  # any other word is still not a number
+    with pytest.raises(SystemExit) as exit_info:  # any other word is still not a number
         parse_run_arguments(["--save_total_limit", "all"])
+    assert exit_info.value.code == 2  # argparse's usage error
+    assert "--save_total_limit/--save-total-limit: invalid int value: 'all'" in capsys.readouterr().err
 
 
 def test_the_engine_gives_the_model_its_optimizer_step_for_the_annealed_topk(tmp_path, caplog):

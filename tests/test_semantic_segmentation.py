@@ -32,9 +32,8 @@ from transformers_mixedae.tasks.semantic_segmentation import (
 from transformers_mixedae.tasks.semantic_segmentation_args import SegmentationArguments, parse_segmentation_arguments
 from transformers_mixedae.tasks.semantic_segmentation_data import SegmentationData, read_label_map
 
-from helpers import tiny_mixedae_config
+from helpers import TORCHRUN_TWO_PROCESSES, tiny_mixedae_config
 from segmentation_data import SETTINGS, TINY_CAE_BACKBONE, arguments, command_line, make_ade_folder
-from test_pretraining import free_port
 from tiny_runs import folder_fingerprint
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -226,8 +225,7 @@ def test_two_ranks_give_the_metrics_of_one(tmp_path, ade_folder):
     gives exactly the single-process numbers (max_steps 0: the same weights, rank 0's, in both runs)."""
     single = run_semantic_segmentation(*arguments(tmp_path / "single", ade_folder, max_steps=0))
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(SCRIPT), *command_line(tmp_path / "double", ade_folder, max_steps=0)],
+        [*TORCHRUN_TWO_PROCESSES, str(SCRIPT), *command_line(tmp_path / "double", ade_folder, max_steps=0)],
         env=environment(), capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]

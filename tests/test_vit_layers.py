@@ -68,10 +68,12 @@ def test_frozen_weights_or_inputs_get_no_gradient_and_the_rest_is_unchanged():
     for mlp in (recomputing, plain):
         mlp.fc1.requires_grad_(False)
     inputs = torch.randn(2, 4, 8)  # no gradient asked for the input either
-    _, input_grad, grads = forward_backward(recomputing, inputs)
-    _, _, expected_grads = forward_backward(plain, inputs)
+    output, input_grad, grads = forward_backward(recomputing, inputs)
+    expected_output, _, expected_grads = forward_backward(plain, inputs)
     assert input_grad is None and grads["fc1.weight"] is None and grads["fc1.bias"] is None
-    torch.testing.assert_close(grads["fc2.weight"], expected_grads["fc2.weight"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(output, expected_output, atol=1e-6, rtol=1e-5)
+    for name in ("fc2.weight", "fc2.bias"):
+        torch.testing.assert_close(grads[name], expected_grads[name], atol=1e-6, rtol=1e-5)
 
 
 def test_other_activations_and_inference_take_autograds_path(monkeypatch):
