@@ -43,7 +43,7 @@ def test_image_and_labels_stay_aligned_under_every_geometric_op(seed):
     assert labelled.any()
     for channel in range(3):
         assert torch.equal(pixels[channel][labelled].to(torch.int64), out_labels[labelled])
-    # Padding is ignore in the labels and 0 in the image, so ignore pixels agree too where not padded.
+    # Padding is ignore in the labels (the image's padding colour is checked in the exact crop test below).
     assert set(out_labels.unique().tolist()) <= {0, 1, 2, 3, 4, 5, 255}
 
 
@@ -74,7 +74,13 @@ def test_crop_size_and_padding_are_exact():
     assert torch.equal(output["labels"][:40, :50], torch.from_numpy(labels))
     assert torch.equal(output["pixel_values"][:, :40, :50], torch.from_numpy(image).permute(2, 0, 1))
     assert (output["labels"][40:] == 255).all() and (output["labels"][:, 50:] == 255).all()
-    assert (output["pixel_values"][:, 40:] == 0).all() and (output["pixel_values"][:, :, 50:] == 0).all()
+    # uint8 padding is the mean colour, which normalises to about 0 (mmseg pads with 0 after normalising).
+    mean_colour = torch.tensor([124, 116, 104], dtype=torch.uint8).view(3, 1, 1)  # round(255 * ImageNet mean)
+    assert (output["pixel_values"][:, 40:] == mean_colour).all()
+    assert (output["pixel_values"][:, :, 50:] == mean_colour).all()
+    on_device = (mean_colour.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(3, 1, 1)
+    assert on_device.abs().max() < 0.01
 
     normalized = SegmentationTrainTransform(crop_size=(64, 72), scale=(50, 40), ratio_range=(1.0, 1.0),
                                             flip_probability=0.0, photometric_distortion=False)

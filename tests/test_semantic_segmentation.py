@@ -293,6 +293,17 @@ def test_reduce_labels_in_data_and_processor(tmp_path):
     assert MixedAEImageProcessorPil().reduce_label(annotation).tolist() == [[0, 1, 2], [3, 255, 1]]
 
 
+def test_label_maps_as_integer_arrays_or_one_bit_images():
+    labels = [[0, 1, 2], [3, 255, 1]]  # an Array2D column or nested lists
+    for value in (labels, np.array(labels, dtype=np.uint8), torch.tensor(labels)):
+        assert read_label_map(value, reduce_labels=False, num_labels=4).tolist() == labels
+    assert read_label_map(np.array(labels), reduce_labels=True, num_labels=3).tolist() == [[255, 0, 1], [2, 255, 0]]
+    with pytest.raises(ValueError, match="annotation <list>: expected a label map of shape \\(height, width\\)"):
+        read_label_map([[[0, 1]]], reduce_labels=False, num_labels=4)
+    one_bit = Image.fromarray(np.array([[0, 255, 255]], dtype=np.uint8)).convert("1")
+    assert read_label_map(one_bit, reduce_labels=False, num_labels=2).tolist() == [[0, 1, 1]]
+
+
 def test_label_map_errors_name_the_file(tmp_path):
     path = tmp_path / "ADE_val_7.png"
     Image.fromarray(np.array([[0, 9]], dtype=np.uint8), mode="L").save(path)
@@ -383,10 +394,21 @@ def test_bad_flags_are_named(flags, message):
         parse_segmentation_arguments(flags)
 
 
-def test_id2label_from_a_json_file(tmp_path):
+def test_id2label_from_a_json_file_json_text_or_a_config_value(tmp_path):
     path = tmp_path / "labels.json"
     path.write_text(json.dumps({"0": "background", "1": "shirt"}))
     assert SegmentationArguments(id2label=str(path)).id2label_map == {0: "background", 1: "shirt"}
+    # ADE20K's 150 names as text run past the longest file name: read as JSON, never tried as a path.
+    names = [f"class number {index}" for index in range(150)]
+    assert SegmentationArguments(id2label=json.dumps(names)).id2label_map == dict(enumerate(names))
+    assert SegmentationArguments(id2label=json.dumps(dict(enumerate(names)))).id2label_map == dict(enumerate(names))
+    # A JSON config gives the object or list itself.
+    assert SegmentationArguments(id2label={"0": "a", "1": "b"}).id2label_map == {0: "a", 1: "b"}
+    assert SegmentationArguments(id2label=["a", "b"]).id2label_map == {0: "a", 1: "b"}
+    with pytest.raises(ValueError, match="--id2label 'missing.json' is not valid: no such file"):
+        SegmentationArguments(id2label="missing.json")
+    with pytest.raises(ValueError, match="--id2label .* is not valid: the text given is not JSON"):
+        SegmentationArguments(id2label='{"0": "a",')
 
 
 def test_task_errors_before_training(tmp_path, ade_folder):
@@ -410,6 +432,15 @@ def test_task_errors_before_training(tmp_path, ade_folder):
         run_semantic_segmentation(*arguments(tmp_path / "c", ade_folder, num_labels=None))
     with pytest.raises(ValueError, match="class id 3, outside \\[0, --num_labels 3\\)"):
         run_semantic_segmentation(*arguments(tmp_path / "d", ade_folder, num_labels=3))
+    with pytest.raises(ValueError, match="--num_labels 300 is not valid: at most 255 classes: class id 255 is the "
+                                         "ignore index"):
+        run_semantic_segmentation(*arguments(tmp_path / "i", ade_folder, num_labels=300))
+    # A finished segmentation run (run "f" above) is not a backbone checkpoint: named, with what to pass instead.
+    with pytest.raises(ValueError, match=r"holds a 'upernet' model, a finished segmentation run; segmentation starts "
+                                         r"from a mixedae or cae pre-training or classification checkpoint.*"
+                                         r"--resume_from_checkpoint latest"):
+        run_semantic_segmentation(*arguments(tmp_path / "j", ade_folder, model_type=None,
+                                             model_name_or_path=str(tmp_path / "f")))
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,11 @@ Training (`SegmentationTrainTransform`), in mmsegmentation's order:
    saturation factor in [0.5, 1.5] and hue shift in [-18, 18) of OpenCV's 180 hue steps, each step clipped and
    truncated to uint8 as mmseg does. The colour steps use Pillow's HSV, so the pixels are close to, not
    identical with, OpenCV's;
-5. normalisation (with `normalize=True`), then padding at the bottom and right to `crop_size`: image with 0, labels
-   with `ignore_index` (255), so padded pixels never count in the loss. With `normalize=True` the image is padded
-   after normalisation (0 in normalised space, as mmseg); with `normalize=False` the uint8 image is padded with
-   0, which normalises on the device (`BatchNormalizer`) to -mean/std instead.
+5. normalisation (with `normalize=True`), then padding at the bottom and right to `crop_size`: labels with
+   `ignore_index` (255), so padded pixels never count in the loss, and the image with 0 in normalised space, as
+   mmseg (the mean colour). With `normalize=False` the uint8 image is padded with the mean colour rounded to uint8
+   (`round(255 * mean)`), which normalises on the device (`BatchNormalizer`) to within 0.01 of 0: black (uint8 0)
+   would become -mean/std, a border the model never sees at evaluation.
 
 The geometric steps (1, 2, 3, 5) apply the same box / flip to image and labels: the image is resampled with
 `interpolation` (bilinear by default, antialiased as the package's other transforms; "nearest" is there for
@@ -102,11 +103,14 @@ def rescaled_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, i
 
 
 def label_map_to_tensor(labels: LabelMap) -> torch.Tensor:
-    """`(H, W)` int64 tensor of a label map given as a PIL image ("L", "P", "I"), an integer array or a tensor."""
+    """`(H, W)` int64 tensor of a label map given as a PIL image ("L", "P", "I", or "1" for 0/1 maps), an integer array
+    or a tensor."""
     if isinstance(labels, Image.Image):
+        if labels.mode == "1":
+            labels = labels.convert("L").point(lambda value: value // 255)  # 1-bit maps: white is class 1
         if labels.mode not in ("L", "P", "I", "I;16"):
             raise ValueError(
-                f"expected a label map as a single-channel PIL image (mode L, P or I), got mode {labels.mode}; "
+                f"expected a label map as a single-channel PIL image (mode L, P, I or 1), got mode {labels.mode}; "
                 "load the annotation without converting it to RGB"
             )
         array = np.array(labels)
@@ -185,6 +189,13 @@ def photometric_distortion(pixels: torch.Tensor, generator: torch.Generator | No
     if not contrast_first:
         pixels = contrast(pixels)
     return pixels
+
+
+def _pad_with_colour(values: torch.Tensor, size: tuple[int, int], colour: Sequence[float]) -> torch.Tensor:
+    """`(C, h, w)` -> `(C, *size)`: the image at the top left, every other pixel `colour` (one value per channel)."""
+    canvas = torch.tensor(colour, dtype=values.dtype).view(-1, 1, 1).repeat(1, *size)
+    canvas[:, : values.shape[1], : values.shape[2]] = values
+    return canvas
 
 
 def _sample_crop(
@@ -282,9 +293,15 @@ class SegmentationTrainTransform:
         values = normalize_pixels(pixels, self.mean, self.std) if self.normalize else pixels
         pad_bottom, pad_right = self.crop_size[0] - box.height, self.crop_size[1] - box.width
         if pad_bottom or pad_right:
-            values = F.pad(values, (0, pad_right, 0, pad_bottom), value=0)
+            values = _pad_with_colour(values, self.crop_size, self.padding_colour())
             label_tensor = F.pad(label_tensor, (0, pad_right, 0, pad_bottom), value=self.ignore_index)
         return {"pixel_values": values.contiguous(), "labels": label_tensor.contiguous()}
+
+    def padding_colour(self) -> tuple[float, ...]:
+        """Per channel: 0 once normalised (the mean colour), or the mean colour in uint8 before normalisation."""
+        if self.normalize:
+            return (0.0,) * len(self.mean)
+        return tuple(float(round(255 * mean)) for mean in self.mean)
 
     def __repr__(self) -> str:
         return (

@@ -28,7 +28,9 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
 from ..data import SEGMENTATION_IGNORE_INDEX
 from ..hub.registration import pil_image_processor_class
-from ..training.arguments import DataArguments, ModelArguments, TrainingArguments, check_argument, parse_config_overrides
+from ..training.arguments import (
+    MODEL_TYPES, DataArguments, ModelArguments, TrainingArguments, check_argument, parse_config_overrides,
+)
 from ..training.loop import TrainingCallback, TrainingTask, _flat_config, train
 from ..training.optim import build_adamw, layer_decay_parameter_groups, parameter_groups
 from .image_classification import checkpoint_model_type
@@ -195,6 +197,16 @@ class SemanticSegmentationTask(TrainingTask):
             training_args.adam_beta2 = DEFAULT_ADAM_BETA2
         self.torch_compile = model_args.torch_compile
         self.model_type = checkpoint_model_type(model_args)
+        if self.model_type not in MODEL_TYPES:
+            segmentation_folder = self.model_type == UperNetConfig.model_type
+            raise ValueError(
+                f"--model_name_or_path {model_args.model_name_or_path} holds a {self.model_type!r} model"
+                + (", a finished segmentation run" if segmentation_folder else "")
+                + f"; segmentation starts from a {' or '.join(MODEL_TYPES)} pre-training or classification "
+                "checkpoint, whose encoder becomes the backbone"
+                + (" (to continue a segmentation run, pass its --output_dir with --resume_from_checkpoint latest)."
+                   if segmentation_folder else ".")
+            )
         self.data: SegmentationData | None = None
 
     def check_arguments(self) -> None:
@@ -245,6 +257,9 @@ class SemanticSegmentationTask(TrainingTask):
             names = {index: str(index) for index in range(num_labels)}
         check_argument(len(names) >= 2, "num_labels", len(names),
                        "UperNet's loss needs at least 2 classes (e.g. background and object)")
+        check_argument(len(names) <= SEGMENTATION_IGNORE_INDEX, "num_labels", len(names),
+                       f"at most {SEGMENTATION_IGNORE_INDEX} classes: class id {SEGMENTATION_IGNORE_INDEX} is the "
+                       "ignore index of the loss and the metrics, so a class with that id would never count")
         return names
 
     def build(self):

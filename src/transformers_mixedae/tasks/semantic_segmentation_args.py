@@ -44,7 +44,8 @@ class SegmentationArguments:
     )
     id2label: str | None = field(
         default=None,
-        metadata={"help": "Class names: a JSON file or JSON text mapping class id to name, e.g. '{\"0\": \"wall\"}'."},
+        metadata={"help": "Class names: a JSON file or JSON text mapping class id to name, e.g. '{\"0\": \"wall\"}', "
+                          "or a list of names; in a JSON config also the object or list itself."},
     )
     reduce_labels: bool = field(
         default=False,
@@ -158,19 +159,25 @@ class SegmentationArguments:
         return self.eval_stride if self.eval_stride is not None else max(1, (2 * self.crop_size) // 3)
 
 
-def read_id2label(value: str) -> dict[int, str]:
-    """`--id2label`: a JSON file, or JSON text, of `{class id: name}` (or a list of names) -> `{int: str}` with the
-    ids 0..C-1."""
-    path = Path(value)
-    check_argument(path.suffix != ".json" or path.is_file(), "id2label", value,
-                   "no such file; give an existing JSON file or the JSON text itself")
-    text = path.read_text(encoding="utf-8") if path.is_file() else value
-    try:
-        loaded: Any = json.loads(text)
-    except json.JSONDecodeError as error:
-        where = f"the file {value}" if text is not value else "the text given"
-        check_argument(False, "id2label", value, f"{where} is not JSON ({error}); give a JSON file or text such as "
-                                                 "'{\"0\": \"background\", \"1\": \"cat\"}'")
+def read_id2label(value: str | dict | list) -> dict[int, str]:
+    """`--id2label`: a JSON file, or JSON text, of `{class id: name}` (or a list of names), or that object itself (a
+    JSON config's value) -> `{int: str}` with the ids 0..C-1."""
+    if isinstance(value, (dict, list)):
+        loaded: Any = value
+    else:
+        text = str(value)
+        # JSON text is read as such, never as a path: ADE20K's 150 names are longer than a file name may be.
+        if not text.lstrip().startswith(("{", "[")):
+            path = Path(text).expanduser()
+            check_argument(path.is_file(), "id2label", value,
+                           "no such file; give an existing JSON file or the JSON text itself")
+            text = path.read_text(encoding="utf-8")
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as error:
+            where = f"the file {value}" if text is not value else "the text given"
+            check_argument(False, "id2label", value, f"{where} is not JSON ({error}); give a JSON file or text such "
+                                                     "as '{\"0\": \"background\", \"1\": \"cat\"}'")
     if isinstance(loaded, list):
         loaded = dict(enumerate(loaded))
     check_argument(isinstance(loaded, dict) and bool(loaded), "id2label", value,

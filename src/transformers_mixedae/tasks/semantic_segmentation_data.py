@@ -84,11 +84,15 @@ class PairedTransform:
 
 
 def read_label_map(value: Any, reduce_labels: bool, num_labels: int) -> torch.Tensor:
-    """An annotation (`{"bytes", "path"}` dict, PIL image, path) -> `(H, W)` int64 class ids, turned by its own EXIF
-    orientation as images are, with `reduce_labels` applied. A map that is not single-channel, or holds a class id
-    outside [0, num_labels) other than the ignore index, raises a `ValueError` naming the file and the fix."""
+    """An annotation (`{"bytes", "path"}` dict, PIL image, path; or an `(H, W)` array of class ids, as an `Array2D`
+    column or nested lists give it) -> `(H, W)` int64 class ids, an image turned by its own EXIF orientation as images
+    are, with `reduce_labels` applied. A map that is not single-channel, or holds a class id outside [0, num_labels)
+    other than the ignore index, raises a `ValueError` naming the file and the fix."""
     try:
-        labels = label_map_to_tensor(apply_exif_orientation(open_image(value)))
+        if isinstance(value, (np.ndarray, list)) or torch.is_tensor(value):
+            labels = label_map_to_tensor(value)
+        else:
+            labels = label_map_to_tensor(apply_exif_orientation(open_image(value)))
     except UndecodableImageError:
         raise
     except ValueError as error:
