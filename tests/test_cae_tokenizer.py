@@ -47,6 +47,11 @@ def test_tokenizer_view_is_a_lanczos_resize_to_112_in_unit_range():
     assert torch.allclose(views[0].permute(1, 2, 0), torch.from_numpy(expected))
 
 
+def test_tokenizer_view_converts_images_as_the_encoder_view_does():
+    transparent = Image.new("RGBA", (20, 20), (0, 0, 0, 0))  # composited on white, not black with alpha dropped
+    assert torch.equal(dalle_tokenizer_view([transparent]), torch.ones(1, 3, 112, 112))
+
+
 def test_token_ids_are_the_argmax_of_the_encoder_on_mapped_pixels():
     encoder = StandInEncoder(vocab_size=64)
     tokenizer = DallETokenizer(encoder)

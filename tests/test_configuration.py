@@ -27,7 +27,8 @@ SHARED_FIELDS = dict(
     intermediate_size=([64, 8], [0, -8]),
     num_hidden_layers=([2, 1], [0, -1]),
     hidden_act=(["gelu", "relu"], ["no_such_activation"]),
-    layer_norm_eps=([1e-6, 1e-12], [0.0, -1e-6]),
+    layer_norm_eps=([1e-6, 1e-12, 1], [0.0, 0, -1e-6]),
+    initializer_range=([0.02, 0.01], [0.0, -0.02]),
     hidden_dropout_prob=([0.0, 0.1], [1.0, 1.5, -0.1]),
     attention_probs_dropout_prob=([0.0, 0.1], [1.0, -0.1]),
     drop_path_rate=([0.0, 0.1], [1.0, -0.1]),
@@ -122,8 +123,7 @@ def common_violations(values: dict, positive: tuple[str, ...]):
     violations += [(name,) for name in positive if values[name] is not None and numbers.get(name, 1) < 1]
     violations += [(name,) for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
                    if not 0 <= values[name] < 1]
-    if values["layer_norm_eps"] <= 0:
-        violations.append(("layer_norm_eps",))
+    violations += [(name,) for name in ("layer_norm_eps", "initializer_range") if values[name] <= 0]
     if values["hidden_act"] not in ACT2FN:
         violations.append(("hidden_act",))
     for width, heads in (("hidden_size", "num_attention_heads"), ("decoder_hidden_size", "decoder_num_attention_heads")):

@@ -53,6 +53,23 @@ def test_grayscale_and_rgba_images_become_three_channels():
     assert batch.shape == (2, 3, 32, 32)
 
 
+@pytest.mark.parametrize("num_channels", [1, 4])
+def test_the_processor_of_a_model_with_other_than_three_channels_feeds_it(num_channels):
+    from transformers_mixedae import MixedAEModel
+
+    config = MixedAEConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, num_channels=num_channels)
+    processor = MixedAEImageProcessorPil.from_model_config(config)
+    assert processor.do_convert_rgb is False
+    assert list(processor.image_mean) == pytest.approx([0.449] * num_channels, abs=1e-3)
+    assert list(processor.image_std) == pytest.approx([0.226] * num_channels, abs=1e-3)
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, num_channels), dtype=np.uint8)
+    pixels = processor(image, return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, num_channels, 32, 32)
+    assert MixedAEModel(config)(pixels).last_hidden_state.shape == (1, 17, 32)
+    assert MixedAEImageProcessorPil.from_model_config(MixedAEConfig(image_size=32)).do_convert_rgb is True
+
+
 def test_center_crop_keeps_the_middle_of_the_short_side():
     # A left half black / right half white image: after resize + centre crop the crop straddles the edge.
     array = np.zeros((40, 120, 3), dtype=np.uint8)

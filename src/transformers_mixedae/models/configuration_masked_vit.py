@@ -30,7 +30,8 @@ def to_2tuple(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
 def check_config_values(config, positive_fields: tuple[str, ...], probability_fields: tuple[str, ...]) -> None:
     """Raise a `ValueError` naming the config field and its value when `image_size` is not a positive int or pair
     of positive ints, a size in `positive_fields` is below 1 (`None` is skipped), a rate in `probability_fields` is
-    outside [0, 1), `layer_norm_eps` is not positive or `hidden_act` is not a transformers activation."""
+    outside [0, 1), `layer_norm_eps` or `initializer_range` is not positive or `hidden_act` is not a transformers
+    activation."""
     size = config.image_size
     is_pair = isinstance(size, (list, tuple))
     if (is_pair and len(size) != 2) or min(size if is_pair else [size]) < 1:
@@ -44,6 +45,9 @@ def check_config_values(config, positive_fields: tuple[str, ...], probability_fi
             raise ValueError(f"{name}={getattr(config, name)} must be in [0, 1).")
     if not config.layer_norm_eps > 0:
         raise ValueError(f"layer_norm_eps={config.layer_norm_eps} must be > 0.")
+    if not config.initializer_range > 0:
+        raise ValueError(f"initializer_range={config.initializer_range} must be > 0 (the standard deviation of the "
+                         "initial weights, e.g. 0.02).")
     if config.hidden_act not in ACT2FN:
         raise ValueError(f"hidden_act={config.hidden_act!r} is not an activation of transformers.activations.ACT2FN.")
 
@@ -156,8 +160,8 @@ class MaskedViTConfig(BackboneConfigMixin, PreTrainedConfig):
     hidden_dropout_prob: float | int = 0.0
     attention_probs_dropout_prob: float | int = 0.0
     drop_path_rate: float | int = 0.0
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-6
+    initializer_range: float | int = 0.02
+    layer_norm_eps: float | int = 1e-6
     image_size: int | list[int] | tuple[int, int] = 224
     patch_size: int = 16
     num_channels: int = 3

@@ -189,8 +189,20 @@ class _MixedAEImageProcessorDefaults:
     @classmethod
     def from_model_config(cls, config: Any, **kwargs: Any):
         """The evaluation processor of a model built from `config`: a centre crop of the model's image size from the
-        short side at MAE's 224/256 ratio, so the processor saved with a model always fits it. `kwargs` override."""
-        return cls(**{**evaluation_sizes(config.image_size), **kwargs})
+        short side at MAE's 224/256 ratio, so the processor saved with a model always fits it. `kwargs` override.
+
+        A model of other than 3 channels gets images as they come (no RGB conversion) and, per channel, the average
+        of ImageNet's channel statistics (grey-level images: about 0.449 / 0.226); set `image_mean` / `image_std` for
+        other data."""
+        settings = evaluation_sizes(config.image_size)
+        num_channels = getattr(config, "num_channels", 3)
+        if num_channels != 3:
+            settings.update(
+                do_convert_rgb=False,
+                image_mean=[sum(IMAGENET_DEFAULT_MEAN) / 3] * num_channels,
+                image_std=[sum(IMAGENET_DEFAULT_STD) / 3] * num_channels,
+            )
+        return cls(**{**settings, **kwargs})
 
     def reduce_label(self, label_map: Any) -> np.ndarray:
         """A label map as the model was trained on it: with `do_reduce_labels`, 0 becomes 255 (ignored) and every

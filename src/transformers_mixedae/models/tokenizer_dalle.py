@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .rgb_conversion import to_rgb
+
 # DALL-E's `logit_laplace_eps`: pixels are squeezed from [0, 1] into [eps, 1 - eps].
 LOGIT_LAPLACE_EPS = 0.1
 TOKENIZER_IMAGE_SIZE = 112
@@ -31,13 +33,15 @@ def map_pixels(pixel_values: torch.Tensor, eps: float = LOGIT_LAPLACE_EPS) -> to
 def dalle_tokenizer_view(images: Sequence, size: int = TOKENIZER_IMAGE_SIZE) -> torch.Tensor:
     """PIL images (already cropped to the same box as the encoder view) -> `(B, 3, size, size)` in [0, 1].
 
-    Lanczos resize and `ToTensor`-style scaling, as the official tokenizer transform.
+    Lanczos resize and `ToTensor`-style scaling, as the official tokenizer transform. Images that are not RGB yet
+    are converted as the encoder's view is (`to_rgb`: transparency on white, 16-bit scaled), so that both views
+    show the same pixels.
     """
     from PIL import Image
 
     views = []
     for image in images:
-        resized = image.convert("RGB").resize((size, size), resample=Image.Resampling.LANCZOS)
+        resized = to_rgb(image).resize((size, size), resample=Image.Resampling.LANCZOS)
         views.append(torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1))
     return torch.stack(views)
 
