@@ -9,8 +9,11 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 
-from transformers_mixedae import CAEConfig, MixedAEConfig
+from helpers import tiny_mixedae_config
+from transformers_mixedae import CAEConfig, MixedAEConfig, MixedAEForPreTraining
+from transformers_mixedae.evaluation.homologous_probe import homologous_probe
 from transformers_mixedae.training.arguments import parse_config_overrides
 
 datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
@@ -214,3 +217,24 @@ def test_recognition_arms_set_only_their_fields_and_run_with_max_steps(ablate):
                                                                            "logits_hc_decoder_segment"}
     argv = ablate.run_arguments(ablate.ARMS["full"], size, 7, 0, Path("out"))
     assert argv[argv.index("--max_steps") + 1] == "7" and "--max_train_steps" not in argv
+
+
+def test_topk_probe_records_the_package_probes_accuracies(ablate):
+    torch.manual_seed(0)
+    model = MixedAEForPreTraining(tiny_mixedae_config()).train()
+    pixel_values = torch.randn(8, 3, 32, 32)
+    probe = ablate.TopkProbe(pixel_values, probe_seed=6)
+    probe.measure(model, step=3, logs={"train/loss": 1.5})
+    expected = homologous_probe(model, pixel_values, seed=6)
+    (point,) = probe.curve
+    assert point == {
+        "step": 3,
+        "homologous_topk_accuracy": expected["homologous_topk_accuracy"],
+        "homologous_topk_accuracy_foreground": expected["homologous_topk_accuracy_foreground"],
+        "homologous_topk_accuracy_other_keys": expected["homologous_topk_accuracy_other_keys"],
+        "homologous_topk_accuracy_other_keys_foreground": expected["homologous_topk_accuracy_other_keys_foreground"],
+        "homologous_own_key_kept": expected["homologous_own_key_kept"],
+        "homologous_contrastive_loss": expected["homologous_contrastive_loss"],
+        "reconstruction_loss": expected["reconstruction_loss"],
+        "train_loss": 1.5,
+    }

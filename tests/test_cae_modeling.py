@@ -190,23 +190,6 @@ def test_target_pass_runs_second_in_train_mode_with_the_same_weights():
     assert not torch.allclose(eval_target, target)  # stochastic depth really was active
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
-    config = tiny_cae_config()
-    model = CAEForPreTraining(config).train()
-    pixel_values, mask, labels = pixels(), fixed_mask(), token_labels()
-    model(pixel_values, bool_masked_pos=mask, labels=labels).loss.backward()
-    reference = {
-        name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.requires_grad
-    }
-    model.zero_grad()
-    model.activation_checkpointing_enable()
-    assert model.is_activation_checkpointing
-    model(pixel_values, bool_masked_pos=mask, labels=labels).loss.backward()
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            assert torch.allclose(parameter.grad, reference[name], atol=1e-6), name
-
-
 # ---------------------------------------------------------------------------------------------- initialisation
 def test_initialisation_follows_the_official_scheme():
     config = tiny_cae_config()
@@ -277,22 +260,8 @@ def test_a_model_split_with_its_regressor_offloaded_to_disk_gives_the_same_loss(
         assert torch.allclose(offloaded(pixel_values, bool_masked_pos=mask, labels=labels).loss, expected)
 
 
-# ---------------------------------------------------------------------------------------------- save / load / Auto
-@pytest.mark.parametrize("model_class", [CAEModel, CAEForPreTraining, CAEForImageClassification])
-def test_save_load_round_trip(tmp_path, model_class):
-    config = tiny_cae_config(num_labels=3)
-    model = model_class(config).eval()
-    model.save_pretrained(tmp_path)
-    reloaded = model_class.from_pretrained(tmp_path, attn_implementation="eager").eval()
-    inputs = {"pixel_values": pixels()}
-    if model_class is CAEForPreTraining:
-        inputs["bool_masked_pos"] = fixed_mask()
-    first, second = model(**inputs), reloaded(**inputs)
-    key = "last_hidden_state" if model_class is CAEModel else "logits"
-    assert torch.equal(first[key], second[key])
-    assert reloaded.config.to_diff_dict() | {"_name_or_path": ""} == model.config.to_diff_dict() | {"_name_or_path": ""}
-
-
+# ---------------------------------------------------------------------------------------------- loading and Auto classes
+# (save / load round trips, eager = SDPA and activation checkpointing for both families: test_conformance.py)
 def test_auto_classes(tmp_path):
     config = tiny_cae_config(num_labels=3)
     CAEForPreTraining(config).save_pretrained(tmp_path)
@@ -324,21 +293,6 @@ def test_encoder_and_classifier_start_from_a_pretraining_checkpoint(tmp_path):
         assert torch.equal(classifier.cae.layers[1].mlp.fc2.weight, pretrained.cae.layers[1].mlp.fc2.weight)
     cls_classifier = CAEForImageClassification.from_pretrained(tmp_path / "pretraining", classifier_pooling="cls")
     assert torch.equal(cls_classifier.cae.layernorm.weight, pretrained.cae.layernorm.weight)
-
-
-@pytest.mark.parametrize("model_class", [CAEModel, CAEForPreTraining, CAEForImageClassification])
-def test_eager_and_sdpa_agree(model_class):
-    config = tiny_cae_config(num_labels=3)
-    model = model_class(config).eval()
-    inputs = {"pixel_values": pixels()}
-    if model_class is CAEForPreTraining:
-        inputs["bool_masked_pos"] = fixed_mask()
-    key = "last_hidden_state" if model_class is CAEModel else "logits"
-    model.set_attn_implementation("eager")
-    eager = model(**inputs)[key]
-    model.set_attn_implementation("sdpa")
-    sdpa = model(**inputs)[key]
-    assert torch.allclose(eager, sdpa, atol=1e-5)
 
 
 def test_official_parameter_counts():

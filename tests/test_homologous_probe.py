@@ -252,26 +252,3 @@ def test_cli_without_segment_embedding_probes_the_model_with_them_removed(tmp_pa
     assert probed == pytest.approx(homologous_probe(model, pixel_values, seed=4, image_std=image_std))
     assert probed != pytest.approx(main([str(tmp_path), "--num_images", "8", "--seed", "4"]))
     capsys.readouterr()
-
-
-def test_ablate_topk_probe_records_the_package_probes_accuracies(model, monkeypatch):
-    import importlib
-
-    monkeypatch.syspath_prepend(str(REPOSITORY / "experiments"))
-    ablate = importlib.import_module("ablate")
-    pixel_values = torch.randn(8, 3, 32, 32)
-    probe = ablate.TopkProbe(pixel_values, probe_seed=6)
-    probe.measure(model, step=3, logs={"train/loss": 1.5})
-    expected = homologous_probe(model, pixel_values, seed=6)
-    (point,) = probe.curve
-    assert point == {
-        "step": 3,
-        "homologous_topk_accuracy": expected["homologous_topk_accuracy"],
-        "homologous_topk_accuracy_foreground": expected["homologous_topk_accuracy_foreground"],
-        "homologous_topk_accuracy_other_keys": expected["homologous_topk_accuracy_other_keys"],
-        "homologous_topk_accuracy_other_keys_foreground": expected["homologous_topk_accuracy_other_keys_foreground"],
-        "homologous_own_key_kept": expected["homologous_own_key_kept"],
-        "homologous_contrastive_loss": expected["homologous_contrastive_loss"],
-        "reconstruction_loss": expected["reconstruction_loss"],
-        "train_loss": 1.5,
-    }
