@@ -3,6 +3,7 @@
 logging steps keeps the logged loss, and non-finite losses or gradients skip a step (counted, weights untouched) or,
 several in a row, stop the job with the last checkpoint untouched."""
 
+import multiprocessing
 import os
 import random
 import signal
@@ -25,7 +26,7 @@ from transformers_mixedae.training.checkpointing import list_checkpoints
 from transformers_mixedae.tasks.image_classification import ImageClassificationTask
 from transformers_mixedae.tasks.masked_image_modeling import MaskedImageModelingTask, run_pretraining
 from transformers_mixedae.tasks.semantic_segmentation import SemanticSegmentationTask
-from transformers_mixedae.training.loop import NonFiniteTrainingError
+from transformers_mixedae.training.loop import NonFiniteTrainingError, TrainingCallback
 from transformers_mixedae.training.output_folders import RUN_RECORD_ARTIFACTS
 from transformers_mixedae.training.records import read_train_log
 
@@ -134,6 +135,24 @@ def test_sigterm_to_the_whole_job_checkpoints_exits_143_and_resumes_to_the_same_
     resumed, reference = load_file(stopped / "model.safetensors"), load_file(
         tmp_path / "uninterrupted" / "model.safetensors")
     assert resumed.keys() == reference.keys() and all(torch.equal(resumed[name], reference[name]) for name in reference)
+
+
+class FailAtStepTwo(TrainingCallback):
+    def on_log(self, state, logs):
+        if state.progress.completed_steps == 2:
+            raise RuntimeError("failure in the middle of an epoch")
+
+
+def test_dataloader_workers_stop_with_the_run_however_it_ends(tmp_path):
+    # The workers ignore SIGTERM, so one that outlives the run stalls the interpreter's exit for ever (multiprocessing
+    # terminates its children at exit, then joins them). A failure's traceback keeps the training frame, and the
+    # epoch's pass in it, alive: the pass must still be closed, and its workers stopped, before the error propagates.
+    settings = dict(max_steps=6, logging_steps=1, dataloader_num_workers=1)
+    with pytest.raises(RuntimeError, match="failure in the middle of an epoch") as failure:
+        run_pretraining(*arguments(tmp_path / "failed", **settings), callbacks=[FailAtStepTwo()])
+    assert failure.traceback and multiprocessing.active_children() == []
+    results = run_pretraining(*arguments(tmp_path / "finished", **settings))
+    assert results["train_steps"] == 6 and multiprocessing.active_children() == []
 
 
 def test_a_checkpoint_between_logging_steps_keeps_the_logged_loss_identical(tmp_path):

@@ -622,13 +622,20 @@ def synchronized_batches(batches: Iterable[T], accelerator: Any | None = None) -
     """
     iterator = iter(batches)
     num_processes = 1 if accelerator is None else accelerator.num_processes
-    while True:
-        batch = next(iterator, None)
-        if num_processes > 1:
-            has_batch = torch.tensor([0 if batch is None else 1], device=accelerator.device)
-            if int(accelerator.reduce(has_batch, reduction="sum").item()) < num_processes:
+    try:
+        while True:
+            batch = next(iterator, None)
+            if num_processes > 1:
+                has_batch = torch.tensor([0 if batch is None else 1], device=accelerator.device)
+                if int(accelerator.reduce(has_batch, reduction="sum").item()) < num_processes:
+                    return
+            elif batch is None:
                 return
-        elif batch is None:
-            return
-        yield batch
+            yield batch
+    finally:
+        # A loader's pass (`ImageStreamLoader.__iter__`) stops its workers when closed; left to the garbage
+        # collector, an abandoned pass could outlive the run (see `ImageStreamLoader._release`).
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
 

@@ -13,6 +13,7 @@ dropped, which gives the same batches at the cost of reading and decoding them a
 
 import math
 from collections import Counter
+from contextlib import closing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -253,24 +254,25 @@ class PretrainingData:
         start = self._resume_loader(epoch, skip_batches)
         consumed = {"batches": start}
         self.state.position = lambda: self._loader_position(epoch, consumed["batches"])
-        batches = synchronized_batches(self.train_loader, self.accelerator)
         counted_before_replay = self.stats.to_dict()
         if start >= batches_per_epoch:  # resumed at the epoch's end: nothing of it is left to read
             return
         read = start
-        for index, batch in enumerate(batches, start=start):
-            read = index + 1
-            if index < skip_batches:
-                if index == skip_batches - 1:  # the checkpoint's counters already include the replayed batches
-                    self.state.restore(counted_before_replay)
-            else:
-                self.check_skipped_fraction()
-                consumed["batches"] = index + 1  # a checkpoint written while this batch is in use resumes after it
-                yield self.model_inputs(
-                    batch, derived_seed(self.training_args.seed, epoch, self.accelerator.process_index, index)
-                )
-            if read >= batches_per_epoch:  # stop before reading (and decoding) a batch the epoch does not use
-                return
+        # Closed as soon as this pass ends, however it ends, so that the loader's workers stop with it.
+        with closing(synchronized_batches(self.train_loader, self.accelerator)) as batches:
+            for index, batch in enumerate(batches, start=start):
+                read = index + 1
+                if index < skip_batches:
+                    if index == skip_batches - 1:  # the checkpoint's counters already include the replayed batches
+                        self.state.restore(counted_before_replay)
+                else:
+                    self.check_skipped_fraction()
+                    consumed["batches"] = index + 1  # a checkpoint written while this batch is in use resumes after it
+                    yield self.model_inputs(
+                        batch, derived_seed(self.training_args.seed, epoch, self.accelerator.process_index, index)
+                    )
+                if read >= batches_per_epoch:  # stop before reading (and decoding) a batch the epoch does not use
+                    return
         if read == 0:
             # Without this, a loop over epochs would read the data again and again without ever taking a step.
             self.check_skipped_fraction()

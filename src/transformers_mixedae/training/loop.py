@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import ExitStack, closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,11 +365,15 @@ def train(
     window_images = 0
     stopped_by_signal = False
 
-    with TerminationRequest() as termination:
+    # Each epoch's pass is closed when the loop ends, by a stop, a signal or an exception: its DataLoader workers
+    # (which ignore SIGTERM) are then shut down, instead of outliving the run and stalling the interpreter's exit.
+    with TerminationRequest() as termination, ExitStack() as passes:
         while progress.completed_steps < max_train_steps and not stopped_by_signal:
             task.train_mode(model)
             batches_per_epoch = steps_per_epoch * args.gradient_accumulation_steps
-            batches = data.train_batches(progress.epoch, batches_per_epoch, skip_batches=progress.batches_in_epoch)
+            batches = passes.enter_context(closing(
+                data.train_batches(progress.epoch, batches_per_epoch, skip_batches=progress.batches_in_epoch)
+            ))
             for batch in batches:
                 with accelerator.accumulate(model):
                     task.before_step(unwrapped, progress.completed_steps)
@@ -471,10 +476,7 @@ def train(
         write_skipped_samples(output_dir, skipped_report)
     if stopped_by_signal:
         results["stopped_by_signal"] = True
-        # As at the end of a finished run: a rank that tears its process group down while another still writes
-        # its records leaves gloo's threads waiting when the DDP wrapper is freed (measured: both ranks hung).
-        accelerator.wait_for_everyone()
-        accelerator.end_training()
+        finish_processes(accelerator)
         return results
     task.before_save(accelerator.unwrap_model(model))
     results = save_then_evaluate(accelerator, model, data, output_dir, results, eval_results, progress.completed_steps,
@@ -484,9 +486,28 @@ def train(
                              evaluate=task.model_ema_eval)
     if args.push_to_hub and accelerator.is_main_process:
         push_final_folder(unwrapped, output_dir, results, args, task.card_kwargs())
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish_processes(accelerator)
     return results
+
+
+# How long every rank leaves the GIL free after the last collective, before the process group is torn down.
+TEARDOWN_PAUSE_SECONDS = 0.1
+
+
+def finish_processes(accelerator: Accelerator) -> None:
+    """End the run on every rank together: meet, then end the trackers and the process group.
+
+    Two gloo hangs are avoided here. A rank that tears its process group down while another still writes its records
+    leaves gloo's threads waiting when the DDP wrapper is freed (measured: both ranks hung), hence the meeting. And
+    gloo frees each finished collective on its worker thread, which needs the GIL when the collective's tensors were
+    made in Python (`gather_object`, as the run's records are gathered just before the end), while the group's
+    destructor joins those threads holding the GIL: a collective freed just as the group goes deadlocks the rank
+    (seen once, in a SIGTERM-stopped two-rank run under load; py-spy: `~AsyncAllgatherWork` waiting for the GIL,
+    the main thread in `~ProcessGroupGloo`). A short pause without the GIL lets the worker threads finish first."""
+    accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        time.sleep(TEARDOWN_PAUSE_SECONDS)
+    accelerator.end_training()
 
 
 def warn_if_sharding_is_not_applied(accelerator: Accelerator) -> None:
