@@ -81,6 +81,25 @@ def test_upernet_forward_and_backward_on_both_backbones(model_type):
     assert without_gradient == []
 
 
+def test_a_micro_batch_without_labelled_pixels_has_a_zero_loss_that_reaches_every_parameter(tmp_path, ade_folder):
+    model_args, data_args, training_args, segmentation_args = arguments(tmp_path, ade_folder)
+    task = SemanticSegmentationTask(model_args, data_args, training_args, segmentation_args)
+    model = build_segmentation_model(model_args, segmentation_args, "mixedae", {0: "a", 1: "b", 2: "c"})
+    pixel_values = torch.randn(2, 3, 16, 24)
+    assert torch.isnan(model(pixel_values, labels=torch.full((2, 16, 24), 255)).loss)  # UperNet's own: mean of none
+    loss = task.loss(model, {"pixel_values": pixel_values, "labels": torch.full((2, 16, 24), 255)})
+    assert loss.item() == 0.0
+    loss.backward()
+    gradients = [parameter.grad for parameter in model.parameters() if parameter.requires_grad]
+    assert all(gradient is not None and not gradient.any() for gradient in gradients)  # DDP reduces every one
+    labels = torch.randint(0, 3, (2, 16, 24))
+    labels[0] = 255  # one labelled image is enough: UperNet's loss as it is
+    torch.manual_seed(0)  # the same stochastic depth in both forwards
+    expected = model(pixel_values, labels=labels).loss
+    torch.manual_seed(0)
+    assert task.loss(model, {"pixel_values": pixel_values, "labels": labels}) == expected
+
+
 def test_backbone_starts_from_a_pretraining_checkpoint(tmp_path):
     pretraining = MixedAEForPreTraining(tiny_mixedae_config(num_hidden_layers=4))
     pretraining.save_pretrained(tmp_path)
