@@ -587,7 +587,10 @@ def summarize(records: list[dict], arm_order: list[str]) -> list[dict]:
             continue
         row = {"arm": name, "label": runs[0]["label"], "num_seeds": len(runs)}
         for metric in SUMMARY_METRICS:
-            row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([run.get(metric) for run in runs])
+            values = [run.get(metric) for run in runs]
+            row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(values)
+            # Runs without the metric (not measured, or NaN) are left out of its mean: the tables say how many count.
+            row[f"{metric}_count"] = sum(value is not None and not math.isnan(value) for value in values)
         rows.append(row)
     return rows
 
@@ -598,6 +601,13 @@ def _cell(mean: float | None, std: float | None, scale: float = 1.0, digits: int
     if std is None:
         return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def _metric_cell(row: dict, metric: str, scale: float = 1.0, digits: int = 1) -> str:
+    """Mean ± std of `metric` over the arm's runs, with "(n of m runs)" when some runs lack it."""
+    text = _cell(row[f"{metric}_mean"], row[f"{metric}_std"], scale, digits)
+    count = row.get(f"{metric}_count", row["num_seeds"])
+    return text if count in (0, row["num_seeds"]) else f"{text} ({count} of {row['num_seeds']} runs)"
 
 
 def markdown_table(summary: list[dict]) -> str:
@@ -613,15 +623,14 @@ def markdown_table(summary: list[dict]) -> str:
             f"`{row['arm']}`",
             row["label"],
             str(row["num_seeds"]),
-            _cell(row["eval_knn_accuracy_mean"], row["eval_knn_accuracy_std"], 100),
-            _cell(row["eval_linear_probe_accuracy_mean"], row["eval_linear_probe_accuracy_std"], 100),
+            _metric_cell(row, "eval_knn_accuracy", 100),
+            _metric_cell(row, "eval_linear_probe_accuracy", 100),
             delta,
-            _cell(row["eval_mean_iou_mean"], row["eval_mean_iou_std"], 100),
-            _cell(row["dense_probe_mean_iou_mean"], row["dense_probe_mean_iou_std"], 100),
-            _cell(row["eval_loss_mean"], row["eval_loss_std"], digits=3),
-            _cell(row["final_homologous_topk_accuracy_mean"], row["final_homologous_topk_accuracy_std"], digits=3),
-            _cell(row["final_homologous_topk_accuracy_foreground_mean"],
-                  row["final_homologous_topk_accuracy_foreground_std"], digits=3),
+            _metric_cell(row, "eval_mean_iou", 100),
+            _metric_cell(row, "dense_probe_mean_iou", 100),
+            _metric_cell(row, "eval_loss", digits=3),
+            _metric_cell(row, "final_homologous_topk_accuracy", digits=3),
+            _metric_cell(row, "final_homologous_topk_accuracy_foreground", digits=3),
             f"{minutes:.1f}" if minutes is not None else "n/a",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -678,7 +687,8 @@ def plot_accuracy(summary: list[dict], records: list[dict], path: Path, size_nam
     series = (("eval_knn_accuracy", "kNN (k=20)", -0.15, "tab:blue"),
               ("eval_linear_probe_accuracy", "linear probe", 0.15, "tab:orange"))
     for metric, name, offset, colour in series:
-        means = [100 * (row[f"{metric}_mean"] or float("nan")) for row in summary]
+        means = [100 * (row[f"{metric}_mean"] if row[f"{metric}_mean"] is not None else float("nan"))
+                 for row in summary]
         errors = [100 * (row[f"{metric}_std"] or 0.0) for row in summary]
         xs = [position + offset for position in positions]
         axis.errorbar(xs, means, yerr=errors, fmt="o", capsize=4, color=colour, label=f"{name}, mean ± std")
@@ -848,6 +858,9 @@ def train_runs(plan: list[tuple[int, Arm]], size: SizePreset, steps: int, output
             except RunInterrupted as interrupted:
                 print(f"{arm.name} seed {seed}: {interrupted}; the same command continues the grid.", flush=True)
                 raise SystemExit(1) from interrupted
+            except Exception:  # as for a new run: the pre-training record stays, the rest of the grid goes on
+                failures.append((arm.name, seed))
+                print(f"{arm.name} seed {seed}: segmentation FAILED:\n{traceback.format_exc()}", flush=True)
             records.append(record)
             continue
         if run_dir.exists():  # an interrupted run: start it again
@@ -884,7 +897,7 @@ def train_runs(plan: list[tuple[int, Arm]], size: SizePreset, steps: int, output
     return trained, failures
 
 
-def run_workers(args: argparse.Namespace, output_dir: Path) -> None:
+def run_workers(args: argparse.Namespace, output_dir: Path) -> list[int]:
     """`--jobs n`: n copies of this script, single-threaded, worker k training runs k, k + n, ... of the plan."""
     common = ["--arms", args.arms, "--seeds", str(args.seeds), "--size", args.size, "--output_dir", str(output_dir),
               "--threads", "1"]
@@ -909,6 +922,7 @@ def run_workers(args: argparse.Namespace, output_dir: Path) -> None:
         signal.signal(signal.SIGTERM, previous)
     if any(codes):
         print(f"worker exit codes {codes}: some runs failed (see above); reporting what finished.", flush=True)
+    return codes
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -940,7 +954,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {"trained": trained}
     if not args.report_only:
         if args.jobs > 1:
-            run_workers(args, output_dir)
+            failures += [f"worker {index} exited with {code}"
+                         for index, code in enumerate(run_workers(args, output_dir)) if code]
         else:
             trained, failures = train_runs(plan, size, steps, output_dir, report=report, segmentation=segmentation)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -55,7 +56,8 @@ def plot_records(records: list[dict], output: Path, title: str) -> None:
     measured = [100 * record[key] for record in records for key in scores if record.get(key) is not None]
     bars.set_ylim(max(0.0, min(measured) - 10), max(measured) + 5)  # the differences, not the distance from 0
     for index, record in enumerate(records):
-        values = [100 * record[key] if record.get(key) is not None else 0.0 for key in scores]
+        # A run without a score gets neither bar nor label (NaN), never a bar of height 0 labelled "0.0".
+        values = [100 * record[key] if record.get(key) is not None else math.nan for key in scores]
         positions = [position + index * width for position in range(len(scores))]
         drawn = bars.bar(positions, values, width, label=f"{record['arm']} seed {record.get('seed', 0)}")
         bars.bar_label(drawn, fmt="%.1f", fontsize=6)

@@ -238,3 +238,56 @@ def test_topk_probe_records_the_package_probes_accuracies(ablate):
         "reconstruction_loss": expected["reconstruction_loss"],
         "train_loss": 1.5,
     }
+
+
+def test_a_grid_whose_workers_failed_exits_with_an_error(ablate, tmp_path, monkeypatch):
+    class FailedWorker:  # a worker process whose runs failed (it exits 1, as `--shard` does)
+        def __init__(self, command, *args, **kwargs):
+            self.command = command
+
+        def wait(self):
+            return 1
+
+        def send_signal(self, signum):
+            pass
+
+    monkeypatch.setattr(ablate.subprocess, "Popen", FailedWorker)
+    with pytest.raises(SystemExit, match=r"failed runs: \['worker 0 exited with 1', 'worker 1 exited with 1'\]"):
+        ablate.main(["--size", "tiny", "--arms", "mae", "--seeds", "1", "--jobs", "2",
+                     "--output_dir", str(tmp_path / "grid")])
+
+
+def test_a_failed_segmentation_of_a_finished_run_does_not_stop_the_grid(ablate, tmp_path, monkeypatch):
+    size = ablate.SIZES["tiny"]
+    run_dir = tmp_path / "grid" / "runs" / "mae" / "seed_0"
+    run_dir.mkdir(parents=True)
+    settings = ablate._without_output_dir(ablate.run_arguments(ablate.ARMS["mae"], size, size.steps, 0, run_dir))
+    ablate.save_record(run_dir, {"arm": "mae", "label": "MAE", "seed": 0, "settings": settings, "topk_curve": []})
+    config = tmp_path / "segment.json"
+    config.write_text("{}")
+    trained = []
+
+    def failing_segmentation(*args, **kwargs):
+        raise RuntimeError("segmentation fine-tune failed")
+
+    def record_and_fail(arm, *args, **kwargs):
+        trained.append(arm.name)
+        raise RuntimeError("not trained in this test")
+
+    monkeypatch.setattr(ablate, "run_semantic_segmentation", failing_segmentation)
+    monkeypatch.setattr(ablate, "parse_segmentation_arguments", lambda argv: ())
+    monkeypatch.setattr(ablate, "run_one", record_and_fail)
+    monkeypatch.setattr(ablate, "probe_batch", lambda size: None)
+    with pytest.raises(SystemExit, match=r"failed runs: \[\('mae', 0\), \('full', 0\)\]"):
+        ablate.main(["--size", "tiny", "--arms", "mae,full", "--seeds", "1", "--output_dir", str(tmp_path / "grid"),
+                     "--segmentation_config", str(config)])
+    assert trained == ["full"]  # the grid went on past the failed segmentation
+
+
+def test_tables_say_how_many_runs_a_mean_is_over_when_some_lack_the_metric(ablate):
+    records = [dict(arm="full", label="full", seed=seed, eval_knn_accuracy=accuracy, eval_loss=loss)
+               for seed, accuracy, loss in ((0, 0.80, 0.5), (1, 0.82, 0.6), (2, 0.78, float("nan")))]
+    (row,) = ablate.summarize(records, ["full"])
+    assert (row["num_seeds"], row["eval_loss_count"], row["eval_knn_accuracy_count"]) == (3, 2, 3)
+    cells = ablate.markdown_table([row]).splitlines()[-1].split(" | ")
+    assert cells[3] == "80.0 ± 2.0" and cells[8] == "0.550 ± 0.071 (2 of 3 runs)"

@@ -89,6 +89,32 @@ def test_knn_votes_are_weighted_by_exp_similarity():
     assert scores.argmax().item() == 0
 
 
+def test_knn_top5_counts_only_classes_that_neighbours_voted_for():
+    # Every query's 40 neighbours are of classes 0 and 7: a label no neighbour has is a miss at top-5 whatever its id
+    # (before, labels 5, 6 and 8 filled the top 5 by class-id order and counted as hits).
+    train = torch.cat([torch.eye(4)[0].expand(20, 4), -torch.eye(4)[0].expand(20, 4)])
+    train_labels = torch.cat([torch.zeros(20, dtype=torch.long), torch.full((20,), 7)])
+    queries = torch.eye(4)[0].expand(5, 4)
+    for labels, top5 in (([1, 2, 3, 4, 9], 0.0), ([5, 6, 8, 9, 1], 0.0), ([0, 7, 0, 7, 5], 0.8)):
+        metric = KNNAccuracy(keep_in_memory=True)
+        metric.add_batch(predictions=queries.numpy(), references=labels)
+        results = metric.compute(train_features=train, train_labels=train_labels, num_classes=10, k=40)
+        assert results["top5_accuracy"] == pytest.approx(top5), labels
+
+
+def test_frozen_feature_metrics_name_labels_outside_the_classes():
+    train, train_labels = blobs(num_classes=4)
+    for metric_class in (KNNAccuracy, LinearProbeAccuracy):
+        metric = metric_class(keep_in_memory=True)
+        metric.add_batch(predictions=train[:3].numpy(), references=[0, 1, 4])
+        with pytest.raises(ValueError, match=r"references holds label 4, outside \[0, num_classes 4\)"):
+            metric.compute(train_features=train, train_labels=train_labels, num_classes=4)
+        metric.add_batch(predictions=train[:3].numpy(), references=[0, 1, 2])
+        with pytest.raises(ValueError, match=r"train_labels holds label -1, outside \[0, num_classes 4\)"):
+            metric.compute(train_features=train, train_labels=torch.cat([train_labels[:-1], torch.tensor([-1])]),
+                           num_classes=4)
+
+
 def test_knn_in_query_blocks_matches_one_block(monkeypatch):
     train, train_labels = blobs(seed=8, spread=3.0)
     queries, _ = blobs(seed=9, per_class=7, spread=3.0)
@@ -148,7 +174,8 @@ def image_batches(num_images=10, batch_size=4, seed=0):
 
 
 def test_extract_features_uses_the_unmasked_encoder_and_restores_training_mode():
-    model = MixedAEForPreTraining(tiny_mixedae_config()).train()
+    # Dropout and stochastic depth on, so that features taken in training mode would differ from the expected ones.
+    model = MixedAEForPreTraining(tiny_mixedae_config(hidden_dropout_prob=0.5, drop_path_rate=0.5)).train()
     batches = image_batches()
     features, labels = extract_features(model, batches)
     assert features.shape == (10, 32) and features.dtype == torch.float32 and labels.tolist() == list(range(10))

@@ -87,6 +87,26 @@ def test_end_to_end_produces_loadable_model_pictures_and_results(tmp_path, model
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_cae_reconstruction_pictures_undo_the_targets_normalisation_only_when_it_was_applied(
+    tmp_path, monkeypatch, norm_pix_loss
+):
+    from transformers_mixedae.tasks import masked_image_modeling_data
+
+    drawn = []
+    original = masked_image_modeling_data.save_reconstruction_grid
+
+    def recording(*args, **kwargs):
+        drawn.append(kwargs["norm_pix_loss"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(masked_image_modeling_data, "save_reconstruction_grid", recording)
+    model_args, *rest = arguments(tmp_path, "cae", max_steps=2, eval_steps=2)
+    model_args.config_overrides = f"{TINY_CAE},norm_pix_loss={norm_pix_loss}"  # pixel targets, raw or per patch
+    run_pretraining(model_args, *rest)
+    assert drawn == [norm_pix_loss]
+
+
 def final_weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / "model.safetensors"))
 

@@ -64,12 +64,15 @@ def _num_classes(num_classes: int | None, *label_sets: torch.Tensor) -> int:
 
 # ---------------------------------------------------------------------------------------------- tensor functions
 def top_k_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
-    """Fraction of rows of `scores` `(N, C)` whose `k` highest classes contain the label."""
+    """Fraction of rows of `scores` `(N, C)` whose `k` highest classes contain the label. A label scored -inf is never
+    a hit, even when fewer than `k` classes score more (the kNN scores classes no neighbour voted for so)."""
     if scores.shape[0] == 0:
         raise ValueError("top_k_accuracy of an empty set")
     k = min(k, scores.shape[1])
     top = scores.topk(k, dim=1).indices
-    return float((top == labels.view(-1, 1)).any(dim=1).float().mean())
+    hit = (top == labels.view(-1, 1)).any(dim=1)
+    hit &= scores.gather(1, labels.view(-1, 1)).squeeze(1) > float("-inf")
+    return float(hit.float().mean())
 
 
 def weighted_knn_scores(
@@ -254,6 +257,11 @@ class _FrozenFeatureMetric(evaluate.Metric):
         bank = _as_tensor(train_features, torch.float32)
         bank_labels = _as_tensor(train_labels, torch.long)
         classes = _num_classes(num_classes, labels, bank_labels)
+        for name, values in (("train_labels", bank_labels), ("references", labels)):
+            outside = values[(values < 0) | (values >= classes)]
+            if outside.numel():
+                raise ValueError(f"{type(self).__name__}: {name} holds label {int(outside[0])}, outside [0, "
+                                 f"num_classes {classes}); pass the class ids 0..{classes - 1}, or a larger num_classes")
         return _accuracies(self._scores(bank, bank_labels, queries, classes, **options), labels, top_k)
 
 
@@ -266,7 +274,9 @@ class KNNAccuracy(_FrozenFeatureMetric):
 
     def _scores(self, train_features, train_labels, queries, num_classes, k: int = KNN_NEIGHBOURS,
                 temperature: float = KNN_TEMPERATURE) -> torch.Tensor:
-        return weighted_knn_scores(train_features, train_labels, queries, num_classes, k, temperature)
+        scores = weighted_knn_scores(train_features, train_labels, queries, num_classes, k, temperature)
+        # A class no neighbour voted for is not a guess (DINO's top-5 counts such classes, in class-id order).
+        return scores.masked_fill(scores == 0, float("-inf"))
 
 
 class LinearProbeAccuracy(_FrozenFeatureMetric):

@@ -574,7 +574,7 @@ class PretrainingData:
                 logits = _scatter_masked_predictions(outputs.logits.float().cpu(), masked, pixel_values.shape[0])
             save_reconstruction_grid(
                 directory / f"step_{step}_reconstruction.png", pixel_values, ~masked, patch_size, mean, std,
-                logits=logits, norm_pix_loss=True,
+                logits=logits, norm_pix_loss=self.config.norm_pix_loss,
             )
 
     def _save_homologous_attention(self, model, inputs, step, directory) -> None:
