@@ -7,7 +7,8 @@
     accelerate launch --multi_gpu --num_processes 8 examples/run_semantic_segmentation.py \
         examples/configs/ade20k_upernet_mae.json --model_name_or_path <ViT-B checkpoint> --data_dir ADEChallengeData2016
 
-Data: `--data_dir` (ADEChallengeData2016 layout), `--dataset_name` (e.g. scene_parse_150), or, with neither, the
+Data: `--data_dir` (ADEChallengeData2016 layout), `--dataset_name` (e.g. `scene_parse_150 --dataset_config_name
+scene_parsing --dataset_revision refs/convert/parquet`: its Parquet conversion), or, with neither, the
 dense benchmark shipped with the package. The logic lives in `transformers_mixedae.tasks.semantic_segmentation`;
 this file only parses arguments.
 """
