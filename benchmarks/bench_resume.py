@@ -1,12 +1,13 @@
 # Copyright 2026 The transformers-mixedae authors. Licensed under the Apache License, Version 2.0.
 """Resume benchmark: time to the first new optimizer step after a resume late in an epoch, against a fresh start.
 
-One run, repeats interleaved in a rotating order (fresh, resume, replay; resume, replay, fresh; ...), wall clock from the call of `run_pretraining`
-(model built, checkpoint loaded, data opened) to the end of the first optimizer step (logging every step; a
-callback stops the run there). The data: `--images` JPEGs of `--jpeg-size` px (smooth random colour fields with
-noise, so decoding costs what a photo of that size costs), written as `--shards` Parquet shards (ImageNet's Hub
-schema) and read as run_mim.py's `--streaming` recipe does, with the tiny MixedAE of the tests at `--image-size`.
-A checkpoint is written after `--resume-at` batches of the first epoch (of images / batch), then:
+One run, repeats interleaved in a rotating order (fresh, resume, replay; resume, replay, fresh; ...), wall clock
+from the call of `run_pretraining` (model built, checkpoint loaded, data opened) to the end of the first optimizer
+step (logging every step; a callback stops the run there). The data: `--images` JPEGs of `--jpeg-size` px (smooth
+random colour fields with noise, so decoding costs what a photo of that size costs), written as `--shards` Parquet
+shards (ImageNet's Hub schema) and read as run_mim.py's `--streaming` recipe does, with the tiny MixedAE of the
+tests at `--image-size`. A checkpoint is written after `--resume-at` batches of the first epoch (of images /
+batch), then:
 
 * `fresh`: a new run from step 0;
 * `resume`: `--resume_from_checkpoint` on a copy of that checkpoint (the loader continues from its saved position);

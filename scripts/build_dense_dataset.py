@@ -6,12 +6,12 @@ Input: the embedded default dataset (`src/transformers_mixedae/data/default/`, b
 
     python3 scripts/build_dense_dataset.py
 
-Output (`src/transformers_mixedae/data/default_dense/`): `train-0000k-of-00002.parquet` (1,800 scenes whose
-items come only from the default train shards), `validation-00000-of-00001.parquet` (450 scenes whose items
-come only from the default validation shards, themselves from the Fashion-MNIST test split),
-and `provenance.json` (the folder's `README.md`, kept by hand, describes them). Columns: `image` (`datasets.Image`, 64x64 RGB PNG) and `annotation`
-(`datasets.Image`, 64x64 single-channel PNG of class ids: 0 = background, 1 + Fashion-MNIST label for an
-item's pixels), i.e. the layout of Hub semantic-segmentation datasets such as `scene_parse_150`.
+Output (`src/transformers_mixedae/data/default_dense/`): `train-0000k-of-00002.parquet` (1,800 scenes whose items
+come only from the default train shards), `validation-00000-of-00001.parquet` (450 scenes whose items come only
+from the default validation shards, themselves from the Fashion-MNIST test split), and `provenance.json` (the
+folder's `README.md`, kept by hand, describes them). Columns: `image` (`datasets.Image`, 64x64 RGB PNG) and
+`annotation` (`datasets.Image`, 64x64 single-channel PNG of class ids: 0 = background, 1 + Fashion-MNIST label for
+an item's pixels), i.e. the layout of Hub semantic-segmentation datasets such as `scene_parse_150`.
 
 Each scene: a background (a plain colour, or a colour with a smooth low-frequency variation), then 2-4
 distinct Fashion-MNIST items, each resized to a random square size, tinted with a random colour and pasted at
