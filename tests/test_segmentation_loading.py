@@ -119,3 +119,16 @@ def test_the_shipped_dense_benchmark_loads_with_its_class_names():
     assert loaded.id2label[0] == "background" and len(loaded.id2label) == 11
     labels = np.array(open_image(loaded.validation[0]["annotation"]))
     assert labels.ndim == 2 and labels.max() < 11
+
+
+def test_both_an_annotation_and_a_label_image_column_are_named_with_the_one_read(tmp_path, caplog):
+    import pyarrow.parquet as pq
+
+    root = make_parquet_shards(tmp_path / "shards")
+    for path in root.glob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.append_column("label", table.column("annotation")), path)
+    caplog.set_level("WARNING", logger=segmentation_loading.__name__)
+    assert load_segmentation_datasets(dataset_name=str(root)).label_column_name == "annotation"
+    assert (f"{root} has both 'annotation' and 'label' image columns: the label maps are read from 'annotation'"
+            in caplog.text)

@@ -154,6 +154,13 @@ def _resolve_label_map_column(dataset: Any, image_column_name: str, label_column
     shared `--label_column_name` default, so also that name given explicitly), else by its one other image column
     (e.g. `segmentation`); any other name is used as given."""
     features = dataset.features
+    if label_column_name == DEFAULT_LABEL_COLUMN and features is not None and label_column_name in features:
+        if _holds_encoded_images(features.get(LABEL_IMAGE_COLUMN)):
+            # `--label_column_name label` is also the shared flag's default, so it cannot choose this column.
+            logger.warning("%s has both %r and %r image columns: the label maps are read from %r; to read %r "
+                           "instead, rename the columns (datasets' rename_column) or pass a copy without %r",
+                           source, DEFAULT_LABEL_COLUMN, LABEL_IMAGE_COLUMN, DEFAULT_LABEL_COLUMN,
+                           LABEL_IMAGE_COLUMN, DEFAULT_LABEL_COLUMN)
     if label_column_name != DEFAULT_LABEL_COLUMN or features is None or label_column_name in features:
         return label_column_name
     candidates = [name for name, feature in features.items()
