@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 import time
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -371,9 +371,9 @@ def train(
         while progress.completed_steps < max_train_steps and not stopped_by_signal:
             task.train_mode(model)
             batches_per_epoch = steps_per_epoch * args.gradient_accumulation_steps
-            batches = passes.enter_context(closing(
-                data.train_batches(progress.epoch, batches_per_epoch, skip_batches=progress.batches_in_epoch)
-            ))
+            batches = data.train_batches(progress.epoch, batches_per_epoch, skip_batches=progress.batches_in_epoch)
+            if hasattr(batches, "close"):  # a generator (a task's data may also give a plain iterable)
+                passes.callback(batches.close)
             for batch in batches:
                 with accelerator.accumulate(model):
                     task.before_step(unwrapped, progress.completed_steps)
