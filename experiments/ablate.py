@@ -571,8 +571,13 @@ MARKDOWN_COLUMNS = (
 )
 
 
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    values = [value for value in values if value is not None and not math.isnan(value)]
+def measured(values: list[float | None]) -> list[float]:
+    """The values that were measured: neither missing (None) nor NaN."""
+    return [value for value in values if value is not None and not math.isnan(value)]
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    values = measured(values)
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
@@ -590,7 +595,7 @@ def summarize(records: list[dict], arm_order: list[str]) -> list[dict]:
             values = [run.get(metric) for run in runs]
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(values)
             # Runs without the metric (not measured, or NaN) are left out of its mean: the tables say how many count.
-            row[f"{metric}_count"] = sum(value is not None and not math.isnan(value) for value in values)
+            row[f"{metric}_count"] = len(measured(values))
         rows.append(row)
     return rows
 
@@ -606,7 +611,7 @@ def _cell(mean: float | None, std: float | None, scale: float = 1.0, digits: int
 def _metric_cell(row: dict, metric: str, scale: float = 1.0, digits: int = 1) -> str:
     """Mean ± std of `metric` over the arm's runs, with "(n of m runs)" when some runs lack it."""
     text = _cell(row[f"{metric}_mean"], row[f"{metric}_std"], scale, digits)
-    count = row.get(f"{metric}_count", row["num_seeds"])
+    count = row[f"{metric}_count"]
     return text if count in (0, row["num_seeds"]) else f"{text} ({count} of {row['num_seeds']} runs)"
 
 

@@ -13,8 +13,8 @@ dropped, which gives the same batches at the cost of reading and decoding them a
 
 import math
 from collections import Counter
-from contextlib import closing
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
