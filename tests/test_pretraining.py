@@ -130,6 +130,22 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
         assert torch.equal(expected[name], actual[name]), name
 
 
+def test_a_run_resumed_at_the_end_of_an_epoch_reads_the_next_epoch_whole(tmp_path):
+    # 4 optimizer steps per epoch (see above): the checkpoint at step 4 holds the loader's position after the epoch's
+    # last batch. Loading it must not carry that exhausted position into the next epoch, which would then be empty.
+    settings = dict(max_steps=6, save_steps=4, gradient_accumulation_steps=2)
+    uninterrupted = tmp_path / "uninterrupted"
+    run_pretraining(*arguments(uninterrupted, **settings))
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(uninterrupted / "checkpoints" / "step_4", resumed / "checkpoints" / "step_4")
+    results = run_pretraining(*arguments(resumed, resume_from_checkpoint="latest", **settings))
+    assert results["train_steps"] == 6
+    expected, actual = final_weights(uninterrupted), final_weights(resumed)
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
 def test_sigterm_writes_a_checkpoint_and_exits_then_latest_resumes(tmp_path, monkeypatch):
     original_call = SeededTransform.__call__
     calls = {"count": 0}

@@ -251,12 +251,15 @@ class PretrainingData:
         self.train_loader.dataloader.generator = torch.Generator().manual_seed(
             derived_seed(self.training_args.seed, epoch, self.accelerator.process_index)
         )
+        if skip_batches >= batches_per_epoch:
+            # Resumed at the epoch's end: nothing of it is left to read. Its position is dropped unloaded: loaded, the
+            # exhausted loader would carry it into the next epoch, which would then give no batch.
+            self.state.resume_position = None
+            return
         start = self._resume_loader(epoch, skip_batches)
         consumed = {"batches": start}
         self.state.position = lambda: self._loader_position(epoch, consumed["batches"])
         counted_before_replay = self.stats.to_dict()
-        if start >= batches_per_epoch:  # resumed at the epoch's end: nothing of it is left to read
-            return
         read = start
         # Closed as soon as this pass ends, however it ends, so that the loader's workers stop with it.
         with closing(synchronized_batches(self.train_loader, self.accelerator)) as batches:
