@@ -14,7 +14,9 @@ same number of images. MixedAE arms set every objective field explicitly (they d
 Results: `<output_dir>/runs/<arm>/seed_<k>/` holds the run (final model, `all_results.json`) and
 `ablate_result.json` (metrics, the homologous top-k curve, the settings). An arm/seed whose
 `ablate_result.json` exists with the same settings is skipped, so an interrupted grid continues where it
-stopped when the same command is run again; a run folder without it (an interrupted run) is started afresh.
+stopped when the same command is run again. A run stopped by SIGTERM (which writes a checkpoint) resumes from that
+checkpoint, with the top-k curve and time it had then (`ablate_progress.json`, written with each checkpoint); so does
+a segmentation fine-tune. A run folder without a checkpoint (a run killed outright) is started afresh.
 The script writes `runs.csv` (one row per run), `summary.csv` and `summary.md` (mean and sample standard deviation
 per arm) and the two plots at the end; with `--jobs 1` the tables are also rewritten after every run, and
 `--report_only` rebuilds everything from the results so far at any time (e.g. while a grid runs).
@@ -73,8 +75,11 @@ from transformers_mixedae.training.arguments import (
     TrainingArguments,
 )
 from transformers_mixedae.training import LoopState, TrainingCallback
+from transformers_mixedae.training.output_folders import is_resumable
 
 RESULT_FILENAME = "ablate_result.json"
+PROGRESS_FILENAME = "ablate_progress.json"
+RESUME_ARGUMENTS = ["--resume_from_checkpoint", "latest"]
 ACCURACY_PLOT = "ablations_accuracy.png"
 TOPK_CURVE_PLOT = "ablations_topk_curve.png"
 
@@ -387,16 +392,18 @@ class TopkProbe(TrainingCallback):
     layers are not probed. The step-0 measurement is taken when the loop begins (`on_train_begin`).
     """
 
-    def __init__(self, probe_pixel_values: torch.Tensor, probe_seed: int):
+    def __init__(self, probe_pixel_values: torch.Tensor, probe_seed: int, curve: list[dict] | None = None):
         self.probe_pixel_values = probe_pixel_values
         self.probe_seed = probe_seed
-        self.curve: list[dict] = []
+        self.curve: list[dict] = list(curve or [])  # a resumed run's curve up to its checkpoint
 
     def on_log(self, state: LoopState, logs: dict[str, float]) -> None:
         if "train/loss" in logs:
             self.measure(state.accelerator.unwrap_model(state.model), state.progress.completed_steps, logs)
 
     def on_train_begin(self, state: LoopState) -> None:
+        # A resumed run repeats the steps after its checkpoint: their points are measured again.
+        self.curve = [point for point in self.curve if point["step"] <= state.progress.completed_steps]
         if state.progress.completed_steps == 0:
             self.measure(state.accelerator.unwrap_model(state.model), step=0, logs={})
 
@@ -430,6 +437,44 @@ class RunInterrupted(Exception):
     """`run_pretraining` stopped on SIGTERM (after writing a checkpoint): the run has no result, stop the grid."""
 
 
+class ProgressKeeper(TrainingCallback):
+    """With each checkpoint, writes `ablate_progress.json` in the run folder: the run's settings, the step, the top-k
+    curve so far and the seconds spent, so that a stopped grid resumes the run where its checkpoint is
+    (`interrupted_progress`) and its record is that of an uninterrupted run."""
+
+    def __init__(self, run_dir: Path, settings: list[str], probe: TopkProbe, earlier: dict | None):
+        self.run_dir, self.settings, self.probe = run_dir, settings, probe
+        self.earlier_seconds = earlier["wall_seconds"] if earlier else 0.0
+        self.resumed_from_steps = (earlier["resumed_from_steps"] + [earlier["step"]]) if earlier else []
+        self.started = time.perf_counter()
+
+    def wall_seconds(self) -> float:
+        return self.earlier_seconds + time.perf_counter() - self.started
+
+    def on_save(self, state: LoopState, checkpoint: Path) -> None:
+        if state.accelerator.is_main_process:
+            write_json(self.run_dir / PROGRESS_FILENAME, {
+                "settings": self.settings, "step": state.progress.completed_steps, "topk_curve": self.probe.curve,
+                "wall_seconds": self.wall_seconds(), "resumed_from_steps": self.resumed_from_steps,
+            })
+
+
+def interrupted_progress(run_dir: Path, settings: list[str]) -> dict | None:
+    """What `ProgressKeeper` wrote for a run of `run_dir` that stopped after a checkpoint and can be resumed, or None
+    (no such run: a folder without a checkpoint is started again). Other settings are an error, as for a finished
+    run."""
+    path = run_dir / PROGRESS_FILENAME
+    if not (path.exists() and is_resumable(run_dir)):
+        return None
+    progress = json.loads(path.read_text())
+    if progress["settings"] != settings:
+        raise SystemExit(
+            f"{run_dir} holds an interrupted run with other settings:\n  {progress['settings']}\nnot\n  {settings}\n"
+            "Use another --output_dir (or delete that run folder) to run this grid."
+        )
+    return progress
+
+
 def _final_foreground_accuracy(curve: list[dict]) -> float | None:
     return curve[-1].get("homologous_topk_accuracy_foreground") if curve else None
 
@@ -437,14 +482,18 @@ def _final_foreground_accuracy(curve: list[dict]) -> float | None:
 RUN_METRICS = ("eval_knn_accuracy", "eval_linear_probe_accuracy", "eval_loss", "train_loss")
 
 
-def run_one(arm: Arm, size: SizePreset, steps: int, seed: int, run_dir: Path, probe_pixels: torch.Tensor) -> dict:
+def run_one(arm: Arm, size: SizePreset, steps: int, seed: int, run_dir: Path, probe_pixels: torch.Tensor,
+            earlier: dict | None = None) -> dict:
+    """Pre-trains one arm/seed in `run_dir` and returns its record; with `earlier` (`interrupted_progress`), resumes
+    the interrupted run from its latest checkpoint."""
     argv = run_arguments(arm, size, steps, seed, run_dir)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, PretrainingEvaluationArguments))
-    model_args, data_args, training_args, evaluation_args = parser.parse_args_into_dataclasses(args=argv)
-    probe = TopkProbe(probe_pixels, probe_seed=seed)
-    start = time.perf_counter()
-    results = run_pretraining(model_args, data_args, training_args, evaluation_args, callbacks=[probe])
-    wall_seconds = time.perf_counter() - start
+    model_args, data_args, training_args, evaluation_args = parser.parse_args_into_dataclasses(
+        args=argv + (RESUME_ARGUMENTS if earlier else []))
+    probe = TopkProbe(probe_pixels, probe_seed=seed, curve=earlier["topk_curve"] if earlier else None)
+    keeper = ProgressKeeper(run_dir, _without_output_dir(argv), probe, earlier)
+    results = run_pretraining(model_args, data_args, training_args, evaluation_args, callbacks=[probe, keeper])
+    wall_seconds = keeper.wall_seconds()
     if results.get("stopped_by_signal"):
         raise RunInterrupted(f"{arm.name} seed {seed} was stopped by SIGTERM at step {results.get('train_steps')}")
     curve = probe.curve
@@ -456,6 +505,7 @@ def run_one(arm: Arm, size: SizePreset, steps: int, seed: int, run_dir: Path, pr
         "steps": int(results.get("train_steps", steps)),
         "images_seen": int(results.get("train_steps", steps)) * size.batch_size,
         "wall_seconds": wall_seconds,
+        "resumed_from_steps": keeper.resumed_from_steps,
         "train_samples_per_second": results.get("train_samples_per_second"),
         "final_homologous_topk_accuracy": curve[-1]["homologous_topk_accuracy"] if curve else None,
         "final_homologous_topk_accuracy_foreground": _final_foreground_accuracy(curve),
@@ -485,24 +535,30 @@ def segment(record: dict, run_dir: Path, config: Path, seeds: int) -> bool:
     Returns whether a run was added."""
     settings = Path(config).read_text()  # the recipe is the config's content (the rest is run_dir and seed)
     results = record.get("segmentation") or {}
-    if results and record.get("segmentation_settings") != settings:
+    folders = {seed: run_dir / SEGMENTATION_FOLDER / f"seed_{seed}" for seed in range(seeds)}
+    resumable = {seed for seed, folder in folders.items() if str(seed) not in results and is_resumable(folder)}
+    if (results or resumable) and record.get("segmentation_settings") != settings:
         raise SystemExit(f"{run_dir} was segmented with other settings ({record.get('segmentation_settings')}); "
-                         "use another --output_dir or delete its segmentation results.")
+                         f"use another --output_dir or delete its segmentation results (and {SEGMENTATION_FOLDER}/).")
+    if record.get("segmentation_settings") != settings:  # before any fine-tune, so an interrupted one is resumed
+        record["segmentation_settings"] = settings
+        save_record(run_dir, record)
     results, added = dict(results), False
-    for seed in range(seeds):
+    for seed, output_dir in folders.items():
         if str(seed) in results:
             continue
-        output_dir = run_dir / SEGMENTATION_FOLDER / f"seed_{seed}"
-        if output_dir.exists():  # an interrupted run: start it again
+        if output_dir.exists() and seed not in resumable:  # killed before its first checkpoint: start it again
             shutil.rmtree(output_dir)
         argv = segmentation_arguments(config, run_dir, seed)
         start = time.perf_counter()
-        metrics = run_semantic_segmentation(*parse_segmentation_arguments(argv))
+        metrics = run_semantic_segmentation(
+            *parse_segmentation_arguments(argv + (RESUME_ARGUMENTS if seed in resumable else [])))
         if metrics.get("stopped_by_signal"):
             raise RunInterrupted(f"segmentation of {run_dir} seed {seed} was stopped by SIGTERM")
         results[str(seed)] = {
             **{key: metrics.get(key) for key in SEGMENTATION_METRICS},
-            "wall_seconds": time.perf_counter() - start,
+            "wall_seconds": time.perf_counter() - start,  # of this process: a resumed fine-tune's time since it resumed
+            "resumed": seed in resumable,
             "command": "python examples/run_semantic_segmentation.py " + " ".join(shlex.quote(part) for part in argv),
         }
         added = True
@@ -543,9 +599,14 @@ def dense_probe_runs(records: list[dict], output_dir: Path) -> int:
 
 
 def save_record(run_dir: Path, record: dict) -> None:
-    temporary = run_dir / (RESULT_FILENAME + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2))
-    os.replace(temporary, run_dir / RESULT_FILENAME)
+    write_json(run_dir / RESULT_FILENAME, record)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write through a temporary file, so that a kill leaves the previous version, never half of one."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2))
+    os.replace(temporary, path)
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -854,7 +915,8 @@ def train_runs(plan: list[tuple[int, Arm]], size: SizePreset, steps: int, output
     start = time.perf_counter()
     for index, (seed, arm) in enumerate(plan, start=1):
         run_dir = output_dir / "runs" / arm.name / f"seed_{seed}"
-        record = load_result(run_dir, _without_output_dir(run_arguments(arm, size, steps, seed, run_dir)))
+        settings = _without_output_dir(run_arguments(arm, size, steps, seed, run_dir))
+        record = load_result(run_dir, settings)
         if record is not None:
             try:
                 if segmentation is not None and segment(record, run_dir, *segmentation):
@@ -868,14 +930,16 @@ def train_runs(plan: list[tuple[int, Arm]], size: SizePreset, steps: int, output
                 print(f"{arm.name} seed {seed}: segmentation FAILED:\n{traceback.format_exc()}", flush=True)
             records.append(record)
             continue
-        if run_dir.exists():  # an interrupted run: start it again
+        earlier = interrupted_progress(run_dir, settings)
+        if run_dir.exists() and earlier is None:  # killed before its first checkpoint: start it again
             shutil.rmtree(run_dir)
         if probe_pixels is None:
             probe_pixels = probe_batch(size)
         tag = f"[{index}/{len(plan)}] {arm.name} seed {seed}"
-        print(f"{tag}: training {steps if arm.pretrain else 0} steps ...", flush=True)
+        resuming = f" (resuming at step {earlier['step']})" if earlier else ""
+        print(f"{tag}: training {steps if arm.pretrain else 0} steps{resuming} ...", flush=True)
         try:
-            record = run_one(arm, size, steps, seed, run_dir, probe_pixels)
+            record = run_one(arm, size, steps, seed, run_dir, probe_pixels, earlier)
             save_record(run_dir, record)
             if segmentation is not None:
                 segment(record, run_dir, *segmentation)

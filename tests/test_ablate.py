@@ -5,6 +5,9 @@ import csv
 import functools
 import importlib
 import json
+import os
+import shutil
+import signal
 from pathlib import Path
 
 import datasets
@@ -135,6 +138,96 @@ def test_segmentation_stage_fine_tunes_every_run_and_reports_the_mean_iou_over_i
     config.write_text(config.read_text().replace('"max_steps": 1', '"max_steps": 2'))
     with pytest.raises(SystemExit, match="segmented with other settings"):
         ablate.main(argv)
+
+
+def _stop_with_sigterm_at(patch, ablate, runner: str, step: int) -> None:
+    """`ablate.<runner>` (`run_pretraining` or `run_semantic_segmentation`) gets one more training callback, which
+    sends this process SIGTERM once, when step `step` is logged."""
+    from transformers_mixedae.training import TrainingCallback
+
+    class SigtermAtStep(TrainingCallback):
+        sent = False
+
+        def on_log(self, state, logs):
+            if state.progress.completed_steps == step and not SigtermAtStep.sent:
+                SigtermAtStep.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)  # the loop finishes this step, checkpoints and stops
+
+    original = getattr(ablate, runner)
+
+    def with_signal(*args, callbacks=(), **kwargs):
+        return original(*args, callbacks=[*callbacks, SigtermAtStep()], **kwargs)
+
+    patch.setattr(ablate, runner, with_signal)
+
+
+def test_a_grid_stopped_by_sigterm_resumes_the_run_from_its_checkpoint_with_its_curve(ablate, tmp_path, monkeypatch):
+    argv = ["--size", "tiny", "--arms", "full", "--seeds", "1", "--steps", "4"]
+    uninterrupted = ablate.main([*argv, "--output_dir", str(tmp_path / "uninterrupted")])["records"][0]
+
+    grid = tmp_path / "grid"
+    run_dir = grid / "runs" / "full" / "seed_0"
+    with monkeypatch.context() as patch:
+        _stop_with_sigterm_at(patch, ablate, "run_pretraining", step=2)
+        with pytest.raises(SystemExit):
+            ablate.main([*argv, "--output_dir", str(grid)])
+    progress = json.loads((run_dir / ablate.PROGRESS_FILENAME).read_text())
+    assert progress["step"] == 2 and [point["step"] for point in progress["topk_curve"]] == [0, 1, 2]
+    assert (run_dir / "checkpoints" / "step_2").is_dir() and not (run_dir / ablate.RESULT_FILENAME).exists()
+
+    with pytest.raises(SystemExit, match="interrupted run with other settings"):  # never continued with others
+        ablate.main([*argv[:-1], "5", "--output_dir", str(grid)])
+
+    resumed = ablate.main([*argv, "--output_dir", str(grid)])
+    assert resumed["trained"] == 1
+    record = resumed["records"][0]
+    assert record["resumed_from_steps"] == [2] and uninterrupted["resumed_from_steps"] == []
+    assert record["topk_curve"] == uninterrupted["topk_curve"]  # steps 0-2 from the file, 3-4 measured after resuming
+    for key in ("steps", "images_seen", *ablate.RUN_METRICS):
+        assert record[key] == uninterrupted[key], key
+    assert record["wall_seconds"] > progress["wall_seconds"]
+
+
+def test_a_segmentation_fine_tune_stopped_by_sigterm_resumes_from_its_checkpoint(ablate, tmp_path, monkeypatch):
+    config = tmp_path / "segment.json"
+    config.write_text(json.dumps({
+        "crop_size": 16, "head_hidden_size": 8, "auxiliary_channels": 8, "max_steps": 3, "max_train_samples": 8,
+        "max_eval_samples": 4, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4,
+        "dataloader_num_workers": 0, "logging_steps": 1, "out_indices": [0, 1, 2], "multi_scale_neck": False,
+    }))
+    argv = ["--size", "tiny", "--arms", "random_init", "--seeds", "1", "--steps", "1", "--segmentation_config",
+            str(config)]
+    uninterrupted = ablate.main([*argv, "--output_dir", str(tmp_path / "uninterrupted")])["records"][0]
+
+    grid = tmp_path / "grid"
+    folder = grid / "runs" / "random_init" / "seed_0" / ablate.SEGMENTATION_FOLDER / "seed_0"
+    with monkeypatch.context() as patch:
+        _stop_with_sigterm_at(patch, ablate, "run_semantic_segmentation", step=2)
+        with pytest.raises(SystemExit):
+            ablate.main([*argv, "--output_dir", str(grid)])
+    assert (folder / "checkpoints" / "step_2").is_dir() and not (folder / "all_results.json").exists()
+
+    record = ablate.main([*argv, "--output_dir", str(grid)])["records"][0]
+    assert record["segmentation"]["0"]["resumed"] is True
+    assert uninterrupted["segmentation"]["0"]["resumed"] is False
+    for key in ablate.SEGMENTATION_METRICS:
+        assert record[key] == uninterrupted[key], key
+    assert [json.loads(line)["step"] for line in (folder / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+    # A stopped fine-tune is not continued with another recipe.
+    shutil.rmtree(folder)
+    with monkeypatch.context() as patch:
+        _stop_with_sigterm_at(patch, ablate, "run_semantic_segmentation", step=1)
+        record_file = grid / "runs" / "random_init" / "seed_0" / ablate.RESULT_FILENAME
+        stored = json.loads(record_file.read_text())
+        for key in ("segmentation", *ablate.SEGMENTATION_METRICS):
+            stored.pop(key)
+        record_file.write_text(json.dumps(stored))
+        with pytest.raises(SystemExit):
+            ablate.main([*argv, "--output_dir", str(grid)])
+    config.write_text(config.read_text().replace('"max_steps": 3', '"max_steps": 4'))
+    with pytest.raises(SystemExit, match="segmented with other settings"):
+        ablate.main([*argv, "--output_dir", str(grid)])
 
 
 def test_a_missing_segmentation_config_is_refused_before_any_run(ablate, tmp_path, capsys):

@@ -16,6 +16,7 @@ from transformers_mixedae.training.output_folders import (
     OutputDirectoryError,
     check_model_path,
     find_run_artifacts,
+    is_resumable,
     prepare_output_dir,
     staged_output_dir,
 )
@@ -163,6 +164,16 @@ def test_records_of_a_run_without_checkpoints_are_refused_unless_resuming(tmp_pa
     # A restarted job passes --resume_from_checkpoint latest before its first checkpoint exists.
     prepare_output_dir(tmp_path, overwrite=False, resuming=True)
     assert fingerprint(tmp_path) == before
+
+
+def test_only_a_folder_with_a_checkpoint_and_no_finished_result_is_resumable(tmp_path):
+    assert not is_resumable(tmp_path / "missing")
+    write_files(tmp_path, {TRAIN_LOG_NAME: b"{}\n"})
+    assert not is_resumable(tmp_path)  # records, but no checkpoint to continue from
+    unfinished_run(tmp_path)
+    assert is_resumable(tmp_path)
+    write_files(tmp_path, {"all_results.json": b"{}"})
+    assert not is_resumable(tmp_path)  # finished: nothing is left to resume
 
 
 def test_resuming_a_finished_run_is_refused(tmp_path):

@@ -83,6 +83,16 @@ def find_run_artifacts(output_dir: str | os.PathLike) -> list[Path]:
     return sorted((entry for entry in directory.iterdir() if _matches(entry.name, RUN_ARTIFACTS)), key=_name)
 
 
+def _finished_results(artifacts: Iterable[Path]) -> list[Path]:
+    return [path for path in artifacts if _matches(path.name, FINISHED_RESULT_ARTIFACTS)]
+
+
+def is_resumable(output_dir: str | os.PathLike) -> bool:
+    """Whether `output_dir` holds an unfinished run that `--resume_from_checkpoint latest` continues: a checkpoint
+    and no finished result (a finished run has nothing left to resume)."""
+    return bool(list_checkpoints(output_dir)) and not _finished_results(find_run_artifacts(output_dir))
+
+
 def _name(path: Path) -> str:
     return path.name + ("/" if path.is_dir() and not path.is_symlink() else "")
 
@@ -128,7 +138,7 @@ def check_output_dir(
         return []
     if overwrite:
         return artifacts
-    finished = [path for path in artifacts if _matches(path.name, FINISHED_RESULT_ARTIFACTS)]
+    finished = _finished_results(artifacts)
     if finished and resuming:
         raise OutputDirectoryError(
             f"{str(directory)!r} holds a finished result ({_listing(finished)}): the run already finished, there "
