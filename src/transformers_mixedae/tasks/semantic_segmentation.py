@@ -273,12 +273,12 @@ class SemanticSegmentationTask(TrainingTask):
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """UperNet's loss; 0 for a micro-batch without a labelled pixel (all 255, as mmseg's loss is there), where
-        UperNet's mean over no pixel is NaN and the step would be dropped as non-finite. The zero keeps every parameter
-        in the graph, so DDP's gradient reduction still runs on every rank."""
+        UperNet's mean over no pixel is NaN and the step would be dropped as non-finite. The zero is selected on the
+        device (no host sync per micro-batch) and its gradient, zero, still reaches every parameter through the
+        forward, so DDP's gradient reduction runs on every rank."""
         loss = model(**batch).loss
-        if bool((batch["labels"] == SEGMENTATION_IGNORE_INDEX).all()):
-            return sum(parameter.sum() for parameter in model.parameters() if parameter.requires_grad) * 0.0
-        return loss
+        labelled = (batch["labels"] != SEGMENTATION_IGNORE_INDEX).any()
+        return torch.where(labelled, loss, torch.zeros_like(loss))
 
     def build_optimizer(self, model: PreTrainedModel, lr: float):
         """Layer-wise decay over the backbone (embeddings 0, block i -> i, neck at the top rate); the heads at `lr`."""
