@@ -27,7 +27,7 @@ from transformers_mixedae.training.arguments import (
     parse_run_arguments,
 )
 from transformers_mixedae.tasks.masked_image_modeling_data import SeededTransform
-from transformers_mixedae.training.checkpointing import list_checkpoints
+from transformers_mixedae.training.checkpointing import CheckpointError, list_checkpoints
 
 from helpers import TORCHRUN_TWO_PROCESSES  # noqa: E402
 from tiny_runs import TINY_CAE, TINY_MIXEDAE  # noqa: E402
@@ -144,6 +144,25 @@ def test_a_run_resumed_at_the_end_of_an_epoch_reads_the_next_epoch_whole(tmp_pat
     expected, actual = final_weights(uninterrupted), final_weights(resumed)
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
+
+
+def test_adam_beta2_left_out_or_given_as_the_models_default_is_one_recipe_on_resume(tmp_path):
+    # MixedAE's default beta2 is 0.95; a checkpoint records the argument as given (None when left out).
+    def resume(source: Path, folder: str, **given):
+        shutil.copytree(source / "checkpoints" / "step_2", tmp_path / folder / "checkpoints" / "step_2")
+        return run_pretraining(*arguments(tmp_path / folder, resume_from_checkpoint="latest", save_steps=2, **given))
+
+    left_out = tmp_path / "left_out"
+    run_pretraining(*arguments(left_out, save_steps=2))
+    given = tmp_path / "given"
+    run_pretraining(*arguments(given, save_steps=2, adam_beta2=0.95))
+    assert torch.equal(final_weights(left_out)["decoder.decoder_pred.weight"],
+                       final_weights(given)["decoder.decoder_pred.weight"])
+
+    assert resume(left_out, "left_out_then_given", adam_beta2=0.95)["train_steps"] == 4
+    assert resume(given, "given_then_left_out")["train_steps"] == 4
+    with pytest.raises(CheckpointError, match=r"would change the recipe \(adam_beta2"):
+        resume(left_out, "another_beta2", adam_beta2=0.999)
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_then_latest_resumes(tmp_path, monkeypatch):

@@ -103,6 +103,9 @@ class MaskedImageModelingTask(TrainingTask):
         beta2 = args.adam_beta2 if args.adam_beta2 is not None else DEFAULT_ADAM_BETA2[model.config.model_type]
         return build_adamw(parameter_groups(model, args.weight_decay), lr, (args.adam_beta1, beta2))
 
+    def recipe_defaults(self, model: PreTrainedModel) -> dict[str, Any]:
+        return {"adam_beta2": DEFAULT_ADAM_BETA2[model.config.model_type]}
+
     def before_step(self, model: PreTrainedModel, completed_steps: int) -> None:
         # MixedAE's annealed top-k follows optimizer steps, so it is exact under accumulation and after a resume.
         if hasattr(model, "set_homologous_training_step"):

@@ -171,14 +171,24 @@ def check_checkpoint_is_safe(checkpoint: str | os.PathLike) -> None:
 STATE_SHAPING_ARGUMENTS = {"model_ema_decay": "--model_ema"}
 
 
-def check_resume_recipe(checkpoint: Path, recipe: dict[str, Any], allow_change: bool) -> bool:
+def check_resume_recipe(
+    checkpoint: Path, recipe: dict[str, Any], allow_change: bool, defaults: dict[str, Any] | None = None
+) -> bool:
     """Refuse to resume `checkpoint` with another recipe: another model always; another batch size, learning
-    rate, schedule or seed unless `allow_change` (then a warning lists what changed). Returns whether it changed."""
+    rate, schedule or seed unless `allow_change` (then a warning lists what changed). An entry that is None on one
+    side and its value in `defaults` on the other is unchanged. Returns whether it changed."""
     state = read_run_state(checkpoint)
     saved = (state or {}).get("recipe")
     if not saved:
         return False
-    changed = {key: (saved.get(key), value) for key, value in recipe.items() if key in saved and saved[key] != value}
+
+    def resolved(key: str, value: Any) -> Any:
+        return (defaults or {}).get(key) if value is None else value
+
+    changed = {
+        key: (saved.get(key), value) for key, value in recipe.items()
+        if key in saved and resolved(key, saved[key]) != resolved(key, value)
+    }
     if not changed:
         return False
     listed = "; ".join(_describe_change(key, before, after) for key, (before, after) in changed.items())

@@ -115,6 +115,11 @@ class TrainingTask:
         """The task's own arguments that a resumed run must keep (see `resume.check_resume_recipe`)."""
         return {}
 
+    def recipe_defaults(self, model: PreTrainedModel) -> dict[str, Any]:
+        """What a recipe entry left as None means for `model` (e.g. the model's own AdamW beta2), so that leaving an
+        argument out and giving its default value are one recipe when a run is resumed."""
+        return {}
+
     def tracker_config(self) -> dict[str, Any]:
         """The hyper-parameters `--report_to` trackers record."""
         return _flat_config(self.training_args)
@@ -334,7 +339,8 @@ def train(
     # The scheduler is stepped by hand once per optimizer step (accelerate would step it once per process).
     accelerator.register_for_checkpointing(scheduler, progress, data.state, *([ema] if ema is not None else []))
 
-    resume_if_requested(accelerator, checkpoint, progress, recipe, args.allow_recipe_change, optimizer, scheduler)
+    resume_if_requested(accelerator, checkpoint, progress, recipe, args.allow_recipe_change, optimizer, scheduler,
+                        defaults=task.recipe_defaults(unwrapped))
     set_aside_abandoned_checkpoints(accelerator, output_dir, checkpoint)
     train_log = TrainLog(output_dir / TRAIN_LOG_NAME, enabled=accelerator.is_main_process)
     train_log.keep_until(progress.completed_steps)

@@ -106,6 +106,7 @@ def resume_if_requested(
     allow_recipe_change: bool,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
     """Load the whole state of `checkpoint` (from `prepare_run_folders`) once it is known to hold this model and
     recipe (see `check_resume_recipe`). When the recipe changed (`allow_recipe_change`), the `optimizer` and
@@ -113,7 +114,7 @@ def resume_if_requested(
     decay and betas: loading the checkpoint would otherwise bring its own back and silently undo the change."""
     if checkpoint is None:
         return
-    changed = check_resume_recipe(checkpoint, recipe, allow_recipe_change)
+    changed = check_resume_recipe(checkpoint, recipe, allow_recipe_change, defaults)
     settings = _recipe_settings(optimizer, scheduler) if changed and optimizer is not None else None
     try:
         accelerator.load_state(str(checkpoint))
