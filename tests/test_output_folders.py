@@ -17,6 +17,7 @@ from transformers_mixedae.training.output_folders import (
     check_model_path,
     find_run_artifacts,
     is_resumable,
+    is_users_readme,
     prepare_output_dir,
     staged_output_dir,
 )
@@ -29,7 +30,7 @@ FINISHED_RUN_FILES = {
     "model.safetensors.index.json": b"{}",
     "config.json": b'{"model_type": "mixedae"}',
     "preprocessor_config.json": b"{}",
-    "README.md": b"---\nlicense: apache-2.0\n---\n# old card\n",
+    "README.md": b"---\nlicense: apache-2.0\ntags:\n- transformers_mixedae\n---\n# old card\n",  # ours
     "all_results.json": b'{"eval_loss": 0.5}',
     TRAIN_LOG_NAME: b'{"step": 1, "loss": 1.0, "learning_rate": 0.1}\n',
     "skipped_samples_rank1.json": b"[]",
@@ -250,6 +251,37 @@ def test_overwrite_removes_every_artifact_and_keeps_user_files(tmp_path, make_ru
     assert message.endswith("); other files in the folder are kept.")
     for name in removed[:8]:  # the listing stops after 8 names ("and N more")
         assert name in message
+
+
+USERS_README = b"---\nlicense: mit\ntags:\n- vision\n---\n# My experiments\n"
+
+
+@pytest.mark.parametrize("readme", [USERS_README, b"# my project", b"---\n: not yaml [\n---\n"],
+                         ids=["other-tags", "no-metadata", "unreadable-metadata"])
+def test_a_readme_this_package_did_not_write_is_kept_by_an_overwrite(tmp_path, readme):
+    finished_run(tmp_path)
+    (tmp_path / "README.md").write_bytes(readme)
+    assert is_users_readme(tmp_path / "README.md")
+    prepare_output_dir(tmp_path, overwrite=True)
+    assert fingerprint(tmp_path) == fingerprint(
+        write_files(tmp_path.parent / "expected", USER_FILES | {"README.md": readme}))
+
+
+def test_a_model_card_set_aside_a_users_readme_instead_of_replacing_it(tmp_path):
+    run = finished_run(tmp_path / "run")
+    (run / "README.md").write_bytes(USERS_README)
+    (run / "README.previous.md").write_bytes(b"an earlier one")
+    card = FINISHED_RUN_FILES["README.md"]
+    with staged_output_dir(run, overwrite=True, what="export") as staging:
+        write_files(staging, {"model.safetensors": b"new", "README.md": card})
+    assert (run / "README.md").read_bytes() == card and not is_users_readme(run / "README.md")
+    assert (run / "README.previous-2.md").read_bytes() == USERS_README
+    assert (run / "README.previous.md").read_bytes() == b"an earlier one"
+    # A card of ours is simply replaced.
+    with staged_output_dir(run, overwrite=True, what="export") as staging:
+        write_files(staging, {"model.safetensors": b"newer", "README.md": card.replace(b"old", b"new")})
+    assert sorted(path.name for path in run.glob("README*")) == ["README.md", "README.previous-2.md",
+                                                                "README.previous.md"]
 
 
 def test_overwrite_removes_a_symlinked_artifact_but_not_its_target(tmp_path):

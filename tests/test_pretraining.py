@@ -320,6 +320,22 @@ def test_failed_final_save_leaves_the_previous_final_model_untouched(tmp_path, m
     assert not (tmp_path / ".tmp-final").exists() and not (tmp_path / "config.json").exists()
 
 
+def test_the_final_model_card_sets_a_users_readme_aside(tmp_path):
+    from accelerate import Accelerator
+
+    from transformers_mixedae import MixedAEImageProcessorPil
+    from transformers_mixedae.tasks.masked_image_modeling import build_pretraining_model
+    from transformers_mixedae.training import final_save
+    from transformers_mixedae.training.output_folders import is_users_readme
+
+    model_args, _, training_args, _ = arguments(tmp_path)
+    (tmp_path / "README.md").write_text("# Notes on this run\n")
+    final_save.save_final_model(Accelerator(cpu=True), build_pretraining_model(model_args),
+                                MixedAEImageProcessorPil(), tmp_path, {"train_loss": 0.5})
+    assert (tmp_path / "README.previous.md").read_text() == "# Notes on this run\n"
+    assert not is_users_readme(tmp_path / "README.md")  # the model card
+
+
 def test_a_failing_model_card_comes_after_the_model_is_saved_and_says_so(tmp_path, monkeypatch):
     from accelerate import Accelerator
 

@@ -22,6 +22,7 @@ from ..models.presets import vit_size_name
 from .remote_code import local_auto_map_references
 
 DEFAULT_TAGS = ("vision", "image-feature-extraction", "masked-image-modeling", "self-supervised-learning")
+PACKAGE_TAG = "transformers_mixedae"  # on every card this package writes: a README.md without it is someone else's
 
 
 @dataclass(frozen=True)
@@ -356,7 +357,7 @@ def generate_model_card(
         pipeline_tag=pipeline_tag,
         # `model_name` only names the model-index; without results it would be a stray top-level key.
         model_name=model_name if eval_results else None,
-        tags=_unique([*DEFAULT_TAGS, family.model_type, "transformers_mixedae", *tags]),
+        tags=_unique([*DEFAULT_TAGS, family.model_type, PACKAGE_TAG, *tags]),
         datasets=list(training_datasets) or None,
         base_model=base_model,
         eval_results=eval_results or None,

@@ -20,6 +20,7 @@ from accelerate.logging import get_logger
 from transformers import PreTrainedModel
 
 from .checkpointing import CHECKPOINTS_DIRNAME
+from .output_folders import set_aside_users_readme
 
 logger = get_logger(__name__)
 
@@ -130,6 +131,7 @@ def write_results_and_card(model: PreTrainedModel, output_dir: Path, results: di
     try:
         _write_model_card(staging, model, results, command, **(card_kwargs or {}))
         if (staging / "README.md").exists():
+            set_aside_users_readme(output_dir)
             os.replace(staging / "README.md", output_dir / "README.md")
     except Exception as error:
         raise FinalStepError(

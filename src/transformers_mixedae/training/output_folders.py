@@ -55,8 +55,9 @@ RUN_RECORD_ARTIFACTS = (
     "run_semantic_segmentation",
     "ema",  # the averaged model of a run with --model_ema
 )
-# Also ours, but not proof of an earlier result: a README.md may be the user's own, `.tmp-*` are the leftovers of an
-# interrupted write (never read), and a `checkpoints/` folder without `step_*` holds no checkpoint.
+# Also ours, but not proof of an earlier result: a README.md may be the user's own (`is_users_readme`: kept by an
+# overwrite, set aside before a model card takes its place), `.tmp-*` are the leftovers of an interrupted write (never
+# read), and a `checkpoints/` folder without `step_*` holds no checkpoint.
 AMBIGUOUS_ARTIFACTS = ("README.md", ".tmp-*", CHECKPOINTS_DIRNAME)
 
 RUN_ARTIFACTS: tuple[str, ...] = FINISHED_RESULT_ARTIFACTS + RUN_RECORD_ARTIFACTS + AMBIGUOUS_ARTIFACTS
@@ -91,6 +92,39 @@ def is_resumable(output_dir: str | os.PathLike) -> bool:
     """Whether `output_dir` holds an unfinished run that `--resume_from_checkpoint latest` continues: a checkpoint
     and no finished result (a finished run has nothing left to resume)."""
     return bool(list_checkpoints(output_dir)) and not _finished_results(find_run_artifacts(output_dir))
+
+
+def is_users_readme(path: str | os.PathLike) -> bool:
+    """Whether `path` is a `README.md` that this package did not write: its metadata lacks the tag every model card
+    of ours carries (or cannot be read)."""
+    from huggingface_hub import ModelCard
+
+    from ..hub.model_card import PACKAGE_TAG
+
+    path = Path(path)
+    if path.name != "README.md" or not path.is_file():
+        return False
+    try:
+        tags = ModelCard.load(path).data.tags or []
+    except Exception:  # noqa: BLE001 - unreadable metadata is not a card of ours
+        return True
+    return PACKAGE_TAG not in tags
+
+
+def set_aside_users_readme(output_dir: str | os.PathLike) -> Path | None:
+    """Before a model card is written as `output_dir/README.md`: move a user's own README.md (`is_users_readme`) to
+    `README.previous.md` (or `README.previous-2.md`, ...), so that nothing of theirs is lost. Returns where it went."""
+    readme = Path(output_dir) / "README.md"
+    if not is_users_readme(readme):
+        return None
+    target, number = readme.with_name("README.previous.md"), 1
+    while target.exists():
+        number += 1
+        target = readme.with_name(f"README.previous-{number}.md")
+    os.replace(readme, target)
+    logger.warning("%s is not a model card written by this package: moved to %s, and the model card takes its place.",
+                   readme, target.name)
+    return target
 
 
 def _name(path: Path) -> str:
@@ -137,7 +171,7 @@ def check_output_dir(
     if not artifacts:
         return []
     if overwrite:
-        return artifacts
+        return [path for path in artifacts if not is_users_readme(path)]
     finished = _finished_results(artifacts)
     if finished and resuming:
         raise OutputDirectoryError(
@@ -257,6 +291,8 @@ def staged_output_dir(
             os.replace(staging, output_dir)  # one rename: the folder appears complete or not at all
             return
         remove_run_artifacts(output_dir, artifacts, flag=flag)
+        if (staging / "README.md").exists():
+            set_aside_users_readme(output_dir)
         for entry in staging.iterdir():
             target = output_dir / entry.name
             if target.is_dir() and not target.is_symlink():
