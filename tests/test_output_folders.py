@@ -15,6 +15,7 @@ from transformers_mixedae.training.output_folders import (
     RUN_ARTIFACTS,
     OutputDirectoryError,
     check_model_path,
+    check_overwrite_keeps,
     find_run_artifacts,
     is_resumable,
     is_users_readme,
@@ -282,6 +283,23 @@ def test_a_model_card_set_aside_a_users_readme_instead_of_replacing_it(tmp_path)
         write_files(staging, {"model.safetensors": b"newer", "README.md": card.replace(b"old", b"new")})
     assert sorted(path.name for path in run.glob("README*")) == ["README.md", "README.previous-2.md",
                                                                 "README.previous.md"]
+
+
+def test_an_overwrite_that_would_delete_the_model_the_run_reads_is_refused(tmp_path):
+    run = finished_run(tmp_path / "run")
+    write_files(run, {"ema/model.safetensors": b"ema", "pretrained/model.safetensors": b"kept"})
+    before = fingerprint(run)
+    with pytest.raises(OutputDirectoryError, match=re.escape(
+            f"--overwrite_output_dir would delete the model this run reads: '{run}' is the output folder '{run}'")):
+        check_overwrite_keeps(run, run)
+    with pytest.raises(OutputDirectoryError, match=r"is inside ema/ of the output folder .*Nothing was changed"):
+        check_overwrite_keeps(run, run / "ema")
+    with pytest.raises(OutputDirectoryError, match="is inside checkpoints/"):
+        check_overwrite_keeps(run, run / "checkpoints" / "step_2")
+    assert fingerprint(run) == before
+    check_overwrite_keeps(run, run / "pretrained")  # not ours: an overwrite keeps it
+    check_overwrite_keeps(run, tmp_path / "elsewhere")
+    check_overwrite_keeps(run, "owner/model")  # a Hub id
 
 
 def test_overwrite_removes_a_symlinked_artifact_but_not_its_target(tmp_path):

@@ -320,6 +320,18 @@ def test_failed_final_save_leaves_the_previous_final_model_untouched(tmp_path, m
     assert not (tmp_path / ".tmp-final").exists() and not (tmp_path / "config.json").exists()
 
 
+def test_overwriting_the_folder_of_the_model_the_run_starts_from_is_refused(tmp_path):
+    from transformers_mixedae.training.output_folders import OutputDirectoryError
+
+    run_pretraining(*arguments(tmp_path, max_steps=1))
+    before = sorted(path.name for path in tmp_path.iterdir())
+    model_args, data_args, training_args, evaluation_args = arguments(tmp_path, max_steps=1, overwrite_output_dir=True)
+    model_args.model_type, model_args.config_overrides, model_args.model_name_or_path = None, None, str(tmp_path)
+    with pytest.raises(OutputDirectoryError, match="would delete the model this run reads"):
+        run_pretraining(model_args, data_args, training_args, evaluation_args)
+    assert sorted(path.name for path in tmp_path.iterdir()) == before and (tmp_path / "model.safetensors").exists()
+
+
 def test_the_final_model_card_sets_a_users_readme_aside(tmp_path):
     from accelerate import Accelerator
 

@@ -205,6 +205,31 @@ def check_output_dir(
 
 
 # ---------------------------------------------------------------------------------------------- changing
+def check_overwrite_keeps(output_dir: str | os.PathLike, source: str | os.PathLike, *, what: str = "model",
+                          flag: str = OVERWRITE_FLAG) -> None:
+    """Refuse `flag` when it would remove `source` (a local folder the run reads, e.g. its --model_name_or_path):
+    `source` is `output_dir` itself or lies inside one of its artifacts (`ema/`, `checkpoints/`, ...).
+
+    Raises:
+        OutputDirectoryError: naming both folders; nothing was removed.
+    """
+    source_path = Path(source).expanduser()
+    if not source_path.exists():
+        return  # a Hub id
+    source_path = source_path.resolve()
+    directory = Path(output_dir).expanduser().resolve()
+    # The folder's own files go; a subfolder that is not an artifact stays.
+    removed = [path for path in find_run_artifacts(directory) if source_path == path.resolve()
+               or path.resolve() in source_path.parents]
+    if source_path == directory or removed:
+        where = f"is inside {_name(removed[0])} of the output folder" if removed else "is the output folder"
+        raise OutputDirectoryError(
+            f"{flag} would delete the {what} this run reads: {str(source)!r} {where} {str(output_dir)!r}, whose "
+            f"earlier result {flag} removes before the {what} is loaded. Nothing was changed. Choose another output "
+            "folder (or copy the model elsewhere first)."
+        )
+
+
 def remove_run_artifacts(
     output_dir: str | os.PathLike, artifacts: Iterable[Path], *, flag: str = OVERWRITE_FLAG
 ) -> None:

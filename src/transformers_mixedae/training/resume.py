@@ -23,7 +23,7 @@ from .checkpointing import (
     save_checkpoint,
     set_aside_newer_checkpoints,
 )
-from .output_folders import check_model_path, prepare_output_dir
+from .output_folders import check_model_path, check_overwrite_keeps, prepare_output_dir
 
 logger = get_logger(__name__)
 
@@ -36,7 +36,9 @@ def prepare_run_folders(
     folder and the checkpoint to resume, if any."""
     output_dir = Path(training_args.output_dir)
     if model_name_or_path:
-        check_model_path(model_name_or_path, "--model_name_or_path")
+        model_path = check_model_path(model_name_or_path, "--model_name_or_path")
+        if training_args.overwrite_output_dir:
+            check_overwrite_keeps(output_dir, model_path)
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
     if checkpoint is not None:
         check_checkpoint_is_safe(checkpoint)
