@@ -112,12 +112,23 @@ def test_an_explicit_damaged_checkpoint_is_refused(tmp_path, finished):
         run_pretraining(*arguments(run, resume_from_checkpoint=str(checkpoint), **CHECKPOINTED))
 
 
-def test_a_garbled_run_state_is_named(tmp_path, finished):
+def test_a_garbled_run_state_is_named_and_latest_falls_back_past_it(tmp_path, finished, caplog):
     run = interrupted_copy(finished, tmp_path / "run", steps=(1,))
     state = run / "checkpoints" / "step_1" / "run_state.json"
     state.write_text('{"files": {"model.safe')
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(state))} is damaged \(.*\); resume from another checkpoint"):
+    with pytest.raises(ValueError, match=rf"^cannot resume from .*step_1: {re.escape(str(state))} is damaged \(.*\)\. "
+                                         "Resume from another checkpoint"):
+        run_pretraining(*arguments(run, resume_from_checkpoint=str(state.parent), **CHECKPOINTED))
+    with pytest.raises(ValueError, match=rf"^no checkpoint in .* is intact \({re.escape(str(state))} is damaged"):
         run_pretraining(*arguments(run, resume_from_checkpoint="latest", **CHECKPOINTED))
+
+    # An empty run_state.json (e.g. lost in a power cut after the rename) in the newest checkpoint: `latest` goes back.
+    run = interrupted_copy(finished, tmp_path / "run2")
+    newest = run / "checkpoints" / "step_2" / "run_state.json"
+    newest.write_text("")
+    caplog.set_level(logging.WARNING)
+    assert run_pretraining(*arguments(run, resume_from_checkpoint="latest", **CHECKPOINTED))["train_steps"] == 2
+    assert f"Not resuming from {newest.parent}: {newest} is damaged" in caplog.text
 
 
 def test_garbage_random_states_of_the_recorded_size_refuse_the_resume(tmp_path, finished):

@@ -112,9 +112,9 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str | os.
 def checkpoint_damage(checkpoint: Path) -> str | None:
     """What is wrong with the files of `checkpoint` against the sizes it was written with, or None when intact
     (also for checkpoints written before `run_state.json` existed, which carry no sizes)."""
-    state = read_run_state(checkpoint)
-    if state is None:
-        return None
+    state, damage = _read_run_state(checkpoint)
+    if damage is not None or state is None:
+        return damage
     for name, size in sorted(state.get("files", {}).items()):
         path = checkpoint / name
         if not path.is_file():
@@ -126,13 +126,21 @@ def checkpoint_damage(checkpoint: Path) -> str | None:
 
 
 def read_run_state(checkpoint: Path) -> dict[str, Any] | None:
+    state, damage = _read_run_state(checkpoint)
+    if damage is not None:
+        raise CheckpointError(f"{damage}; resume from another checkpoint.")
+    return state
+
+
+def _read_run_state(checkpoint: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(the checkpoint's run state or None when it has none, what is wrong with it or None)."""
     path = Path(checkpoint) / RUN_STATE_NAME
     if not path.is_file():
-        return None
+        return None, None
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text()), None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is damaged ({error}); resume from another checkpoint.") from None
+        return None, f"{path} is damaged ({error})"
 
 
 def check_checkpoint_is_safe(checkpoint: str | os.PathLike) -> None:
