@@ -6,9 +6,10 @@ Reproducibility: every random draw of the data pipeline (crop, flip, CAE mask) c
 RNG for the model's own draws (MixedAE's mixing noise, drop path). Each checkpoint also holds the training loader's
 position (every DataLoader worker's stream state and per-sample seed counter, `data.streaming`): a resumed run starts
 reading at the next example, decoding nothing it had already consumed, and sees exactly the same batches and random
-numbers as an uninterrupted one. Only where that position is missing (a checkpoint written without it, another
-number of DataLoader workers, or no `torchdata`) is the epoch replayed from its start and the consumed batches
-dropped, which gives the same batches at the cost of reading and decoding them again.
+numbers as an uninterrupted one. Only where that position is missing (a checkpoint written without it, or no
+`torchdata`) is the epoch replayed from its start and the consumed batches dropped, which gives the same batches at
+the cost of reading and decoding them again, provided the number of DataLoader workers is the same: the order of an
+epoch's examples depends on it. A checkpoint whose position records another number of workers is refused.
 """
 
 import math
@@ -311,6 +312,14 @@ class PretrainingData:
             )
         if skip_batches == 0:
             return 0
+        workers = self.train_loader.dataloader.num_workers
+        if position is not None and position["num_workers"] != workers:
+            # Replayed with another number of workers, the epoch's first batches would be other examples than those
+            # already trained on: some would be seen twice in the epoch, others never.
+            raise ValueError(
+                f"--dataloader_num_workers {workers} is not the checkpoint's ({position['num_workers']}), and the order "
+                f"of an epoch's examples depends on it: resume with --dataloader_num_workers {position['num_workers']}."
+            )
         if not self.train_loader.resumable:
             why = "this loader cannot restore a position (torchdata's StatefulDataLoader is not installed)"
         elif position is None:
@@ -318,9 +327,6 @@ class PretrainingData:
         elif (position["epoch"], position["batches"]) != (epoch, skip_batches):
             why = (f"the checkpoint's loader position (epoch {position['epoch']}, batch {position['batches']}) is not "
                    f"the run's (epoch {epoch}, batch {skip_batches})")
-        elif position["num_workers"] != self.train_loader.dataloader.num_workers:
-            why = (f"the checkpoint was written with {position['num_workers']} DataLoader workers, this run has "
-                   f"{self.train_loader.dataloader.num_workers}")
         else:
             self.train_loader.load_state_dict(position["loader"])
             return skip_batches
