@@ -75,6 +75,39 @@ def test_rerunning_into_a_finished_run_is_refused_and_overwrite_leaves_no_stale_
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+class Killed(BaseException):
+    """Stands for the process being killed (SIGTERM's default action) in the middle of the final phase."""
+
+
+def test_a_run_killed_during_its_final_evaluation_is_finished_by_latest(tmp_path, finished, monkeypatch):
+    from transformers_mixedae.tasks.masked_image_modeling_data import PretrainingData
+    from transformers_mixedae.training.output_folders import FINAL_PHASE_MARKER, OutputDirectoryError, is_resumable
+
+    def killed_evaluation(self, model, step):
+        raise Killed()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PretrainingData, "evaluate", killed_evaluation)
+        with pytest.raises(Killed):
+            run_pretraining(*arguments(tmp_path, **CHECKPOINTED))
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / FINAL_PHASE_MARKER).exists()
+    assert not any(key.startswith("eval_") for key in json.loads((tmp_path / "all_results.json").read_text()))
+    assert is_resumable(tmp_path)
+    with pytest.raises(OutputDirectoryError, match="stopped during its final save or evaluation: pass "
+                                                   "--resume_from_checkpoint latest to finish it"):
+        run_pretraining(*arguments(tmp_path, **CHECKPOINTED))
+
+    results = run_pretraining(*arguments(tmp_path, resume_from_checkpoint="latest", **CHECKPOINTED))
+    uninterrupted = json.loads((finished / "all_results.json").read_text())
+    compared = [key for key in uninterrupted if key.startswith("eval_")] + ["train_loss", "train_steps"]
+    assert len(compared) > 4 and {key: results[key] for key in compared} == {key: uninterrupted[key] for key in compared}
+    assert not (tmp_path / FINAL_PHASE_MARKER).exists() and not is_resumable(tmp_path)
+    expected, actual = weights(finished), weights(tmp_path)
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    with pytest.raises(OutputDirectoryError, match="the run already finished"):
+        run_pretraining(*arguments(tmp_path, resume_from_checkpoint="latest", **CHECKPOINTED))
+
+
 # ---------------------------------------------------------------------------------------------- damaged checkpoints
 def test_a_truncated_latest_names_the_file_and_resumes_from_the_previous_checkpoint(tmp_path, finished, caplog):
     run = interrupted_copy(finished, tmp_path / "run")

@@ -20,14 +20,14 @@ from accelerate.logging import get_logger
 from transformers import PreTrainedModel
 
 from .checkpointing import CHECKPOINTS_DIRNAME
-from .output_folders import set_aside_users_readme
+from .output_folders import FINAL_PHASE_MARKER, set_aside_users_readme
 
 logger = get_logger(__name__)
 
 SECRET_FLAGS = ("--hub_token",)
 REDACTED = "<HUB_TOKEN>"
 # Kept out of the upload: optimizer states and RNG of the training checkpoints, and interrupted writes.
-NOT_UPLOADED = (f"{CHECKPOINTS_DIRNAME}/*", ".tmp-*", "*/.tmp-*")
+NOT_UPLOADED = (f"{CHECKPOINTS_DIRNAME}/*", ".tmp-*", "*/.tmp-*", FINAL_PHASE_MARKER)
 
 
 class FinalStepError(RuntimeError):
@@ -41,6 +41,23 @@ def log_evaluation(step: int, eval_results: dict[str, float]) -> None:
     if eval_results:
         metrics = ", ".join(f"{key} {value:.4f}" for key, value in sorted(eval_results.items()))
         logger.info(f"Evaluation at step {step}: {metrics}", main_process_only=True)
+
+
+def begin_final_phase(accelerator: Accelerator, output_dir: Path, step: int) -> None:
+    """Mark `output_dir` as being in its final phase (`FINAL_PHASE_MARKER`) until `end_final_phase`: a run killed in
+    between (SIGTERM during the final evaluation, a pre-empted upload) leaves a final model next to the marker, and
+    `--resume_from_checkpoint latest` then finishes the run instead of being refused as finished."""
+    if accelerator.is_main_process:
+        (output_dir / FINAL_PHASE_MARKER).write_text(
+            f"The final phase of this run (save, evaluation, model card, upload) began after step {step} and did not "
+            "finish. Run the same command with --resume_from_checkpoint latest to finish it.\n"
+        )
+    accelerator.wait_for_everyone()
+
+
+def end_final_phase(accelerator: Accelerator, output_dir: Path) -> None:
+    if accelerator.is_main_process:
+        (output_dir / FINAL_PHASE_MARKER).unlink(missing_ok=True)
 
 
 def save_then_evaluate(

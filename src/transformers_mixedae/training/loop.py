@@ -37,7 +37,14 @@ from transformers import PreTrainedModel, get_scheduler
 from .checkpointing import resolve_checkpoint
 from .ema import ModelEma, evaluate_ema, finish_ema
 from .records import TRAIN_LOG_NAME, TrainLog, write_skipped_samples
-from .final_save import log_evaluation, push_final_folder, save_then_evaluate, sharded
+from .final_save import (
+    begin_final_phase,
+    end_final_phase,
+    log_evaluation,
+    push_final_folder,
+    save_then_evaluate,
+    sharded,
+)
 from .optim import effective_learning_rate
 from .resume import (
     checkpoint_if_due,
@@ -484,6 +491,7 @@ def train(
         results["stopped_by_signal"] = True
         finish_processes(accelerator)
         return results
+    begin_final_phase(accelerator, output_dir, progress.completed_steps)
     task.before_save(accelerator.unwrap_model(model))
     results = save_then_evaluate(accelerator, model, data, output_dir, results, eval_results, progress.completed_steps,
                                  args, card_kwargs=task.card_kwargs())
@@ -492,6 +500,7 @@ def train(
                              evaluate=task.model_ema_eval)
     if args.push_to_hub and accelerator.is_main_process:
         push_final_folder(unwrapped, output_dir, results, args, task.card_kwargs())
+    end_final_phase(accelerator, output_dir)
     finish_processes(accelerator)
     return results
 

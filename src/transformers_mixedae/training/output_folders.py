@@ -58,7 +58,10 @@ RUN_RECORD_ARTIFACTS = (
 # Also ours, but not proof of an earlier result: a README.md may be the user's own (`is_users_readme`: kept by an
 # overwrite, set aside before a model card takes its place), `.tmp-*` are the leftovers of an interrupted write (never
 # read), and a `checkpoints/` folder without `step_*` holds no checkpoint.
-AMBIGUOUS_ARTIFACTS = ("README.md", ".tmp-*", CHECKPOINTS_DIRNAME)
+# Present while a run's final phase (final save, evaluation, card, EMA, upload) runs: a folder that still holds it after
+# the run has its final model, but its run did not finish, and `--resume_from_checkpoint latest` completes it.
+FINAL_PHASE_MARKER = ".final_phase_unfinished"
+AMBIGUOUS_ARTIFACTS = ("README.md", ".tmp-*", CHECKPOINTS_DIRNAME, FINAL_PHASE_MARKER)
 
 RUN_ARTIFACTS: tuple[str, ...] = FINISHED_RESULT_ARTIFACTS + RUN_RECORD_ARTIFACTS + AMBIGUOUS_ARTIFACTS
 """Names (glob patterns) of what a finished run, conversion or export leaves in its output folder."""
@@ -88,10 +91,17 @@ def _finished_results(artifacts: Iterable[Path]) -> list[Path]:
     return [path for path in artifacts if _matches(path.name, FINISHED_RESULT_ARTIFACTS)]
 
 
+def final_phase_unfinished(output_dir: str | os.PathLike) -> bool:
+    """Whether a run in `output_dir` began its final phase and was stopped before the end (`FINAL_PHASE_MARKER`)."""
+    return (Path(output_dir) / FINAL_PHASE_MARKER).exists()
+
+
 def is_resumable(output_dir: str | os.PathLike) -> bool:
     """Whether `output_dir` holds an unfinished run that `--resume_from_checkpoint latest` continues: a checkpoint
-    and no finished result (a finished run has nothing left to resume)."""
-    return bool(list_checkpoints(output_dir)) and not _finished_results(find_run_artifacts(output_dir))
+    and no finished result (a finished run has nothing left to resume), or a final phase that did not finish."""
+    if not list_checkpoints(output_dir):
+        return False
+    return final_phase_unfinished(output_dir) or not _finished_results(find_run_artifacts(output_dir))
 
 
 def is_users_readme(path: str | os.PathLike) -> bool:
@@ -173,6 +183,8 @@ def check_output_dir(
     if overwrite:
         return [path for path in artifacts if not is_users_readme(path)]
     finished = _finished_results(artifacts)
+    if finished and resuming and final_phase_unfinished(directory):
+        return []  # the final model is there, the run's end is not: resuming finishes it
     if finished and resuming:
         raise OutputDirectoryError(
             f"{str(directory)!r} holds a finished result ({_listing(finished)}): the run already finished, there "
@@ -180,9 +192,11 @@ def check_output_dir(
             "train again from the start, or choose another output folder."
         )
     if finished:
+        unfinished = (" Its run was stopped during its final save or evaluation: pass --resume_from_checkpoint latest "
+                      "to finish it.") if final_phase_unfinished(directory) else ""
         raise OutputDirectoryError(
             f"{str(directory)!r} already holds a finished result ({_listing(artifacts)}): not starting the {what}, "
-            f"and nothing was changed. Pass {flag} to replace it, or choose another output folder."
+            f"and nothing was changed. Pass {flag} to replace it, or choose another output folder.{unfinished}"
         )
     if resuming:
         return []
