@@ -279,6 +279,18 @@ def test_push_to_hub_uploads_the_finished_folder_with_the_callers_token_and_priv
     assert repo_id == "user/tiny-mixedae" and "modeling_mixedae.py" in files and "model.safetensors" in files
 
 
+def test_push_to_hub_from_a_training_folder_leaves_out_its_checkpoints_and_leftovers(tmp_path, monkeypatch):
+    calls = fake_hub(monkeypatch)
+    run = tmp_path / "run"
+    for name in ("checkpoints/step_2/optimizer.bin", ".tmp-final/model.safetensors", "notes.txt"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(b"x")
+    save_pretrained_with_remote_code(MixedAEForPreTraining(tiny_mixedae_config()), run, push_to_hub=True,
+                                     repo_id="tiny-mixedae")
+    assert "model.safetensors" in calls["files"] and "notes.txt" in calls["files"]
+    assert not [name for name in calls["files"] if name.startswith(("checkpoints/", ".tmp-"))]
+
+
 def test_a_backbone_saves_with_remote_code(tmp_path):
     backbone = MixedAEBackbone(tiny_mixedae_config(out_indices=[1]))
     save_pretrained_with_remote_code(backbone, tmp_path / "backbone")

@@ -7,6 +7,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..training.checkpointing import CHECKPOINTS_DIRNAME
+from ..training.output_folders import FINAL_PHASE_MARKER
+
+# Never uploaded from a model folder: a run's training checkpoints (optimizer states, RNG), interrupted writes and the
+# marker of an unfinished final phase.
+NOT_UPLOADED = (f"{CHECKPOINTS_DIRNAME}/*", ".tmp-*", "*/.tmp-*", FINAL_PHASE_MARKER)
+
 
 def resolve_hub_repo(repo_id: str, *, token: str | None = None, private: bool | None = None) -> str:
     """Create `repo_id` if needed (`private` applies only then) and return its full id (`"user/name"` for a bare
@@ -25,11 +32,11 @@ def upload_folder_to_hub(
     private: bool | None = None,
     revision: str | None = None,
     commit_message: str = "Upload model",
-    ignore_patterns: Sequence[str] = (),
+    ignore_patterns: Sequence[str] = NOT_UPLOADED,
 ) -> str:
     """Upload `folder` to `repo_id` (created if needed, see `resolve_hub_repo`) in one commit, on branch `revision`
-    when given (created from the default branch if needed), leaving out files matching `ignore_patterns`. Returns
-    the full repository id."""
+    when given (created from the default branch if needed), leaving out files matching `ignore_patterns` (by default
+    `NOT_UPLOADED`). Returns the full repository id."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)

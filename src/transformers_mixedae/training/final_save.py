@@ -26,8 +26,6 @@ logger = get_logger(__name__)
 
 SECRET_FLAGS = ("--hub_token",)
 REDACTED = "<HUB_TOKEN>"
-# Kept out of the upload: optimizer states and RNG of the training checkpoints, and interrupted writes.
-NOT_UPLOADED = (f"{CHECKPOINTS_DIRNAME}/*", ".tmp-*", "*/.tmp-*", FINAL_PHASE_MARKER)
 
 
 class FinalStepError(RuntimeError):
@@ -188,8 +186,7 @@ def push_final_folder(model: PreTrainedModel, output_dir: Path, results: dict, t
         repo_id = resolve_hub_repo(repo_id, token=training_args.hub_token)
         card = {**(card_kwargs or {}), "repo_id": repo_id, "model_name": repo_id.rsplit("/", 1)[-1]}
         write_results_and_card(model, output_dir, results, card)
-        upload_folder_to_hub(output_dir, repo_id, token=training_args.hub_token, commit_message="End of training",
-                             ignore_patterns=NOT_UPLOADED)
+        upload_folder_to_hub(output_dir, repo_id, token=training_args.hub_token, commit_message="End of training")
     except Exception as error:
         raise FinalStepError(
             f"uploading to the Hub repository {repo_id} failed ({type(error).__name__}: {error}). Everything is saved "
