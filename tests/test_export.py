@@ -124,10 +124,13 @@ def test_classification_export_with_cls_pooling_gives_the_same_logits(tmp_path):
         torch.testing.assert_close(exported(pixel_values).logits, source(pixel_values).logits, atol=ATOL, rtol=0)
 
 
-def test_classification_export_refuses_mean_pooling():
+@pytest.mark.parametrize("task", ["image-classification", "feature-extraction"])
+def test_a_mean_pooling_classifier_is_refused_naming_the_remote_code_export(task, tmp_path):
+    # Its encoder has no final LayerNorm, which every native ViT applies (the feature export crashed on it).
     source = MixedAEForImageClassification(tiny_mixedae_config(classifier_pooling="mean", num_labels=3))
-    with pytest.raises(ValueError, match="fc_norm"):
-        convert_mixedae_to_vit(source, task="image-classification")
+    with pytest.raises(ValueError, match=r"pools the mean patch token through `fc_norm`.*no native ViT gives its "
+                                         r"features or logits.*save_pretrained_with_remote_code"):
+        convert_mixedae_to_vit(source, task=task)
 
 
 def test_classification_export_of_a_pretrained_encoder_gets_a_new_head():

@@ -212,6 +212,15 @@ def convert_mixedae_to_vit(
     """
     config, encoder, dtype = _source_encoder(model, MixedAEConfig, task)
     encoder_state = vit_state_dict_from_mixedae(encoder.state_dict())
+    if "layernorm.weight" not in encoder_state:
+        # A mean-pooling classifier's encoder ends without the final LayerNorm (its `fc_norm` normalises the pooled
+        # token instead); ViT always applies one to every token, and pools [CLS].
+        raise ValueError(
+            "this MixedAE classifier pools the mean patch token through `fc_norm` (classifier_pooling='mean') and its "
+            "encoder has no final LayerNorm, which every ViT model applies: no native ViT gives its features or "
+            "logits. Share the model with its remote code (`transformers_mixedae.hub.remote_code.save_pretrained_with_remote_code`) "
+            "instead."
+        )
     vit_config = vit_config_from_mixedae(config, task)
     vit_config.dtype = dtype
 
@@ -227,14 +236,7 @@ def convert_mixedae_to_vit(
     vit_config.architectures = ["ViTForImageClassification"]
     target = ViTForImageClassification(vit_config)
     state = {f"vit.{key}": value for key, value in encoder_state.items()}
-    if isinstance(model, MixedAEForImageClassification):
-        if model.fc_norm is not None:
-            raise ValueError(
-                "this classifier pools the mean patch token through `fc_norm` (classifier_pooling='mean'); "
-                "ViTForImageClassification classifies the [CLS] token, so its logits would differ. Export the "
-                "encoder with task='feature-extraction', or share the model with its remote code "
-                "(`save_pretrained_with_remote_code`)."
-            )
+    if isinstance(model, MixedAEForImageClassification):  # a [CLS] classifier (mean pooling is refused above)
         head = model.classifier
     else:
         head = target.classifier
