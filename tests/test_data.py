@@ -1,6 +1,7 @@
 """Data pipeline: loading, streaming across ranks, augmentation, image modes, corrupt files."""
 
 import io
+import logging
 import math
 
 import datasets
@@ -695,6 +696,28 @@ def test_corrupt_file_in_image_folder_is_reported_by_path(tmp_path):
     batches = list(loader)
     assert sum(len(batch["labels"]) for batch in batches) == 6
     assert loader.stats.num_skipped == 1 and loader.stats.skipped[0][0].endswith("broken.jpg")
+
+
+def test_a_dataset_without_a_validation_split_evaluates_on_the_split_named(tmp_path, caplog):
+    for split in ("train", "test"):  # as cifar10 or mnist on the Hub
+        for label in ("cats", "dogs"):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for index in range(2 if split == "test" else 3):
+                Image.new("RGB", (9, 7), (index, 0, 0)).save(folder / f"{index}.png")
+    with caplog.at_level(logging.WARNING):
+        assert load_image_dataset(data_dir=str(tmp_path)).validation is None
+    assert ("has no 'validation' split (splits: ['train', 'test']): the run will not evaluate. Pass "
+            "--validation_split_name test (or another split with labels) to evaluate on it.") in caplog.text
+    loaded = load_image_dataset(data_dir=str(tmp_path), validation_split_name="test")
+    assert len(loaded.validation) == 4 and len(loaded.train) == 6
+
+    # The run's flag reaches the loader (a local folder given as --dataset_name, as a Hub id would be).
+    from transformers_mixedae.tasks.masked_image_modeling_data import load_run_datasets
+    from transformers_mixedae.training.arguments import DataArguments, TrainingArguments
+
+    data_args = DataArguments(dataset_name=str(tmp_path), validation_split_name="test")
+    assert len(load_run_datasets(data_args, TrainingArguments(output_dir=str(tmp_path / "out"))).validation) == 4
 
 
 def test_collator_drops_bad_items_and_trims_to_the_batch_multiple():

@@ -71,6 +71,13 @@ class ImageDatasets:
         return None if self.label_names is None else len(self.label_names)
 
 
+def no_validation_split_message(source: str, validation_split_name: str, splits: list[str]) -> str:
+    others = [split for split in splits if split not in (TRAIN_SPLIT, validation_split_name)]
+    hint = (f" Pass --validation_split_name {others[0]} (or another split with labels) to evaluate on it."
+            if others else "")
+    return f"{source} has no {validation_split_name!r} split (splits: {splits}): the run will not evaluate.{hint}"
+
+
 def bundled_parquet_files(directory: Path, name: str, fix: str) -> dict[str, list[str]]:
     """Parquet shards of a dataset shipped inside the package, per split; `name` and `fix` word the error when a
     split has none."""
@@ -435,8 +442,7 @@ def load_image_dataset(
     train = loaded[TRAIN_SPLIT]
     validation = loaded.get(validation_split_name)
     if validation is None:
-        logger.warning("%s has no %r split (splits: %s); validation is None", source, validation_split_name,
-                       list(loaded))
+        logger.warning(no_validation_split_message(source, validation_split_name, list(loaded)))
     image_column_name, label_column_name = resolve_column_names(train, image_column_name, label_column_name, source)
     for split_name, dataset in ((TRAIN_SPLIT, train), (validation_split_name, validation)):
         if dataset is not None:

@@ -33,6 +33,7 @@ from .loading import (
     bundled_parquet_files,
     check_image_dataset,
     limit_samples,
+    no_validation_split_message,
 )
 
 logger = logging.getLogger(__name__)
@@ -185,6 +186,7 @@ def load_segmentation_datasets(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     revision: str | None = None,
+    validation_split_name: str = VALIDATION_SPLIT,
 ) -> SegmentationDatasets:
     """Train and validation splits of images and label maps from one source (see the module docstring)."""
     if data_dir is not None and dataset_name is not None:
@@ -209,11 +211,11 @@ def load_segmentation_datasets(
         source, dataset_id = "bundled dense benchmark (transformers_mixedae/data/default_dense)", "default_dense"
     if TRAIN_SPLIT not in splits:
         raise ValueError(f"{source} has no {TRAIN_SPLIT!r} split; available splits: {list(splits)}")
-    train, validation = splits[TRAIN_SPLIT], splits.get(VALIDATION_SPLIT)
+    train, validation = splits[TRAIN_SPLIT], splits.get(validation_split_name)
     label_column_name = _resolve_label_map_column(train, image_column_name, label_column_name, source)
     if validation is None:
-        logger.warning("%s has no %r split (splits: %s): no evaluation", source, VALIDATION_SPLIT, list(splits))
-    for split, dataset in ((TRAIN_SPLIT, train), (VALIDATION_SPLIT, validation)):
+        logger.warning(no_validation_split_message(source, validation_split_name, list(splits)))
+    for split, dataset in ((TRAIN_SPLIT, train), (validation_split_name, validation)):
         if dataset is not None:
             check_image_dataset(dataset, split, image_column_name, None, source)
             _check_label_column(dataset, split, label_column_name, source)

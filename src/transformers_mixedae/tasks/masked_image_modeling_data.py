@@ -137,6 +137,7 @@ def shared_source_arguments(data_args: DataArguments, training_args: TrainingArg
         dataset_name=data_args.dataset_name,
         dataset_config_name=data_args.dataset_config_name,
         revision=data_args.dataset_revision,
+        validation_split_name=data_args.validation_split_name,
         streaming=data_args.streaming,
         image_column_name=data_args.image_column_name,
         token=training_args.hub_token,

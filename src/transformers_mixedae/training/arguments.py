@@ -170,6 +170,11 @@ class DataArguments:
                           "export of a dataset that only has a loading script (such as scene_parse_150), which "
                           "datasets no longer runs."},
     )
+    validation_split_name: str = field(
+        default="validation",
+        metadata={"help": "Split to evaluate on, of --dataset_name or of a --data_dir with split folders: e.g. 'test' "
+                          "for datasets without a validation split (cifar10, mnist); it must have labels."},
+    )
     train_dir: str | None = field(
         default=None,
         metadata={"help": "Local folder of training images (class sub-folders), Parquet shards or WebDataset .tar shards."},
