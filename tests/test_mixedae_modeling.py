@@ -588,6 +588,16 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(overrides):
             torch.testing.assert_close(parameter.grad, expected[name], atol=1e-6, rtol=1e-5)
 
 
+def test_a_new_classifier_starts_as_maes_fine_tuning_starts_it(tmp_path):
+    # MAE's main_finetune.py: trunc_normal_(head.weight, std=2e-5), zero bias; from scratch and from a checkpoint.
+    MixedAEForPreTraining(tiny_mixedae_config()).save_pretrained(tmp_path)
+    for model in (MixedAEForImageClassification(tiny_mixedae_config(num_labels=1000)),
+                  MixedAEForImageClassification.from_pretrained(tmp_path, num_labels=1000)):
+        weight = model.classifier.weight
+        assert 1.8e-5 < weight.std().item() < 2.2e-5 and weight.abs().max().item() < 2e-4
+        assert not model.classifier.bias.any()
+
+
 def test_classification_head_trains_with_labels():
     model = MixedAEForImageClassification(tiny_mixedae_config(num_labels=3))
     outputs = model(pixels(4), labels=torch.tensor([0, 1, 2, 1]))

@@ -295,6 +295,8 @@ def homologous_keep_mask(logits: torch.Tensor, topk: int, head_mean: bool = Fals
 #   them with the selection as boolean mask (two logits passes, but the fused kernel keeps no (L, L) fp32
 #   probabilities for the backward pass).
 HOMOLOGOUS_ATTENTION_PATHS = ("single_pass", "sdpa_mask")
+# MAE's fine-tuning starts the classifier near zero: trunc-normal weights of this std (its `main_finetune.py`).
+CLASSIFIER_INIT_STD = 2e-5
 
 
 def homologous_attention_path(
@@ -518,10 +520,15 @@ class MixedAEPreTrainedModel(MaskedViTPreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """MAE initialisation: xavier-uniform Linear and patch projection (as a Linear), normal(0.02) tokens, frozen
-        sin-cos tables. Every tensor goes through `transformers.initialization`, so loaded weights are never touched
-        and the meta-device load path gives the same tables as `__init__`."""
+        sin-cos tables; a classifier as MAE's fine-tuning starts it (`CLASSIFIER_INIT_STD`). Every tensor goes through
+        `transformers.initialization`, so loaded weights are never touched and the meta-device load path gives the
+        same tables as `__init__`."""
         super()._init_weights(module)
         std = self.config.initializer_range
+        if isinstance(self, MixedAEForImageClassification) and module is self.classifier:
+            init.trunc_normal_(module.weight, std=CLASSIFIER_INIT_STD)  # timm's bounds (+-2): no truncation here
+            init.zeros_(module.bias)
+            return
         if init_linear_and_layernorm(module):
             return
         if isinstance(module, nn.Conv2d):
