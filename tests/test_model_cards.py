@@ -280,3 +280,22 @@ def test_local_folders_named_in_the_evaluation_data_stay_out_of_the_card():
                                eval_dataset_name="image folders /home/me/data/train, ~/data/validation")
     assert "/home/me" not in str(card) and "~/data" not in str(card)
     assert card.data.eval_results[0].dataset_name == "image folders train, validation"
+
+
+def test_the_model_index_names_the_split_configuration_and_sample_of_the_evaluation():
+    from transformers_mixedae.tasks.image_classification import evaluation_data_card
+    from transformers_mixedae.training.arguments import DataArguments
+
+    config = tiny_mixedae_config(num_labels=3, architectures=["MixedAEForImageClassification"])
+    hub = evaluation_data_card(DataArguments(dataset_name="uoft-cs/cifar10", dataset_config_name="plain_text",
+                                             validation_split_name="test"), "uoft-cs/cifar10 (plain_text)")
+    card = ModelCard(str(generate_model_card(config, {"eval_accuracy": 0.5}, eval_dataset="uoft-cs/cifar10", **hub)))
+    [result] = card.data.eval_results
+    assert (result.dataset_type, result.dataset_split, result.dataset_config) == ("uoft-cs/cifar10", "test", "plain_text")
+    assert card.data.datasets == ["uoft-cs/cifar10"]
+    assert card.data.pipeline_tag == "image-classification" and "image-feature-extraction" not in card.data.tags
+
+    # The embedded default: 1,000 images of Fashion-MNIST's test split, here cut to 32.
+    embedded = evaluation_data_card(DataArguments(max_eval_samples=32), "embedded default (Fashion-MNIST subset)")
+    assert embedded == dict(eval_dataset_name="embedded default (Fashion-MNIST subset), 32 examples", eval_split="test",
+                            eval_dataset_config=None, training_datasets=["zalando-datasets/fashion_mnist"])

@@ -211,13 +211,16 @@ def _eval_results(
     dataset: str,
     dataset_name: str | None,
     protocol: str | None,
+    eval_split: str | None = None,
+    dataset_config: str | None = None,
 ) -> list[EvalResult]:
     """One `EvalResult` per `split_metric` key of `results` that `metric_of(metric, value)` names as
-    `(metric type, label)`; values are kept as measured."""
+    `(metric type, label)`; values are kept as measured. `eval_*` results are on `eval_split` (default
+    `validation`)."""
     eval_results = []
     for key, value in results.items():
         prefix, _, metric = key.partition("_")
-        split = _SPLIT_PREFIXES.get(prefix)
+        split = (eval_split or _SPLIT_PREFIXES["eval"]) if prefix == "eval" else _SPLIT_PREFIXES.get(prefix)
         named = metric_of(metric, value) if split is not None and metric else None
         if named is None:
             continue
@@ -228,6 +231,7 @@ def _eval_results(
                 dataset_type=dataset,
                 dataset_name=dataset_name or dataset,
                 dataset_split=split,
+                dataset_config=dataset_config,
                 metric_type=metric_type,
                 metric_value=value,
                 metric_name=f"{label} ({protocol})" if protocol else label,
@@ -249,11 +253,14 @@ def classification_eval_results(
     dataset: str,
     dataset_name: str | None = None,
     evaluation_protocol: str | None = None,
+    eval_split: str | None = None,
+    dataset_config: str | None = None,
 ) -> list[EvalResult]:
     """`EvalResult`s for the top-1 / top-5 accuracies among `results` (keys such as `eval_accuracy`,
     `eval_top5_accuracy`, `test_accuracy_top1`). Values are kept as measured (fraction or percent)."""
     protocol = _PROTOCOL_NAMES.get(evaluation_protocol or "", evaluation_protocol)
-    return _eval_results(results, "image-classification", _accuracy_metric, dataset, dataset_name, protocol)
+    return _eval_results(results, "image-classification", _accuracy_metric, dataset, dataset_name, protocol,
+                         eval_split, dataset_config)
 
 
 # Semantic-segmentation scores (`evaluation.segmentation_metrics`): result key -> (metric type, label).
@@ -275,11 +282,13 @@ def segmentation_eval_results(
     dataset: str,
     dataset_name: str | None = None,
     evaluation_protocol: str | None = None,
+    eval_split: str | None = None,
+    dataset_config: str | None = None,
 ) -> list[EvalResult]:
     """`EvalResult`s for the mean IoU, mean accuracy and pixel accuracy among `results` (`eval_mean_iou`, ...);
     values as measured (fractions)."""
     return _eval_results(results, "image-segmentation", _segmentation_metric, dataset, dataset_name,
-                         evaluation_protocol)
+                         evaluation_protocol, eval_split, dataset_config)
 
 
 def default_model_name(config: PreTrainedConfig) -> str:
@@ -300,6 +309,8 @@ def generate_model_card(
     training_datasets: Sequence[str] = (),
     eval_dataset: str | None = None,
     eval_dataset_name: str | None = None,
+    eval_split: str | None = None,
+    eval_dataset_config: str | None = None,
     evaluation_protocol: str | None = None,
     base_model: str | None = None,
     tags: Sequence[str] = (),
@@ -319,6 +330,8 @@ def generate_model_card(
         repo_id: the id used in the usage snippets (default `model_name`).
         training_datasets: Hub ids of the training data (metadata `datasets`).
         eval_dataset, eval_dataset_name: Hub id (or `imagefolder`) and display name of the evaluation data.
+        eval_split, eval_dataset_config: the split the `eval_*` results were measured on (default `validation`) and
+            the dataset configuration, for `model-index`.
         evaluation_protocol: `"fine-tuning"` or `"linear probing"`, named in the metric labels.
         base_model: the checkpoint this one was fine-tuned or continued from.
         tags: extra tags.
@@ -349,15 +362,20 @@ def generate_model_card(
     eval_results = []
     if eval_dataset is not None:
         eval_dataset_name = without_local_paths(eval_dataset_name)
-        eval_results = classification_eval_results(measured, eval_dataset, eval_dataset_name, evaluation_protocol)
-        eval_results += segmentation_eval_results(measured, eval_dataset, eval_dataset_name, evaluation_protocol)
+        where = dict(eval_split=eval_split, dataset_config=eval_dataset_config)
+        eval_results = classification_eval_results(measured, eval_dataset, eval_dataset_name, evaluation_protocol,
+                                                   **where)
+        eval_results += segmentation_eval_results(measured, eval_dataset, eval_dataset_name, evaluation_protocol,
+                                                  **where)
     card_data = ModelCardData(
         license=license,
         library_name="transformers",
         pipeline_tag=pipeline_tag,
         # `model_name` only names the model-index; without results it would be a stray top-level key.
         model_name=model_name if eval_results else None,
-        tags=_unique([*DEFAULT_TAGS, family.model_type, PACKAGE_TAG, *tags]),
+        # A classifier or segmenter is not a feature extractor: its pipeline tag says what it is.
+        tags=_unique([*(tag for tag in DEFAULT_TAGS if tag != "image-feature-extraction" or pipeline_tag == tag),
+                      family.model_type, PACKAGE_TAG, *tags]),
         datasets=list(training_datasets) or None,
         base_model=base_model,
         eval_results=eval_results or None,

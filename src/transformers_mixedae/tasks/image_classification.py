@@ -375,6 +375,19 @@ class ClassificationData(PretrainingData):
         return "imagefolder" if self.data_args.train_dir else DEFAULT_EVAL_DATASET
 
 
+def evaluation_data_card(data_args: DataArguments, source: str) -> dict[str, Any]:
+    """What a model card's `model-index` says of the evaluation data: its display name (with the number of examples
+    when `--max_eval_samples` cut it), split and configuration, and the training data's Hub id (metadata
+    `datasets`). The embedded default's validation images come from Fashion-MNIST's test split."""
+    embedded = not (data_args.dataset_name or data_args.train_dir)
+    name = source + (f", {data_args.max_eval_samples} examples" if data_args.max_eval_samples else "")
+    hub_id = DEFAULT_EVAL_DATASET if embedded else data_args.dataset_name
+    if hub_id and Path(hub_id).exists():  # a local folder given as --dataset_name: no Hub id to name
+        hub_id = None
+    return dict(eval_dataset_name=name, eval_split="test" if embedded else data_args.validation_split_name,
+                eval_dataset_config=data_args.dataset_config_name, training_datasets=[hub_id] if hub_id else [])
+
+
 # ---------------------------------------------------------------------------------------------- task
 def base_encoder(model: PreTrainedModel) -> PreTrainedModel:
     """The encoder inside one of our task models (what a linear probe freezes)."""
@@ -503,7 +516,7 @@ class ImageClassificationTask(TrainingTask):
         base_model = self.model_args.model_name_or_path
         return dict(
             eval_dataset=self.data.eval_dataset_id(),
-            eval_dataset_name=self.data.source,
+            **evaluation_data_card(self.data_args, self.data.source),
             evaluation_protocol=EVALUATION_PROTOCOLS[self.classification_args.mode],
             base_model=base_model if base_model and not Path(base_model).exists() else None,
         )

@@ -297,6 +297,8 @@ class SemanticSegmentationTask(TrainingTask):
         return dict(
             eval_dataset=self.data.datasets.dataset_id,
             eval_dataset_name=self.data.source,
+            eval_split=self.data_args.validation_split_name,
+            eval_dataset_config=self.data_args.dataset_config_name,
             evaluation_protocol="UperNet fine-tuning",
             base_model=base_model if base_model and not Path(base_model).exists() else None,
         )
