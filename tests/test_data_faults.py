@@ -83,6 +83,16 @@ def test_an_epoch_without_a_batch_stops_even_when_every_image_may_be_skipped(tmp
     assert message.endswith("Check --image_column_name 'image' and the files, or lower --per_device_train_batch_size.")
 
 
+def test_an_epoch_emptied_by_the_workers_incomplete_batches_names_the_worker_count(tmp_path):
+    # 24 images among 4 workers: 6 each, none a full batch of 8, though 24 would make 3.
+    with deadline(), pytest.raises(RuntimeError) as error:
+        run_pretraining(*arguments(tmp_path / "out", max_train_samples=24, dataloader_num_workers=4))
+    message = str(error.value)
+    assert "gave no training batch of 8 images: 0 samples loaded, 0 undecodable skipped, 24 trimmed" in message
+    assert message.endswith("Each of the 4 DataLoader workers batches its own share and drops its incomplete last "
+                            "batch: lower --dataloader_num_workers.")
+
+
 def test_a_streamed_folder_without_a_decodable_image_stops(tmp_path, junk_folder):
     with deadline(), pytest.raises(RuntimeError, match=r"^8 of 8 training images could not be decoded"):
         run_pretraining(*arguments(tmp_path / "out", train_dir=str(junk_folder), max_train_samples=None,

@@ -281,10 +281,14 @@ class PretrainingData:
         if read == 0:
             # Without this, a loop over epochs would read the data again and again without ever taking a step.
             self.check_skipped_fraction()
+            workers = self.train_loader.dataloader.num_workers
+            # Each worker batches its own share of the stream and drops its last incomplete batch.
+            split = (f" Each of the {workers} DataLoader workers batches its own share and drops its incomplete "
+                     "last batch: lower --dataloader_num_workers." if workers > 1 and self.stats.num_trimmed else "")
             raise RuntimeError(
                 f"epoch {epoch} of {self.source} gave no training batch of {self.training_args.per_device_train_batch_size} "
                 f"images: {self.stats.summary()}. Check --image_column_name {self.datasets.image_column_name!r} and the "
-                "files, or lower --per_device_train_batch_size."
+                f"files, or lower --per_device_train_batch_size.{split}"
             )
 
     def _loader_position(self, epoch: int, batches: int) -> dict | None:
