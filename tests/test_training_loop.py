@@ -3,6 +3,7 @@
 logging steps keeps the logged loss, and non-finite losses or gradients skip a step (counted, weights untouched) or,
 several in a row, stop the job with the last checkpoint untouched."""
 
+import json
 import multiprocessing
 import os
 import random
@@ -244,6 +245,34 @@ def test_a_skipped_fp16_step_lets_the_loss_scaler_back_off_and_train_on():
     scaler.update()
     assert not torch.equal(layer.weight, before)
     assert not release_loss_scaler(SimpleNamespace(scaler=None))  # fp32 / bf16: a real non-finite step
+
+
+FINITE_ON_EVERY_RANK = """
+import json, sys
+import torch
+from accelerate import Accelerator
+from transformers_mixedae.training.loop import finite_on_every_rank
+
+accelerator = Accelerator(cpu=True)
+rank = accelerator.process_index
+answers = [finite_on_every_rank(accelerator, torch.tensor(1.0)),
+           finite_on_every_rank(accelerator, torch.tensor(float("inf") if rank == 1 else 2.0))]
+with open(f"{sys.argv[1]}/rank_{rank}.json", "w") as handle:
+    json.dump(answers, handle)
+"""
+
+
+def test_whether_a_skipped_steps_loss_was_finite_is_decided_by_every_rank_together(tmp_path):
+    # Under fp16 the non-finite streak counts a skipped step only when its loss was finite; one rank's infinite loss
+    # must count on all ranks alike, or that rank alone reaches the limit and stops while the others wait.
+    from helpers import TORCHRUN_TWO_PROCESSES
+
+    script = tmp_path / "finite.py"
+    script.write_text(FINITE_ON_EVERY_RANK)
+    completed = subprocess.run([*TORCHRUN_TWO_PROCESSES, str(script), str(tmp_path)], capture_output=True, text=True,
+                               timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in (0, 1)] == [[True, False]] * 2
 
 
 @pytest.mark.parametrize(("norm", "finite"), [(None, True), (1.5, True), (float("nan"), False),

@@ -265,6 +265,13 @@ def gradients_are_finite(accelerator: Accelerator, model: torch.nn.Module, max_g
     return bool(torch.isfinite(torch.as_tensor(total_norm)))  # DeepSpeed gives a float, the others a tensor
 
 
+def finite_on_every_rank(accelerator: Accelerator, value: torch.Tensor) -> bool:
+    """Whether `value` is finite on every process. What a rank does next must not hang on its own loss: a step
+    counted towards the non-finite streak on one rank only would stop that rank while the others wait for it."""
+    finite = torch.isfinite(value.detach()).all().float()
+    return bool(accelerator.reduce(finite, reduction="sum") == accelerator.num_processes)
+
+
 def release_loss_scaler(accelerator: Accelerator) -> bool:
     """After a step skipped as non-finite, under fp16: let the loss scaler back off (it recorded the overflow when
     `gradients_are_finite` unscaled the gradients) and reset its per-step state, as its own skipped step would;
@@ -408,7 +415,7 @@ def train(
                             window_batches += step_batches
                         else:
                             progress.skipped_nonfinite_steps += 1
-                            if release_loss_scaler(accelerator) and bool(torch.isfinite(step_loss)):
+                            if release_loss_scaler(accelerator) and finite_on_every_rank(accelerator, step_loss):
                                 # fp16's ordinary overflow, handled by the lowered scale: not a diverging run.
                                 logger.info(f"fp16 gradient overflow at step {progress.completed_steps}: step "
                                             f"skipped, loss scale now {accelerator.scaler.get_scale():g}",
