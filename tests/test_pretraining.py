@@ -146,19 +146,6 @@ def test_a_run_resumed_at_the_end_of_an_epoch_reads_the_next_epoch_whole(tmp_pat
         assert torch.equal(expected[name], actual[name]), name
 
 
-def test_resuming_mid_epoch_with_another_number_of_dataloader_workers_is_refused(tmp_path):
-    # Step 3 is in the middle of the first 4-step epoch; the order of its examples depends on the number of workers.
-    settings = dict(max_steps=6, save_steps=3, gradient_accumulation_steps=2)
-    run_pretraining(*arguments(tmp_path / "uninterrupted", **settings))
-    resumed = tmp_path / "resumed"
-    shutil.copytree(tmp_path / "uninterrupted" / "checkpoints" / "step_3", resumed / "checkpoints" / "step_3")
-    with pytest.raises(ValueError, match=r"--dataloader_num_workers 1 is not the checkpoint's \(0\).*resume with "
-                                         r"--dataloader_num_workers 0\.$"):
-        model_args, data_args, *rest = arguments(resumed, resume_from_checkpoint="latest", **settings)
-        data_args.dataloader_num_workers = 1
-        run_pretraining(model_args, data_args, *rest)
-
-
 def test_adam_beta2_left_out_or_given_as_the_models_default_is_one_recipe_on_resume(tmp_path):
     # MixedAE's default beta2 is 0.95; a checkpoint records the argument as given (None when left out).
     def resume(source: Path, folder: str, **given):

@@ -48,3 +48,18 @@ def test_without_a_validation_split_every_task_skips_evaluation_with_a_warning(c
     caplog.set_level(logging.WARNING)
     assert PretrainingData.evaluate(data, model=None, step=3) == {}
     assert "No validation split: skipping evaluation." in caplog.text
+
+
+def test_a_checkpoint_of_another_number_of_processes_gives_no_loader_position_and_says_why():
+    from transformers_mixedae.data.streaming import SkippedSampleStats
+    from transformers_mixedae.tasks.masked_image_modeling_data import DataState
+
+    position = {"epoch": 0, "batches": 3, "num_workers": 0, "shuffle_buffer_size": 1000, "loader": {}}
+    saved = {"ranks": [{"num_skipped": 1, "num_loaded": 24, "position": position}]}  # written by one process
+    same = DataState(SkippedSampleStats(), types.SimpleNamespace(process_index=0, num_processes=1))
+    same.load_state_dict(saved)
+    assert same.resume_position == position and same.resume_note is None
+    other = DataState(SkippedSampleStats(), types.SimpleNamespace(process_index=0, num_processes=2))
+    other.load_state_dict(saved)
+    assert other.resume_position is None and other.stats.num_loaded == 24
+    assert other.resume_note.startswith("the checkpoint was written by 1 process and this run has 2")

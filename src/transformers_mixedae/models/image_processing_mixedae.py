@@ -30,7 +30,6 @@ from transformers.image_utils import (
     PILImageResampling,
     get_image_size,
     infer_channel_dimension_format,
-    is_valid_image,
     make_flat_list_of_images,
 )
 from transformers.processing_utils import ImagesKwargs

@@ -41,7 +41,6 @@ from .vit_layers import (
     ViTLayer,
     attention_from_logits,
     attention_logits,
-    check_pixel_values,
     drop_path_rates,
     fixed,
     init_linear_and_layernorm,

@@ -74,7 +74,7 @@ from .masked_image_modeling_data import (
     load_run_datasets,
 )
 from ..training.loop import TrainingCallback, TrainingTask, _flat_config, train
-from ..training.optim import LARS, build_adamw, layer_decay_parameter_groups, layer_id, parameter_groups
+from ..training.optim import LARS, build_adamw, layer_decay_parameter_groups, parameter_groups
 
 logger = get_logger(__name__)
 

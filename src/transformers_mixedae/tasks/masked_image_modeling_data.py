@@ -104,6 +104,7 @@ class DataState:
         self.accelerator = accelerator
         self.position = None  # () -> this rank's loader position (plain data) or None
         self.resume_position: dict | None = None  # the position loaded from a checkpoint, until `train_batches` uses it
+        self.resume_note: str | None = None  # why a loaded checkpoint's position does not apply, when it does not
 
     def state_dict(self) -> dict:
         own = self.stats.to_dict()
@@ -120,6 +121,15 @@ class DataState:
         own = ranks[self.accelerator.process_index] if self.accelerator.process_index < len(ranks) else {}
         self.restore(own)
         self.resume_position = own.get("position")
+        if "ranks" in state and len(ranks) != self.accelerator.num_processes:
+            # Resumed with another number of processes (--allow_recipe_change): each rank now reads another part of
+            # the data, so no recorded position is this rank's.
+            self.resume_position = None
+            written_by = f"{len(ranks)} process" + ("es" if len(ranks) != 1 else "")
+            self.resume_note = (f"the checkpoint was written by {written_by} and this run has "
+                                f"{self.accelerator.num_processes}, so the data is split otherwise and the dropped "
+                                "batches are not those already used: some examples of this epoch are seen twice, "
+                                "others not at all")
 
     def restore(self, own: dict) -> None:
         """Set this rank's counters from `SkippedSampleStats.to_dict()` output."""
@@ -328,7 +338,7 @@ class PretrainingData:
         if not self.train_loader.resumable:
             why = "this loader cannot restore a position (torchdata's StatefulDataLoader is not installed)"
         elif position is None:
-            why = "the checkpoint holds no loader position (it was written by an older version)"
+            why = self.state.resume_note or "the checkpoint holds no loader position (it was written by an older version)"
         elif (position["epoch"], position["batches"]) != (epoch, skip_batches):
             why = (f"the checkpoint's loader position (epoch {position['epoch']}, batch {position['batches']}) is not "
                    f"the run's (epoch {epoch}, batch {skip_batches})")
