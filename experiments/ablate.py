@@ -75,6 +75,7 @@ from transformers_mixedae.training.arguments import (
     TrainingArguments,
 )
 from transformers_mixedae.training import LoopState, TrainingCallback
+from transformers_mixedae.training.checkpointing import resolve_checkpoint
 from transformers_mixedae.training.output_folders import is_resumable
 
 RESULT_FILENAME = "ablate_result.json"
@@ -472,6 +473,11 @@ def interrupted_progress(run_dir: Path, settings: list[str]) -> dict | None:
             f"{run_dir} holds an interrupted run with other settings:\n  {progress['settings']}\nnot\n  {settings}\n"
             "Use another --output_dir (or delete that run folder) to run this grid."
         )
+    checkpoint = resolve_checkpoint("latest", run_dir)
+    resumed_step = int(checkpoint.name.removeprefix("step_")) if checkpoint is not None else 0
+    if resumed_step > progress["step"]:  # killed between writing a checkpoint and this record of it
+        print(f"{run_dir}: resuming step {resumed_step}, but its top-k curve was kept at step {progress['step']}: the "
+              "curve lacks the points in between.", flush=True)
     return progress
 
 
@@ -536,8 +542,11 @@ def segment(record: dict, run_dir: Path, config: Path, seeds: int) -> bool:
     settings = Path(config).read_text()  # the recipe is the config's content (the rest is run_dir and seed)
     results = record.get("segmentation") or {}
     folders = {seed: run_dir / SEGMENTATION_FOLDER / f"seed_{seed}" for seed in range(seeds)}
-    resumable = {seed for seed, folder in folders.items() if str(seed) not in results and is_resumable(folder)}
-    if (results or resumable) and record.get("segmentation_settings") != settings:
+    recorded = record.get("segmentation_settings")
+    # A stopped fine-tune resumes only under recorded settings (a grid of an older version recorded none: start afresh).
+    resumable = {seed for seed, folder in folders.items()
+                 if str(seed) not in results and recorded is not None and is_resumable(folder)}
+    if (results or resumable) and recorded != settings:
         raise SystemExit(f"{run_dir} was segmented with other settings ({record.get('segmentation_settings')}); "
                          f"use another --output_dir or delete its segmentation results (and {SEGMENTATION_FOLDER}/).")
     if record.get("segmentation_settings") != settings:  # before any fine-tune, so an interrupted one is resumed

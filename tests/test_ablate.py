@@ -229,6 +229,14 @@ def test_a_segmentation_fine_tune_stopped_by_sigterm_resumes_from_its_checkpoint
     with pytest.raises(SystemExit, match="segmented with other settings"):
         ablate.main([*argv, "--output_dir", str(grid)])
 
+    # A grid of an older version recorded no settings before its first fine-tune ended: that one starts afresh.
+    stored = json.loads(record_file.read_text())
+    del stored["segmentation_settings"]
+    record_file.write_text(json.dumps(stored))
+    record = ablate.main([*argv, "--output_dir", str(grid)])["records"][0]
+    assert record["segmentation"]["0"]["resumed"] is False
+    assert [json.loads(line)["step"] for line in (folder / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
 
 def test_a_missing_segmentation_config_is_refused_before_any_run(ablate, tmp_path, capsys):
     with pytest.raises(SystemExit):

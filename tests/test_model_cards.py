@@ -295,7 +295,12 @@ def test_the_model_index_names_the_split_configuration_and_sample_of_the_evaluat
     assert card.data.datasets == ["uoft-cs/cifar10"]
     assert card.data.pipeline_tag == "image-classification" and "image-feature-extraction" not in card.data.tags
 
-    # The embedded default: 1,000 images of Fashion-MNIST's test split, here cut to 32.
-    embedded = evaluation_data_card(DataArguments(max_eval_samples=32), "embedded default (Fashion-MNIST subset)")
-    assert embedded == dict(eval_dataset_name="embedded default (Fashion-MNIST subset), 32 examples", eval_split="test",
-                            eval_dataset_config=None, training_datasets=["zalando-datasets/fashion_mnist"])
+    # The embedded default: 1,000 images of Fashion-MNIST's test split; a cut names the count actually evaluated.
+    embedded = evaluation_data_card(DataArguments(max_eval_samples=5000), "embedded default (Fashion-MNIST subset)",
+                                    evaluated=1000)
+    assert embedded == dict(eval_dataset_name="embedded default (Fashion-MNIST subset), 1000 examples",
+                            eval_split="test", eval_dataset_config=None,
+                            training_datasets=["zalando-datasets/fashion_mnist"])
+    streamed = evaluation_data_card(DataArguments(dataset_name="owner/data", max_eval_samples=32), "owner/data")
+    assert streamed["eval_dataset_name"] == "owner/data, at most 32 examples"
+    assert evaluation_data_card(DataArguments(), "embedded default")["eval_dataset_name"] == "embedded default"

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from transformers_mixedae.training.output_folders import (
     is_resumable,
     is_users_readme,
     prepare_output_dir,
+    set_aside_users_readme,
     staged_output_dir,
 )
 from transformers_mixedae.training.records import SKIPPED_SAMPLES_NAME, TRAIN_LOG_NAME
@@ -268,38 +270,14 @@ def test_a_readme_this_package_did_not_write_is_kept_by_an_overwrite(tmp_path, r
         write_files(tmp_path.parent / "expected", USER_FILES | {"README.md": readme}))
 
 
-def test_a_model_card_set_aside_a_users_readme_instead_of_replacing_it(tmp_path):
-    run = finished_run(tmp_path / "run")
-    (run / "README.md").write_bytes(USERS_README)
-    (run / "README.previous.md").write_bytes(b"an earlier one")
-    card = FINISHED_RUN_FILES["README.md"]
-    with staged_output_dir(run, overwrite=True, what="export") as staging:
-        write_files(staging, {"model.safetensors": b"new", "README.md": card})
-    assert (run / "README.md").read_bytes() == card and not is_users_readme(run / "README.md")
-    assert (run / "README.previous-2.md").read_bytes() == USERS_README
-    assert (run / "README.previous.md").read_bytes() == b"an earlier one"
-    # A card of ours is simply replaced.
-    with staged_output_dir(run, overwrite=True, what="export") as staging:
-        write_files(staging, {"model.safetensors": b"newer", "README.md": card.replace(b"old", b"new")})
-    assert sorted(path.name for path in run.glob("README*")) == ["README.md", "README.previous-2.md",
-                                                                "README.previous.md"]
-
-
-def test_an_overwrite_that_would_delete_the_model_the_run_reads_is_refused(tmp_path):
-    run = finished_run(tmp_path / "run")
-    write_files(run, {"ema/model.safetensors": b"ema", "pretrained/model.safetensors": b"kept"})
-    before = fingerprint(run)
-    with pytest.raises(OutputDirectoryError, match=re.escape(
-            f"--overwrite_output_dir would delete the model this run reads: '{run}' is the output folder '{run}'")):
-        check_overwrite_keeps(run, run)
-    with pytest.raises(OutputDirectoryError, match=r"is inside ema/ of the output folder .*Nothing was changed"):
-        check_overwrite_keeps(run, run / "ema")
-    with pytest.raises(OutputDirectoryError, match="is inside checkpoints/"):
-        check_overwrite_keeps(run, run / "checkpoints" / "step_2")
-    assert fingerprint(run) == before
-    check_overwrite_keeps(run, run / "pretrained")  # not ours: an overwrite keeps it
-    check_overwrite_keeps(run, tmp_path / "elsewhere")
-    check_overwrite_keeps(run, "owner/model")  # a Hub id
+def test_a_users_readme_is_set_aside_under_a_free_name_and_a_card_of_ours_is_not(tmp_path):
+    (tmp_path / "README.md").write_bytes(USERS_README)
+    (tmp_path / "README.previous.md").write_bytes(b"an earlier one")
+    assert set_aside_users_readme(tmp_path) == tmp_path / "README.previous-2.md"
+    assert (tmp_path / "README.previous-2.md").read_bytes() == USERS_README and not (tmp_path / "README.md").exists()
+    assert (tmp_path / "README.previous.md").read_bytes() == b"an earlier one"
+    (tmp_path / "README.md").write_bytes(FINISHED_RUN_FILES["README.md"])  # a card of ours: left to be replaced
+    assert set_aside_users_readme(tmp_path) is None and (tmp_path / "README.md").exists()
 
 
 def test_overwrite_removes_a_symlinked_artifact_but_not_its_target(tmp_path):
@@ -427,3 +405,19 @@ def test_staging_folders_left_by_an_interrupted_write_are_named_and_kept(tmp_pat
     assert (f"{tmp_path}: 1 staging folder(s) of an earlier export into out that did not finish "
             f"(.tmp-out-12345-abcdef01/); delete them if no other write is running.") in caplog.text
     assert (left / "model.safetensors").read_bytes() == b"partial"  # never removed: it may be another writer's
+
+
+def test_a_final_phase_stopped_without_a_checkpoint_is_not_resumed_and_says_why(tmp_path):
+    from transformers_mixedae.training.output_folders import FINAL_PHASE_MARKER
+
+    finished_run(tmp_path)
+    (tmp_path / FINAL_PHASE_MARKER).write_text("stopped")
+    assert prepare_output_dir(tmp_path, overwrite=False, resuming=True) == tmp_path  # step_2 finishes it
+    shutil.rmtree(tmp_path / "checkpoints")
+    assert not is_resumable(tmp_path)
+    with pytest.raises(OutputDirectoryError, match="stopped during its final save or evaluation, and no checkpoint "
+                                                   "to finish it from"):
+        prepare_output_dir(tmp_path, overwrite=False, resuming=True)
+    with pytest.raises(OutputDirectoryError) as refused:
+        prepare_output_dir(tmp_path, overwrite=False)
+    assert "--resume_from_checkpoint" not in str(refused.value)  # no hint that cannot work

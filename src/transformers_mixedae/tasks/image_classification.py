@@ -369,18 +369,26 @@ class ClassificationData(PretrainingData):
         results["eval_samples"] = len(all_labels)
         return results
 
+    def num_validation_examples(self) -> int | None:
+        """How many examples evaluation reads (after `--max_eval_samples`); None for a stream of unknown length."""
+        validation = self.datasets.validation
+        return len(validation) if isinstance(validation, datasets.Dataset) else None
+
     def eval_dataset_id(self) -> str:
         if self.data_args.dataset_name:
             return self.data_args.dataset_name
         return "imagefolder" if self.data_args.train_dir else DEFAULT_EVAL_DATASET
 
 
-def evaluation_data_card(data_args: DataArguments, source: str) -> dict[str, Any]:
-    """What a model card's `model-index` says of the evaluation data: its display name (with the number of examples
-    when `--max_eval_samples` cut it), split and configuration, and the training data's Hub id (metadata
-    `datasets`). The embedded default's validation images come from Fashion-MNIST's test split."""
+def evaluation_data_card(data_args: DataArguments, source: str, evaluated: int | None = None) -> dict[str, Any]:
+    """What a model card's `model-index` says of the evaluation data: its display name (with the number of examples,
+    `evaluated` when known, when `--max_eval_samples` may have cut the split), split and configuration, and the
+    training data's Hub id (metadata `datasets`). The embedded default's validation images come from Fashion-MNIST's
+    test split."""
     embedded = not (data_args.dataset_name or data_args.train_dir)
-    name = source + (f", {data_args.max_eval_samples} examples" if data_args.max_eval_samples else "")
+    cut = data_args.max_eval_samples
+    size = f", {evaluated} examples" if evaluated is not None else f", at most {cut} examples"
+    name = source + (size if cut else "")
     hub_id = DEFAULT_EVAL_DATASET if embedded else data_args.dataset_name
     if hub_id and Path(hub_id).exists():  # a local folder given as --dataset_name: no Hub id to name
         hub_id = None
@@ -516,7 +524,7 @@ class ImageClassificationTask(TrainingTask):
         base_model = self.model_args.model_name_or_path
         return dict(
             eval_dataset=self.data.eval_dataset_id(),
-            **evaluation_data_card(self.data_args, self.data.source),
+            **evaluation_data_card(self.data_args, self.data.source, self.data.num_validation_examples()),
             evaluation_protocol=EVALUATION_PROTOCOLS[self.classification_args.mode],
             base_model=base_model if base_model and not Path(base_model).exists() else None,
         )

@@ -183,8 +183,16 @@ def check_output_dir(
     if overwrite:
         return [path for path in artifacts if not is_users_readme(path)]
     finished = _finished_results(artifacts)
+    # The final model is there, the run's end is not: resuming from its last checkpoint finishes it.
+    finishable = final_phase_unfinished(directory) and bool(list_checkpoints(directory))
+    if finished and resuming and finishable:
+        return []
     if finished and resuming and final_phase_unfinished(directory):
-        return []  # the final model is there, the run's end is not: resuming finishes it
+        raise OutputDirectoryError(
+            f"{str(directory)!r} holds the final model of a run stopped during its final save or evaluation, and no "
+            f"checkpoint to finish it from; nothing was changed. Evaluate that model, or pass {flag} (without "
+            "--resume_from_checkpoint) to train again from the start."
+        )
     if finished and resuming:
         raise OutputDirectoryError(
             f"{str(directory)!r} holds a finished result ({_listing(finished)}): the run already finished, there "
@@ -193,7 +201,7 @@ def check_output_dir(
         )
     if finished:
         unfinished = (" Its run was stopped during its final save or evaluation: pass --resume_from_checkpoint latest "
-                      "to finish it.") if final_phase_unfinished(directory) else ""
+                      "to finish it.") if finishable else ""
         raise OutputDirectoryError(
             f"{str(directory)!r} already holds a finished result ({_listing(artifacts)}): not starting the {what}, "
             f"and nothing was changed. Pass {flag} to replace it, or choose another output folder.{unfinished}"
@@ -330,8 +338,6 @@ def staged_output_dir(
             os.replace(staging, output_dir)  # one rename: the folder appears complete or not at all
             return
         remove_run_artifacts(output_dir, artifacts, flag=flag)
-        if (staging / "README.md").exists():
-            set_aside_users_readme(output_dir)
         for entry in staging.iterdir():
             target = output_dir / entry.name
             if target.is_dir() and not target.is_symlink():
