@@ -253,14 +253,13 @@ def classification_eval_results(
     dataset: str,
     dataset_name: str | None = None,
     evaluation_protocol: str | None = None,
-    eval_split: str | None = None,
-    dataset_config: str | None = None,
+    **where: str | None,
 ) -> list[EvalResult]:
     """`EvalResult`s for the top-1 / top-5 accuracies among `results` (keys such as `eval_accuracy`,
-    `eval_top5_accuracy`, `test_accuracy_top1`). Values are kept as measured (fraction or percent)."""
+    `eval_top5_accuracy`, `test_accuracy_top1`). Values are kept as measured (fraction or percent). `where`:
+    `eval_split`, `dataset_config` (see `_eval_results`)."""
     protocol = _PROTOCOL_NAMES.get(evaluation_protocol or "", evaluation_protocol)
-    return _eval_results(results, "image-classification", _accuracy_metric, dataset, dataset_name, protocol,
-                         eval_split, dataset_config)
+    return _eval_results(results, "image-classification", _accuracy_metric, dataset, dataset_name, protocol, **where)
 
 
 # Semantic-segmentation scores (`evaluation.segmentation_metrics`): result key -> (metric type, label).
@@ -282,13 +281,12 @@ def segmentation_eval_results(
     dataset: str,
     dataset_name: str | None = None,
     evaluation_protocol: str | None = None,
-    eval_split: str | None = None,
-    dataset_config: str | None = None,
+    **where: str | None,
 ) -> list[EvalResult]:
     """`EvalResult`s for the mean IoU, mean accuracy and pixel accuracy among `results` (`eval_mean_iou`, ...);
-    values as measured (fractions)."""
+    values as measured (fractions). `where`: `eval_split`, `dataset_config` (see `_eval_results`)."""
     return _eval_results(results, "image-segmentation", _segmentation_metric, dataset, dataset_name,
-                         evaluation_protocol, eval_split, dataset_config)
+                         evaluation_protocol, **where)
 
 
 def default_model_name(config: PreTrainedConfig) -> str:
