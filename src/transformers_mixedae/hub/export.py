@@ -218,8 +218,8 @@ def convert_mixedae_to_vit(
         raise ValueError(
             "this MixedAE classifier pools the mean patch token through `fc_norm` (classifier_pooling='mean') and its "
             "encoder has no final LayerNorm, which every ViT model applies: no native ViT gives its features or "
-            "logits. Share the model with its remote code (`transformers_mixedae.hub.remote_code.save_pretrained_with_remote_code`) "
-            "instead."
+            "logits. Share the model with its remote code "
+            "(`transformers_mixedae.hub.remote_code.save_pretrained_with_remote_code`) instead."
         )
     vit_config = vit_config_from_mixedae(config, task)
     vit_config.dtype = dtype

@@ -386,9 +386,10 @@ def evaluation_data_card(data_args: DataArguments, source: str, evaluated: int |
     training data's Hub id (metadata `datasets`). The embedded default's validation images come from Fashion-MNIST's
     test split."""
     embedded = not (data_args.dataset_name or data_args.train_dir)
-    cut = data_args.max_eval_samples
-    size = f", {evaluated} examples" if evaluated is not None else f", at most {cut} examples"
-    name = source + (size if cut else "")
+    name = source
+    if data_args.max_eval_samples:
+        count = evaluated if evaluated is not None else f"at most {data_args.max_eval_samples}"
+        name += f", {count} examples"
     hub_id = DEFAULT_EVAL_DATASET if embedded else data_args.dataset_name
     if hub_id and Path(hub_id).exists():  # a local folder given as --dataset_name: no Hub id to name
         hub_id = None

@@ -183,11 +183,12 @@ def check_output_dir(
     if overwrite:
         return [path for path in artifacts if not is_users_readme(path)]
     finished = _finished_results(artifacts)
+    stopped_in_final_phase = final_phase_unfinished(directory)
     # The final model is there, the run's end is not: resuming from its last checkpoint finishes it.
-    finishable = final_phase_unfinished(directory) and bool(list_checkpoints(directory))
+    finishable = stopped_in_final_phase and bool(list_checkpoints(directory))
     if finished and resuming and finishable:
         return []
-    if finished and resuming and final_phase_unfinished(directory):
+    if finished and resuming and stopped_in_final_phase:
         raise OutputDirectoryError(
             f"{str(directory)!r} holds the final model of a run stopped during its final save or evaluation, and no "
             f"checkpoint to finish it from; nothing was changed. Evaluate that model, or pass {flag} (without "
