@@ -77,6 +77,7 @@ from transformers_mixedae.training.arguments import (
 from transformers_mixedae.training import LoopState, TrainingCallback
 from transformers_mixedae.training.checkpointing import resolve_checkpoint
 from transformers_mixedae.training.output_folders import is_resumable
+from transformers_mixedae.training.records import write_json_atomically
 
 RESULT_FILENAME = "ablate_result.json"
 PROGRESS_FILENAME = "ablate_progress.json"
@@ -454,7 +455,7 @@ class ProgressKeeper(TrainingCallback):
 
     def on_save(self, state: LoopState, checkpoint: Path) -> None:
         if state.accelerator.is_main_process:
-            write_json(self.run_dir / PROGRESS_FILENAME, {
+            write_json_atomically(self.run_dir / PROGRESS_FILENAME, {
                 "settings": self.settings, "step": state.progress.completed_steps, "topk_curve": self.probe.curve,
                 "wall_seconds": self.wall_seconds(), "resumed_from_steps": self.resumed_from_steps,
             })
@@ -549,7 +550,7 @@ def segment(record: dict, run_dir: Path, config: Path, seeds: int) -> bool:
     if (results or resumable) and recorded != settings:
         raise SystemExit(f"{run_dir} was segmented with other settings ({record.get('segmentation_settings')}); "
                          f"use another --output_dir or delete its segmentation results (and {SEGMENTATION_FOLDER}/).")
-    if record.get("segmentation_settings") != settings:  # before any fine-tune, so an interrupted one is resumed
+    if recorded != settings:  # recorded before any fine-tune, so that an interrupted one is resumed
         record["segmentation_settings"] = settings
         save_record(run_dir, record)
     results, added = dict(results), False
@@ -608,14 +609,7 @@ def dense_probe_runs(records: list[dict], output_dir: Path) -> int:
 
 
 def save_record(run_dir: Path, record: dict) -> None:
-    write_json(run_dir / RESULT_FILENAME, record)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write through a temporary file, so that a kill leaves the previous version, never half of one."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2))
-    os.replace(temporary, path)
+    write_json_atomically(run_dir / RESULT_FILENAME, record)
 
 
 # ---------------------------------------------------------------------------------------------- tables

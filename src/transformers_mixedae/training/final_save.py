@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 
 from .checkpointing import CHECKPOINTS_DIRNAME
 from .output_folders import FINAL_PHASE_MARKER, set_aside_users_readme
+from .records import write_json_atomically
 
 logger = get_logger(__name__)
 
@@ -135,10 +136,7 @@ def save_final_model(
 def write_results_and_card(model: PreTrainedModel, output_dir: Path, results: dict, card_kwargs: dict | None) -> None:
     """Replace `all_results.json` and the model card (`README.md`) of a saved final model, each atomically."""
     model = getattr(model, "_orig_mod", model)
-    results_path = output_dir / "all_results.json"
-    temporary = output_dir / ".tmp-all_results.json"
-    temporary.write_text(json.dumps(results, indent=2, sort_keys=True))
-    os.replace(temporary, results_path)
+    write_json_atomically(output_dir / "all_results.json", results, sort_keys=True)
     command = " ".join(shlex.quote(part) for part in redacted_arguments(sys.argv)) if sys.argv and sys.argv[0] else None
     staging = output_dir / ".tmp-card"
     shutil.rmtree(staging, ignore_errors=True)

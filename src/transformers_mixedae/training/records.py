@@ -57,12 +57,17 @@ def read_train_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def write_json_atomically(path: str | os.PathLike, data: Any, *, sort_keys: bool = False) -> Path:
+    """Write `data` as JSON through a `.tmp-` sibling and one rename, so that a kill leaves the previous file whole."""
+    path = Path(path)
+    temporary = path.with_name(f".tmp-{path.name}")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=sort_keys))
+    os.replace(temporary, path)
+    return path
+
+
 def write_skipped_samples(
     output_dir: str | os.PathLike, report: dict[str, Any], name: str = SKIPPED_SAMPLES_NAME
 ) -> Path:
     """Write `report` (see `PretrainingData.skipped_report`) to `output_dir/name`."""
-    path = Path(output_dir) / name
-    temporary = path.with_name(f".tmp-{path.name}")
-    temporary.write_text(json.dumps(report, indent=2))
-    os.replace(temporary, path)
-    return path
+    return write_json_atomically(Path(output_dir) / name, report)
