@@ -38,9 +38,7 @@ class TrainLog:
                 continue
             if record.get("step", math.inf) <= step:
                 kept.append(line)
-        temporary = self.path.with_name(f".tmp-{self.path.name}")
-        temporary.write_text("".join(f"{line}\n" for line in kept))
-        os.replace(temporary, self.path)
+        write_text_atomically(self.path, "".join(f"{line}\n" for line in kept))
 
     def append(self, step: int, loss: float | None, learning_rate: float) -> None:
         if not self.enabled:
@@ -57,13 +55,18 @@ def read_train_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def write_json_atomically(path: str | os.PathLike, data: Any, *, sort_keys: bool = False) -> Path:
-    """Write `data` as JSON through a `.tmp-` sibling and one rename, so that a kill leaves the previous file whole."""
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` through a `.tmp-` sibling and one rename, so that a kill leaves the previous file whole."""
     path = Path(path)
     temporary = path.with_name(f".tmp-{path.name}")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=sort_keys))
+    temporary.write_text(text)
     os.replace(temporary, path)
     return path
+
+
+def write_json_atomically(path: str | os.PathLike, data: Any, *, sort_keys: bool = False) -> Path:
+    """Write `data` as indented JSON with `write_text_atomically`."""
+    return write_text_atomically(path, json.dumps(data, indent=2, sort_keys=sort_keys))
 
 
 def write_skipped_samples(
