@@ -93,6 +93,34 @@ def test_crop_size_and_padding_are_exact():
     torch.testing.assert_close(values[:, :40, :50], expected)
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+def test_black_padding_is_uint8_zero_before_or_after_normalisation(normalize):
+    image, labels = class_image(40, 50)
+    transform = SegmentationTrainTransform(crop_size=(64, 72), scale=(50, 40), ratio_range=(1.0, 1.0),
+                                           flip_probability=0.0, photometric_distortion=False, normalize=normalize,
+                                           padding="black")
+    output = transform(image, labels, seeded(0))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    black = (-mean / std).expand(3, 24, 72) if normalize else torch.zeros(3, 24, 72, dtype=torch.uint8)
+    assert output["pixel_values"].dtype == (torch.float32 if normalize else torch.uint8)
+    torch.testing.assert_close(output["pixel_values"][:, 40:], black, rtol=0, atol=1e-6)
+    torch.testing.assert_close(output["pixel_values"][:, :, 50:], black[:, :1, :22].expand(3, 64, 22), rtol=0,
+                               atol=1e-6)
+    assert (output["labels"][40:] == 255).all() and (output["labels"][:, 50:] == 255).all()
+    # The image itself is the same as with the mean colour: only the border differs.
+    mean_padded = SegmentationTrainTransform(crop_size=(64, 72), scale=(50, 40), ratio_range=(1.0, 1.0),
+                                             flip_probability=0.0, photometric_distortion=False,
+                                             normalize=normalize)(image, labels, seeded(0))
+    assert torch.equal(output["pixel_values"][:, :40, :50], mean_padded["pixel_values"][:, :40, :50])
+    assert torch.equal(output["labels"], mean_padded["labels"])
+
+
+def test_an_unknown_padding_is_named():
+    with pytest.raises(ValueError, match=r"padding must be one of \('mean', 'black'\), got 'grey'"):
+        SegmentationTrainTransform(padding="grey")
+
+
 def test_random_rescale_follows_mmcv_keep_ratio_rule():
     assert rescaled_size(60, 90, (120, 60)) == (60, 90)
     assert rescaled_size(480, 640, (2048, 512)) == (512, 683)

@@ -115,6 +115,44 @@ def test_backbone_starts_from_a_pretraining_checkpoint(tmp_path):
     assert model.config.backbone_config.drop_path_rate == 0.1
 
 
+def test_freeze_position_embeddings_keeps_the_loaded_table_out_of_training(tmp_path, ade_folder):
+    pretraining = MixedAEForPreTraining(tiny_mixedae_config(num_hidden_layers=4))
+    pretraining.save_pretrained(tmp_path / "pretrained")
+    loaded = pretraining.vit.embeddings.position_embeddings
+    for freeze in (False, True):
+        model_args, data_args, training_args, segmentation_args = arguments(
+            tmp_path, ade_folder, model_type=None, config_overrides=None, image_size=None, patch_size=None,
+            model_name_or_path=str(tmp_path / "pretrained"), freeze_position_embeddings=freeze)
+        model = build_segmentation_model(model_args, segmentation_args, "mixedae", {0: "a", 1: "b", 2: "c"})
+        table = model.backbone.vit.embeddings.position_embeddings
+        assert torch.equal(table, loaded)
+        model(torch.randn(2, 3, 16, 24), labels=torch.randint(0, 3, (2, 16, 24))).loss.backward()
+        # MAE's fine-tuning trains the table (the default); frozen, it gets no gradient and no optimizer slot.
+        assert table.requires_grad is not freeze and (table.grad is None) is freeze
+        task = SemanticSegmentationTask(model_args, data_args, training_args, segmentation_args)
+        optimised = {id(parameter) for group in task.build_optimizer(model, 1e-3).param_groups
+                     for parameter in group["params"]}
+        assert (id(table) in optimised) is not freeze
+        assert model.backbone.vit.embeddings.patch_embeddings.projection.weight.grad is not None
+
+
+def test_resuming_with_the_position_table_frozen_otherwise_is_refused(tmp_path, ade_folder):
+    settings = dict(max_steps=2, save_steps=1, save_total_limit=None, max_train_samples=8, max_eval_samples=2)
+    finished = tmp_path / "finished"
+    run_semantic_segmentation(*arguments(finished, ade_folder, **settings))
+    run = tmp_path / "run"
+    shutil.copytree(finished / "checkpoints" / "step_1", run / "checkpoints" / "step_1")
+    before = folder_fingerprint(run)
+    for allow_recipe_change in (False, True):  # the optimizer's state fits the trained parameters only
+        with pytest.raises(ValueError, match=r"trained other parameters than this run \(frozen there, trained now: "
+                                             r"none; trained there, frozen now: backbone\.vit\.embeddings\."
+                                             r"position_embeddings\).* the same --freeze_position_embeddings"):
+            run_semantic_segmentation(*arguments(run, ade_folder, resume_from_checkpoint="latest",
+                                                 freeze_position_embeddings=True,
+                                                 allow_recipe_change=allow_recipe_change, **settings))
+        assert folder_fingerprint(run) == before
+
+
 def test_default_out_indices_are_the_papers_blocks_for_vit_base():
     assert default_out_indices(12) == [4, 6, 8, 12]  # blocks 3, 5, 7, 11 counted from 0
     assert default_out_indices(6) == [2, 3, 4, 6]
@@ -297,6 +335,23 @@ def test_rescale_size_sets_the_scale_of_training_evaluation_and_the_saved_proces
     assert data.evaluation_transform(image, np.zeros((20, 24), dtype=np.uint8))["pixel_values"].shape[1] == expected
 
 
+@pytest.mark.parametrize("crop_padding", ["mean", "black"])
+def test_crop_padding_fills_the_training_crops(tmp_path, ade_folder, crop_padding):
+    from accelerate import Accelerator
+
+    model_args, data_args, training_args, segmentation_args = arguments(tmp_path, ade_folder, crop_size=16,
+                                                                        crop_padding=crop_padding)
+    model = build_segmentation_model(model_args, segmentation_args, "mixedae", {0: "a", 1: "b", 2: "c", 3: "d"})
+    data = SegmentationData(data_args, training_args, segmentation_args, Accelerator(cpu=True))
+    data.build_loaders(model.config, 4, segmentation_image_processor(model.config.backbone_config, segmentation_args))
+    augmentation = data.train_transform.transform.transform
+    small = np.full((8, 8, 3), 200, dtype=np.uint8)  # rescaled to at most 8 x 8 by the ratio, then padded to 16
+    augmentation.ratio_range = (0.5, 0.5)
+    padded = augmentation(small, np.ones((8, 8), dtype=np.uint8))["pixel_values"]
+    border = {"mean": torch.tensor([124, 116, 104], dtype=torch.uint8), "black": torch.zeros(3, dtype=torch.uint8)}
+    assert torch.equal(padded[:, -1, -1], border[crop_padding])
+
+
 def test_reduce_labels_in_data_and_processor(tmp_path):
     annotation = Image.fromarray(np.array([[0, 1, 2], [3, 255, 1]], dtype=np.uint8), mode="L")
     reduced = read_label_map(annotation, reduce_labels=True, num_labels=3)
@@ -393,6 +448,7 @@ def test_post_process_semantic_segmentation_resizes_to_each_image():
     "flags, message",
     [
         (["--eval_mode", "sliding"], r"--eval_mode 'sliding' is not valid: choose one of \('whole', 'slide'\)"),
+        (["--crop_padding", "grey"], r"--crop_padding 'grey' is not valid: choose one of \('mean', 'black'\)"),
         (["--crop_size", "0"], "--crop_size 0 is not valid"),
         (["--rescale_size", "-64"], "--rescale_size -64 is not valid: a short side in pixels >= 1"),
         (["--eval_stride", "600"], "--eval_stride 600 is not valid: at most --crop_size 512"),

@@ -18,8 +18,9 @@ Training (`SegmentationTrainTransform`), in mmsegmentation's order:
 5. normalisation (with `normalize=True`), then padding at the bottom and right to `crop_size`: labels with
    `ignore_index` (255), so padded pixels never count in the loss, and the image with 0 in normalised space, as
    mmseg (the mean colour). With `normalize=False` the uint8 image is padded with the mean colour rounded to uint8
-   (`round(255 * mean)`), which normalises on the device (`BatchNormalizer`) to within 0.01 of 0: black (uint8 0)
-   would become -mean/std, a border the model never sees at evaluation.
+   (`round(255 * mean)`), which normalises on the device (`BatchNormalizer`) to within 0.01 of 0. `padding="black"`
+   pads with uint8 0 instead (-mean/std once normalised), as this package did before the mean colour: a border
+   darker than most photographs, but the background of images on black.
 
 The geometric steps (1, 2, 3, 5) apply the same box / flip to image and labels: the image is resampled with
 `interpolation` (bilinear by default, antialiased as the package's other transforms; "nearest" is there for
@@ -71,6 +72,8 @@ SATURATION_RANGE = (0.5, 1.5)
 HUE_DELTA = 18  # in OpenCV's hue unit (180 per turn)
 
 SegmentationInterpolation = Literal["bilinear", "bicubic", "nearest"]
+CropPadding = Literal["mean", "black"]
+CROP_PADDINGS = ("mean", "black")
 LabelMap = Image.Image | np.ndarray | torch.Tensor
 
 
@@ -249,6 +252,7 @@ class SegmentationTrainTransform:
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         normalize: bool = True,
+        padding: CropPadding = "mean",
     ):
         self.crop_size = _as_size(crop_size)
         if min(self.crop_size) < 1:
@@ -261,6 +265,8 @@ class SegmentationTrainTransform:
             raise ValueError(f"flip_probability must be in [0, 1], got {flip_probability}")
         if interpolation not in ("bilinear", "bicubic", "nearest"):
             raise ValueError(f"interpolation must be 'bilinear', 'bicubic' or 'nearest', got {interpolation!r}")
+        if padding not in CROP_PADDINGS:
+            raise ValueError(f"padding must be one of {CROP_PADDINGS}, got {padding!r}")
         self.scale = (int(scale[0]), int(scale[1]))
         self.ratio_range = (float(ratio_range[0]), float(ratio_range[1]))
         self.cat_max_ratio = cat_max_ratio
@@ -271,6 +277,7 @@ class SegmentationTrainTransform:
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.normalize = normalize
+        self.padding = padding
 
     def __call__(
         self, image: RGBImage, labels: LabelMap, generator: torch.Generator | None = None
@@ -298,7 +305,12 @@ class SegmentationTrainTransform:
         return {"pixel_values": values.contiguous(), "labels": label_tensor.contiguous()}
 
     def padding_colour(self) -> tuple[float, ...]:
-        """Per channel: 0 once normalised (the mean colour), or the mean colour in uint8 before normalisation."""
+        """Per channel, in the output's space (normalised, or uint8 with `normalize=False`): the mean colour (0 once
+        normalised) or, with `padding="black"`, uint8 0 (-mean/std once normalised)."""
+        if self.padding == "black":
+            if self.normalize:
+                return tuple(-mean / std for mean, std in zip(self.mean, self.std))
+            return (0.0,) * len(self.mean)
         if self.normalize:
             return (0.0,) * len(self.mean)
         return tuple(float(round(255 * mean)) for mean in self.mean)
@@ -308,7 +320,7 @@ class SegmentationTrainTransform:
             f"{type(self).__name__}(crop_size={self.crop_size}, scale={self.scale}, ratio_range={self.ratio_range}, "
             f"cat_max_ratio={self.cat_max_ratio}, flip_probability={self.flip_probability}, "
             f"photometric_distortion={self.photometric_distortion}, interpolation={self.interpolation!r}, "
-            f"ignore_index={self.ignore_index}, normalize={self.normalize})"
+            f"ignore_index={self.ignore_index}, normalize={self.normalize}, padding={self.padding!r})"
         )
 
 

@@ -122,10 +122,11 @@ class ViTEmbeddings(nn.Module):
         )
         self.trains_positions = False
 
-    def train_positions(self) -> None:
-        """Train the position table from here on (it starts from the sin-cos values or the loaded ones)."""
-        self.trains_positions = True
-        self.position_embeddings.requires_grad_(True)
+    def train_positions(self, trained: bool = True) -> None:
+        """Train the position table from here on (it starts from the sin-cos values or the loaded ones), or, with
+        `trained=False`, keep it fixed at its present values."""
+        self.trains_positions = trained
+        self.position_embeddings.requires_grad_(trained)
 
     def position_table(self) -> torch.Tensor:
         """`(1, 1 + num_patches, hidden_size)`, as the forward pass uses it: see `train_positions`."""

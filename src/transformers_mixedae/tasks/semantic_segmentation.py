@@ -28,6 +28,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
 from ..data import SEGMENTATION_IGNORE_INDEX
 from ..hub.registration import pil_image_processor_class
+from ..models.vit_layers import ViTEmbeddings
 from ..training.arguments import (
     MODEL_TYPES, DataArguments, ModelArguments, TrainingArguments, check_argument, parse_config_overrides,
 )
@@ -135,6 +136,10 @@ def build_segmentation_model(
     model = UperNetForSemanticSegmentation(config)
     if backbone is not None:
         model.backbone.load_state_dict(backbone.state_dict())
+    if segmentation_args.freeze_position_embeddings:
+        for module in model.backbone.modules():
+            if isinstance(module, ViTEmbeddings):
+                module.train_positions(False)
     if model_args.gradient_checkpointing:
         model.backbone.activation_checkpointing_enable()
     return model
@@ -315,6 +320,7 @@ class SemanticSegmentationTask(TrainingTask):
         return {"crop_size": args.crop_size, "rescale_size": args.resolved_rescale_size,
                 "layer_decay": args.layer_decay, "reduce_labels": args.reduce_labels,
                 "photometric_distortion": args.photometric_distortion, "cat_max_ratio": args.cat_max_ratio,
+                "crop_padding": args.crop_padding, "freeze_position_embeddings": args.freeze_position_embeddings,
                 "auxiliary_loss_weight": args.auxiliary_loss_weight if args.auxiliary_head else None}
 
     def tracker_config(self) -> dict[str, Any]:

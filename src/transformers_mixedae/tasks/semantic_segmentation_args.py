@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.segmentation_transforms import CROP_PADDINGS
 from ..training.arguments import (
     DataArguments,
     ModelArguments,
@@ -64,6 +65,12 @@ class SegmentationArguments:
         default=True, metadata={"help": "mmseg's photometric distortion of training images (brightness, contrast, "
                                         "saturation, hue)."},
     )
+    crop_padding: str = field(
+        default="mean",
+        metadata={"help": f"One of {CROP_PADDINGS}: how a training crop larger than its rescaled image is filled "
+                          "(its labels are ignored either way): the mean colour, 0 once normalised (mmseg), or black "
+                          "(uint8 0, this recipe's padding before the mean colour)."},
+    )
     cat_max_ratio: float = field(
         default=0.75, metadata={"help": "Redraw a training crop (up to 10 times) while one class covers this much of "
                                         "it; 1 turns it off."},
@@ -91,6 +98,11 @@ class SegmentationArguments:
                                         "the UperNet head trains at the full rate."},
     )
     drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth of the backbone (MAE: 0.1)."})
+    freeze_position_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Keep the backbone's position table fixed at its loaded values. MixedAE's backbone trains "
+                          "it by default, as MAE's fine-tuning does; CAE's always keeps it fixed."},
+    )
     auxiliary_head: bool = field(
         default=True, metadata={"help": "UperNet's auxiliary FCN head on the third feature map (training loss only)."}
     )
@@ -125,6 +137,8 @@ class SegmentationArguments:
         _check_optional(self, ("rescale_size",), _positive_int, "a short side in pixels >= 1, e.g. 512")
         check_argument(_finite(self.cat_max_ratio) and 0 < self.cat_max_ratio <= 1, "cat_max_ratio",
                        self.cat_max_ratio, "a fraction in (0, 1] (1 turns the redraw off)")
+        check_argument(self.crop_padding in CROP_PADDINGS, "crop_padding", self.crop_padding,
+                       f"choose one of {CROP_PADDINGS}")
         check_argument(self.eval_mode in EVAL_MODES, "eval_mode", self.eval_mode, f"choose one of {EVAL_MODES}")
         _check_optional(self, ("eval_stride",), _positive_int, "a stride in pixels >= 1")
         if self.eval_stride is not None:

@@ -231,6 +231,7 @@ class SegmentationData(PretrainingData):
         augmentation = SegmentationTrainTransform(
             crop_size=crop, scale=scale, cat_max_ratio=segmentation.cat_max_ratio,
             photometric_distortion=segmentation.photometric_distortion, normalize=False,
+            padding=segmentation.crop_padding,
         )
         self.normalize_batch = BatchNormalizer(augmentation.mean, augmentation.std, self.accelerator.device)
         self.train_transform = SeededTransform(PairedTransform(augmentation), args.seed, self.accelerator.process_index)

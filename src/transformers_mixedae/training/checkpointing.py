@@ -210,6 +210,14 @@ def check_resume_recipe(
             "for. Use the same --model_type, --model_name_or_path and --config_overrides, or start a new run in "
             "another --output_dir."
         )
+    if "frozen_parameters" in changed:
+        before, after = set(saved["frozen_parameters"]), set(recipe["frozen_parameters"])
+        raise CheckpointError(
+            f"{checkpoint} trained other parameters than this run (frozen there, trained now: "
+            f"{_first_names(before - after)}; trained there, frozen now: {_first_names(after - before)}), and its "
+            "optimizer state only fits the same ones, even with --allow_recipe_change. Resume with the checkpoint's "
+            "settings (e.g. the same --freeze_position_embeddings), or start a new run in another --output_dir."
+        )
     for key, flag in STATE_SHAPING_ARGUMENTS.items():
         had = saved.get(key) is not None
         if key in changed and had != (recipe[key] is not None):
@@ -232,6 +240,11 @@ def _describe_change(key: str, before: Any, after: Any) -> str:
     if isinstance(before, dict) and isinstance(after, dict):
         return f"{key}: {_dict_changes(before, after)}"
     return f"{key}: {before!r} in the checkpoint, {after!r} now"
+
+
+def _first_names(names: set[str], most: int = 5) -> str:
+    shown = ", ".join(sorted(names)[:most]) or "none"
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _dict_changes(before: dict, after: dict, most: int = 5) -> str:

@@ -85,6 +85,8 @@ def run_recipe(
     recipe = {
         "model_type": config.model_type,
         "parameter_shapes": {name: list(tensor.shape) for name, tensor in model.state_dict().items()},
+        # The optimizer's state covers the trained parameters only, so a resume must train the same ones.
+        "frozen_parameters": sorted(name for name, weights in model.named_parameters() if not weights.requires_grad),
         "model_config": {name: getattr(config, name) for name in own_fields if hasattr(config, name)},
         "num_processes": world_size,
         "learning_rate": lr,
