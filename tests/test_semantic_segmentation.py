@@ -117,6 +117,8 @@ def test_backbone_starts_from_a_pretraining_checkpoint(tmp_path):
 
 def test_freeze_position_embeddings_keeps_the_loaded_table_out_of_training(tmp_path, ade_folder):
     pretraining = MixedAEForPreTraining(tiny_mixedae_config(num_hidden_layers=4))
+    with torch.no_grad():  # a table that is not the sin-cos one a new backbone starts from
+        pretraining.vit.embeddings.position_embeddings.add_(torch.randn(1, 1, 1))
     pretraining.save_pretrained(tmp_path / "pretrained")
     loaded = pretraining.vit.embeddings.position_embeddings
     for freeze in (False, True):
@@ -136,19 +138,23 @@ def test_freeze_position_embeddings_keeps_the_loaded_table_out_of_training(tmp_p
         assert model.backbone.vit.embeddings.patch_embeddings.projection.weight.grad is not None
 
 
-def test_resuming_with_the_position_table_frozen_otherwise_is_refused(tmp_path, ade_folder):
+@pytest.mark.parametrize("frozen_first", [False, True])
+def test_resuming_with_the_position_table_frozen_otherwise_is_refused(tmp_path, ade_folder, frozen_first):
     settings = dict(max_steps=2, save_steps=1, save_total_limit=None, max_train_samples=8, max_eval_samples=2)
     finished = tmp_path / "finished"
-    run_semantic_segmentation(*arguments(finished, ade_folder, **settings))
+    run_semantic_segmentation(*arguments(finished, ade_folder, freeze_position_embeddings=frozen_first, **settings))
     run = tmp_path / "run"
     shutil.copytree(finished / "checkpoints" / "step_1", run / "checkpoints" / "step_1")
     before = folder_fingerprint(run)
+    table = r"backbone\.vit\.embeddings\.position_embeddings"
+    moved = rf"frozen there, trained now: {table}; trained there, frozen now: none" if frozen_first else \
+        rf"frozen there, trained now: none; trained there, frozen now: {table}"
     for allow_recipe_change in (False, True):  # the optimizer's state fits the trained parameters only
-        with pytest.raises(ValueError, match=r"trained other parameters than this run \(frozen there, trained now: "
-                                             r"none; trained there, frozen now: backbone\.vit\.embeddings\."
-                                             r"position_embeddings\).* the same --freeze_position_embeddings"):
+        with pytest.raises(ValueError, match=rf"trained other parameters than this run \({moved}\), and its "
+                                             r"optimizer state only fits the same ones, even with "
+                                             r"--allow_recipe_change\. Resume with the settings"):
             run_semantic_segmentation(*arguments(run, ade_folder, resume_from_checkpoint="latest",
-                                                 freeze_position_embeddings=True,
+                                                 freeze_position_embeddings=not frozen_first,
                                                  allow_recipe_change=allow_recipe_change, **settings))
         assert folder_fingerprint(run) == before
 
@@ -258,11 +264,11 @@ def test_final_metrics_are_those_of_one_confusion_matrix_over_the_validation_set
     assert results["eval_mean_accuracy"] == pytest.approx(expected["mean_accuracy"], abs=1e-12)
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_resumed_run_ends_with_the_same_weights(tmp_path, ade_folder, workers):
+@pytest.mark.parametrize(("workers", "frozen_table"), [(0, False), (1, False), (0, True)])
+def test_resumed_run_ends_with_the_same_weights(tmp_path, ade_folder, workers, frozen_table):
     # 3 steps of 4 images from 8: the resumed part crosses an epoch boundary.
     settings = dict(max_steps=3, save_steps=1, save_total_limit=None, max_train_samples=8, max_eval_samples=2,
-                    dataloader_num_workers=workers)
+                    dataloader_num_workers=workers, freeze_position_embeddings=frozen_table)
     uninterrupted = tmp_path / "uninterrupted"
     run_semantic_segmentation(*arguments(uninterrupted, ade_folder, **settings))
     resumed = tmp_path / "resumed"
@@ -533,6 +539,10 @@ def test_presets_parse(name, ade_folder):
         assert segmentation_args.reduce_labels and segmentation_args.num_labels == 150
     if name.endswith("_64px.json"):  # the bundled scenes at their own size, long enough to learn item classes
         assert (segmentation_args.crop_size, segmentation_args.rescale_size, training_args.num_train_epochs) == (64, 64, 8)
+        # the protocol of the recorded comparisons: black padding, a fixed position table
+        assert segmentation_args.crop_padding == "black" and segmentation_args.freeze_position_embeddings
+    else:  # mmseg's padding and MAE's trained table
+        assert segmentation_args.crop_padding == "mean" and not segmentation_args.freeze_position_embeddings
 
 
 def test_the_cards_usage_snippet_runs_on_the_saved_folder(launched_run, ade_folder, tmp_path, monkeypatch):

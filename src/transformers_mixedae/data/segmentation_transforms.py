@@ -20,7 +20,7 @@ Training (`SegmentationTrainTransform`), in mmsegmentation's order:
    mmseg (the mean colour). With `normalize=False` the uint8 image is padded with the mean colour rounded to uint8
    (`round(255 * mean)`), which normalises on the device (`BatchNormalizer`) to within 0.01 of 0. `padding="black"`
    pads with uint8 0 instead (-mean/std once normalised), as this package did before the mean colour: a border
-   darker than most photographs, but the background of images on black.
+   that evaluation, which pads to the patch size with 0 in normalised space, never shows the model.
 
 The geometric steps (1, 2, 3, 5) apply the same box / flip to image and labels: the image is resampled with
 `interpolation` (bilinear by default, antialiased as the package's other transforms; "nearest" is there for

@@ -139,7 +139,7 @@ def build_segmentation_model(
     if segmentation_args.freeze_position_embeddings:
         for module in model.backbone.modules():
             if isinstance(module, ViTEmbeddings):
-                module.train_positions(False)
+                module.train_positions(trained=False)
     if model_args.gradient_checkpointing:
         model.backbone.activation_checkpointing_enable()
     return model

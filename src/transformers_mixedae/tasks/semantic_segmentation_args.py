@@ -69,7 +69,8 @@ class SegmentationArguments:
         default="mean",
         metadata={"help": f"One of {CROP_PADDINGS}: how a training crop larger than its rescaled image is filled "
                           "(its labels are ignored either way): the mean colour, 0 once normalised (mmseg), or black "
-                          "(uint8 0, this recipe's padding before the mean colour)."},
+                          "(uint8 0, this package's padding until 2026-12-01). Evaluation pads to the patch size "
+                          "with the mean colour either way."},
     )
     cat_max_ratio: float = field(
         default=0.75, metadata={"help": "Redraw a training crop (up to 10 times) while one class covers this much of "
@@ -100,8 +101,9 @@ class SegmentationArguments:
     drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth of the backbone (MAE: 0.1)."})
     freeze_position_embeddings: bool = field(
         default=False,
-        metadata={"help": "Keep the backbone's position table fixed at its loaded values. MixedAE's backbone trains "
-                          "it by default, as MAE's fine-tuning does; CAE's always keeps it fixed."},
+        metadata={"help": "Keep the backbone's position table fixed at its starting values (loaded, or sin-cos when "
+                          "built from scratch). MixedAE's backbone trains it by default, as MAE's fine-tuning does; "
+                          "CAE's always keeps it fixed."},
     )
     auxiliary_head: bool = field(
         default=True, metadata={"help": "UperNet's auxiliary FCN head on the third feature map (training loss only)."}

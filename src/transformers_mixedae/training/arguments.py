@@ -299,7 +299,8 @@ class TrainingArguments:
         default=False,
         metadata={
             "help": "Resume although the batch size, learning rate, schedule or seed differ from the checkpoint's "
-            "(they are listed in a warning). Without it such a resume is refused. A different model never resumes."
+            "(they are listed in a warning). Without it such a resume is refused. A different model, or other "
+            "trained parameters (e.g. the position table frozen on one side only), never resumes."
         },
     )
     eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (and always at the end)."})

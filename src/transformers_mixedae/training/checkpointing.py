@@ -182,9 +182,10 @@ STATE_SHAPING_ARGUMENTS = {"model_ema_decay": "--model_ema"}
 def check_resume_recipe(
     checkpoint: Path, recipe: dict[str, Any], allow_change: bool, defaults: dict[str, Any] | None = None
 ) -> bool:
-    """Refuse to resume `checkpoint` with another recipe: another model always; another batch size, learning
-    rate, schedule or seed unless `allow_change` (then a warning lists what changed). An entry that is None on one
-    side and its value in `defaults` on the other is unchanged. Returns whether it changed."""
+    """Refuse to resume `checkpoint` with another recipe: another model, or another set of trained parameters
+    (the optimizer's state fits only those), always; another batch size, learning rate, schedule or seed unless
+    `allow_change` (then a warning lists what changed). An entry that is None on one side and its value in
+    `defaults` on the other is unchanged. Returns whether it changed."""
     state = read_run_state(checkpoint)
     saved = (state or {}).get("recipe")
     if not saved:
@@ -214,9 +215,10 @@ def check_resume_recipe(
         before, after = set(saved["frozen_parameters"]), set(recipe["frozen_parameters"])
         raise CheckpointError(
             f"{checkpoint} trained other parameters than this run (frozen there, trained now: "
-            f"{_first_names(before - after)}; trained there, frozen now: {_first_names(after - before)}), and its "
-            "optimizer state only fits the same ones, even with --allow_recipe_change. Resume with the checkpoint's "
-            "settings (e.g. the same --freeze_position_embeddings), or start a new run in another --output_dir."
+            f"{_first_of(sorted(before - after)) or 'none'}; trained there, frozen now: "
+            f"{_first_of(sorted(after - before)) or 'none'}), and its optimizer state only fits the same ones, even "
+            "with --allow_recipe_change. Resume with the settings that chose them in the checkpoint's run (such as "
+            "--mode, --freeze_position_embeddings or --config_overrides), or start a new run in another --output_dir."
         )
     for key, flag in STATE_SHAPING_ARGUMENTS.items():
         had = saved.get(key) is not None
@@ -242,15 +244,14 @@ def _describe_change(key: str, before: Any, after: Any) -> str:
     return f"{key}: {before!r} in the checkpoint, {after!r} now"
 
 
-def _first_names(names: set[str], most: int = 5) -> str:
-    shown = ", ".join(sorted(names)[:most]) or "none"
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+def _first_of(items: list[str], most: int = 5) -> str:
+    shown = ", ".join(items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
-def _dict_changes(before: dict, after: dict, most: int = 5) -> str:
+def _dict_changes(before: dict, after: dict) -> str:
     keys = [key for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
-    shown = ", ".join(f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in keys[:most])
-    return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
+    return _first_of([f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in keys])
 
 
 def save_checkpoint(
