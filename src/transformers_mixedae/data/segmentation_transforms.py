@@ -41,7 +41,7 @@ RNG, which DataLoader workers seed). They return `pixel_values` `(3, h, w)` (flo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ HUE_DELTA = 18  # in OpenCV's hue unit (180 per turn)
 
 SegmentationInterpolation = Literal["bilinear", "bicubic", "nearest"]
 CropPadding = Literal["mean", "black"]
-CROP_PADDINGS = ("mean", "black")
+CROP_PADDINGS = get_args(CropPadding)
 LabelMap = Image.Image | np.ndarray | torch.Tensor
 
 
