@@ -159,6 +159,19 @@ def test_resuming_with_the_position_table_frozen_otherwise_is_refused(tmp_path, 
         assert folder_fingerprint(run) == before
 
 
+def test_cae_resumes_with_the_flag_toggled_because_its_table_is_always_fixed(tmp_path, ade_folder):
+    settings = dict(max_steps=2, save_steps=1, save_total_limit=None, max_train_samples=8, max_eval_samples=2,
+                    model_type="cae", config_overrides=TINY_CAE_BACKBONE)
+    uninterrupted = tmp_path / "uninterrupted"
+    run_semantic_segmentation(*arguments(uninterrupted, ade_folder, freeze_position_embeddings=False, **settings))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(uninterrupted / "checkpoints" / "step_1", resumed / "checkpoints" / "step_1")
+    run_semantic_segmentation(*arguments(resumed, ade_folder, resume_from_checkpoint="latest",
+                                         freeze_position_embeddings=True, **settings))
+    expected, actual = load_file(str(uninterrupted / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert expected.keys() == actual.keys() and all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
 def test_default_out_indices_are_the_papers_blocks_for_vit_base():
     assert default_out_indices(12) == [4, 6, 8, 12]  # blocks 3, 5, 7, 11 counted from 0
     assert default_out_indices(6) == [2, 3, 4, 6]

@@ -316,11 +316,13 @@ class SemanticSegmentationTask(TrainingTask):
                 f"evaluation {args.eval_mode}")
 
     def recipe_arguments(self) -> dict[str, Any]:
+        # --freeze_position_embeddings is recorded by its effect, the recipe's frozen parameters: on CAE, whose table
+        # is always fixed, the flag changes nothing and must not stop a resume.
         args = self.segmentation_args
         return {"crop_size": args.crop_size, "rescale_size": args.resolved_rescale_size,
                 "layer_decay": args.layer_decay, "reduce_labels": args.reduce_labels,
                 "photometric_distortion": args.photometric_distortion, "cat_max_ratio": args.cat_max_ratio,
-                "crop_padding": args.crop_padding, "freeze_position_embeddings": args.freeze_position_embeddings,
+                "crop_padding": args.crop_padding,
                 "auxiliary_loss_weight": args.auxiliary_loss_weight if args.auxiliary_head else None}
 
     def tracker_config(self) -> dict[str, Any]:
