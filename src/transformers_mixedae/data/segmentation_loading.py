@@ -26,6 +26,7 @@ from typing import Any
 
 import datasets
 
+from ..listing import first_few
 from .loading import (
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
@@ -46,7 +47,6 @@ LABEL_IMAGE_COLUMN = "label"  # what datasets without an `annotation` column mos
 # ADEChallengeData2016's split folders.
 ADE_SPLITS = {TRAIN_SPLIT: "training", VALIDATION_SPLIT: "validation"}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-MAX_LISTED_STEMS = 5
 
 
 @dataclass
@@ -92,11 +92,6 @@ def _image_files(directory: Path) -> dict[str, Path]:
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES}
 
 
-def _listed(stems: list[str]) -> str:
-    shown = ", ".join(stems[:MAX_LISTED_STEMS])
-    return shown + (f" (+{len(stems) - MAX_LISTED_STEMS} more)" if len(stems) > MAX_LISTED_STEMS else "")
-
-
 def ade_layout_split(data_dir: str | Path, split: str) -> datasets.Dataset:
     """One split of a folder in the ADEChallengeData2016 layout as a `Dataset` of (image, annotation) file paths,
     sorted by stem. Raises `ValueError` naming a missing folder or the stems without a partner."""
@@ -117,9 +112,9 @@ def ade_layout_split(data_dir: str | Path, split: str) -> datasets.Dataset:
     if without_annotation or without_image:
         problems = []
         if without_annotation:
-            problems.append(f"images without an annotation in {annotations_dir}: {_listed(without_annotation)}")
+            problems.append(f"images without an annotation in {annotations_dir}: {first_few(without_annotation)}")
         if without_image:
-            problems.append(f"annotations without an image in {images_dir}: {_listed(without_image)}")
+            problems.append(f"annotations without an image in {images_dir}: {first_few(without_image)}")
         raise ValueError(
             f"--data_dir {str(root)!r}, {folder} split: " + "; ".join(problems) + ". Each annotation is a PNG of "
             "class ids with the same file stem as its image."

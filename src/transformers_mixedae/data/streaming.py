@@ -55,6 +55,7 @@ import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from ..listing import first_few
 from .images import UndecodableImageError, decode_rgb, load_rgb_image
 
 try:  # carries each DataLoader worker's position, so that a resumed loader starts where a checkpoint left it
@@ -124,9 +125,8 @@ class SkippedSampleStats:
     def summary(self) -> str:
         text = f"{self.num_loaded} samples loaded, {self.num_skipped} undecodable skipped, {self.num_trimmed} trimmed"
         if self.skipped:
-            shown = ", ".join(identifier for identifier, _ in self.skipped[:5])
-            more = f" (+{self.num_skipped - 5} more)" if self.num_skipped > 5 else ""
-            text += f"; skipped: {shown}{more}; reasons: {dict(self.reasons)}"
+            shown = first_few([identifier for identifier, _ in self.skipped], total=self.num_skipped)
+            text += f"; skipped: {shown}; reasons: {dict(self.reasons)}"
         return text
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
 from ..data import SEGMENTATION_IGNORE_INDEX
 from ..hub.registration import pil_image_processor_class
+from ..listing import first_few
 from ..models.vit_layers import ViTEmbeddings
 from ..training.arguments import (
     MODEL_TYPES, DataArguments, ModelArguments, TrainingArguments, check_argument, parse_config_overrides,
@@ -46,7 +47,6 @@ DEFAULT_OUTPUT_DIR = "outputs/run_semantic_segmentation"
 DEFAULT_LEARNING_RATE = 1e-4
 DEFAULT_WEIGHT_DECAY = 0.05
 DEFAULT_ADAM_BETA2 = 0.999
-MAX_LISTED_KEYS = 6
 # Where torch's SyncBatchNorm synchronises (on other devices it raises in a multi-process run).
 SYNC_BATCH_NORM_DEVICES = ("cuda", "xpu", "hpu")
 
@@ -94,11 +94,6 @@ def _stages(segmentation_args: SegmentationArguments, num_layers: int) -> dict:
     return {"out_indices": list(out_indices), "backbone_multi_scale": segmentation_args.multi_scale_neck}
 
 
-def _listed(keys: list[str]) -> str:
-    shown = ", ".join(sorted(keys)[:MAX_LISTED_KEYS])
-    return shown + (f" (+{len(keys) - MAX_LISTED_KEYS} more)" if len(keys) > MAX_LISTED_KEYS else "")
-
-
 def build_segmentation_model(
     model_args: ModelArguments, segmentation_args: SegmentationArguments, model_type: str, id2label: dict[int, str]
 ) -> UperNetForSemanticSegmentation:
@@ -114,10 +109,10 @@ def build_segmentation_model(
         )
         if info["unexpected_keys"]:
             logger.info(f"{len(info['unexpected_keys'])} weights of {model_args.model_name_or_path} are not used by the "
-                        f"backbone (decoder, final norm, heads): {_listed(info['unexpected_keys'])}")
+                        f"backbone (decoder, final norm, heads): {first_few(sorted(info['unexpected_keys']))}")
         if info["missing_keys"]:
             logger.info(f"{len(info['missing_keys'])} backbone weights are new (multi-scale neck): "
-                        f"{_listed(info['missing_keys'])}")
+                        f"{first_few(sorted(info['missing_keys']))}")
         backbone_config = backbone.config
     else:
         num_layers = config_class(**overrides).num_hidden_layers

@@ -24,6 +24,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 
+from ..listing import first_few
+
 logger = get_logger(__name__)
 
 CHECKPOINTS_DIRNAME = "checkpoints"
@@ -215,8 +217,8 @@ def check_resume_recipe(
         before, after = set(saved["frozen_parameters"]), set(recipe["frozen_parameters"])
         raise CheckpointError(
             f"{checkpoint} trained other parameters than this run (frozen there, trained now: "
-            f"{_first_of(sorted(before - after)) or 'none'}; trained there, frozen now: "
-            f"{_first_of(sorted(after - before)) or 'none'}), and its optimizer state only fits the same ones, even "
+            f"{first_few(sorted(before - after)) or 'none'}; trained there, frozen now: "
+            f"{first_few(sorted(after - before)) or 'none'}), and its optimizer state only fits the same ones, even "
             "with --allow_recipe_change. Resume with the settings that chose them in the checkpoint's run (such as "
             "--mode, --freeze_position_embeddings or --config_overrides), or start a new run in another --output_dir."
         )
@@ -244,14 +246,9 @@ def _describe_change(key: str, before: Any, after: Any) -> str:
     return f"{key}: {before!r} in the checkpoint, {after!r} now"
 
 
-def _first_of(items: list[str], most: int = 5) -> str:
-    shown = ", ".join(items[:most])
-    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
-
-
 def _dict_changes(before: dict, after: dict) -> str:
     keys = [key for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
-    return _first_of([f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in keys])
+    return first_few([f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in keys])
 
 
 def save_checkpoint(

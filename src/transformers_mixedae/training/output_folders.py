@@ -26,6 +26,7 @@ from pathlib import Path
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.utils import logging
 
+from ..listing import first_few
 from .checkpointing import CHECKPOINTS_DIRNAME, ensure_writable_directory, list_checkpoints
 from .records import SKIPPED_SAMPLES_NAME, TRAIN_LOG_NAME
 
@@ -67,7 +68,6 @@ RUN_ARTIFACTS: tuple[str, ...] = FINISHED_RESULT_ARTIFACTS + RUN_RECORD_ARTIFACT
 """Names (glob patterns) of what a finished run, conversion or export leaves in its output folder."""
 
 OVERWRITE_FLAG = "--overwrite_output_dir"
-_MAX_LISTED_NAMES = 8
 
 
 class OutputDirectoryError(ValueError):
@@ -142,10 +142,7 @@ def _name(path: Path) -> str:
 
 
 def _listing(paths: Iterable[Path]) -> str:
-    names = [_name(path) for path in paths]
-    if len(names) > _MAX_LISTED_NAMES:
-        names = names[:_MAX_LISTED_NAMES] + [f"and {len(names) - _MAX_LISTED_NAMES} more"]
-    return ", ".join(names)
+    return first_few([_name(path) for path in paths])
 
 
 def check_output_dir(
