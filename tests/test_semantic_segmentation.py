@@ -159,6 +159,27 @@ def test_resuming_with_the_position_table_frozen_otherwise_is_refused(tmp_path, 
         assert folder_fingerprint(run) == before
 
 
+def test_an_older_checkpoint_that_trained_other_parameters_is_refused_with_a_hint(tmp_path, ade_folder):
+    # Checkpoints written before the recipe recorded its frozen parameters: the mismatch only shows in the
+    # optimizer's state, and the message must say which settings to check.
+    settings = dict(max_steps=2, save_steps=1, save_total_limit=None, max_train_samples=8, max_eval_samples=2)
+    finished, run = tmp_path / "finished", tmp_path / "run"
+    run_semantic_segmentation(*arguments(finished, ade_folder, **settings))
+    shutil.copytree(finished / "checkpoints" / "step_1", run / "checkpoints" / "step_1")
+    run_state = run / "checkpoints" / "step_1" / "run_state.json"
+    state = json.loads(run_state.read_text())
+    del state["recipe"]["frozen_parameters"]
+    run_state.write_text(json.dumps(state))
+    before = folder_fingerprint(run)
+    with pytest.raises(ValueError, match=r"step_1 failed \(.*\)\. It is damaged, or was written by another model or "
+                                         r"version, or with other trained parameters \(checkpoints written before "
+                                         r"2026-12-01 do not record them: use the settings of its run, such as --mode, "
+                                         r"--freeze_position_embeddings"):
+        run_semantic_segmentation(*arguments(run, ade_folder, resume_from_checkpoint="latest",
+                                             freeze_position_embeddings=True, **settings))
+    assert folder_fingerprint(run) == before
+
+
 def test_cae_resumes_with_the_flag_toggled_because_its_table_is_always_fixed(tmp_path, ade_folder):
     settings = dict(max_steps=2, save_steps=1, save_total_limit=None, max_train_samples=8, max_eval_samples=2,
                     model_type="cae", config_overrides=TINY_CAE_BACKBONE)

@@ -124,8 +124,10 @@ def resume_if_requested(
         accelerator.load_state(str(checkpoint))
     except Exception as error:  # noqa: BLE001 - whatever broke, the message must name the checkpoint
         raise CheckpointError(
-            f"loading {checkpoint} failed ({type(error).__name__}: {error}). It is damaged or was written by another "
-            "model or version; resume from another checkpoint, or start over with --overwrite_output_dir."
+            f"loading {checkpoint} failed ({type(error).__name__}: {error}). It is damaged, or was written by another "
+            "model or version, or with other trained parameters (checkpoints written before 2026-12-01 do not record "
+            "them: use the settings of its run, such as --mode, --freeze_position_embeddings or --config_overrides); "
+            "resume from another checkpoint, or start over with --overwrite_output_dir."
         ) from error
     if settings is not None:
         _apply_recipe_settings(optimizer, scheduler, settings)
