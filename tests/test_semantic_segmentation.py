@@ -168,16 +168,24 @@ def test_an_older_checkpoint_that_trained_other_parameters_is_refused_with_a_hin
     shutil.copytree(finished / "checkpoints" / "step_1", run / "checkpoints" / "step_1")
     run_state = run / "checkpoints" / "step_1" / "run_state.json"
     state = json.loads(run_state.read_text())
-    del state["recipe"]["frozen_parameters"]
+    frozen = state["recipe"].pop("frozen_parameters")
     run_state.write_text(json.dumps(state))
     before = folder_fingerprint(run)
-    with pytest.raises(ValueError, match=r"step_1 failed \(.*\)\. It is damaged, or was written by another model or "
-                                         r"version, or with other trained parameters \(checkpoints written before "
-                                         r"2026-12-01 do not record them: use the settings of its run, such as --mode, "
-                                         r"--freeze_position_embeddings"):
+    with pytest.raises(ValueError, match=r"step_1 failed \(ValueError: .*parameter group.*\)\. It is damaged, or was "
+                                         r"written by another model or version, or trained other parameters than this "
+                                         r"run \(its run state does not say which: it was written before checkpoints "
+                                         r"recorded them\), then resume with the settings that chose them in its run "
+                                         r"\(such as --mode, --freeze_position_embeddings"):
         run_semantic_segmentation(*arguments(run, ade_folder, resume_from_checkpoint="latest",
                                              freeze_position_embeddings=True, **settings))
     assert folder_fingerprint(run) == before
+    # A checkpoint that records its trained parameters and fails to load for another reason gets no such hint.
+    run_state.write_text(json.dumps({**state, "recipe": {**state["recipe"], "frozen_parameters": frozen}}))
+    optimizer_state = run / "checkpoints" / "step_1" / "optimizer.bin"
+    optimizer_state.write_bytes(bytes(optimizer_state.stat().st_size))  # same size, unreadable
+    with pytest.raises(ValueError, match=r"step_1 failed \(.*\)\. It is damaged, or was written by another model or "
+                                         r"version; resume from another checkpoint"):
+        run_semantic_segmentation(*arguments(run, ade_folder, resume_from_checkpoint="latest", **settings))
 
 
 def test_cae_resumes_with_the_flag_toggled_because_its_table_is_always_fixed(tmp_path, ade_folder):
@@ -189,6 +197,9 @@ def test_cae_resumes_with_the_flag_toggled_because_its_table_is_always_fixed(tmp
     shutil.copytree(uninterrupted / "checkpoints" / "step_1", resumed / "checkpoints" / "step_1")
     run_semantic_segmentation(*arguments(resumed, ade_folder, resume_from_checkpoint="latest",
                                          freeze_position_embeddings=True, **settings))
+    # Resumed, not trained again from the start (which would end with the same weights, the flag being a no-op):
+    logged = [json.loads(line) for line in (resumed / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in logged if "loss" in entry] == [2]
     expected, actual = load_file(str(uninterrupted / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert expected.keys() == actual.keys() and all(torch.equal(expected[key], actual[key]) for key in expected)
 

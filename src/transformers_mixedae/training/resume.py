@@ -19,6 +19,7 @@ from .checkpointing import (
     CheckpointError,
     check_checkpoint_is_safe,
     check_resume_recipe,
+    read_run_state,
     resolve_checkpoint,
     save_checkpoint,
     set_aside_newer_checkpoints,
@@ -123,11 +124,15 @@ def resume_if_requested(
     try:
         accelerator.load_state(str(checkpoint))
     except Exception as error:  # noqa: BLE001 - whatever broke, the message must name the checkpoint
+        saved_recipe = (read_run_state(checkpoint) or {}).get("recipe")
+        unrecorded = (
+            ", or trained other parameters than this run (its run state does not say which: it was written before "
+            "checkpoints recorded them), then resume with the settings that chose them in its run (such as --mode, "
+            "--freeze_position_embeddings or --config_overrides)"
+        ) if saved_recipe and "frozen_parameters" not in saved_recipe else ""
         raise CheckpointError(
             f"loading {checkpoint} failed ({type(error).__name__}: {error}). It is damaged, or was written by another "
-            "model or version, or with other trained parameters (checkpoints written before 2026-12-01 do not record "
-            "them: use the settings of its run, such as --mode, --freeze_position_embeddings or --config_overrides); "
-            "resume from another checkpoint, or start over with --overwrite_output_dir."
+            f"model or version{unrecorded}; resume from another checkpoint, or start over with --overwrite_output_dir."
         ) from error
     if settings is not None:
         _apply_recipe_settings(optimizer, scheduler, settings)
