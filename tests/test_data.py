@@ -675,6 +675,18 @@ def test_corrupt_samples_are_skipped_counted_and_named_while_batches_stay_full(c
     assert "truncated.jpg" in loader.stats.summary()
 
 
+def test_the_skipped_sample_summary_names_the_first_eight_and_counts_the_unrecorded_rest():
+    from transformers_mixedae.data.streaming import SkippedSampleStats
+
+    stats = SkippedSampleStats(num_loaded=5, max_recorded=10)
+    for index in range(12):
+        stats.record_skipped(f"s{index}.jpg", "UnidentifiedImageError: cannot identify")
+    assert len(stats.skipped) == 10
+    assert stats.summary() == ("5 samples loaded, 12 undecodable skipped, 0 trimmed; skipped: s0.jpg, s1.jpg, s2.jpg, "
+                               "s3.jpg, s4.jpg, s5.jpg, s6.jpg, s7.jpg, and 4 more; reasons: "
+                               "{'UnidentifiedImageError': 12}")
+
+
 def test_corrupt_samples_can_be_fatal(corrupt_shards):
     train = load_image_dataset(train_dir=str(corrupt_shards), streaming=True).train
     loader = build_pretraining_dataloader(train, identify, batch_size=4, seed=0, skip_undecodable=False)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForImageClassification
 
-from helpers import TORCHRUN_TWO_PROCESSES, make_the_first_loss_nonfinite
+from helpers import TORCHRUN_TWO_PROCESSES, make_the_first_loss_nonfinite, tiny_mixedae_config
 from tiny_runs import RUN_IMAGE_CLASSIFICATION
 import transformers_mixedae  # noqa: F401
 from transformers_mixedae.models.configuration_cae import CAEConfig
@@ -147,6 +147,31 @@ def test_recipe_defaults_and_explicit_flags(tmp_path):
     resolve_recipe(training_args, args, "mixedae")
     assert args.layer_decay == 0.75 and training_args.base_learning_rate == pytest.approx(8e-3 * 256 / 4096)
     assert args.label_smoothing == 0.1 and training_args.weight_decay == 0.05
+
+
+def test_a_trained_head_follows_the_data_s_class_order_and_starts_anew_for_other_classes(tmp_path, caplog):
+    from accelerate import PartialState
+
+    from transformers_mixedae.tasks.image_classification import match_head_to_labels
+
+    PartialState()  # accelerate's logger needs its state
+    names = [f"class_{index}" for index in range(10)]
+    config = tiny_mixedae_config(num_labels=10, id2label=dict(enumerate(names)))
+    MixedAEForImageClassification(config).save_pretrained(tmp_path / "classifier")
+    trained = MixedAEForImageClassification.from_pretrained(tmp_path / "classifier").classifier
+
+    reordered = MixedAEForImageClassification.from_pretrained(tmp_path / "classifier")
+    match_head_to_labels(reordered, str(tmp_path / "classifier"), names[::-1])
+    assert torch.equal(reordered.classifier.weight, trained.weight.flip(0))
+    assert torch.equal(reordered.classifier.bias, trained.bias.flip(0))
+
+    other = MixedAEForImageClassification.from_pretrained(tmp_path / "classifier")
+    caplog.set_level("WARNING")
+    match_head_to_labels(other, str(tmp_path / "classifier"), [f"item_{index}" for index in range(10)])
+    assert not torch.equal(other.classifier.weight, trained.weight)
+    assert (f"{tmp_path / 'classifier'} was fine-tuned for other classes (class_0, class_1, class_2, class_3, "
+            "class_4, class_5, class_6, class_7, and 2 more) than the data's (item_0, item_1, item_2, item_3, item_4, "
+            "item_5, item_6, item_7, and 2 more): its classification head starts anew.") in caplog.text
 
 
 def test_warm_up_is_the_recipes_epochs_capped_at_half_the_run_and_needs_a_known_epoch(caplog):

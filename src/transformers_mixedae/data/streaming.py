@@ -55,7 +55,7 @@ import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from ..listing import first_few
+from ..listing import MOST_NAMED, first_few
 from .images import UndecodableImageError, decode_rgb, load_rgb_image
 
 try:  # carries each DataLoader worker's position, so that a resumed loader starts where a checkpoint left it
@@ -125,7 +125,7 @@ class SkippedSampleStats:
     def summary(self) -> str:
         text = f"{self.num_loaded} samples loaded, {self.num_skipped} undecodable skipped, {self.num_trimmed} trimmed"
         if self.skipped:
-            shown = first_few([identifier for identifier, _ in self.skipped], total=self.num_skipped)
+            shown = first_few([identifier for identifier, _ in self.skipped[:MOST_NAMED]], total=self.num_skipped)
             text += f"; skipped: {shown}; reasons: {dict(self.reasons)}"
         return text
 

@@ -46,6 +46,7 @@ from ..data.rand_augment import auto_augment_off
 from ..data.transforms import ClassificationTrainTransform
 from ..data.batch_augmentation import MixupCutmix, random_erase, soft_target_cross_entropy
 from ..evaluation.eval_mode import eval_mode
+from ..listing import first_few
 from ..models.vit_layers import interpolate_position_embedding, sincos_2d_position_embedding
 from ..evaluation.frozen_features import LINEAR_PROBE_BATCH_NORM_EPS, LINEAR_PROBE_INIT_STD, Accuracy, _gather_uneven
 from .image_classification_args import (
@@ -206,9 +207,8 @@ def match_head_to_labels(model: PreTrainedModel, model_name_or_path: str, label_
         parameter._is_hf_initialized = False  # loaded, so `transformers.initialization` would leave it as it is
     model._init_weights(head)
     logger.warning(
-        f"{model_name_or_path} was fine-tuned for other classes ({', '.join(source_names[:5])}"
-        f"{', ...' if len(source_names) > 5 else ''}) than the data's ({', '.join(label_names[:5])}"
-        f"{', ...' if len(label_names) > 5 else ''}): its classification head starts anew.", main_process_only=True,
+        f"{model_name_or_path} was fine-tuned for other classes ({first_few(source_names)}) than the data's "
+        f"({first_few(label_names)}): its classification head starts anew.", main_process_only=True,
     )
 
 
