@@ -32,6 +32,8 @@ CHECKPOINTS_DIRNAME = "checkpoints"
 SUPERSEDED_DIRNAME = "superseded"  # inside the checkpoints folder: those of an abandoned run
 RUN_STATE_NAME = "run_state.json"
 _STEP_PATTERN = re.compile(r"^step_(\d+)$")
+# The settings that choose which parameters a run trains: a resume must use those of the checkpoint's run.
+TRAINED_PARAMETER_SETTINGS = "--mode, --freeze_position_embeddings or --config_overrides"
 _TEMPORARY_PREFIX = ".tmp-"
 
 
@@ -220,7 +222,7 @@ def check_resume_recipe(
             f"{first_few(sorted(before - after)) or 'none'}; trained there, frozen now: "
             f"{first_few(sorted(after - before)) or 'none'}), and its optimizer state only fits the same ones, even "
             "with --allow_recipe_change. Resume with the settings that chose them in the checkpoint's run (such as "
-            "--mode, --freeze_position_embeddings or --config_overrides), or start a new run in another --output_dir."
+            f"{TRAINED_PARAMETER_SETTINGS}), or start a new run in another --output_dir."
         )
     for key, flag in STATE_SHAPING_ARGUMENTS.items():
         had = saved.get(key) is not None

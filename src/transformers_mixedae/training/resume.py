@@ -16,6 +16,7 @@ from accelerate.logging import get_logger
 from transformers import PreTrainedModel
 
 from .checkpointing import (
+    TRAINED_PARAMETER_SETTINGS,
     CheckpointError,
     check_checkpoint_is_safe,
     check_resume_recipe,
@@ -127,8 +128,8 @@ def resume_if_requested(
         saved_recipe = (read_run_state(checkpoint) or {}).get("recipe")
         unrecorded = (
             ", or trained other parameters than this run (its run state does not say which: it was written before "
-            "checkpoints recorded them), then resume with the settings that chose them in its run (such as --mode, "
-            "--freeze_position_embeddings or --config_overrides)"
+            "checkpoints recorded them), then resume with the settings that chose them in its run (such as "
+            f"{TRAINED_PARAMETER_SETTINGS})"
         ) if saved_recipe and "frozen_parameters" not in saved_recipe else ""
         raise CheckpointError(
             f"loading {checkpoint} failed ({type(error).__name__}: {error}). It is damaged, or was written by another "
